@@ -1,0 +1,99 @@
+/* mn_dense.c — dense layers and GEMM entry points: split output rows across threads and call
+ * the active path's row-block kernels. */
+#include "mn_internal.h"
+#include "mn_kernels.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Below this many multiply-adds a parallel region costs more than it saves. */
+#define MN_PARALLEL_MIN_WORK (1 << 16)
+
+static int threads_for(ptrdiff_t rows, ptrdiff_t work)
+{
+    int nt = mn_get_num_threads();
+    if (work < MN_PARALLEL_MIN_WORK) return 1;
+    if (nt > rows) nt = (int)rows;
+    return nt < 1 ? 1 : nt;
+}
+
+/* Rows [*m0, *m1) of M for thread t of nt: contiguous, sizes differing by at most one. */
+static void row_range(ptrdiff_t M, int t, int nt, ptrdiff_t *m0, ptrdiff_t *m1)
+{
+    const ptrdiff_t base = M / nt, extra = M % nt;
+    *m0 = t * base + (t < extra ? t : extra);
+    *m1 = *m0 + base + (t < extra ? 1 : 0);
+}
+
+/* c = A @ b (+ bias), A(i, k) = a[i * a_rs + k * a_cs]. */
+static void gemm_parallel(float *c, const float *a, const float *b, const float *bias,
+                          ptrdiff_t M, ptrdiff_t K, ptrdiff_t N, ptrdiff_t a_rs, ptrdiff_t a_cs)
+{
+    const mn_gemm_table *g = mn_active_gemm();
+    const int nt = threads_for(M, M * K * N);
+    if (nt == 1) {
+        g->gemm_rows(c, a, b, bias, 0, M, K, N, a_rs, a_cs);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+    {
+        ptrdiff_t m0, m1;
+        row_range(M, omp_get_thread_num(), omp_get_num_threads(), &m0, &m1);
+        g->gemm_rows(c, a, b, bias, m0, m1, K, N, a_rs, a_cs);
+    }
+#endif
+}
+
+void mn_sgemm_nn(float *c, const float *a, const float *b, const float *bias,
+                 ptrdiff_t M, ptrdiff_t K, ptrdiff_t N)
+{
+    gemm_parallel(c, a, b, bias, M, K, N, K, 1);
+}
+
+void mn_sgemm_tn(float *c, const float *a, const float *b, ptrdiff_t M, ptrdiff_t K, ptrdiff_t N)
+{
+    gemm_parallel(c, a, b, NULL, M, K, N, 1, M);
+}
+
+void mn_sgemm_nt(float *c, const float *a, const float *b, ptrdiff_t M, ptrdiff_t K, ptrdiff_t N)
+{
+    const mn_gemm_table *g = mn_active_gemm();
+    const int nt = threads_for(M, M * K * N);
+    if (nt == 1) {
+        g->gemm_nt_rows(c, a, b, 0, M, K, N);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+    {
+        ptrdiff_t m0, m1;
+        row_range(M, omp_get_thread_num(), omp_get_num_threads(), &m0, &m1);
+        g->gemm_nt_rows(c, a, b, m0, m1, K, N);
+    }
+#endif
+}
+
+void mn_dense_forward(float *out, const float *inp, const float *weight, const float *bias,
+                      ptrdiff_t B, ptrdiff_t C, ptrdiff_t OC)
+{
+    mn_sgemm_nn(out, inp, weight, bias, B, C, OC); /* out (B, OC) */
+}
+
+/* dbias[o] = sum over b of dout[b, o], rows added in order. */
+static void column_sums(float *dbias, const float *dout, ptrdiff_t B, ptrdiff_t OC)
+{
+    for (ptrdiff_t o = 0; o < OC; o++) dbias[o] = 0.0f;
+    for (ptrdiff_t b = 0; b < B; b++)
+        for (ptrdiff_t o = 0; o < OC; o++) dbias[o] += dout[b * OC + o];
+}
+
+void mn_dense_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                       const float *inp, const float *weight,
+                       ptrdiff_t B, ptrdiff_t C, ptrdiff_t OC)
+{
+    if (dinp) mn_sgemm_nt(dinp, dout, weight, B, OC, C);   /* (B, OC) @ (C, OC)^T -> (B, C) */
+    mn_sgemm_tn(dweight, inp, dout, C, B, OC);             /* (B, C)^T @ (B, OC) -> (C, OC) */
+    if (dbias) column_sums(dbias, dout, B, OC);
+}

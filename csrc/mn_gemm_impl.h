@@ -1,0 +1,174 @@
+/*
+ * mn_gemm_impl.h — the GEMM micro-kernels, written once over a tiny vector vocabulary and
+ * included by each mn_gemm_<isa>.c after it defines:
+ *
+ *   MN_TABLE          name of the mn_gemm_table to define (e.g. mn_gemm_avx2)
+ *   MN_TABLE_NAME     its string name ("avx2")
+ *   VF, VW            vector type and its width in floats
+ *   MR_MAX, NV_MAX    register tile of gemm_rows: up to MR_MAX rows x NV_MAX vectors
+ *   TI, TJ            register tile of gemm_nt_rows: TI rows of a x TJ rows of b
+ *   V_ZERO()          all lanes 0
+ *   V_LOAD(p)         VW floats from p (unaligned)
+ *   V_LOADN(p, n)     n < VW floats from p, other lanes 0; reads nothing past p[n - 1]
+ *   V_STORE(p, v)     VW floats to p
+ *   V_STOREN(p, v, n) the first n < VW lanes to p; writes nothing past p[n - 1]
+ *   V_SET1(x)         x in every lane
+ *   V_MADD(acc, a, b) acc + a * b (one fused op where the ISA has FMA)
+ *   V_ADD(a, b)       a + b
+ *   V_HSUM(v)         sum of the lanes, in a fixed order
+ *
+ * Tiles are unrolled by the compiler from constant trip counts (always-inline helpers called
+ * with literal sizes), so accumulators live in registers. Every output element sees the same
+ * operations whatever tile it lands in: partial tiles only mask lanes, never reorder sums.
+ */
+#include "mn_internal.h"
+
+#if defined(__GNUC__) && !defined(__clang__)
+#define MN_UNROLL _Pragma("GCC unroll 8")
+#else
+#define MN_UNROLL
+#endif
+
+/* ---- c = A @ b (+ bias): broadcast A(i, k), stream row k of b --------------------------- */
+
+MN_ALWAYS_INLINE void rows_tile(const int mr, const int nv, const int full_last,
+                                float *c, const float *a, const float *b, const float *bias,
+                                ptrdiff_t K, ptrdiff_t ldb, ptrdiff_t ldc,
+                                ptrdiff_t a_rs, ptrdiff_t a_cs, int tail)
+{
+    VF acc[MR_MAX][NV_MAX];
+    MN_UNROLL for (int r = 0; r < mr; r++)
+        MN_UNROLL for (int v = 0; v < nv; v++) acc[r][v] = V_ZERO();
+
+    for (ptrdiff_t k = 0; k < K; k++) {
+        const float *bk = b + k * ldb;
+        VF bv[NV_MAX];
+        MN_UNROLL for (int v = 0; v < nv - 1; v++) bv[v] = V_LOAD(bk + v * VW);
+        bv[nv - 1] = full_last ? V_LOAD(bk + (nv - 1) * VW) : V_LOADN(bk + (nv - 1) * VW, tail);
+        const float *ak = a + k * a_cs;
+        MN_UNROLL for (int r = 0; r < mr; r++) {
+            VF ar = V_SET1(ak[r * a_rs]);
+            MN_UNROLL for (int v = 0; v < nv; v++) acc[r][v] = V_MADD(acc[r][v], ar, bv[v]);
+        }
+    }
+
+    MN_UNROLL for (int r = 0; r < mr; r++) {
+        float *cr = c + r * ldc;
+        MN_UNROLL for (int v = 0; v < nv; v++) {
+            const int last = (v == nv - 1) && !full_last;
+            VF out = acc[r][v];
+            if (bias)
+                out = V_ADD(out, last ? V_LOADN(bias + v * VW, tail) : V_LOAD(bias + v * VW));
+            if (last)
+                V_STOREN(cr + v * VW, out, tail);
+            else
+                V_STORE(cr + v * VW, out);
+        }
+    }
+}
+
+#define ROWS_ARGS c, a, b, bias, K, ldb, ldc, a_rs, a_cs, tail
+#define ROWS_CASE(MR, NV)                                                                  \
+    case (MR) * 8 + (NV):                                                                  \
+        if (full_last) rows_tile(MR, NV, 1, ROWS_ARGS); else rows_tile(MR, NV, 0, ROWS_ARGS); \
+        break;
+#if NV_MAX >= 4
+#define ROWS_CASES_NV(MR) ROWS_CASE(MR, 1) ROWS_CASE(MR, 2) ROWS_CASE(MR, 3) ROWS_CASE(MR, 4)
+#elif NV_MAX >= 2
+#define ROWS_CASES_NV(MR) ROWS_CASE(MR, 1) ROWS_CASE(MR, 2)
+#else
+#define ROWS_CASES_NV(MR) ROWS_CASE(MR, 1)
+#endif
+
+/* One tile of mr <= MR_MAX rows and nv <= NV_MAX vectors, the last holding `tail` floats. */
+static void rows_tile_any(int mr, int nv, float *c, const float *a, const float *b,
+                          const float *bias, ptrdiff_t K, ptrdiff_t ldb, ptrdiff_t ldc,
+                          ptrdiff_t a_rs, ptrdiff_t a_cs, int tail)
+{
+    const int full_last = tail == VW;
+    switch (mr * 8 + nv) {
+        ROWS_CASES_NV(1)
+#if MR_MAX >= 2
+        ROWS_CASES_NV(2)
+#endif
+#if MR_MAX >= 3
+        ROWS_CASES_NV(3)
+#endif
+#if MR_MAX >= 4
+        ROWS_CASES_NV(4)
+#endif
+#if MR_MAX >= 5
+        ROWS_CASES_NV(5)
+#endif
+#if MR_MAX >= 6
+        ROWS_CASES_NV(6)
+#endif
+        default: break; /* unreachable: mr and nv are clamped by the caller */
+    }
+}
+
+static void gemm_rows(float *c, const float *a, const float *b, const float *bias,
+                      ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t K, ptrdiff_t N,
+                      ptrdiff_t a_rs, ptrdiff_t a_cs)
+{
+    const ptrdiff_t panel = (ptrdiff_t)NV_MAX * VW;
+    /* Column panels outside, rows inside: the (K x panel) slice of b stays in cache while
+     * every row block of this thread streams past it. */
+    for (ptrdiff_t j0 = 0; j0 < N; j0 += panel) {
+        const ptrdiff_t nc = N - j0 < panel ? N - j0 : panel;
+        const int nv = (int)((nc + VW - 1) / VW);
+        const int tail = (int)(nc - (ptrdiff_t)(nv - 1) * VW);
+        for (ptrdiff_t i = m0; i < m1; i += MR_MAX) {
+            const int mr = (int)(m1 - i < MR_MAX ? m1 - i : MR_MAX);
+            rows_tile_any(mr, nv, c + i * N + j0, a + i * a_rs, b + j0,
+                          bias ? bias + j0 : NULL, K, N, N, a_rs, a_cs, tail);
+        }
+    }
+}
+
+/* ---- c = a @ b^T: TI x TJ dot products, vectorised along k ------------------------------ */
+
+MN_ALWAYS_INLINE void nt_tile(const int ti, const int tj, float *c, const float *a,
+                              const float *b, ptrdiff_t K, ptrdiff_t ldc)
+{
+    VF acc[TI][TJ];
+    MN_UNROLL for (int r = 0; r < ti; r++)
+        MN_UNROLL for (int s = 0; s < tj; s++) acc[r][s] = V_ZERO();
+
+    ptrdiff_t k = 0;
+    for (; k + VW <= K; k += VW) {
+        VF av[TI], bv[TJ];
+        MN_UNROLL for (int r = 0; r < ti; r++) av[r] = V_LOAD(a + r * K + k);
+        MN_UNROLL for (int s = 0; s < tj; s++) bv[s] = V_LOAD(b + s * K + k);
+        MN_UNROLL for (int r = 0; r < ti; r++)
+            MN_UNROLL for (int s = 0; s < tj; s++) acc[r][s] = V_MADD(acc[r][s], av[r], bv[s]);
+    }
+    if (k < K) {
+        const int n = (int)(K - k);
+        VF av[TI], bv[TJ];
+        MN_UNROLL for (int r = 0; r < ti; r++) av[r] = V_LOADN(a + r * K + k, n);
+        MN_UNROLL for (int s = 0; s < tj; s++) bv[s] = V_LOADN(b + s * K + k, n);
+        MN_UNROLL for (int r = 0; r < ti; r++)
+            MN_UNROLL for (int s = 0; s < tj; s++) acc[r][s] = V_MADD(acc[r][s], av[r], bv[s]);
+    }
+    MN_UNROLL for (int r = 0; r < ti; r++)
+        MN_UNROLL for (int s = 0; s < tj; s++) c[r * ldc + s] = V_HSUM(acc[r][s]);
+}
+
+static void gemm_nt_rows(float *c, const float *a, const float *b,
+                         ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t K, ptrdiff_t N)
+{
+    ptrdiff_t i = m0;
+    for (; i + TI <= m1; i += TI) {
+        ptrdiff_t j = 0;
+        for (; j + TJ <= N; j += TJ) nt_tile(TI, TJ, c + i * N + j, a + i * K, b + j * K, K, N);
+        for (; j < N; j++) nt_tile(TI, 1, c + i * N + j, a + i * K, b + j * K, K, N);
+    }
+    for (; i < m1; i++) {
+        ptrdiff_t j = 0;
+        for (; j + TJ <= N; j += TJ) nt_tile(1, TJ, c + i * N + j, a + i * K, b + j * K, K, N);
+        for (; j < N; j++) nt_tile(1, 1, c + i * N + j, a + i * K, b + j * K, K, N);
+    }
+}
+
+const mn_gemm_table MN_TABLE = {MN_TABLE_NAME, gemm_rows, gemm_nt_rows};

@@ -1,0 +1,67 @@
+/*
+ * mn_kernels.h — the C API of mnistnet's compiled core.
+ *
+ * Every buffer is a C-contiguous (row-major) float32 array; a shape comment follows each
+ * pointer. Sizes are element counts. Kernels never allocate and never fail: the caller
+ * (mnistnet's Cython layer, or your C code) checks shapes first. Results do not depend on the
+ * thread count: work is split over output rows, never over a reduction axis.
+ *
+ * Naming follows llm.c: X_forward / X_backward, outputs first, then inputs, then weights,
+ * then sizes.
+ *
+ *   mn_dense_forward(out, inp, weight, bias, B, C, OC)
+ *       out = inp @ weight + bias            out (B, OC), inp (B, C), weight (C, OC), bias (OC)
+ *   mn_dense_backward(dinp, dweight, dbias, dout, inp, weight, B, C, OC)
+ *       dinp = dout @ weight^T               dinp (B, C), may be NULL to skip
+ *       dweight = inp^T @ dout               dweight (C, OC)
+ *       dbias = sum over rows of dout        dbias (OC), may be NULL to skip
+ *
+ * SIMD: the instruction set is chosen once, from CPU detection, the first time a kernel runs
+ * (or by mn_simd_select). Paths: "avx512", "avx2" (with FMA), "sse2" on x86-64; "neon" on
+ * AArch64; "scalar" everywhere.
+ */
+#ifndef MN_KERNELS_H
+#define MN_KERNELS_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- dense layer ------------------------------------------------------------------------ */
+void mn_dense_forward(float *out, const float *inp, const float *weight, const float *bias,
+                      ptrdiff_t B, ptrdiff_t C, ptrdiff_t OC);
+void mn_dense_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                       const float *inp, const float *weight,
+                       ptrdiff_t B, ptrdiff_t C, ptrdiff_t OC);
+
+/* ---- general matrix products (row-major, no transposed storage) -------------------------- */
+/* c = a @ b (+ bias per column if bias != NULL)    c (M, N), a (M, K), b (K, N), bias (N) */
+void mn_sgemm_nn(float *c, const float *a, const float *b, const float *bias,
+                 ptrdiff_t M, ptrdiff_t K, ptrdiff_t N);
+/* c = a^T @ b                                      c (M, N), a (K, M), b (K, N)           */
+void mn_sgemm_tn(float *c, const float *a, const float *b, ptrdiff_t M, ptrdiff_t K, ptrdiff_t N);
+/* c = a @ b^T                                      c (M, N), a (M, K), b (N, K)           */
+void mn_sgemm_nt(float *c, const float *a, const float *b, ptrdiff_t M, ptrdiff_t K, ptrdiff_t N);
+
+/* ---- runtime configuration --------------------------------------------------------------- */
+/* Name of the SIMD path in use: "avx512", "avx2", "sse2", "neon" or "scalar". */
+const char *mn_simd_name(void);
+/* Force a path by name. Returns 0 on success, -1 if the name is unknown, -2 if the CPU (or
+ * this build) lacks it; the active path is unchanged on failure. NULL re-runs detection. */
+int mn_simd_select(const char *name);
+/* 1 if the path is compiled in and the CPU supports it. */
+int mn_simd_supported(const char *name);
+/* Threads used by the kernels (1 without OpenMP). n <= 0 means all cores. */
+void mn_set_num_threads(int n);
+int mn_get_num_threads(void);
+/* 1 if built with OpenMP. */
+int mn_openmp_enabled(void);
+/* Seconds on a monotonic clock (for throttling periodic work such as signal checks). */
+double mn_seconds(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MN_KERNELS_H */

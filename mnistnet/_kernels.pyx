@@ -1,0 +1,425 @@
+# cython: language_level=3
+"""Compiled kernels: dense layers, activations, losses, SGD, one step and the epoch loop.
+
+Every kernel here is a `cdef ... noexcept nogil` function over raw float32 pointers,
+declared in _kernels.pxd so other Cython code can `cimport` it. The Python-facing wrappers
+(same names, shape checks, `out=None`) are in mnistnet.fast, and their NumPy twins in
+mnistnet.reference. The dense-layer GEMMs are C (csrc/), with the SIMD path chosen at run
+time; this module also exposes that path and the thread count to Python.
+"""
+from libc.math cimport expf, logf, isfinite
+from libc.string cimport memcpy
+
+import numpy as np
+
+cdef extern from "mn_kernels.h" nogil:
+    void mn_dense_forward(float *out, const float *inp, const float *weight, const float *bias,
+                          Py_ssize_t B, Py_ssize_t C, Py_ssize_t OC)
+    void mn_dense_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                           const float *inp, const float *weight,
+                           Py_ssize_t B, Py_ssize_t C, Py_ssize_t OC)
+    void mn_sgemm_nn(float *c, const float *a, const float *b, const float *bias,
+                     Py_ssize_t M, Py_ssize_t K, Py_ssize_t N)
+    const char *mn_simd_name()
+    int mn_simd_select(const char *name)
+    int mn_simd_supported(const char *name)
+    void mn_set_num_threads(int n)
+    int mn_get_num_threads()
+    int mn_openmp_enabled()
+    double mn_seconds()
+
+cdef extern from "Python.h":
+    int PyErr_CheckSignals()   # no `except`: train_epoch reports it as EPOCH_INTERRUPTED
+
+# Names of the codes in _kernels.pxd, for the Python side.
+ACTIVATIONS = {"linear": ACT_LINEAR, "sigmoid": ACT_SIGMOID, "relu": ACT_RELU,
+               "softmax": ACT_SOFTMAX}
+LOSSES = {"mse": LOSS_MSE, "categorical_crossentropy": LOSS_CE}
+
+# Keras' clip for cross-entropy: probabilities are kept in [EPS, 1 - EPS] before the log.
+cdef float CE_EPSILON = 1e-7
+# How often (seconds) the epoch loop takes the GIL to look for Ctrl-C.
+cdef double SIGNAL_CHECK_INTERVAL = 0.002
+
+# ============================================================================================
+# cdef kernels (declared in _kernels.pxd)
+# ============================================================================================
+
+cdef void dense_forward(float* out, const float* inp, const float* weight, const float* bias,
+                        Py_ssize_t B, Py_ssize_t C, Py_ssize_t OC) noexcept nogil:
+    mn_dense_forward(out, inp, weight, bias, B, C, OC)
+
+
+cdef void dense_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                         const float* inp, const float* weight,
+                         Py_ssize_t B, Py_ssize_t C, Py_ssize_t OC) noexcept nogil:
+    mn_dense_backward(dinp, dweight, dbias, dout, inp, weight, B, C, OC)
+
+
+cdef void linear_forward(float* out, const float* inp, Py_ssize_t N) noexcept nogil:
+    if out != inp:
+        memcpy(out, inp, N * sizeof(float))
+
+
+cdef void linear_backward(float* dinp, const float* out, const float* dout,
+                          Py_ssize_t N) noexcept nogil:
+    if dinp != dout:
+        memcpy(dinp, dout, N * sizeof(float))
+
+
+cdef void sigmoid_forward(float* out, const float* inp, Py_ssize_t N) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef float x, z
+    for i in range(N):
+        x = inp[i]
+        # Two branches so expf never overflows: exp(-|x|) <= 1.
+        if x >= 0:
+            out[i] = 1.0 / (1.0 + expf(-x))
+        else:
+            z = expf(x)
+            out[i] = z / (1.0 + z)
+
+
+cdef void sigmoid_backward(float* dinp, const float* out, const float* dout,
+                           Py_ssize_t N) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(N):
+        dinp[i] = dout[i] * (out[i] * (1.0 - out[i]))
+
+
+cdef void relu_forward(float* out, const float* inp, Py_ssize_t N) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(N):
+        out[i] = inp[i] if inp[i] > 0 else 0.0
+
+
+cdef void relu_backward(float* dinp, const float* out, const float* dout,
+                        Py_ssize_t N) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(N):
+        dinp[i] = dout[i] if out[i] > 0 else 0.0
+
+
+cdef void softmax_forward(float* out, const float* inp, Py_ssize_t B, Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t b, c
+    cdef const float* x
+    cdef float* y
+    cdef float m, s
+    for b in range(B):
+        x = inp + b * C
+        y = out + b * C
+        m = x[0]
+        for c in range(1, C):
+            if x[c] > m:
+                m = x[c]
+        s = 0
+        for c in range(C):
+            y[c] = expf(x[c] - m)
+            s = s + y[c]
+        for c in range(C):
+            y[c] = y[c] / s
+
+
+cdef void softmax_backward(float* dinp, const float* out, const float* dout,
+                           Py_ssize_t B, Py_ssize_t C) noexcept nogil:
+    # dinp = out * (dout - <dout, out>) per row; the dot product is taken before any write,
+    # so dinp may alias dout.
+    cdef Py_ssize_t b, c
+    cdef float dot
+    for b in range(B):
+        dot = 0
+        for c in range(C):
+            dot = dot + dout[b * C + c] * out[b * C + c]
+        for c in range(C):
+            dinp[b * C + c] = out[b * C + c] * (dout[b * C + c] - dot)
+
+
+cdef double mse_forward(const float* pred, const float* target,
+                        Py_ssize_t B, Py_ssize_t C) noexcept nogil:
+    # Keras: mean over outputs, then over the batch = sum / (B * C).
+    cdef Py_ssize_t i
+    cdef double total = 0
+    cdef float d
+    for i in range(B * C):
+        d = pred[i] - target[i]
+        total += <double>(d * d)
+    return total / (B * C)
+
+
+cdef void mse_backward(float* dpred, const float* pred, const float* target,
+                       Py_ssize_t B, Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef float scale = 2.0 / <float>(B * C)
+    for i in range(B * C):
+        dpred[i] = scale * (pred[i] - target[i])
+
+
+cdef double crossentropy_forward(const float* probs, const float* target,
+                                 Py_ssize_t B, Py_ssize_t C) noexcept nogil:
+    # Keras 3: renormalise each row, clip to [eps, 1 - eps], then -sum(target * log(p)).
+    # Terms with target 0 contribute exactly 0 and are skipped (no log computed).
+    cdef Py_ssize_t b, c
+    cdef double total = 0
+    cdef float s, p
+    for b in range(B):
+        s = 0
+        for c in range(C):
+            s = s + probs[b * C + c]
+        for c in range(C):
+            if target[b * C + c] != 0:
+                p = probs[b * C + c] / s
+                if p < CE_EPSILON:
+                    p = CE_EPSILON
+                elif p > 1 - CE_EPSILON:
+                    p = 1 - CE_EPSILON
+                total -= <double>(target[b * C + c] * logf(p))
+    return total / B
+
+
+cdef void crossentropy_softmax_backward(float* dlogits, const float* probs, const float* target,
+                                        Py_ssize_t B, Py_ssize_t C) noexcept nogil:
+    # Gradient of the batch-mean cross-entropy w.r.t. the softmax *input*: (probs - y) / B.
+    # Exact for softmax + CE with rows of y summing to 1 (the clip is not differentiated).
+    cdef Py_ssize_t i
+    cdef float scale = 1.0 / <float>B
+    for i in range(B * C):
+        dlogits[i] = scale * (probs[i] - target[i])
+
+
+cdef void sgd_update(float* params, const float* grads, float learning_rate,
+                     Py_ssize_t N) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(N):
+        params[i] = params[i] - learning_rate * grads[i]
+
+
+cdef inline Py_ssize_t argmax_row(const float* x, Py_ssize_t C) noexcept nogil:
+    # First index of the maximum, as np.argmax.
+    cdef Py_ssize_t c, best = 0
+    for c in range(1, C):
+        if x[c] > x[best]:
+            best = c
+    return best
+
+
+cdef Py_ssize_t count_correct(const float* pred, const float* target,
+                              Py_ssize_t B, Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t b, n = 0
+    for b in range(B):
+        if argmax_row(pred + b * C, C) == argmax_row(target + b * C, C):
+            n += 1
+    return n
+
+# ============================================================================================
+# The network: forward, backward, one step and the epoch loop over one flat parameter block
+# ============================================================================================
+
+cdef inline Py_ssize_t param_offset(const Net* net, Py_ssize_t l) noexcept nogil:
+    cdef Py_ssize_t i, off = 0
+    for i in range(l):
+        off += <Py_ssize_t>net.sizes[i] * net.sizes[i + 1] + net.sizes[i + 1]
+    return off
+
+
+cdef Py_ssize_t net_n_params(const Net* net) noexcept nogil:
+    return param_offset(net, net.n_layers)
+
+
+cdef float* net_acts(const Net* net, Py_ssize_t l) noexcept nogil:
+    """Region l of net.a: the input (l = 0), layer l-1's output, or the targets
+    (l = n_layers + 1)."""
+    cdef Py_ssize_t i, off = 0
+    for i in range(l):
+        off += net.rows * net.sizes[i]
+    return net.a + off
+
+
+cdef inline float* grad_region(const Net* net, Py_ssize_t l) noexcept nogil:
+    cdef Py_ssize_t i, off = 0
+    for i in range(l):
+        off += net.rows * net.sizes[i + 1]
+    return net.d + off
+
+
+cdef void activation_forward(int code, float* x, Py_ssize_t B, Py_ssize_t C) noexcept nogil:
+    if code == ACT_SIGMOID:
+        sigmoid_forward(x, x, B * C)
+    elif code == ACT_RELU:
+        relu_forward(x, x, B * C)
+    elif code == ACT_SOFTMAX:
+        softmax_forward(x, x, B, C)
+
+
+cdef void activation_backward(int code, float* dx, const float* out,
+                              Py_ssize_t B, Py_ssize_t C) noexcept nogil:
+    if code == ACT_SIGMOID:
+        sigmoid_backward(dx, out, dx, B * C)
+    elif code == ACT_RELU:
+        relu_backward(dx, out, dx, B * C)
+    elif code == ACT_SOFTMAX:
+        softmax_backward(dx, out, dx, B, C)
+
+
+cdef void net_forward(const Net* net, const float* x, float* out, Py_ssize_t n) noexcept nogil:
+    """Forward n <= net.rows rows. Hidden layers write their regions of net.a; the last
+    layer writes out (which may be its own region)."""
+    cdef Py_ssize_t l, L = net.n_layers
+    cdef const float* inp = x
+    cdef float* o
+    cdef float* w
+    for l in range(L):
+        o = out if l == L - 1 else net_acts(net, l + 1)
+        w = net.params + param_offset(net, l)
+        dense_forward(o, inp, w, w + <Py_ssize_t>net.sizes[l] * net.sizes[l + 1],
+                      n, net.sizes[l], net.sizes[l + 1])
+        activation_forward(net.acts[l], o, n, net.sizes[l + 1])
+        inp = o
+
+
+cdef inline double loss_forward(int loss, const float* pred, const float* target,
+                                Py_ssize_t B, Py_ssize_t C) noexcept nogil:
+    if loss == LOSS_CE:
+        return crossentropy_forward(pred, target, B, C)
+    return mse_forward(pred, target, B, C)
+
+
+cdef void net_backward(const Net* net, const float* target, Py_ssize_t n) noexcept nogil:
+    """Gradients of the batch-mean loss into net.grads, from the activations the last
+    net_forward over the input region left behind."""
+    cdef Py_ssize_t l, L = net.n_layers
+    cdef Py_ssize_t OC = net.sizes[L]
+    cdef const float* probs = net_acts(net, L)
+    cdef float* dz = grad_region(net, L - 1)
+    cdef float* dinp
+    cdef float* w
+    cdef float* gw
+    if net.loss == LOSS_CE and net.acts[L - 1] == ACT_SOFTMAX:
+        crossentropy_softmax_backward(dz, probs, target, n, OC)
+    else:
+        mse_backward(dz, probs, target, n, OC)
+        activation_backward(net.acts[L - 1], dz, probs, n, OC)
+    for l in range(L - 1, -1, -1):
+        dz = grad_region(net, l)
+        # The input gradient of the first layer is never used: skip that GEMM.
+        dinp = grad_region(net, l - 1) if l > 0 else NULL
+        w = net.params + param_offset(net, l)
+        gw = net.grads + param_offset(net, l)
+        dense_backward(dinp, gw, gw + <Py_ssize_t>net.sizes[l] * net.sizes[l + 1], dz,
+                       net_acts(net, l), w, n, net.sizes[l], net.sizes[l + 1])
+        if l > 0:
+            activation_backward(net.acts[l - 1], dinp, net_acts(net, l), n, net.sizes[l])
+
+
+cdef double train_step(const Net* net, Py_ssize_t n, float learning_rate) noexcept nogil:
+    """Forward, loss, backward and SGD update on the n rows already in the input and target
+    regions. Returns the batch-mean loss; if it is not finite, nothing is updated."""
+    cdef Py_ssize_t L = net.n_layers
+    cdef float* probs = net_acts(net, L)
+    net_forward(net, net.a, probs, n)
+    cdef double loss = loss_forward(net.loss, probs, net_acts(net, L + 1), n, net.sizes[L])
+    if not isfinite(loss):
+        return loss
+    net_backward(net, net_acts(net, L + 1), n)
+    sgd_update(net.params, net.grads, learning_rate, net_n_params(net))
+    return loss
+
+
+cdef inline void gather_rows(float* dst, const float* src, const long long* rows,
+                             Py_ssize_t n, Py_ssize_t width) noexcept nogil:
+    cdef Py_ssize_t r
+    for r in range(n):
+        memcpy(dst + r * width, src + rows[r] * width, width * sizeof(float))
+
+
+cdef EpochResult train_epoch(const Net* net, const float* x, const float* y,
+                             const long long* perm, Py_ssize_t N, Py_ssize_t batch_size,
+                             float learning_rate) noexcept nogil:
+    """Minibatch SGD over x[perm] in order, batch_size rows at a time (the last batch may be
+    smaller). Stops early on a non-finite loss (before that batch's update) or when a signal
+    handler raises (between two steps), so params always hold a completed step."""
+    cdef Py_ssize_t L = net.n_layers, C0 = net.sizes[0], OC = net.sizes[L]
+    cdef float* targets = net_acts(net, L + 1)
+    cdef EpochResult res
+    res.loss_sum = 0
+    res.correct = 0
+    res.seen = 0
+    res.batches = 0
+    res.status = EPOCH_DONE
+    cdef Py_ssize_t start = 0, n
+    cdef double loss, now, last_check = mn_seconds()
+    while start < N:
+        n = batch_size if N - start > batch_size else N - start
+        gather_rows(net.a, x, perm + start, n, C0)
+        gather_rows(targets, y, perm + start, n, OC)
+        loss = train_step(net, n, learning_rate)
+        if not isfinite(loss):
+            res.status = EPOCH_NONFINITE_LOSS
+            return res
+        res.loss_sum += loss * n
+        # The accuracy Keras reports uses the predictions made before this batch's update.
+        res.correct += count_correct(net_acts(net, L), targets, n, OC)
+        res.seen += n
+        res.batches += 1
+        start += n
+        now = mn_seconds()
+        if now - last_check >= SIGNAL_CHECK_INTERVAL:
+            last_check = now
+            with gil:
+                if PyErr_CheckSignals() != 0:
+                    res.status = EPOCH_INTERRUPTED
+                    return res
+    return res
+
+# ============================================================================================
+# Runtime configuration: SIMD path and threads (the C side's state, seen from Python)
+# ============================================================================================
+
+SIMD_PATHS = ("avx512", "avx2", "sse2", "neon", "scalar")
+
+
+def simd_path() -> str:
+    """Name of the GEMM instruction-set path in use."""
+    return mn_simd_name().decode()
+
+
+def simd_supported(name: str) -> bool:
+    """True if `name` is compiled in and this CPU can run it."""
+    return bool(mn_simd_supported(name.encode()))
+
+
+def select_simd(name=None) -> str:
+    """Use the SIMD path `name` (one of SIMD_PATHS), or the best one when name is None."""
+    if name is None:
+        mn_simd_select(NULL)
+        return simd_path()
+    if name not in SIMD_PATHS:
+        raise ValueError(f"unknown SIMD path {name!r}; choose from {', '.join(SIMD_PATHS)}")
+    if mn_simd_select(name.encode()) != 0:
+        have = [p for p in SIMD_PATHS if simd_supported(p)]
+        raise ValueError(f"SIMD path {name!r} is not available on this CPU/build; "
+                         f"available: {', '.join(have)}")
+    return simd_path()
+
+
+def set_num_threads(int n) -> None:
+    """Threads the kernels use; n <= 0 means all cores."""
+    mn_set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Threads the kernels use (1 when built without OpenMP)."""
+    return mn_get_num_threads()
+
+
+def openmp_enabled() -> bool:
+    """True if the kernels were built with OpenMP."""
+    return bool(mn_openmp_enabled())
+
+
+def sgemm(float[:, ::1] c, const float[:, ::1] a, const float[:, ::1] b):
+    """c = a @ b with the compiled GEMM (no checks beyond shapes: for benchmarks)."""
+    cdef Py_ssize_t M = a.shape[0], K = a.shape[1], N = b.shape[1]
+    if b.shape[0] != K or c.shape[0] != M or c.shape[1] != N or M * K * N == 0:
+        raise ValueError("sgemm needs c (M, N) = a (M, K) @ b (K, N), all non-empty")
+    with nogil:
+        mn_sgemm_nn(&c[0, 0], &a[0, 0], &b[0, 0], NULL, M, K, N)

@@ -1,0 +1,571 @@
+"""IDX reader, MNIST loader, per-user cache and download.
+
+The four MNIST files are stored in the IDX format: two zero bytes, a dtype code, the number of
+dimensions, the dimensions as big-endian uint32, then the data in row-major order, big-endian.
+The files are usually gzip-compressed.
+
+:func:`read_idx` reads one such file and refuses anything malformed with a ``ValueError`` that
+names the file, checking the header before allocating, so a forged header or a gzip bomb cannot
+make it allocate or inflate more than the header honestly describes (and never more than
+:data:`MAX_IDX_BYTES`).
+
+:func:`load_mnist` finds the four files (``path=``, else ``$MNISTNET_DATA``, else the per-user
+cache :func:`cache_dir`, else it downloads them there with :func:`download_mnist`) and returns
+``(x_train, y_train), (x_test, y_test)``. Any dataset in the same four-file layout
+(Fashion-MNIST, KMNIST, ...) loads too: local files get structural checks only, while downloads
+are verified against the sha256 in :data:`FILES`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import math
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+import zlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import BinaryIO, TextIO
+
+import numpy as np
+
+__all__ = [
+    "DATA_ENV_VAR",
+    "FILES",
+    "MAX_IDX_BYTES",
+    "MIRRORS",
+    "DownloadError",
+    "cache_dir",
+    "download_mnist",
+    "load_mnist",
+    "read_idx",
+]
+
+PathLike = str | os.PathLike[str]
+
+#: Largest payload (in bytes, after decompression) that :func:`read_idx` accepts.
+MAX_IDX_BYTES = 2 * 1024**3
+#: Most dimensions an IDX file may declare (MNIST uses 1 for labels and 3 for images).
+MAX_IDX_NDIM = 4
+
+#: Environment variable naming a folder that holds the four files.
+DATA_ENV_VAR = "MNISTNET_DATA"
+
+#: Mirrors tried in order, HTTPS first (torchvision's, then Google's), the original site last.
+MIRRORS: tuple[str, ...] = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+
+#: The four files the mirrors serve, each with the sha256 of its ``.gz`` bytes.
+FILES: Mapping[str, str] = MappingProxyType(
+    {
+        "train-images-idx3-ubyte.gz": (
+            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"
+        ),
+        "train-labels-idx1-ubyte.gz": (
+            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"
+        ),
+        "t10k-images-idx3-ubyte.gz": (
+            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"
+        ),
+        "t10k-labels-idx1-ubyte.gz": (
+            "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"
+        ),
+    }
+)
+
+_TRAIN_IMAGES = "train-images-idx3-ubyte"
+_TRAIN_LABELS = "train-labels-idx1-ubyte"
+_TEST_IMAGES = "t10k-images-idx3-ubyte"
+_TEST_LABELS = "t10k-labels-idx1-ubyte"
+_DATASET_STEMS = (_TRAIN_IMAGES, _TRAIN_LABELS, _TEST_IMAGES, _TEST_LABELS)
+
+_IDX_DTYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_GZIP_MAGIC = b"\x1f\x8b"
+_GZIP_ERRORS = (zlib.error, EOFError, gzip.BadGzipFile, OSError)
+_READ_CHUNK = 1 << 20
+_DOWNLOAD_CHUNK = 1 << 16
+_MAX_DOWNLOAD_BYTES = MAX_IDX_BYTES
+
+
+# --------------------------------------------------------------------------- IDX reader
+
+
+def read_idx(path: PathLike) -> np.ndarray:
+    """Read one IDX file, gzip-compressed or raw, into an array in native byte order.
+
+    Compression is detected from the gzip magic bytes, not from the file name. The array has
+    the shape and element type the header declares.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a well-formed IDX file (bad magic, unknown dtype code,
+            unreasonable dimensions, more than :data:`MAX_IDX_BYTES` of data, truncated or
+            trailing data, corrupt gzip stream). The message names the file and the problem.
+    """
+    name = os.fspath(path)
+    try:
+        raw = open(name, "rb")  # closed by the with statement below
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{name}: no such file") from exc
+    with raw:
+        magic = raw.read(2)
+        if not magic:
+            raise ValueError(f"{name}: empty file, not an IDX file")
+        raw.seek(0)
+        if magic == _GZIP_MAGIC:
+            return _read_gzip_idx(raw, name)
+        return _read_idx_stream(raw, name, size=os.fstat(raw.fileno()).st_size)
+
+
+def _read_gzip_idx(raw: BinaryIO, name: str) -> np.ndarray:
+    """Read an IDX file from a gzip stream, turning every gzip failure into a ValueError."""
+    try:
+        with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+            return _read_idx_stream(stream, name, size=None)
+    except _GZIP_ERRORS as exc:
+        raise ValueError(f"{name}: corrupt gzip stream ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_idx_stream(stream: BinaryIO, name: str, size: int | None) -> np.ndarray:
+    """Parse the header, then read exactly the payload it describes.
+
+    ``size`` is the total stream size when known (raw files): the payload length is then
+    checked before anything is read or allocated.
+    """
+    dtype, shape = _read_idx_header(stream, name)
+    expected = _payload_bytes(dtype, shape, name)
+    if size is not None:
+        _check_raw_size(size - _header_bytes(shape), expected, name)
+    payload = _read_exactly(stream, expected, name)
+    return _to_native_array(payload, dtype, shape)
+
+
+def _read_idx_header(stream: BinaryIO, name: str) -> tuple[np.dtype, tuple[int, ...]]:
+    """Read and validate the magic number and the dimensions."""
+    magic = stream.read(4)
+    if len(magic) < 4:
+        raise ValueError(f"{name}: file too short for an IDX header ({len(magic)} bytes)")
+    if magic[0] != 0 or magic[1] != 0:
+        raise ValueError(
+            f"{name}: not an IDX file (magic starts with {magic[:2].hex()}, expected 0000)"
+        )
+    code, ndim = magic[2], magic[3]
+    if code not in _IDX_DTYPES:
+        raise ValueError(f"{name}: unknown IDX dtype code 0x{code:02X}")
+    if not 1 <= ndim <= MAX_IDX_NDIM:
+        raise ValueError(f"{name}: IDX header declares {ndim} dimensions (1..{MAX_IDX_NDIM})")
+    dims = stream.read(4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise ValueError(f"{name}: truncated IDX header ({ndim} dimensions declared)")
+    shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
+    return _IDX_DTYPES[code], shape
+
+
+def _header_bytes(shape: tuple[int, ...]) -> int:
+    return 4 + 4 * len(shape)
+
+
+def _payload_bytes(dtype: np.dtype, shape: tuple[int, ...], name: str) -> int:
+    """Bytes of data the header describes, refusing anything above MAX_IDX_BYTES."""
+    for axis, dim in enumerate(shape):
+        if dim * dtype.itemsize > MAX_IDX_BYTES:
+            raise ValueError(
+                f"{name}: dimension {axis} of the IDX header is {dim}, "
+                f"more than the {MAX_IDX_BYTES}-byte limit allows"
+            )
+    total = math.prod(shape) * dtype.itemsize
+    if total > MAX_IDX_BYTES:
+        raise ValueError(
+            f"{name}: header says {total} bytes of data (shape {shape}), "
+            f"more than the {MAX_IDX_BYTES}-byte limit"
+        )
+    return total
+
+
+def _check_raw_size(available: int, expected: int, name: str) -> None:
+    if available < expected:
+        raise ValueError(
+            f"{name}: header says {expected} bytes of data but the file has {available}"
+        )
+    if available > expected:
+        raise ValueError(
+            f"{name}: header says {expected} bytes of data but the file has "
+            f"{available - expected} trailing bytes after them"
+        )
+
+
+def _read_exactly(stream: BinaryIO, expected: int, name: str) -> bytearray:
+    """Read ``expected`` bytes in chunks, then make sure nothing follows.
+
+    Never reads more than one byte past ``expected``, so a gzip bomb is not inflated.
+    """
+    payload = bytearray()
+    while len(payload) < expected:
+        chunk = stream.read(min(_READ_CHUNK, expected - len(payload)))
+        if not chunk:
+            raise ValueError(
+                f"{name}: header says {expected} bytes of data but the file has {len(payload)}"
+            )
+        payload += chunk
+    if stream.read(1):
+        raise ValueError(
+            f"{name}: header says {expected} bytes of data but the file has trailing bytes "
+            f"after them"
+        )
+    return payload
+
+
+def _to_native_array(payload: bytearray, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """View the payload as the header's dtype and shape, byte-swapped in place if needed."""
+    array = np.frombuffer(payload, dtype=dtype)
+    if not dtype.isnative:
+        array = array.byteswap(inplace=True).view(dtype.newbyteorder("="))
+    return array.reshape(shape)
+
+
+# --------------------------------------------------------------------------- loader
+
+
+def cache_dir() -> Path:
+    """The per-user cache folder: ``$XDG_CACHE_HOME/mnistnet``, else ``~/.cache/mnistnet``.
+
+    A relative ``$XDG_CACHE_HOME`` is ignored, as the XDG specification asks. The folder is not
+    created here.
+    """
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "mnistnet"
+    return Path.home() / ".cache" / "mnistnet"
+
+
+def load_mnist(
+    path: PathLike | None = None, *, normalize: bool = True, download: bool = True
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Load MNIST (or any dataset in the same four-file IDX layout).
+
+    The four files ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+    ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte`` (each raw or ``.gz``; the raw one
+    is used when both exist) are looked for in:
+
+    1. ``path`` if given, and then only there;
+    2. else the folder named by ``$MNISTNET_DATA``;
+    3. else :func:`cache_dir`;
+    4. else, if ``download`` is true, they are downloaded into :func:`cache_dir`.
+
+    Returns:
+        ``(x_train, y_train), (x_test, y_test)``: x of shape ``(n, rows * cols)``, C-contiguous,
+        float32 in [0, 1] (pixels divided by 255) when ``normalize`` is true, else uint8; y
+        uint8 of shape ``(n,)``.
+
+    Raises:
+        FileNotFoundError: files missing from ``path``, or found nowhere and ``download`` false.
+        ValueError: a file is malformed, or the four files do not fit together.
+        DownloadError: every mirror failed for some file.
+    """
+    files = _locate_dataset(path, download)
+    train_images = read_idx(files[_TRAIN_IMAGES])
+    train_labels = read_idx(files[_TRAIN_LABELS])
+    test_images = read_idx(files[_TEST_IMAGES])
+    test_labels = read_idx(files[_TEST_LABELS])
+    _check_split(train_images, train_labels, files[_TRAIN_IMAGES], files[_TRAIN_LABELS])
+    _check_split(test_images, test_labels, files[_TEST_IMAGES], files[_TEST_LABELS])
+    _check_same_image_size(train_images, test_images, files[_TRAIN_IMAGES], files[_TEST_IMAGES])
+    x_train = _flatten_images(train_images, normalize)
+    del train_images  # let the raw bytes go before the test split is converted
+    x_test = _flatten_images(test_images, normalize)
+    return (x_train, train_labels), (x_test, test_labels)
+
+
+def _locate_dataset(path: PathLike | None, download: bool) -> dict[str, Path]:
+    """Find the four files, following the search order documented in :func:`load_mnist`."""
+    if path is not None:
+        return _dataset_files_or_raise(Path(path))
+    env_folder = os.environ.get(DATA_ENV_VAR)
+    if env_folder:
+        files, missing = _dataset_files(Path(env_folder))
+        if not missing:
+            return files
+        warnings.warn(
+            f"${DATA_ENV_VAR}={env_folder} lacks {', '.join(missing)}; "
+            f"looking in {cache_dir()} instead",
+            stacklevel=3,
+        )
+    files, missing = _dataset_files(cache_dir())
+    if not missing:
+        return files
+    if not download:
+        searched = f"{env_folder} (${DATA_ENV_VAR}) and " if env_folder else ""
+        raise FileNotFoundError(
+            f"MNIST files not found in {searched}{cache_dir()}, and download=False. "
+            + _manual_install_hint()
+        )
+    return _dataset_files_or_raise(download_mnist(cache_dir(), mirrors=MIRRORS, files=FILES))
+
+
+def _dataset_files(folder: Path) -> tuple[dict[str, Path], list[str]]:
+    """Map each of the four stems to its file in ``folder``; also list the stems not found."""
+    found, missing = {}, []
+    for stem in _DATASET_STEMS:
+        candidates = (folder / stem, folder / f"{stem}.gz")
+        existing = [candidate for candidate in candidates if candidate.is_file()]
+        if existing:
+            found[stem] = existing[0]
+        else:
+            missing.append(stem)
+    return found, missing
+
+
+def _dataset_files_or_raise(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder (expected the four MNIST files there)")
+    files, missing = _dataset_files(folder)
+    if missing:
+        raise FileNotFoundError(
+            f"{folder}: missing "
+            + ", ".join(f"{stem}[.gz]" for stem in missing)
+            + f" (expected the four files {', '.join(_DATASET_STEMS)}, raw or .gz)"
+        )
+    return files
+
+
+def _check_split(
+    images: np.ndarray, labels: np.ndarray, images_path: Path, labels_path: Path
+) -> None:
+    """Images must be (n, rows, cols) uint8 and labels (n,) uint8 with the same n."""
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(
+            f"{images_path}: expected 3-D uint8 images, got {images.ndim}-D {images.dtype}"
+        )
+    if labels.ndim != 1 or labels.dtype != np.uint8:
+        raise ValueError(
+            f"{labels_path}: expected 1-D uint8 labels, got {labels.ndim}-D {labels.dtype}"
+        )
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"{images_path} holds {images.shape[0]} images but {labels_path} holds "
+            f"{labels.shape[0]} labels"
+        )
+    if images.size == 0:
+        raise ValueError(f"{images_path}: no image data (shape {images.shape})")
+
+
+def _check_same_image_size(
+    train: np.ndarray, test: np.ndarray, train_path: Path, test_path: Path
+) -> None:
+    if train.shape[1:] != test.shape[1:]:
+        raise ValueError(
+            f"image sizes differ: {train_path} has {train.shape[1]}x{train.shape[2]} images, "
+            f"{test_path} has {test.shape[1]}x{test.shape[2]}"
+        )
+
+
+def _flatten_images(images: np.ndarray, normalize: bool) -> np.ndarray:
+    """(n, rows, cols) uint8 -> (n, rows * cols), float32 / 255 in one pass if ``normalize``."""
+    flat = images.reshape(images.shape[0], -1)
+    if not normalize:
+        return np.ascontiguousarray(flat)
+    scaled = np.empty(flat.shape, dtype=np.float32)
+    np.divide(flat, np.float32(255), out=scaled, dtype=np.float32)
+    return scaled
+
+
+# --------------------------------------------------------------------------- download
+
+
+class DownloadError(RuntimeError):
+    """Every mirror failed for a file; the message lists why and where to put files by hand."""
+
+
+class _MirrorFailure(Exception):
+    """One mirror could not deliver one verified file; the message is the reason."""
+
+
+def download_mnist(
+    dest: PathLike | None = None,
+    *,
+    mirrors: Iterable[str] = MIRRORS,
+    files: Mapping[str, str] = FILES,
+    timeout: float = 30,
+    progress: bool | None = None,
+) -> Path:
+    """Download the files into ``dest`` (default :func:`cache_dir`) and return ``dest``.
+
+    ``files`` maps each file name to the sha256 of its bytes. Files already in ``dest`` with
+    the right checksum are kept. Otherwise the mirrors are tried in order: each download
+    streams into a temporary file in ``dest`` while being hashed, and only a verified file is
+    moved into place (atomically, with :func:`os.replace`); a network error, an HTTP error or a
+    checksum mismatch deletes the temporary file and moves on to the next mirror. ``timeout``
+    (seconds) applies to connecting and to every read. ``progress`` shows a progress bar on
+    stderr; ``None`` shows it when stderr is a terminal.
+
+    Raises:
+        DownloadError: every mirror failed for some file. The message lists each mirror with
+            its reason and where to put the files by hand. Files verified before that stay.
+    """
+    folder = Path(dest) if dest is not None else cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    show_progress = _stderr_is_terminal() if progress is None else progress
+    mirror_list = list(mirrors)
+    for name, sha256 in files.items():
+        target = folder / name
+        if target.is_file() and _sha256_of_file(target) == sha256:
+            continue
+        _download_verified(name, sha256, target, mirror_list, timeout, show_progress)
+    return folder
+
+
+def _stderr_is_terminal() -> bool:
+    return sys.stderr is not None and sys.stderr.isatty()
+
+
+def _download_verified(
+    name: str, sha256: str, target: Path, mirrors: list[str], timeout: float, progress: bool
+) -> None:
+    """Try each mirror in turn until one delivers ``name`` with the expected checksum."""
+    failures = []
+    for mirror in mirrors:
+        url = _file_url(mirror, name)
+        try:
+            _fetch_into(url, target, sha256, timeout, progress)
+            return
+        except _MirrorFailure as failure:
+            failures.append(f"  {url}: {failure}")
+    tried = "\n".join(failures) if failures else "  (no mirrors given)"
+    raise DownloadError(
+        f"could not download {name} from any mirror:\n{tried}\n{_manual_install_hint()}"
+    )
+
+
+def _file_url(mirror: str, name: str) -> str:
+    return mirror.rstrip("/") + "/" + name
+
+
+def _fetch_into(url: str, target: Path, sha256: str, timeout: float, progress: bool) -> None:
+    """Stream ``url`` to a temporary file beside ``target``, verify it, then move it in place.
+
+    The temporary file is deleted on any failure, interruptions included.
+    """
+    handle = tempfile.NamedTemporaryFile(
+        dir=target.parent, prefix=f".{target.name}.", suffix=".part", delete=False
+    )
+    temp_path = Path(handle.name)
+    try:
+        with handle:
+            digest = _stream_url(url, handle, timeout, _ProgressBar(target.name, progress))
+        if digest != sha256:
+            raise _MirrorFailure(f"sha256 mismatch (got {digest}, expected {sha256})")
+        os.chmod(temp_path, 0o644)
+        os.replace(temp_path, target)
+    except BaseException:
+        temp_path.unlink(missing_ok=True)
+        raise
+
+
+def _stream_url(url: str, out: BinaryIO, timeout: float, bar: _ProgressBar) -> str:
+    """Copy the body of ``url`` into ``out``; return its sha256 hex digest."""
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            total = _content_length(response)
+            if total is not None and total > _MAX_DOWNLOAD_BYTES:
+                raise _MirrorFailure(f"announces {total} bytes, more than {_MAX_DOWNLOAD_BYTES}")
+            done = 0
+            while chunk := response.read(_DOWNLOAD_CHUNK):
+                done += len(chunk)
+                if done > _MAX_DOWNLOAD_BYTES:
+                    raise _MirrorFailure(f"more than {_MAX_DOWNLOAD_BYTES} bytes, gave up")
+                digest.update(chunk)
+                out.write(chunk)
+                bar.update(done, total)
+            if total is not None and done != total:
+                raise _MirrorFailure(f"connection closed after {done} of {total} bytes")
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise _MirrorFailure(_describe_network_error(exc)) from exc
+    finally:
+        bar.close()
+    return digest.hexdigest()
+
+
+def _content_length(response: http.client.HTTPResponse) -> int | None:
+    length = response.headers.get("Content-Length", "")
+    return int(length) if length.isdigit() else None
+
+
+def _describe_network_error(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    if reason is not None:
+        return f"{type(exc).__name__}: {reason}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class _ProgressBar:
+    """An in-place ``\\r`` progress bar: bytes done / total, drawn only when it changes."""
+
+    WIDTH = 40
+
+    def __init__(self, name: str, enabled: bool, stream: TextIO | None = None) -> None:
+        self.name = name
+        self.enabled = enabled
+        self.stream = stream if stream is not None else sys.stderr
+        self.last_step = -1
+
+    def update(self, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        step = done * self.WIDTH // total if total else done >> 20
+        if step == self.last_step:
+            return
+        self.last_step = step
+        self.stream.write("\r" + self._line(done, total))
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.last_step >= 0:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def _line(self, done: int, total: int | None) -> str:
+        if not total:
+            return f"{self.name}: {_format_size(done)}"
+        filled = min(self.WIDTH, done * self.WIDTH // total)
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        return f"{self.name}: [{bar}] {_format_size(done)} / {_format_size(total)}"
+
+
+def _format_size(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+
+
+def _sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(_READ_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _manual_install_hint() -> str:
+    names = ", ".join(FILES)
+    return (
+        f"To install the files by hand, put {names} (raw or .gz) in {cache_dir()}, "
+        f"or in any folder and set {DATA_ENV_VAR} to it, or pass load_mnist(path=...)."
+    )
