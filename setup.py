@@ -15,7 +15,6 @@ Environment switches (for development and CI):
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -33,15 +32,15 @@ def env_flag(name):
 
 
 def target_arch():
-    """'x86_64', 'arm64' or 'other', for the platform being built for."""
+    """'x86_64', 'arm64' or 'other': the architecture being built for."""
     plat = sysconfig.get_platform().lower()
     machine = platform.machine().lower()
-    arch_flags = os.environ.get("ARCHFLAGS", "")  # macOS cross builds (cibuildwheel)
-    if "arm64" in arch_flags or plat.endswith(("arm64", "aarch64")) or machine in (
-        "arm64", "aarch64"
-    ) and "x86_64" not in arch_flags:
+    arch_flags = os.environ.get("ARCHFLAGS", "")  # set by macOS cross builds (cibuildwheel)
+    if arch_flags:
+        return "arm64" if "arm64" in arch_flags else "x86_64"
+    if plat.endswith(("arm64", "aarch64")) or machine in ("arm64", "aarch64"):
         return "arm64"
-    if any(t in plat for t in ("x86_64", "amd64", "win-amd64")) or machine in ("x86_64", "amd64"):
+    if plat.endswith(("x86_64", "amd64")) or machine in ("x86_64", "amd64"):
         return "x86_64"
     return "other"
 
@@ -83,7 +82,7 @@ class BuildExt(build_ext):
 
     def compile_isa_objects(self, ext, isa):
         objects = []
-        for filename, macro, flags in isa:
+        for filename, _, flags in isa:
             objects += self.compiler.compile(
                 [os.path.join(CSRC, filename)],
                 output_dir=self.build_temp,

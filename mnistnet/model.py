@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 import warnings
+import zipfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -262,6 +263,7 @@ class Model:
         self.grads = np.zeros(n_params, dtype=np.float32)
         self._views = reference.layer_views(self.params, self.sizes)
         self._epochs_done = 0
+        self.history: History | None = None  # the running or last fit's History
         self._training = threading.Lock()
         self._initialise()
 
@@ -286,6 +288,11 @@ class Model:
     def n_outputs(self) -> int:
         return int(self.sizes[-1])
 
+    @property
+    def epochs_trained(self) -> int:
+        """Epochs completed by fit so far (over all calls); sets the next epoch's shuffle."""
+        return self._epochs_done
+
     def get_config(self) -> dict[str, Any]:
         return {"layers": [layer.get_config() for layer in self.layers],
                 "input_dim": self.input_dim, "loss": self.loss,
@@ -308,7 +315,7 @@ class Model:
             raise ValueError(f"set_weights needs {len(expected)} arrays "
                              f"(W and b per layer), got {len(weights)}")
         converted = []
-        for i, (new, old) in enumerate(zip(weights, expected)):
+        for i, (new, old) in enumerate(zip(weights, expected, strict=True)):
             new = np.asarray(new)
             if new.dtype.kind != "f":
                 raise TypeError(f"weights[{i}] must be floating point, got dtype {new.dtype}")
@@ -317,7 +324,7 @@ class Model:
             if not np.isfinite(new).all():
                 raise ValueError(f"weights[{i}] contains NaN or Inf")
             converted.append(new)
-        for new, old in zip(converted, expected):
+        for new, old in zip(converted, expected, strict=True):
             old[...] = new
 
     # -- training --------------------------------------------------------------------------
@@ -361,7 +368,9 @@ class Model:
         return xv, yv
 
     def _fit(self, x, targets, epochs, batch_size, val, log, shuffle) -> History:
-        history = History()
+        # Kept on the model as it grows, so after Ctrl-C `model.history` holds the
+        # completed epochs (as in Keras).
+        history = self.history = History()
         _, n_acts, n_dacts = reference.buffer_sizes(self.sizes, batch_size)
         acts = np.zeros(n_acts, dtype=np.float32)
         dacts = np.zeros(n_dacts, dtype=np.float32)
@@ -448,6 +457,7 @@ class Model:
         folder = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".mnistnet-", suffix=".npz.tmp", dir=folder)
         try:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, format_version=np.array(FORMAT_VERSION),
                          config=np.array(json.dumps(self.get_config())),
@@ -465,13 +475,17 @@ class Model:
         """Read a model written by save(). Never unpickles; checks the format version and
         that the weights fit the architecture. Raises ValueError naming the file."""
         path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: no such model file")
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"{path}: not a mnistnet model file (not an .npz archive)")
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {key: data[key] for key in data.files}
-        except FileNotFoundError:
-            raise
         except Exception as exc:
-            raise ValueError(f"{path}: not a mnistnet model file ({exc})") from None
+            # Corrupt or truncated archives, object arrays (refused: never unpickle), ...
+            reason = "it holds Python objects" if "allow_pickle" in str(exc) else exc
+            raise ValueError(f"{path}: not a mnistnet model file ({reason})") from None
         return cls._from_arrays(arrays, path, backend)
 
     @classmethod
@@ -503,6 +517,12 @@ class Model:
             raise ValueError(f"{path}: weights contain NaN or Inf")
         model.params[...] = params
         return model
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # ---- the tutorial's three networks -------------------------------------------------------

@@ -19,6 +19,8 @@ compiled kernels; losses are accumulated in float64, as there. Derivations:
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 ACTIVATIONS = {"linear": 0, "sigmoid": 1, "relu": 2, "softmax": 3}
@@ -166,7 +168,7 @@ def buffer_sizes(sizes, rows):
 def layer_views(flat, sizes):
     """[(W0, b0), (W1, b1), ...] as views into the flat parameter (or gradient) block."""
     views, off = [], 0
-    for c, oc in zip(sizes[:-1], sizes[1:]):
+    for c, oc in itertools.pairwise(sizes):
         w = flat[off: off + c * oc].reshape(c, oc)
         b = flat[off + c * oc: off + c * oc + oc]
         views.append((w, b))
@@ -181,7 +183,7 @@ _BACKWARD = {0: linear_backward, 1: sigmoid_backward, 2: relu_backward, 3: softm
 def _forward_all(params, sizes, act_codes, x):
     """Every layer's output for the rows of x (the input first)."""
     outs = [x]
-    for (w, b), code in zip(layer_views(params, sizes), act_codes):
+    for (w, b), code in zip(layer_views(params, sizes), act_codes, strict=True):
         z = dense_forward(None, outs[-1], w, b)
         outs.append(_FORWARD[int(code)](z, z))
     return outs
