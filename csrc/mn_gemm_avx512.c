@@ -5,8 +5,8 @@
 #define MN_TABLE_NAME "avx512"
 typedef __m512 VF;
 #define VW 16
-#define MR_MAX 6
-#define NV_MAX 4
+#define MR_MAX 8
+#define NV_MAX 3
 #define TI 4
 #define TJ 4
 #define AVX512_MASK(n) ((__mmask16)((1u << (n)) - 1u))

@@ -5,7 +5,8 @@
  *   MN_TABLE          name of the mn_gemm_table to define (e.g. mn_gemm_avx2)
  *   MN_TABLE_NAME     its string name ("avx2")
  *   VF, VW            vector type and its width in floats
- *   MR_MAX, NV_MAX    register tile of gemm_rows: up to MR_MAX rows x NV_MAX vectors
+ *   MR_MAX, NV_MAX    register tile of gemm_rows: up to MR_MAX (<= 8) rows x NV_MAX (<= 4)
+ *                     vectors
  *   TI, TJ            register tile of gemm_nt_rows: TI rows of a x TJ rows of b
  *   V_ZERO()          all lanes 0
  *   V_LOAD(p)         VW floats from p (unaligned)
@@ -21,6 +22,8 @@
  * with literal sizes), so accumulators live in registers. Every output element sees the same
  * operations whatever tile it lands in: partial tiles only mask lanes, never reorder sums.
  */
+#include <stdlib.h>
+
 #include "mn_internal.h"
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -34,11 +37,18 @@
 MN_ALWAYS_INLINE void rows_tile(const int mr, const int nv, const int full_last,
                                 float *c, const float *a, const float *b, const float *bias,
                                 ptrdiff_t K, ptrdiff_t ldb, ptrdiff_t ldc,
-                                ptrdiff_t a_rs, ptrdiff_t a_cs, int tail)
+                                ptrdiff_t a_rs, ptrdiff_t a_cs, int tail, int resume)
 {
+    /* resume: continue the sums already in c (a later block of k); bias: add it (last block).
+     * Either way each element sees one multiply-add per k, in k order, from 0. */
     VF acc[MR_MAX][NV_MAX];
     MN_UNROLL for (int r = 0; r < mr; r++)
-        MN_UNROLL for (int v = 0; v < nv; v++) acc[r][v] = V_ZERO();
+        MN_UNROLL for (int v = 0; v < nv; v++) {
+            const int last = (v == nv - 1) && !full_last;
+            acc[r][v] = !resume ? V_ZERO()
+                        : last  ? V_LOADN(c + r * ldc + v * VW, tail)
+                                : V_LOAD(c + r * ldc + v * VW);
+        }
 
     for (ptrdiff_t k = 0; k < K; k++) {
         const float *bk = b + k * ldb;
@@ -67,13 +77,15 @@ MN_ALWAYS_INLINE void rows_tile(const int mr, const int nv, const int full_last,
     }
 }
 
-#define ROWS_ARGS c, a, b, bias, K, ldb, ldc, a_rs, a_cs, tail
+#define ROWS_ARGS c, a, b, bias, K, ldb, ldc, a_rs, a_cs, tail, resume
 #define ROWS_CASE(MR, NV)                                                                  \
-    case (MR) * 8 + (NV):                                                                  \
+    case (MR) * 8 + (NV) - 1:                                                                  \
         if (full_last) rows_tile(MR, NV, 1, ROWS_ARGS); else rows_tile(MR, NV, 0, ROWS_ARGS); \
         break;
 #if NV_MAX >= 4
 #define ROWS_CASES_NV(MR) ROWS_CASE(MR, 1) ROWS_CASE(MR, 2) ROWS_CASE(MR, 3) ROWS_CASE(MR, 4)
+#elif NV_MAX >= 3
+#define ROWS_CASES_NV(MR) ROWS_CASE(MR, 1) ROWS_CASE(MR, 2) ROWS_CASE(MR, 3)
 #elif NV_MAX >= 2
 #define ROWS_CASES_NV(MR) ROWS_CASE(MR, 1) ROWS_CASE(MR, 2)
 #else
@@ -83,10 +95,10 @@ MN_ALWAYS_INLINE void rows_tile(const int mr, const int nv, const int full_last,
 /* One tile of mr <= MR_MAX rows and nv <= NV_MAX vectors, the last holding `tail` floats. */
 static void rows_tile_any(int mr, int nv, float *c, const float *a, const float *b,
                           const float *bias, ptrdiff_t K, ptrdiff_t ldb, ptrdiff_t ldc,
-                          ptrdiff_t a_rs, ptrdiff_t a_cs, int tail)
+                          ptrdiff_t a_rs, ptrdiff_t a_cs, int tail, int resume)
 {
     const int full_last = tail == VW;
-    switch (mr * 8 + nv) {
+    switch (mr * 8 + nv - 1) {
         ROWS_CASES_NV(1)
 #if MR_MAX >= 2
         ROWS_CASES_NV(2)
@@ -103,7 +115,31 @@ static void rows_tile_any(int mr, int nv, float *c, const float *a, const float 
 #if MR_MAX >= 6
         ROWS_CASES_NV(6)
 #endif
-        default: break; /* unreachable: mr and nv are clamped by the caller */
+#if MR_MAX >= 7
+        ROWS_CASES_NV(7)
+#endif
+#if MR_MAX >= 8
+        ROWS_CASES_NV(8)
+#endif
+        default: abort(); /* unreachable: the caller clamps mr and nv to the tile */
+    }
+}
+
+/* Packing pays when b's rows are far apart (TLB and cache-set pressure) and many row tiles
+ * reuse each packed block; for the narrow layers of a training step it only costs. */
+#define KC 256
+#define PACK_MIN_ROWS (8 * MR_MAX)
+#define PACK_MIN_K 128
+#define PACK_MIN_N 256
+
+static void rows_panel(float *c, const float *a, const float *b, const float *bias,
+                       ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t K, ptrdiff_t ldb, ptrdiff_t ldc,
+                       ptrdiff_t a_rs, ptrdiff_t a_cs, int nv, int tail, int resume)
+{
+    for (ptrdiff_t i = m0; i < m1; i += MR_MAX) {
+        const int mr = (int)(m1 - i < MR_MAX ? m1 - i : MR_MAX);
+        rows_tile_any(mr, nv, c + i * ldc, a + i * a_rs, b, bias, K, ldb, ldc, a_rs, a_cs,
+                      tail, resume);
     }
 }
 
@@ -112,16 +148,28 @@ static void gemm_rows(float *c, const float *a, const float *b, const float *bia
                       ptrdiff_t a_rs, ptrdiff_t a_cs)
 {
     const ptrdiff_t panel = (ptrdiff_t)NV_MAX * VW;
-    /* Column panels outside, rows inside: the (K x panel) slice of b stays in cache while
-     * every row block of this thread streams past it. */
+    const int pack = m1 - m0 >= PACK_MIN_ROWS && K >= PACK_MIN_K && N >= PACK_MIN_N;
+    /* Column panels outside, rows inside: the slice of b under a panel stays in cache while
+     * this thread's row tiles stream past it. When many tiles share it, copy KC rows of it
+     * at a time into a contiguous block on the stack first (no TLB or cache-set thrashing
+     * from b's row stride); the sums continue across blocks in the same k order, so packed
+     * and unpacked results are bit-identical. */
+    float packed[KC * NV_MAX * VW];
     for (ptrdiff_t j0 = 0; j0 < N; j0 += panel) {
         const ptrdiff_t nc = N - j0 < panel ? N - j0 : panel;
         const int nv = (int)((nc + VW - 1) / VW);
         const int tail = (int)(nc - (ptrdiff_t)(nv - 1) * VW);
-        for (ptrdiff_t i = m0; i < m1; i += MR_MAX) {
-            const int mr = (int)(m1 - i < MR_MAX ? m1 - i : MR_MAX);
-            rows_tile_any(mr, nv, c + i * N + j0, a + i * a_rs, b + j0,
-                          bias ? bias + j0 : NULL, K, N, N, a_rs, a_cs, tail);
+        const float *pbias = bias ? bias + j0 : NULL;
+        if (!pack) {
+            rows_panel(c + j0, a, b + j0, pbias, m0, m1, K, N, N, a_rs, a_cs, nv, tail, 0);
+            continue;
+        }
+        for (ptrdiff_t k0 = 0; k0 < K; k0 += KC) {
+            const ptrdiff_t kc = K - k0 < KC ? K - k0 : KC;
+            for (ptrdiff_t k = 0; k < kc; k++)
+                for (ptrdiff_t j = 0; j < nc; j++) packed[k * panel + j] = b[(k0 + k) * N + j0 + j];
+            rows_panel(c + j0, a + k0 * a_cs, packed, k0 + kc == K ? pbias : NULL, m0, m1, kc,
+                       panel, N, a_rs, a_cs, nv, tail, k0 > 0);
         }
     }
 }
