@@ -11,8 +11,17 @@ CPU lacks it); MNISTNET_NUM_THREADS=n sets the kernels' thread count (default: a
 
 import os as _os
 
-from mnistnet import fast, reference
 from mnistnet._version import __version__
+
+try:
+    from mnistnet import fast
+except ImportError as _exc:  # the source folder without its compiled extensions
+    raise ImportError(
+        f"mnistnet's compiled extensions are missing next to {__file__} ({_exc}). If this is "
+        "the source tree, install it (pip install .) and run from another folder, or build in "
+        "place (python setup.py build_ext --inplace)."
+    ) from None
+from mnistnet import reference
 from mnistnet.data import load_mnist
 from mnistnet.model import SGD, Dense, History, Model, preset
 

@@ -285,9 +285,8 @@ def _fit(model: mn.Model, args: argparse.Namespace, x: np.ndarray, y: np.ndarray
 
 def _report_interrupt(model: mn.Model, args: argparse.Namespace) -> int:
     """After Ctrl-C in fit: save the weights of the last completed step if asked to."""
-    done = getattr(model, "_epochs_done", None)  # epochs completed; fit keeps no public count
-    where = (f"interrupted during epoch {done + 1}/{args.epochs} ({done} completed)"
-             if isinstance(done, int) else "interrupted")
+    done = len(model.history.epoch) if model.history is not None else 0
+    where = f"interrupted during epoch {done + 1}/{args.epochs} ({done} completed)"
     if args.save is None:
         outcome = "nothing saved (pass --save to keep the weights)"
     elif not all(np.isfinite(w).all() for w in model.get_weights()):
@@ -295,6 +294,8 @@ def _report_interrupt(model: mn.Model, args: argparse.Namespace) -> int:
     else:
         model.save(args.save)
         outcome = f"saved the weights of the last completed step to {args.save}"
+    if args.history is not None and model.history is not None:
+        _write_history(args.history, model.history, model, args, diverged=False)
     print(f"{PROG}: {where}; {outcome}", file=sys.stderr, flush=True)
     return EXIT_INTERRUPTED
 
