@@ -138,9 +138,15 @@ def as_features(x: Any, input_dim: int, name: str = "x") -> np.ndarray:
         raise ValueError(f"{name} has {x.shape[1]} columns but the model's input_dim is "
                          f"{input_dim}")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.isfinite(x).all():
+    if not all_finite(x):
         raise ValueError(f"{name} contains NaN or Inf")
     return x
+
+
+def all_finite(a: np.ndarray) -> bool:
+    """True if no element is NaN or Inf, without a temporary the size of `a`: any NaN or Inf
+    makes the float64 sum non-finite, and float32 values cannot overflow a float64 sum."""
+    return bool(np.isfinite(np.sum(a, dtype=np.float64)))
 
 
 def as_targets(y: Any, n: int, n_classes: int, name: str = "y") -> np.ndarray:
@@ -171,7 +177,7 @@ def as_targets(y: Any, n: int, n_classes: int, name: str = "y") -> np.ndarray:
     if y.dtype.kind not in "iubf":
         raise TypeError(f"{name} must be numeric, got dtype {y.dtype}")
     y = np.ascontiguousarray(y, dtype=np.float32)
-    if not np.isfinite(y).all():
+    if not all_finite(y):
         raise ValueError(f"{name} contains NaN or Inf")
     return y
 
