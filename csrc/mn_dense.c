@@ -6,6 +6,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(_MSC_VER) && (defined(_M_X64) || defined(_M_AMD64))
+#include <xmmintrin.h>
+#endif
 
 /* Below this many multiply-adds a parallel region costs more than it saves. */
 #define MN_PARALLEL_MIN_WORK (1 << 16)
@@ -96,4 +99,46 @@ void mn_dense_backward(float *dinp, float *dweight, float *dbias, const float *d
     if (dinp) mn_sgemm_nt(dinp, dout, weight, B, OC, C);   /* (B, OC) @ (C, OC)^T -> (B, C) */
     mn_sgemm_tn(dweight, inp, dout, C, B, OC);             /* (B, C)^T @ (B, OC) -> (C, OC) */
     if (dbias) column_sums(dbias, dout, B, OC);
+}
+
+/* Elementwise, so any split gives the same bits; below this many floats one thread wins. */
+#define MN_PARALLEL_MIN_SGD (1 << 15)
+
+static void sgd_range(float *params, const float *grads, float lr, ptrdiff_t i0, ptrdiff_t i1)
+{
+    for (ptrdiff_t i = i0; i < i1; i++) params[i] = params[i] - lr * grads[i];
+}
+
+void mn_sgd_update(float *params, const float *grads, float learning_rate, ptrdiff_t n)
+{
+    int nt = n >= MN_PARALLEL_MIN_SGD ? mn_get_num_threads() : 1;
+    if (nt <= 1) {
+        sgd_range(params, grads, learning_rate, 0, n);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+    {
+        ptrdiff_t i0, i1;
+        row_range(n, omp_get_thread_num(), omp_get_num_threads(), &i0, &i1);
+        sgd_range(params, grads, learning_rate, i0, i1);
+    }
+#endif
+}
+
+void mn_prefetch_rows(const float *x, const long long *rows, ptrdiff_t n, ptrdiff_t width)
+{
+    const ptrdiff_t line = 64 / sizeof(float);
+    for (ptrdiff_t r = 0; r < n; r++) {
+        const char *row = (const char *)(x + rows[r] * width);
+        for (ptrdiff_t j = 0; j < width; j += line) {
+#if defined(__GNUC__) || defined(__clang__)
+            __builtin_prefetch(row + j * sizeof(float), 0, 1);
+#elif defined(_MSC_VER) && (defined(_M_X64) || defined(_M_AMD64))
+            _mm_prefetch(row + j * sizeof(float), _MM_HINT_T1);
+#else
+            (void)row;
+#endif
+        }
+    }
 }

@@ -36,6 +36,12 @@ void mn_dense_backward(float *dinp, float *dweight, float *dbias, const float *d
                        const float *inp, const float *weight,
                        ptrdiff_t B, ptrdiff_t C, ptrdiff_t OC);
 
+/* ---- optimiser and data movement -------------------------------------------------------- */
+/* params -= learning_rate * grads, elementwise (split across threads for large n). */
+void mn_sgd_update(float *params, const float *grads, float learning_rate, ptrdiff_t n);
+/* Hint the cache to fetch rows[0..n) of x (row width `width` floats): the next batch. */
+void mn_prefetch_rows(const float *x, const long long *rows, ptrdiff_t n, ptrdiff_t width);
+
 /* ---- general matrix products (row-major, no transposed storage) -------------------------- */
 /* c = a @ b (+ bias per column if bias != NULL)    c (M, N), a (M, K), b (K, N), bias (N) */
 void mn_sgemm_nn(float *c, const float *a, const float *b, const float *bias,

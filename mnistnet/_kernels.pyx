@@ -20,6 +20,9 @@ cdef extern from "mn_kernels.h" nogil:
                            Py_ssize_t B, Py_ssize_t C, Py_ssize_t OC)
     void mn_sgemm_nn(float *c, const float *a, const float *b, const float *bias,
                      Py_ssize_t M, Py_ssize_t K, Py_ssize_t N)
+    void mn_sgd_update(float *params, const float *grads, float learning_rate, Py_ssize_t n)
+    void mn_prefetch_rows(const float *x, const long long *rows, Py_ssize_t n,
+                          Py_ssize_t width)
     const char *mn_simd_name()
     int mn_simd_select(const char *name)
     int mn_simd_supported(const char *name)
@@ -190,9 +193,7 @@ cdef void crossentropy_softmax_backward(float* dlogits, const float* probs, cons
 
 cdef void sgd_update(float* params, const float* grads, float learning_rate,
                      Py_ssize_t N) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(N):
-        params[i] = params[i] - learning_rate * grads[i]
+    mn_sgd_update(params, grads, learning_rate, N)
 
 
 cdef inline Py_ssize_t argmax_row(const float* x, Py_ssize_t C) noexcept nogil:
@@ -353,6 +354,9 @@ cdef EpochResult train_epoch(const Net* net, const float* x, const float* y,
         n = batch_size if N - start > batch_size else N - start
         gather_rows(net.a, x, perm + start, n, C0)
         gather_rows(targets, y, perm + start, n, OC)
+        # The next batch's rows are scattered over the dataset: start fetching them now.
+        if start + n < N:
+            mn_prefetch_rows(x, perm + start + n, min(batch_size, N - start - n), C0)
         loss = train_step(net, n, learning_rate)
         if not isfinite(loss):
             res.status = EPOCH_NONFINITE_LOSS
