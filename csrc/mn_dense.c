@@ -15,7 +15,7 @@
 
 static int threads_for(ptrdiff_t rows, ptrdiff_t work)
 {
-    int nt = mn_get_num_threads();
+    int nt = mn_threads_for_caller();
     if (work < MN_PARALLEL_MIN_WORK) return 1;
     if (nt > rows) nt = (int)rows;
     return nt < 1 ? 1 : nt;
@@ -104,26 +104,33 @@ void mn_dense_backward(float *dinp, float *dweight, float *dbias, const float *d
 /* Elementwise, so any split gives the same bits; below this many floats one thread wins. */
 #define MN_PARALLEL_MIN_SGD (1 << 15)
 
-static void sgd_range(float *params, const float *grads, float lr, ptrdiff_t i0, ptrdiff_t i1)
+/* Returns 0 if some updated value would be NaN or Inf; those keep their previous value. */
+static int sgd_range(float *params, const float *grads, float lr, ptrdiff_t i0, ptrdiff_t i1)
 {
-    for (ptrdiff_t i = i0; i < i1; i++) params[i] = params[i] - lr * grads[i];
+    int finite = 1;
+    for (ptrdiff_t i = i0; i < i1; i++) {
+        const float v = params[i] - lr * grads[i];
+        const int ok = v - v == 0.0f; /* false for NaN and +-Inf */
+        params[i] = ok ? v : params[i];
+        finite &= ok;
+    }
+    return finite;
 }
 
-void mn_sgd_update(float *params, const float *grads, float learning_rate, ptrdiff_t n)
+int mn_sgd_update(float *params, const float *grads, float learning_rate, ptrdiff_t n)
 {
-    int nt = n >= MN_PARALLEL_MIN_SGD ? mn_get_num_threads() : 1;
-    if (nt <= 1) {
-        sgd_range(params, grads, learning_rate, 0, n);
-        return;
-    }
+    int nt = n >= MN_PARALLEL_MIN_SGD ? mn_threads_for_caller() : 1;
+    if (nt <= 1) return sgd_range(params, grads, learning_rate, 0, n);
+    int finite = 1;
 #ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nt) reduction(&& : finite)
     {
         ptrdiff_t i0, i1;
         row_range(n, omp_get_thread_num(), omp_get_num_threads(), &i0, &i1);
-        sgd_range(params, grads, learning_rate, i0, i1);
+        finite = sgd_range(params, grads, learning_rate, i0, i1);
     }
 #endif
+    return finite;
 }
 
 void mn_prefetch_rows(const float *x, const long long *rows, ptrdiff_t n, ptrdiff_t width)

@@ -134,7 +134,24 @@ const char *mn_simd_name(void) { return mn_active_gemm()->name; }
 
 static int requested_threads = 0; /* 0: all cores */
 
+#if defined(_MSC_VER)
+#define MN_THREAD_LOCAL __declspec(thread)
+#else
+#define MN_THREAD_LOCAL _Thread_local
+#endif
+/* A cap for kernels called from this thread only (0: none), so one training loop can tune
+ * its own thread count without touching other threads' work. */
+static MN_THREAD_LOCAL int thread_cap = 0;
+
 void mn_set_num_threads(int n) { requested_threads = n > 0 ? n : 0; }
+
+void mn_set_thread_cap(int n) { thread_cap = n > 0 ? n : 0; }
+
+int mn_threads_for_caller(void)
+{
+    const int n = mn_get_num_threads();
+    return thread_cap > 0 && thread_cap < n ? thread_cap : n;
+}
 
 int mn_get_num_threads(void)
 {

@@ -37,8 +37,9 @@ void mn_dense_backward(float *dinp, float *dweight, float *dbias, const float *d
                        ptrdiff_t B, ptrdiff_t C, ptrdiff_t OC);
 
 /* ---- optimiser and data movement -------------------------------------------------------- */
-/* params -= learning_rate * grads, elementwise (split across threads for large n). */
-void mn_sgd_update(float *params, const float *grads, float learning_rate, ptrdiff_t n);
+/* params -= learning_rate * grads, elementwise (split across threads for large n). Returns 1,
+ * or 0 if some new value would be NaN or Inf: those elements keep their previous value. */
+int mn_sgd_update(float *params, const float *grads, float learning_rate, ptrdiff_t n);
 /* Hint the cache to fetch rows[0..n) of x (row width `width` floats): the next batch. */
 void mn_prefetch_rows(const float *x, const long long *rows, ptrdiff_t n, ptrdiff_t width);
 
@@ -62,6 +63,11 @@ int mn_simd_supported(const char *name);
 /* Threads used by the kernels (1 without OpenMP). n <= 0 means all cores. */
 void mn_set_num_threads(int n);
 int mn_get_num_threads(void);
+/* Cap the threads of kernels called from the calling thread only (0: no cap). Results do not
+ * depend on it; it lets a training loop fall back to one thread when the machine is busy. */
+void mn_set_thread_cap(int n);
+/* Threads a kernel called from this thread would use at most. */
+int mn_threads_for_caller(void);
 /* 1 if built with OpenMP. */
 int mn_openmp_enabled(void);
 /* Seconds on a monotonic clock (for throttling periodic work such as signal checks). */

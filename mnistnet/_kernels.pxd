@@ -56,7 +56,8 @@ cdef void crossentropy_softmax_backward(float* dlogits,    # OUT (B, C)
                                         Py_ssize_t B, Py_ssize_t C) noexcept nogil
 
 # ---- optimiser and metrics ------------------------------------------------------------------
-cdef void sgd_update(float* params,                # IN/OUT (N,)
+# Returns False if some new value would be NaN/Inf; those elements keep their old value.
+cdef bint sgd_update(float* params,                # IN/OUT (N,)
                      const float* grads,           # IN     (N,)
                      float learning_rate, Py_ssize_t N) noexcept nogil
 cdef Py_ssize_t count_correct(const float* pred,   # IN (B, C)

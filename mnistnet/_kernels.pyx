@@ -7,7 +7,7 @@ declared in _kernels.pxd so other Cython code can `cimport` it. The Python-facin
 mnistnet.reference. The dense-layer GEMMs are C (csrc/), with the SIMD path chosen at run
 time; this module also exposes that path and the thread count to Python.
 """
-from libc.math cimport expf, logf, isfinite
+from libc.math cimport INFINITY, expf, isfinite, logf
 from libc.string cimport memcpy
 
 import numpy as np
@@ -20,7 +20,7 @@ cdef extern from "mn_kernels.h" nogil:
                            Py_ssize_t B, Py_ssize_t C, Py_ssize_t OC)
     void mn_sgemm_nn(float *c, const float *a, const float *b, const float *bias,
                      Py_ssize_t M, Py_ssize_t K, Py_ssize_t N)
-    void mn_sgd_update(float *params, const float *grads, float learning_rate, Py_ssize_t n)
+    int mn_sgd_update(float *params, const float *grads, float learning_rate, Py_ssize_t n)
     void mn_prefetch_rows(const float *x, const long long *rows, Py_ssize_t n,
                           Py_ssize_t width)
     const char *mn_simd_name()
@@ -28,6 +28,7 @@ cdef extern from "mn_kernels.h" nogil:
     int mn_simd_supported(const char *name)
     void mn_set_num_threads(int n)
     int mn_get_num_threads()
+    void mn_set_thread_cap(int n)
     int mn_openmp_enabled()
     double mn_seconds()
 
@@ -43,6 +44,11 @@ LOSSES = {"mse": LOSS_MSE, "categorical_crossentropy": LOSS_CE}
 cdef float CE_EPSILON = 1e-7
 # How often (seconds) the epoch loop takes the GIL to look for Ctrl-C.
 cdef double SIGNAL_CHECK_INTERVAL = 0.002
+# The epoch loop times PROBE_BATCHES steps on one thread and as many on all, keeps the faster
+# (on a busy machine, threads that wait for a core cost more than they bring), and probes
+# again every RETUNE_BATCHES. Results are bit-identical either way.
+cdef Py_ssize_t PROBE_BATCHES = 8
+cdef Py_ssize_t RETUNE_BATCHES = 128
 
 # ============================================================================================
 # cdef kernels (declared in _kernels.pxd)
@@ -191,9 +197,9 @@ cdef void crossentropy_softmax_backward(float* dlogits, const float* probs, cons
         dlogits[i] = scale * (probs[i] - target[i])
 
 
-cdef void sgd_update(float* params, const float* grads, float learning_rate,
+cdef bint sgd_update(float* params, const float* grads, float learning_rate,
                      Py_ssize_t N) noexcept nogil:
-    mn_sgd_update(params, grads, learning_rate, N)
+    return mn_sgd_update(params, grads, learning_rate, N)
 
 
 cdef inline Py_ssize_t argmax_row(const float* x, Py_ssize_t C) noexcept nogil:
@@ -315,7 +321,9 @@ cdef void net_backward(const Net* net, const float* target, Py_ssize_t n) noexce
 
 cdef double train_step(const Net* net, Py_ssize_t n, float learning_rate) noexcept nogil:
     """Forward, loss, backward and SGD update on the n rows already in the input and target
-    regions. Returns the batch-mean loss; if it is not finite, nothing is updated."""
+    regions. Returns the batch-mean loss; if it is not finite, nothing is updated. If the
+    update would make some weight NaN or Inf, those weights keep their values and the step
+    returns Inf."""
     cdef Py_ssize_t L = net.n_layers
     cdef float* probs = net_acts(net, L)
     net_forward(net, net.a, probs, n)
@@ -323,7 +331,8 @@ cdef double train_step(const Net* net, Py_ssize_t n, float learning_rate) noexce
     if not isfinite(loss):
         return loss
     net_backward(net, net_acts(net, L + 1), n)
-    sgd_update(net.params, net.grads, learning_rate, net_n_params(net))
+    if not sgd_update(net.params, net.grads, learning_rate, net_n_params(net)):
+        return INFINITY  # the update overflowed: report the step as non-finite
     return loss
 
 
@@ -332,6 +341,43 @@ cdef inline void gather_rows(float* dst, const float* src, const long long* rows
     cdef Py_ssize_t r
     for r in range(n):
         memcpy(dst + r * width, src + rows[r] * width, width * sizeof(float))
+
+
+cdef struct ThreadTuner:
+    int threads             # threads available to this loop
+    Py_ssize_t step         # batches run since the last retune began
+    double start            # when the current probe began
+    double one_thread       # seconds per batch measured on one thread
+
+
+cdef inline void tuner_start(ThreadTuner* t) noexcept nogil:
+    t.threads = mn_get_num_threads()
+    t.step = 0
+    t.one_thread = 0
+    t.start = 0
+    mn_set_thread_cap(0)
+
+
+cdef inline void tuner_after_batch(ThreadTuner* t) noexcept nogil:
+    """After PROBE_BATCHES warm-up batches on all threads, time PROBE_BATCHES on one thread,
+    then as many on all threads, and keep the faster until the next retune."""
+    if t.threads <= 1:
+        return
+    t.step += 1
+    cdef double now
+    if t.step == PROBE_BATCHES:
+        t.start = mn_seconds()
+        mn_set_thread_cap(1)
+    elif t.step == 2 * PROBE_BATCHES:
+        now = mn_seconds()
+        t.one_thread = now - t.start
+        t.start = now
+        mn_set_thread_cap(0)
+    elif t.step == 3 * PROBE_BATCHES:
+        if mn_seconds() - t.start > t.one_thread:
+            mn_set_thread_cap(1)
+    elif t.step >= RETUNE_BATCHES:
+        t.step = 0
 
 
 cdef EpochResult train_epoch(const Net* net, const float* x, const float* y,
@@ -350,6 +396,8 @@ cdef EpochResult train_epoch(const Net* net, const float* x, const float* y,
     res.status = EPOCH_DONE
     cdef Py_ssize_t start = 0, n
     cdef double loss, now, last_check = mn_seconds()
+    cdef ThreadTuner tuner
+    tuner_start(&tuner)
     while start < N:
         n = batch_size if N - start > batch_size else N - start
         gather_rows(net.a, x, perm + start, n, C0)
@@ -360,20 +408,22 @@ cdef EpochResult train_epoch(const Net* net, const float* x, const float* y,
         loss = train_step(net, n, learning_rate)
         if not isfinite(loss):
             res.status = EPOCH_NONFINITE_LOSS
-            return res
+            break
         res.loss_sum += loss * n
         # The accuracy Keras reports uses the predictions made before this batch's update.
         res.correct += count_correct(net_acts(net, L), targets, n, OC)
         res.seen += n
         res.batches += 1
         start += n
+        tuner_after_batch(&tuner)
         now = mn_seconds()
         if now - last_check >= SIGNAL_CHECK_INTERVAL:
             last_check = now
             with gil:
                 if PyErr_CheckSignals() != 0:
                     res.status = EPOCH_INTERRUPTED
-                    return res
+                    break
+    mn_set_thread_cap(0)
     return res
 
 # ============================================================================================

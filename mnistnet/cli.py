@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 import mnistnet as mn
+from mnistnet import bench
 from mnistnet.data import read_idx
 from mnistnet.model import ACTIVATIONS, BACKENDS, LOSSES, PRESETS
 
@@ -120,7 +121,7 @@ def _layers(text: str) -> list[mn.Dense]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``mnistnet`` command and its four subcommands."""
+    """The argument parser of the ``mnistnet`` command and its subcommands."""
     parser = _Parser(
         prog=PROG, allow_abbrev=False,
         description="Train and run small dense neural networks on MNIST-style images.",
@@ -133,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_evaluate(commands)
     _add_predict(commands)
+    bench.add_arguments(commands.add_parser(
+        "bench", help="time the fast backend against the NumPy reference, preset by preset",
+        description=bench.DESCRIPTION))
     commands.add_parser("info", help="show the version, SIMD code path and thread settings",
                         description="Show the version, the compiled SIMD code path and the "
                                     "OpenMP thread settings (mnistnet.show_config()).")
@@ -520,6 +524,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "info": cmd_info,
+    "bench": bench.run,
 }
 
 

@@ -10,6 +10,7 @@ see identical batches from identical weights.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -76,6 +77,10 @@ class SGD:
             raise TypeError(f"learning_rate must be a number, got {type(learning_rate).__name__}")
         if not math.isfinite(learning_rate) or learning_rate <= 0:
             raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate}")
+        lo, hi = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+        if not lo <= learning_rate <= hi:  # the kernels compute in float32
+            raise ValueError(f"learning_rate must lie in [{lo:.3g}, {hi:.3g}] (float32), "
+                             f"got {learning_rate}")
         self.learning_rate = float(learning_rate)
 
     def get_config(self) -> dict[str, Any]:
@@ -124,7 +129,10 @@ def as_features(x: Any, input_dim: int, name: str = "x") -> np.ndarray:
     `x.astype(np.float32) / 255`. NaN or Inf is an error."""
     if not isinstance(x, np.ndarray):
         if isinstance(x, (list, tuple)):
-            x = np.asarray(x)
+            try:
+                x = np.asarray(x)
+            except ValueError as exc:
+                raise ValueError(f"{name} is not a rectangular array ({exc})") from None
         else:
             raise TypeError(f"{name} must be a numpy array, got {type(x).__name__}")
     if x.dtype.kind in "iub":
@@ -152,7 +160,10 @@ def all_finite(a: np.ndarray) -> bool:
 def as_targets(y: Any, n: int, n_classes: int, name: str = "y") -> np.ndarray:
     """y as float32 (n, n_classes) targets: from integer labels (n,) in 0..n_classes-1, or
     from one-hot (or probability) rows (n, n_classes)."""
-    y = np.asarray(y)
+    try:
+        y = np.asarray(y)
+    except ValueError as exc:
+        raise ValueError(f"{name} is not a rectangular array ({exc})") from None
     if y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1 and n_classes > 1):
         y = y.reshape(-1)
         if y.shape[0] != n:
@@ -327,8 +338,10 @@ class Model:
                 raise TypeError(f"weights[{i}] must be floating point, got dtype {new.dtype}")
             if new.shape != old.shape:
                 raise ValueError(f"weights[{i}] has shape {new.shape}, expected {old.shape}")
+            with np.errstate(over="ignore"):
+                new = new.astype(np.float32)
             if not np.isfinite(new).all():
-                raise ValueError(f"weights[{i}] contains NaN or Inf")
+                raise ValueError(f"weights[{i}] contains NaN or Inf (or values beyond float32)")
             converted.append(new)
         for new, old in zip(converted, expected, strict=True):
             old[...] = new
@@ -370,6 +383,8 @@ class Model:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError("validation_data must be a tuple (x_val, y_val)")
         xv = as_features(validation_data[0], self.input_dim, "validation_data[0]")
+        if xv.shape[0] == 0:
+            raise ValueError("validation_data[0] has no rows")
         yv = as_targets(validation_data[1], xv.shape[0], self.n_outputs, "validation_data[1]")
         return xv, yv
 
@@ -406,8 +421,9 @@ class Model:
                            self._train_logs(totals))
             if status == reference.EPOCH_NONFINITE_LOSS:
                 warnings.warn(f"loss became NaN or Inf at epoch {epoch + 1}, batch "
-                              f"{totals[3] + 1}; training stopped before that update "
-                              f"(the weights are those of the last finite step)",
+                              f"{totals[3] + 1}; training stopped (the weights are finite: "
+                              f"that batch's update was not applied, or where it would "
+                              f"have overflowed float32, not to those weights)",
                               RuntimeWarning, stacklevel=3)
                 break
             self._epochs_done += 1
@@ -480,6 +496,7 @@ class Model:
     def load(cls, path: str | os.PathLike, backend: str = "fast") -> Model:
         """Read a model written by save(). Never unpickles; checks the format version and
         that the weights fit the architecture. Raises ValueError naming the file."""
+        _choice(backend, tuple(BACKENDS), "backend")
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no such model file")
@@ -500,25 +517,35 @@ class Model:
         if missing:
             raise ValueError(f"{path}: not a mnistnet model file (missing "
                              f"{', '.join(sorted(missing))})")
+        for key in ("format_version", "config", "params"):
+            if not isinstance(arrays[key], np.ndarray):
+                raise ValueError(f"{path}: not a mnistnet model file ({key} is not an array)")
         version = arrays["format_version"]
         if version.shape != () or version.dtype.kind not in "iu":
             raise ValueError(f"{path}: bad format_version")
         if int(version) != FORMAT_VERSION:
             raise ValueError(f"{path}: format version {int(version)} is not supported "
                              f"(this mnistnet reads version {FORMAT_VERSION})")
+        bad = (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError)
         try:
             config = json.loads(str(arrays["config"][()]))
-            model = cls([Dense(**layer) for layer in config["layers"]],
-                        input_dim=config["input_dim"], loss=config["loss"],
+            layers = [Dense(**layer) for layer in config["layers"]]
+            widths = [_positive_int(config["input_dim"], "input_dim")]
+            widths += [layer.units for layer in layers]
+        except bad as exc:
+            raise ValueError(f"{path}: bad architecture in the model file ({exc})") from None
+        # Check the weights' size against the architecture before allocating anything for it.
+        n_params = sum(a * b + b for a, b in itertools.pairwise(widths))
+        params = arrays["params"]
+        if params.dtype != np.float32 or params.shape != (n_params,):
+            raise ValueError(f"{path}: weights have dtype {params.dtype} and shape "
+                             f"{params.shape}; the architecture needs float32 ({n_params},)")
+        try:
+            model = cls(layers, input_dim=widths[0], loss=config["loss"],
                         optimizer=SGD(**config["optimizer"]), seed=config["seed"],
                         backend=backend)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        except bad as exc:
             raise ValueError(f"{path}: bad architecture in the model file ({exc})") from None
-        params = arrays["params"]
-        if params.dtype != np.float32 or params.shape != model.params.shape:
-            raise ValueError(f"{path}: weights have dtype {params.dtype} and shape "
-                             f"{params.shape}; the architecture needs float32 "
-                             f"{model.params.shape}")
         if not np.isfinite(params).all():
             raise ValueError(f"{path}: weights contain NaN or Inf")
         model.params[...] = params

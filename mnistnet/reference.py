@@ -146,9 +146,17 @@ def crossentropy_softmax_backward(dlogits, probs, target):
 
 
 def sgd_update(params, grads, learning_rate):
-    """params -= learning_rate * grads, in place."""
-    params -= np.float32(learning_rate) * grads
+    """params -= learning_rate * grads, in place; an element whose new value would be NaN or
+    Inf keeps its old value (train_step then reports the step as non-finite)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        new = params - np.float32(learning_rate) * grads
+    np.copyto(params, new, where=np.isfinite(new))
     return params
+
+
+def _update_is_finite(params, grads, learning_rate) -> bool:
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(params - np.float32(learning_rate) * grads).all())
 
 
 def count_correct(pred, target) -> int:
@@ -218,7 +226,10 @@ def train_step(params, grads, acts, dacts, sizes, act_codes, loss, x, y, learnin
     value = _loss(loss, outs[-1], y)
     if np.isfinite(value):
         _backward_all(grads, outs, params, sizes, act_codes, loss, y)
+        finite = _update_is_finite(params, grads, learning_rate)
         sgd_update(params, grads, learning_rate)
+        if not finite:
+            return np.inf
     return value
 
 
@@ -240,7 +251,10 @@ def train_epoch(params, grads, acts, dacts, sizes, act_codes, loss, x, y, perm,
         if not np.isfinite(value):
             return loss_sum, correct, seen, batches, EPOCH_NONFINITE_LOSS
         _backward_all(grads, outs, params, sizes, act_codes, loss, yb)
+        finite = _update_is_finite(params, grads, learning_rate)
         sgd_update(params, grads, learning_rate)
+        if not finite:
+            return loss_sum, correct, seen, batches, EPOCH_NONFINITE_LOSS
         loss_sum += value * len(rows)
         correct += count_correct(outs[-1], yb)
         seen += len(rows)

@@ -1,0 +1,124 @@
+"""Training and inference benchmarks: compiled ("fast") vs NumPy ("reference") backend.
+
+* train_step <preset>: one SGD step on a batch of 32 (synthetic rows; the cost does not
+  depend on the values), through fast/reference.train_step on the model's own buffers.
+* epoch fit <preset>: model.fit(epochs=1) on the 60,000 MNIST training images with
+  validation on the 10,000 test images, from a fresh model each round (needs MNISTNET_DATA).
+* train_epoch <preset>: the epoch kernel alone (fast/reference.train_epoch), without fit's
+  input checks and without validation: the difference to "epoch fit" is fit's overhead.
+* predict 10k <preset>: model.predict on the 10,000 test images.
+* predict 1 row <preset>: model.predict on one (1, 784) row: the single-image latency.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mnistnet as mn
+from mnistnet import fast, reference
+from mnistnet.model import PRESETS, shuffle_order
+
+PRESET_NAMES = list(PRESETS)
+BACKENDS = ["fast", "reference"]
+BATCH = 32
+EPOCH_ROUNDS = 3  # a reference epoch takes about a second
+
+
+def _label(benchmark, group, backend):
+    benchmark.group = group
+    benchmark.extra_info["variant"] = backend
+
+
+def _buffers(model, rows):
+    _, n_acts, n_dacts = reference.buffer_sizes(model.sizes, rows)
+    return np.zeros(n_acts, dtype=np.float32), np.zeros(n_dacts, dtype=np.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_train_step(benchmark, rng, name, backend):
+    model = mn.preset(name, seed=0, backend=backend)
+    acts, dacts = _buffers(model, BATCH)
+    x = rng.random((BATCH, 784), dtype=np.float32)
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, BATCH)]
+    kernels = fast if backend == "fast" else reference
+    _label(benchmark, f"train_step {name} (batch {BATCH})", backend)
+    loss = benchmark(kernels.train_step, model.params, model.grads, acts, dacts, model.sizes,
+                     model.act_codes, model._loss_code, x, y, model.optimizer.learning_rate)
+    assert np.isfinite(loss)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_epoch_fit(benchmark, mnist, name, backend):
+    (x_train, y_train), (x_test, y_test) = mnist
+
+    def setup():
+        return (mn.preset(name, seed=0, backend=backend),), {}
+
+    def one_epoch(model):
+        return model.fit(x_train, y_train, epochs=1, batch_size=BATCH,
+                         validation_data=(x_test, y_test), verbose=0)
+
+    _label(benchmark, f"epoch fit {name} (60k rows + 10k validation)", backend)
+    history = benchmark.pedantic(one_epoch, setup=setup, rounds=EPOCH_ROUNDS,
+                                 warmup_rounds=1)
+    benchmark.extra_info["val_accuracy"] = history.history["val_accuracy"][-1]
+    assert history.history["val_accuracy"][-1] > 0.3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_train_epoch_kernel(benchmark, mnist, name, backend):
+    (x_train, y_train), _ = mnist
+    targets = np.eye(10, dtype=np.float32)[y_train]
+    order = shuffle_order(0, 0, x_train.shape[0])
+    kernels = fast if backend == "fast" else reference
+
+    def setup():
+        model = mn.preset(name, seed=0, backend=backend)
+        acts, dacts = _buffers(model, BATCH)
+        return (model.params, model.grads, acts, dacts, model.sizes, model.act_codes,
+                model._loss_code, x_train, targets, order, BATCH,
+                model.optimizer.learning_rate), {}
+
+    _label(benchmark, f"train_epoch {name} (kernel only, no validation)", backend)
+    result = benchmark.pedantic(kernels.train_epoch, setup=setup, rounds=EPOCH_ROUNDS,
+                                warmup_rounds=1)
+    assert result[2] == x_train.shape[0]
+
+
+@pytest.fixture(scope="module")
+def trained(mnist):
+    """Each preset after one epoch (fast backend), so predict runs on realistic weights."""
+    (x_train, y_train), _ = mnist
+    models = {}
+    for name in PRESET_NAMES:
+        model = mn.preset(name, seed=0, backend="fast")
+        model.fit(x_train, y_train, epochs=1, verbose=0)
+        models[name] = model
+    return models
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_predict_10k(benchmark, mnist, trained, name, backend):
+    _, (x_test, _) = mnist
+    model = trained[name]
+    model.backend = backend
+    _label(benchmark, f"predict 10k {name}", backend)
+    pred = benchmark(model.predict, x_test)
+    assert pred.shape == (x_test.shape[0], 10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_predict_one_row(benchmark, mnist, trained, name, backend):
+    _, (x_test, _) = mnist
+    row = np.ascontiguousarray(x_test[:1])
+    model = trained[name]
+    model.backend = backend
+    _label(benchmark, f"predict 1 row {name} (latency)", backend)
+    pred = benchmark(model.predict, row)
+    assert pred.shape == (1, 10)

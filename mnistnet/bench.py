@@ -1,0 +1,551 @@
+"""Reference-vs-fast comparison behind ``mnistnet bench``.
+
+For each preset the same epoch(s) are trained from the same seed on both backends (``fit`` on
+the full training set, validated on the test set, ``verbose=0``) and timed; the table gives
+seconds per epoch, the speed-up (reference / fast), how far apart the weights ended up, each
+backend's accuracies, and the fast epoch's achieved GFLOP/s as a share of what ``np.matmul``
+reaches on a large GEMM measured in the same run::
+
+    mnistnet bench                                  # all three presets, one epoch each
+    mnistnet bench --presets perceptron --json      # machine-readable
+    mnistnet bench --gemm --peers                   # + per-layer GEMMs, PyTorch/Keras epochs
+
+The machine is usually shared: compare the ratios within one run, not the seconds across runs.
+For a fair NumPy baseline run with ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` unset
+(``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE mnistnet bench``): they pin OpenBLAS to a
+slower kernel than the one it would detect. The compiled kernels' threads follow
+``MNISTNET_NUM_THREADS``, OpenBLAS's follow ``OPENBLAS_NUM_THREADS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+import mnistnet as mn
+from mnistnet import fast, reference
+from mnistnet.model import PRESETS
+
+__all__ = ["epoch_flops", "machine_context", "main", "run_comparison"]
+
+DEFAULT_PRESETS = ("perceptron", "hidden-relu", "cross-entropy")
+BATCH_SIZE = 32
+LEARNING_RATE = 0.01
+CONTEXT_GEMM_SIZE = 2048
+CONTEXT_GEMM_REPEATS = 3
+OPENBLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+PEERS_MISSING = "peers: PyTorch and Keras are not installed (pip install 'mnistnet[peers]')"
+
+Data = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+# ---- helpers -----------------------------------------------------------------------------
+
+def _layer_sizes(name: str) -> list[int]:
+    """Layer widths of a preset, input first: [784, 10] or [784, 128, 64, 10]."""
+    return [784] + [units for units, _ in PRESETS[name]["layers"]]
+
+
+def epoch_flops(sizes: Sequence[int], n_train: int, n_val: int = 0) -> int:
+    """Floating-point operations of the GEMMs in one epoch: per training row, 2·in·out for
+    every dense forward, the same for every weight gradient, and the same for the input
+    gradient of every layer but the first; plus one forward pass over n_val rows.
+    Elementwise work (activations, losses, biases, SGD) is not counted."""
+    layer = [2 * int(a) * int(b) for a, b in itertools.pairwise(sizes)]
+    forward = sum(layer)
+    train_row = forward + sum(layer) + sum(layer[1:])
+    return n_train * train_row + n_val * forward
+
+
+def _best_seconds(fn: Callable[[], Any], number: int, repeat: int) -> float:
+    """Best over `repeat` runs of the mean seconds per call of `number` calls (after one
+    warm-up call)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        best = min(best, (time.perf_counter() - start) / number)
+    return best
+
+
+def _gemm_gflops(fn: Callable[[], Any], m: int, k: int, n: int, repeat: int) -> float:
+    return 2.0 * m * k * n / _best_seconds(fn, 1, repeat) / 1e9
+
+
+def _openblas_info() -> list[dict[str, Any]]:
+    """What threadpoolctl (if installed) says about numpy's BLAS: kernel, threads, version."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    keys = ("internal_api", "architecture", "num_threads", "version")
+    return [{k: info.get(k) for k in keys} for info in threadpool_info()
+            if info.get("user_api") == "blas"]
+
+
+def machine_context(gemm_size: int = CONTEXT_GEMM_SIZE,
+                    repeats: int = CONTEXT_GEMM_REPEATS) -> dict[str, Any]:
+    """The machine as this run sees it: versions, thread counts, the OPENBLAS_* variables
+    that slow numpy down, the load average, and np.matmul / fast.sgemm GFLOP/s on a square
+    float32 GEMM of side `gemm_size` (best of `repeats`)."""
+    rng = np.random.default_rng(0)
+    a = rng.random((gemm_size, gemm_size), dtype=np.float32)
+    b = rng.random((gemm_size, gemm_size), dtype=np.float32)
+    c = np.empty((gemm_size, gemm_size), dtype=np.float32)
+    numpy_gflops = _gemm_gflops(lambda: np.matmul(a, b, out=c), gemm_size, gemm_size,
+                                gemm_size, repeats)
+    fast_gflops = _gemm_gflops(lambda: fast.sgemm(c, a, b), gemm_size, gemm_size, gemm_size,
+                               repeats)
+    return {
+        "numpy_version": np.__version__,
+        "mnistnet_version": mn.__version__,
+        "blas": _openblas_info(),
+        "openblas_env": {k: os.environ[k] for k in OPENBLAS_ENV if k in os.environ},
+        "simd_path": fast.simd_path(),
+        "fast_threads": fast.get_num_threads(),
+        "openmp": bool(fast.openmp_enabled()),
+        "cpu_count": os.cpu_count(),
+        "load_average": _load_average(),
+        "gemm_size": gemm_size,
+        "numpy_matmul_gflops": numpy_gflops,
+        "fast_sgemm_gflops": fast_gflops,
+        "sgemm_vs_matmul": fast_gflops / numpy_gflops,
+    }
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on Windows
+        return None
+
+
+def _load_data(data: Any) -> Data:
+    """data as load_mnist's ((x_train, y_train), (x_test, y_test)): None loads MNIST from the
+    usual places ($MNISTNET_DATA, the cache, a download); a str/PathLike names a folder."""
+    if data is None or isinstance(data, (str, os.PathLike)):
+        return mn.load_mnist(data)
+    (x_train, y_train), (x_test, y_test) = data
+    return (x_train, y_train), (x_test, y_test)
+
+
+# ---- the comparison ------------------------------------------------------------------------
+
+def _fit_timed(name: str, backend: str, data: Data, epochs: int) -> tuple[float, mn.Model,
+                                                                          mn.History]:
+    (x_train, y_train), (x_test, y_test) = data
+    model = mn.preset(name, seed=0, backend=backend, learning_rate=LEARNING_RATE)
+    start = time.perf_counter()
+    history = model.fit(x_train, y_train, epochs=epochs, batch_size=BATCH_SIZE,
+                        validation_data=(x_test, y_test), verbose=0)
+    return time.perf_counter() - start, model, history
+
+
+def _compare_preset(name: str, data: Data, epochs: int, repeats: int,
+                    matmul_gflops: float) -> dict[str, Any]:
+    seconds = {"reference": float("inf"), "fast": float("inf")}
+    models: dict[str, mn.Model] = {}
+    histories: dict[str, mn.History] = {}
+    for _ in range(repeats):  # interleaved, so drift in machine load hits both backends
+        for backend in ("reference", "fast"):
+            elapsed, models[backend], histories[backend] = _fit_timed(name, backend, data,
+                                                                      epochs)
+            seconds[backend] = min(seconds[backend], elapsed / epochs)
+    diff = float(np.max(np.abs(models["fast"].params - models["reference"].params)))
+    scale = float(np.max(np.abs(models["reference"].params)))
+    sizes = _layer_sizes(name)
+    flops = epoch_flops(sizes, data[0][0].shape[0], data[1][0].shape[0])
+    gflops = flops / seconds["fast"] / 1e9
+    row: dict[str, Any] = {
+        "preset": name,
+        "sizes": sizes,
+        "epochs": epochs,
+        "reference_seconds_per_epoch": seconds["reference"],
+        "fast_seconds_per_epoch": seconds["fast"],
+        "speedup": seconds["reference"] / seconds["fast"],
+        "max_abs_weight_diff": diff,
+        "max_abs_weight": scale,
+        "relative_weight_diff": diff / scale if scale else float("nan"),
+        "epoch_gflop": flops / 1e9,
+        "fast_gflops": gflops,
+        "fast_share_of_matmul": gflops / matmul_gflops,
+    }
+    for backend in ("reference", "fast"):
+        logs = histories[backend].history
+        row[f"{backend}_accuracy"] = logs["accuracy"][-1] if logs.get("accuracy") else None
+        row[f"{backend}_val_accuracy"] = (logs["val_accuracy"][-1]
+                                          if logs.get("val_accuracy") else None)
+    return row
+
+
+def run_comparison(presets: Sequence[str] = DEFAULT_PRESETS, *, epochs: int = 1,
+                   data: Any = None, repeats: int = 1, peers: bool = False,
+                   gemm: bool = False) -> dict[str, Any]:
+    """Time the same training on the reference and fast backends, preset by preset.
+
+    Args:
+        presets: names from mnistnet.model.PRESETS.
+        epochs: epochs trained per timing (reported per epoch).
+        data: None (load MNIST the usual way), a folder holding the four MNIST files, or
+            load_mnist's ((x_train, y_train), (x_test, y_test)).
+        repeats: each timing is the best of this many runs (fresh model, same seed).
+        peers: also time PyTorch and Keras 3 on the same training, if they are importable.
+        gemm: also time the GEMMs of one batch-32 step of 784-128-64-10, per layer.
+
+    Returns a JSON-serialisable dict: "context" (machine_context), "presets" (one dict per
+    preset, see the keys of _compare_preset), "peers" and "gemm" when asked for."""
+    presets = list(presets)
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown:
+        raise ValueError(f"unknown preset(s) {', '.join(unknown)}; valid: "
+                         f"{', '.join(PRESETS)}")
+    if epochs < 1 or repeats < 1:
+        raise ValueError(f"epochs and repeats must be >= 1, got {epochs} and {repeats}")
+    loaded = _load_data(data)
+    context = machine_context()
+    result: dict[str, Any] = {
+        "context": context,
+        "setup": {"epochs": epochs, "repeats": repeats, "batch_size": BATCH_SIZE,
+                  "learning_rate": LEARNING_RATE, "train_rows": int(loaded[0][0].shape[0]),
+                  "val_rows": int(loaded[1][0].shape[0])},
+        "presets": [_compare_preset(name, loaded, epochs, repeats,
+                                    context["numpy_matmul_gflops"]) for name in presets],
+    }
+    if gemm:
+        result["gemm"] = gemm_comparison()
+    if peers:
+        result["peers"] = peer_comparison(presets, loaded, epochs, repeats, result["presets"])
+    context["load_average_end"] = _load_average()
+    return result
+
+
+# ---- per-layer GEMMs (--gemm) --------------------------------------------------------------
+
+def gemm_shapes() -> list[tuple[str, str, int, int, int, int]]:
+    """(label, kind, layer, M, K, N) for the GEMMs of one batch-32 step of 784-128-64-10
+    (and of the perceptron's 784-10): kind "fwd" is inp @ W, "wgrad" is inp.T @ dout,
+    "dgrad" is dout @ W.T; layer indexes the net's weights (W0 784x128, W1 128x64, W2 64x10;
+    layer -1 is the perceptron's 784x10)."""
+    b = BATCH_SIZE
+    return [
+        ("fwd L0", "fwd", 0, b, 784, 128), ("fwd L1", "fwd", 1, b, 128, 64),
+        ("fwd L2", "fwd", 2, b, 64, 10), ("fwd perceptron", "fwd", -1, b, 784, 10),
+        ("wgrad L0", "wgrad", 0, 784, b, 128), ("wgrad L1", "wgrad", 1, 128, b, 64),
+        ("wgrad L2", "wgrad", 2, 64, b, 10), ("wgrad perceptron", "wgrad", -1, 784, b, 10),
+        ("dgrad L1", "dgrad", 1, b, 64, 128), ("dgrad L2", "dgrad", 2, b, 10, 64),
+    ]
+
+
+def gemm_comparison(number: int = 200, repeat: int = 7) -> list[dict[str, Any]]:
+    """Microseconds per GEMM for the shapes of gemm_shapes(): fast.sgemm vs np.matmul on
+    the same contiguous (M, K) @ (K, N) buffers, and, per layer, the whole compiled
+    dense_forward/dense_backward vs the NumPy twin (which uses transposed views)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for label, _, _, m, k, n in gemm_shapes():
+        a = rng.standard_normal((m, k), dtype=np.float32)
+        b = rng.standard_normal((k, n), dtype=np.float32)
+        c = np.empty((m, n), dtype=np.float32)
+        t_fast = _best_seconds(partial(fast.sgemm, c, a, b), number, repeat)
+        t_numpy = _best_seconds(partial(np.matmul, a, b, out=c), number, repeat)
+        rows.append({"op": f"sgemm {label}", "shape": f"({m}x{k})·({k}x{n})",
+                     "fast_us": t_fast * 1e6, "numpy_us": t_numpy * 1e6,
+                     "numpy_over_fast": t_numpy / t_fast})
+    for c_in, c_out in ((784, 128), (128, 64), (64, 10), (784, 10)):
+        inp = rng.standard_normal((BATCH_SIZE, c_in), dtype=np.float32)
+        w = rng.standard_normal((c_in, c_out), dtype=np.float32)
+        bias = rng.standard_normal(c_out, dtype=np.float32)
+        dout = rng.standard_normal((BATCH_SIZE, c_out), dtype=np.float32)
+        out = np.empty((BATCH_SIZE, c_out), dtype=np.float32)
+        dinp, dw, db = np.empty_like(inp), np.empty_like(w), np.empty_like(bias)
+        shape = f"B={BATCH_SIZE} {c_in}->{c_out}"
+        for op, f_fast, f_ref in (
+            ("dense_forward", partial(fast.dense_forward, out, inp, w, bias),
+             partial(reference.dense_forward, out, inp, w, bias)),
+            ("dense_backward", partial(fast.dense_backward, dinp, dw, db, dout, inp, w),
+             partial(reference.dense_backward, dinp, dw, db, dout, inp, w)),
+        ):
+            t_fast = _best_seconds(f_fast, number, repeat)
+            t_numpy = _best_seconds(f_ref, number, repeat)
+            rows.append({"op": op, "shape": shape, "fast_us": t_fast * 1e6,
+                         "numpy_us": t_numpy * 1e6, "numpy_over_fast": t_numpy / t_fast})
+    return rows
+
+
+# ---- peers (--peers) -----------------------------------------------------------------------
+
+def peer_comparison(presets: Sequence[str], data: Data, epochs: int, repeats: int,
+                    rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Seconds per epoch of the same training in PyTorch (hand-written loop) and Keras 3, for
+    whichever of them imports; "message" says so when neither does. PyTorch runs with as many
+    threads as the compiled kernels (all cores by default, 2 on a 2-core machine), so
+    MNISTNET_NUM_THREADS=1 compares single-threaded runs."""
+    fast_seconds = {row["preset"]: row["fast_seconds_per_epoch"] for row in rows}
+    out: dict[str, Any] = {"frameworks": {}, "message": None}
+    for label, runner in (("pytorch", _torch_epoch), ("keras", _keras_epoch)):
+        try:
+            version = runner(None, data, epochs)  # import check: returns the version
+        except Exception as exc:  # ImportError, or a Keras without a usable backend
+            out["frameworks"][label] = {"available": False,
+                                        "reason": f"{type(exc).__name__}: {exc}"}
+            continue
+        timings = {}
+        for name in presets:
+            best, accs = float("inf"), None
+            for _ in range(repeats):
+                elapsed, accs = runner(name, data, epochs)
+                best = min(best, elapsed / epochs)
+            timings[name] = {"seconds_per_epoch": best, "accuracy": accs[0],
+                             "val_accuracy": accs[1],
+                             "over_fast": best / fast_seconds[name]}
+        out["frameworks"][label] = {"available": True, "version": version,
+                                    "presets": timings}
+    if not any(f["available"] for f in out["frameworks"].values()):
+        out["message"] = PEERS_MISSING
+    return out
+
+
+def _torch_epoch(name: str | None, data: Data, epochs: int) -> Any:
+    """With name None: import torch and return its version (ImportError if missing).
+    Else: (seconds for `epochs` epochs incl. validation, (train acc, val acc))."""
+    import torch  # lazily: an optional peer, never a dependency
+
+    if name is None:
+        return f"torch {torch.__version__} (threads={fast.get_num_threads()})"
+    torch.set_num_threads(fast.get_num_threads())
+    torch.manual_seed(0)
+    spec = PRESETS[name]
+    (x_train, y_train), (x_test, y_test) = data
+    layers: list[Any] = []
+    fan_in = 784
+    for units, act in spec["layers"]:
+        lin = torch.nn.Linear(fan_in, units)
+        torch.nn.init.xavier_uniform_(lin.weight)
+        torch.nn.init.zeros_(lin.bias)
+        layers.append(lin)
+        if act == "relu":
+            layers.append(torch.nn.ReLU())
+        elif act == "sigmoid":
+            layers.append(torch.nn.Sigmoid())
+        # softmax: folded into CrossEntropyLoss on the logits (same maths, same argmax)
+        fan_in = units
+    net = torch.nn.Sequential(*layers)
+    x = torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32))
+    xv = torch.from_numpy(np.ascontiguousarray(x_test, dtype=np.float32))
+    labels = torch.from_numpy(y_train.astype(np.int64))
+    val_labels = torch.from_numpy(y_test.astype(np.int64))
+    if spec["loss"] == "categorical_crossentropy":
+        loss_fn: Any = torch.nn.CrossEntropyLoss()
+        target, val_target = labels, val_labels
+    else:
+        loss_fn = torch.nn.MSELoss()  # mean over B x C, as Keras' MSE
+        target = torch.nn.functional.one_hot(labels, 10).float()
+        val_target = torch.nn.functional.one_hot(val_labels, 10).float()
+    opt = torch.optim.SGD(net.parameters(), lr=LEARNING_RATE)
+    gen = torch.Generator().manual_seed(0)
+    n = x.shape[0]
+    start = time.perf_counter()
+    for _ in range(epochs):
+        correct = torch.zeros((), dtype=torch.int64)
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n, BATCH_SIZE):
+            idx = perm[i: i + BATCH_SIZE]
+            out = net(x[idx])
+            loss = loss_fn(out, target[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            correct += (out.detach().argmax(1) == labels[idx]).sum()
+        with torch.no_grad():
+            val_out = net(xv)
+            loss_fn(val_out, val_target).item()
+            val_correct = int((val_out.argmax(1) == val_labels).sum())
+    elapsed = time.perf_counter() - start
+    return elapsed, (int(correct) / n, val_correct / xv.shape[0])
+
+
+def _keras_epoch(name: str | None, data: Data, epochs: int) -> Any:
+    """Keras 3's model.fit on the same training; like _torch_epoch."""
+    import keras  # lazily: an optional peer, never a dependency
+
+    if not keras.__version__.startswith("3"):
+        raise ImportError(f"Keras 3 needed, found {keras.__version__}")
+    if name is None:
+        return f"keras {keras.__version__} ({keras.backend.backend()} backend)"
+    spec = PRESETS[name]
+    (x_train, y_train), (x_test, y_test) = data
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((784,))] + [
+        keras.layers.Dense(units, activation=act) for units, act in spec["layers"]])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=LEARNING_RATE),
+                  loss=spec["loss"],
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    eye = np.eye(10, dtype=np.float32)
+    start = time.perf_counter()
+    history = model.fit(x_train, eye[y_train], epochs=epochs, batch_size=BATCH_SIZE,
+                        validation_data=(x_test, eye[y_test]), verbose=0, shuffle=True)
+    elapsed = time.perf_counter() - start
+    return elapsed, (history.history["accuracy"][-1], history.history["val_accuracy"][-1])
+
+
+# ---- output --------------------------------------------------------------------------------
+
+def _fmt_acc(row: dict[str, Any], backend: str) -> str:
+    acc, val = row[f"{backend}_accuracy"], row[f"{backend}_val_accuracy"]
+    return "-" if acc is None else f"{acc:.4f}/{val:.4f}"
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The comparison as an aligned plain-text table (what `mnistnet bench` prints)."""
+    ctx, setup = result["context"], result["setup"]
+    lines = [f"mnistnet bench: {setup['epochs']} epoch(s) per timing, best of "
+             f"{setup['repeats']}; {setup['train_rows']} training rows in batches of "
+             f"{setup['batch_size']}, SGD {setup['learning_rate']}, validation on "
+             f"{setup['val_rows']} rows"]
+    blas = ", ".join(f"{b['internal_api']} {b['version']} {b['architecture']} kernel, "
+                     f"{b['num_threads']} threads" for b in ctx["blas"]) or (
+        "BLAS kernel unknown (pip install threadpoolctl to see it)")
+    load = ctx["load_average"]
+    lines.append(f"numpy {ctx['numpy_version']} ({blas}); mnistnet {ctx['mnistnet_version']} "
+                 f"({ctx['simd_path']}, {ctx['fast_threads']} thread(s), OpenMP "
+                 f"{'on' if ctx['openmp'] else 'off'}); {ctx['cpu_count']} CPUs"
+                 + ("" if load is None else f", load average {load:.1f}"))
+    if ctx["openblas_env"]:
+        env = " ".join(f"{k}={v}" for k, v in ctx["openblas_env"].items())
+        lines.append(f"WARNING: {env} is set and slows numpy's OpenBLAS: for a fair baseline "
+                     f"run with env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE")
+    if load is not None and ctx["cpu_count"] and load > ctx["cpu_count"]:
+        lines.append(f"WARNING: the machine is busy (load {load:.1f} on {ctx['cpu_count']} "
+                     "CPUs): seconds are noisy, ratios less so")
+    n = ctx["gemm_size"]
+    lines.append(f"GEMM {n}^3 float32: np.matmul {ctx['numpy_matmul_gflops']:.1f} GFLOP/s, "
+                 f"fast.sgemm {ctx['fast_sgemm_gflops']:.1f} GFLOP/s "
+                 f"({ctx['sgemm_vs_matmul']:.2f}x np.matmul)")
+    lines.append("")
+    header = ["preset", "reference s/ep", "fast s/ep", "speed-up", "max|dW|", "rel",
+              "reference acc/val", "fast acc/val", "fast GFLOP/s", "of matmul"]
+    table = [header]
+    for row in result["presets"]:
+        table.append([
+            row["preset"], f"{row['reference_seconds_per_epoch']:.3f}",
+            f"{row['fast_seconds_per_epoch']:.3f}", f"{row['speedup']:.2f}x",
+            f"{row['max_abs_weight_diff']:.1e}", f"{row['relative_weight_diff']:.1e}",
+            _fmt_acc(row, "reference"), _fmt_acc(row, "fast"),
+            f"{row['fast_gflops']:.1f}", f"{100 * row['fast_share_of_matmul']:.1f}%",
+        ])
+    lines += _align(table)
+    lines.append("speed-up = reference / fast; GFLOP/s counts the epoch's GEMMs (forward, "
+                 "weight and input gradients, validation forward) over the fast fit time")
+    if "gemm" in result:
+        lines.append("")
+        table = [["GEMM (batch 32 step)", "shape", "fast us", "numpy us", "numpy/fast"]]
+        for row in result["gemm"]:
+            table.append([row["op"], row["shape"], f"{row['fast_us']:.2f}",
+                          f"{row['numpy_us']:.2f}", f"{row['numpy_over_fast']:.2f}x"])
+        lines += _align(table)
+    if "peers" in result:
+        lines.append("")
+        lines += _format_peers(result["peers"])
+    return "\n".join(lines)
+
+
+def _format_peers(peers: dict[str, Any]) -> list[str]:
+    if peers["message"]:
+        return [peers["message"]]
+    lines = []
+    table = [["peer", "preset", "s/epoch", "x fast", "acc/val"]]
+    for label, info in peers["frameworks"].items():
+        if not info["available"]:
+            lines.append(f"peers: {label} not available ({info['reason']})")
+            continue
+        for name, t in info["presets"].items():
+            table.append([info["version"], name, f"{t['seconds_per_epoch']:.3f}",
+                          f"{t['over_fast']:.1f}x",
+                          f"{t['accuracy']:.4f}/{t['val_accuracy']:.4f}"])
+    return _align(table) + lines
+
+
+def _align(table: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    lines = []
+    for r in table:
+        cells = [cell.ljust(w) if i == 0 else cell.rjust(w)
+                 for i, (cell, w) in enumerate(zip(r, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the options of `mnistnet bench` to `parser` (the CLI's subparser, or our own)."""
+    parser.add_argument("--presets", nargs="+", default=list(DEFAULT_PRESETS),
+                        metavar="PRESET",
+                        help=f"presets to compare, space- or comma-separated (default: all "
+                        f"of {', '.join(PRESETS)})")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs per timing (default 1)")
+    parser.add_argument("--data", metavar="DIR", default=None,
+                        help="folder with the four MNIST files (default: $MNISTNET_DATA, the "
+                        "cache, or a download)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="report the best of this many runs (default 1)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--peers", action="store_true",
+                        help="also time PyTorch and Keras 3 on the same training, if installed")
+    parser.add_argument("--gemm", action="store_true",
+                        help="also time the per-layer GEMMs of one batch-32 step")
+    return parser
+
+
+DESCRIPTION = ("Time the same training on the reference (NumPy) and fast (compiled) backends "
+               "and compare. Run with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for a fair "
+               "NumPy baseline.")
+
+
+def build_parser(prog: str = "mnistnet bench") -> argparse.ArgumentParser:
+    return add_arguments(argparse.ArgumentParser(prog=prog, description=DESCRIPTION))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the comparison the parsed options ask for and print it. Raises ValueError on bad
+    options (the CLI turns it into a one-line error)."""
+    presets = [p for item in args.presets for p in item.split(",") if p]
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown or not presets:
+        raise ValueError(f"unknown preset(s) {', '.join(unknown) or '(none given)'}; choose "
+                         f"from {', '.join(PRESETS)}")
+    if args.epochs < 1 or args.repeats < 1:
+        raise ValueError("--epochs and --repeats must be >= 1")
+    result = run_comparison(presets, epochs=args.epochs, data=args.data,
+                            repeats=args.repeats, peers=args.peers, gemm=args.gemm)
+    if args.json:
+        message = result.get("peers", {}).get("message")
+        if message:  # keep stdout valid JSON
+            print(message, file=sys.stderr)
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_report(result))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m mnistnet.bench`: the same as `mnistnet bench`."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
