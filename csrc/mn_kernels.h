@@ -19,6 +19,13 @@
  * SIMD: the instruction set is chosen once, from CPU detection, the first time a kernel runs
  * (or by mn_simd_select). Paths: "avx512", "avx2" (with FMA), "sse2" on x86-64; "neon" on
  * AArch64; "scalar" everywhere.
+ *
+ * From C: an installed mnistnet ships this header in the folder mnistnet.get_include() names,
+ * and the C objects its extension is linked from as a static library in
+ * mnistnet.get_library_dir() (libmn_kernels.a; mn_kernels.lib with MSVC):
+ *     cc -O2 prog.c -I"$INC" "$LIB/libmn_kernels.a" -fopenmp -lm
+ * with -fopenmp only if mnistnet.show_config() reports OpenMP on (MSVC: /openmp).
+ * tests/embedding/use_kernels.c is a complete example.
  */
 #ifndef MN_KERNELS_H
 #define MN_KERNELS_H

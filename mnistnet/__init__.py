@@ -34,7 +34,8 @@ from mnistnet.data import load_mnist
 from mnistnet.model import SGD, Dense, History, Model, preset
 
 __all__ = [
-    "SGD", "Dense", "History", "Model", "__version__", "fast", "get_num_threads",
+    "SGD", "Dense", "History", "Model", "__version__", "fast", "get_include",
+    "get_library_dir", "get_num_threads",
     "load_mnist", "preset", "reference", "set_num_threads", "show_config", "simd_path",
 ]
 
@@ -74,6 +75,19 @@ def show_config(file=None) -> dict:
     print(f"  openmp:     {'on' if info['openmp'] else 'off'}", file=out)
     print(f"  threads:    {info['num_threads']}", file=out)
     return info
+
+
+def get_include() -> str:
+    """Folder holding mn_kernels.h, the C API of the compiled kernels: pass it to a C compiler
+    as -I (like numpy.get_include()). Cython needs no path for `from mnistnet._kernels cimport
+    ...`: the .pxd files are inside the installed package, which Cython finds on sys.path."""
+    return _os.path.join(_os.path.dirname(__file__), "include")
+
+
+def get_library_dir() -> str:
+    """Folder holding the C kernels as a static library (libmn_kernels.a; mn_kernels.lib with
+    MSVC) for C programs to link, with -fopenmp when show_config() reports OpenMP."""
+    return _os.path.join(_os.path.dirname(__file__), "lib")
 
 
 def _environment_error(message: str) -> ImportError:

@@ -152,9 +152,15 @@ def as_features(x: Any, input_dim: int, name: str = "x") -> np.ndarray:
 
 
 def all_finite(a: np.ndarray) -> bool:
-    """True if no element is NaN or Inf, without a temporary the size of `a`: any NaN or Inf
-    makes the float64 sum non-finite, and float32 values cannot overflow a float64 sum."""
-    return bool(np.isfinite(np.sum(a, dtype=np.float64)))
+    """True if no element of the float array `a` is NaN or Inf, in one pass and without a
+    temporary the size of `a`: any NaN or Inf makes the sum non-finite. Only when the sum
+    itself overflows are the elements looked at, a block at a time."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.add.reduce(a, axis=None)):
+            return True
+    flat = a.reshape(-1)
+    block = 1 << 20
+    return all(np.isfinite(flat[i: i + block]).all() for i in range(0, flat.size, block))
 
 
 def as_targets(y: Any, n: int, n_classes: int, name: str = "y") -> np.ndarray:
