@@ -84,8 +84,14 @@ void mn_dense_forward(float *out, const float *inp, const float *weight, const f
     mn_sgemm_nn(out, inp, weight, bias, B, C, OC); /* out (B, OC) */
 }
 
+void mn_sgemm_tn_rows(float *c, const float *a, const float *b, ptrdiff_t m0, ptrdiff_t m1,
+                      ptrdiff_t M, ptrdiff_t K, ptrdiff_t N)
+{
+    mn_active_gemm()->gemm_rows(c, a, b, NULL, m0, m1, K, N, 1, M);
+}
+
 /* dbias[o] = sum over b of dout[b, o], rows added in order. */
-static void column_sums(float *dbias, const float *dout, ptrdiff_t B, ptrdiff_t OC)
+void mn_column_sums(float *dbias, const float *dout, ptrdiff_t B, ptrdiff_t OC)
 {
     for (ptrdiff_t o = 0; o < OC; o++) dbias[o] = 0.0f;
     for (ptrdiff_t b = 0; b < B; b++)
@@ -98,7 +104,7 @@ void mn_dense_backward(float *dinp, float *dweight, float *dbias, const float *d
 {
     if (dinp) mn_sgemm_nt(dinp, dout, weight, B, OC, C);   /* (B, OC) @ (C, OC)^T -> (B, C) */
     mn_sgemm_tn(dweight, inp, dout, C, B, OC);             /* (B, C)^T @ (B, OC) -> (C, OC) */
-    if (dbias) column_sums(dbias, dout, B, OC);
+    if (dbias) mn_column_sums(dbias, dout, B, OC);
 }
 
 /* Elementwise, so any split gives the same bits; below this many floats one thread wins. */

@@ -58,6 +58,11 @@ void mn_sgemm_nn(float *c, const float *a, const float *b, const float *bias,
 void mn_sgemm_tn(float *c, const float *a, const float *b, ptrdiff_t M, ptrdiff_t K, ptrdiff_t N);
 /* c = a @ b^T                                      c (M, N), a (M, K), b (N, K)           */
 void mn_sgemm_nt(float *c, const float *a, const float *b, ptrdiff_t M, ptrdiff_t K, ptrdiff_t N);
+/* Rows [m0, m1) of c = a^T @ b, on the calling thread only (for callers that split rows). */
+void mn_sgemm_tn_rows(float *c, const float *a, const float *b, ptrdiff_t m0, ptrdiff_t m1,
+                      ptrdiff_t M, ptrdiff_t K, ptrdiff_t N);
+/* sums[o] = sum over rows b of x[b, o], rows added in order.   sums (C), x (B, C) */
+void mn_column_sums(float *sums, const float *x, ptrdiff_t B, ptrdiff_t C);
 
 /* ---- runtime configuration --------------------------------------------------------------- */
 /* Name of the SIMD path in use: "avx512", "avx2", "sse2", "neon" or "scalar". */

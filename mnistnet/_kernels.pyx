@@ -21,6 +21,11 @@ cdef extern from "mn_kernels.h" nogil:
     void mn_sgemm_nn(float *c, const float *a, const float *b, const float *bias,
                      Py_ssize_t M, Py_ssize_t K, Py_ssize_t N)
     int mn_sgd_update(float *params, const float *grads, float learning_rate, Py_ssize_t n)
+    void mn_sgemm_nt(float *c, const float *a, const float *b, Py_ssize_t M, Py_ssize_t K,
+                     Py_ssize_t N)
+    void mn_sgemm_tn_rows(float *c, const float *a, const float *b, Py_ssize_t m0,
+                          Py_ssize_t m1, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N)
+    void mn_column_sums(float *sums, const float *x, Py_ssize_t B, Py_ssize_t C)
     void mn_prefetch_rows(const float *x, const long long *rows, Py_ssize_t n,
                           Py_ssize_t width)
     const char *mn_simd_name()
@@ -159,10 +164,15 @@ cdef double mse_forward(const float* pred, const float* target,
 
 cdef void mse_backward(float* dpred, const float* pred, const float* target,
                        Py_ssize_t B, Py_ssize_t C) noexcept nogil:
+    scaled_difference(dpred, pred, target, B * C, 2.0 / <float>(B * C))
+
+
+cdef inline void scaled_difference(float* out, const float* a, const float* b, Py_ssize_t N,
+                                   float scale) noexcept nogil:
+    # out = scale * (a - b): both loss gradients, for any block of rows of a batch.
     cdef Py_ssize_t i
-    cdef float scale = 2.0 / <float>(B * C)
-    for i in range(B * C):
-        dpred[i] = scale * (pred[i] - target[i])
+    for i in range(N):
+        out[i] = scale * (a[i] - b[i])
 
 
 cdef double crossentropy_forward(const float* probs, const float* target,
@@ -191,10 +201,7 @@ cdef void crossentropy_softmax_backward(float* dlogits, const float* probs, cons
                                         Py_ssize_t B, Py_ssize_t C) noexcept nogil:
     # Gradient of the batch-mean cross-entropy w.r.t. the softmax *input*: (probs - y) / B.
     # Exact for softmax + CE with rows of y summing to 1 (the clip is not differentiated).
-    cdef Py_ssize_t i
-    cdef float scale = 1.0 / <float>B
-    for i in range(B * C):
-        dlogits[i] = scale * (probs[i] - target[i])
+    scaled_difference(dlogits, probs, target, B * C, 1.0 / <float>B)
 
 
 cdef bint sgd_update(float* params, const float* grads, float learning_rate,
@@ -272,12 +279,20 @@ cdef void activation_backward(int code, float* dx, const float* out,
 cdef void net_forward(const Net* net, const float* x, float* out, Py_ssize_t n) noexcept nogil:
     """Forward n <= net.rows rows. Hidden layers write their regions of net.a; the last
     layer writes out (which may be its own region)."""
+    forward_rows(net, x, out, 0, n)
+
+
+cdef void forward_rows(const Net* net, const float* x, float* out, Py_ssize_t r0,
+                       Py_ssize_t n) noexcept nogil:
+    """Forward the n rows x (n, sizes[0]) that are rows r0.. of the batch: hidden outputs go
+    to those rows of their regions, the last layer's to out (n, sizes[-1]). Rows are
+    independent, so threads may each forward their own block."""
     cdef Py_ssize_t l, L = net.n_layers
     cdef const float* inp = x
     cdef float* o
     cdef float* w
     for l in range(L):
-        o = out if l == L - 1 else net_acts(net, l + 1)
+        o = out if l == L - 1 else net_acts(net, l + 1) + r0 * net.sizes[l + 1]
         w = net.params + param_offset(net, l)
         dense_forward(o, inp, w, w + <Py_ssize_t>net.sizes[l] * net.sizes[l + 1],
                       n, net.sizes[l], net.sizes[l + 1])
@@ -295,28 +310,46 @@ cdef inline double loss_forward(int loss, const float* pred, const float* target
 cdef void net_backward(const Net* net, const float* target, Py_ssize_t n) noexcept nogil:
     """Gradients of the batch-mean loss into net.grads, from the activations the last
     net_forward over the input region left behind."""
-    cdef Py_ssize_t l, L = net.n_layers
-    cdef Py_ssize_t OC = net.sizes[L]
-    cdef const float* probs = net_acts(net, L)
-    cdef float* dz = grad_region(net, L - 1)
+    cdef Py_ssize_t l
+    deltas_rows(net, target, 0, n, n)
+    for l in range(net.n_layers):
+        weight_grads_rows(net, l, 0, net.sizes[l], n, True)
+
+
+cdef void deltas_rows(const Net* net, const float* target, Py_ssize_t r0, Py_ssize_t r1,
+                      Py_ssize_t n) noexcept nogil:
+    """d(loss)/d(pre-activation) of every layer, rows r0..r1 of a batch of n. Rows are
+    independent (the weights are only read), so threads may each take a block."""
+    cdef Py_ssize_t l, L = net.n_layers, OC = net.sizes[L], nr = r1 - r0
+    cdef const float* probs = net_acts(net, L) + r0 * OC
+    cdef const float* t = target + r0 * OC
+    cdef float* dz = grad_region(net, L - 1) + r0 * OC
     cdef float* dinp
-    cdef float* w
-    cdef float* gw
     if net.loss == LOSS_CE and net.acts[L - 1] == ACT_SOFTMAX:
-        crossentropy_softmax_backward(dz, probs, target, n, OC)
+        scaled_difference(dz, probs, t, nr * OC, 1.0 / <float>n)  # fused softmax + CE
     else:
-        mse_backward(dz, probs, target, n, OC)
-        activation_backward(net.acts[L - 1], dz, probs, n, OC)
-    for l in range(L - 1, -1, -1):
-        dz = grad_region(net, l)
-        # The input gradient of the first layer is never used: skip that GEMM.
-        dinp = grad_region(net, l - 1) if l > 0 else NULL
-        w = net.params + param_offset(net, l)
-        gw = net.grads + param_offset(net, l)
-        dense_backward(dinp, gw, gw + <Py_ssize_t>net.sizes[l] * net.sizes[l + 1], dz,
-                       net_acts(net, l), w, n, net.sizes[l], net.sizes[l + 1])
-        if l > 0:
-            activation_backward(net.acts[l - 1], dinp, net_acts(net, l), n, net.sizes[l])
+        scaled_difference(dz, probs, t, nr * OC, 2.0 / <float>(n * OC))  # MSE
+        activation_backward(net.acts[L - 1], dz, probs, nr, OC)
+    # The input gradient of the first layer is never used: stop at layer 1.
+    for l in range(L - 1, 0, -1):
+        dz = grad_region(net, l) + r0 * net.sizes[l + 1]
+        dinp = grad_region(net, l - 1) + r0 * net.sizes[l]
+        mn_sgemm_nt(dinp, dz, net.params + param_offset(net, l), nr, net.sizes[l + 1],
+                    net.sizes[l])
+        activation_backward(net.acts[l - 1], dinp, net_acts(net, l) + r0 * net.sizes[l],
+                            nr, net.sizes[l])
+
+
+cdef void weight_grads_rows(const Net* net, Py_ssize_t l, Py_ssize_t c0, Py_ssize_t c1,
+                            Py_ssize_t n, bint with_bias) noexcept nogil:
+    """Rows c0..c1 of layer l's weight gradient (inp^T @ dz over the n batch rows), and its
+    bias gradient if with_bias. Threads may each take a block of rows."""
+    cdef Py_ssize_t C = net.sizes[l], OC = net.sizes[l + 1]
+    cdef float* gw = net.grads + param_offset(net, l)
+    cdef const float* dz = grad_region(net, l)
+    mn_sgemm_tn_rows(gw, net_acts(net, l), dz, c0, c1, C, n, OC)
+    if with_bias:
+        mn_column_sums(gw + C * OC, dz, n, OC)
 
 
 cdef double train_step(const Net* net, Py_ssize_t n, float learning_rate) noexcept nogil:
