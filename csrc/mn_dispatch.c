@@ -184,3 +184,30 @@ double mn_seconds(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 #endif
 }
+
+/* ---- thread teams (one parallel region per stretch of an epoch) --------------------------- */
+
+int mn_team_rank(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+int mn_team_size(void)
+{
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
+void mn_team_barrier(void)
+{
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+}

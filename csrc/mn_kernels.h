@@ -80,6 +80,10 @@ int mn_get_num_threads(void);
 void mn_set_thread_cap(int n);
 /* Threads a kernel called from this thread would use at most. */
 int mn_threads_for_caller(void);
+/* Inside a parallel region: this thread's number, the team's size, and a barrier. */
+int mn_team_rank(void);
+int mn_team_size(void);
+void mn_team_barrier(void);
 /* 1 if built with OpenMP. */
 int mn_openmp_enabled(void);
 /* Seconds on a monotonic clock (for throttling periodic work such as signal checks). */

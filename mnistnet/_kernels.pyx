@@ -10,6 +10,8 @@ time; this module also exposes that path and the thread count to Python.
 from libc.math cimport INFINITY, expf, isfinite, logf
 from libc.string cimport memcpy
 
+from cython.parallel cimport parallel
+
 import numpy as np
 
 cdef extern from "mn_kernels.h" nogil:
@@ -34,6 +36,9 @@ cdef extern from "mn_kernels.h" nogil:
     void mn_set_num_threads(int n)
     int mn_get_num_threads()
     void mn_set_thread_cap(int n)
+    int mn_team_rank()
+    int mn_team_size()
+    void mn_team_barrier()
     int mn_openmp_enabled()
     double mn_seconds()
 
@@ -49,11 +54,6 @@ LOSSES = {"mse": LOSS_MSE, "categorical_crossentropy": LOSS_CE}
 cdef float CE_EPSILON = 1e-7
 # How often (seconds) the epoch loop takes the GIL to look for Ctrl-C.
 cdef double SIGNAL_CHECK_INTERVAL = 0.002
-# The epoch loop times PROBE_BATCHES steps on one thread and as many on all, keeps the faster
-# (on a busy machine, threads that wait for a core cost more than they bring), and probes
-# again every RETUNE_BATCHES. Results are bit-identical either way.
-cdef Py_ssize_t PROBE_BATCHES = 8
-cdef Py_ssize_t RETUNE_BATCHES = 128
 
 # ============================================================================================
 # cdef kernels (declared in _kernels.pxd)
@@ -376,62 +376,40 @@ cdef inline void gather_rows(float* dst, const float* src, const long long* rows
         memcpy(dst + r * width, src + rows[r] * width, width * sizeof(float))
 
 
-cdef struct ThreadTuner:
-    int threads             # threads available to this loop
-    Py_ssize_t step         # batches run since the last retune began
-    double start            # when the current probe began
-    double one_thread       # seconds per batch measured on one thread
+cdef inline void block_of(Py_ssize_t n, int rank, int size, Py_ssize_t* r0,
+                          Py_ssize_t* r1) noexcept nogil:
+    # Contiguous blocks whose sizes differ by at most one.
+    cdef Py_ssize_t base = n // size, extra = n % size
+    r0[0] = rank * base + (rank if rank < extra else extra)
+    r1[0] = r0[0] + base + (1 if rank < extra else 0)
 
 
-cdef inline void tuner_start(ThreadTuner* t) noexcept nogil:
-    t.threads = mn_get_num_threads()
-    t.step = 0
-    t.one_thread = 0
-    t.start = 0
-    mn_set_thread_cap(0)
+cdef inline bint time_to_check_signals(double* last_check) noexcept nogil:
+    cdef double now = mn_seconds()
+    if now - last_check[0] < SIGNAL_CHECK_INTERVAL:
+        return False
+    last_check[0] = now
+    return True
 
 
-cdef inline void tuner_after_batch(ThreadTuner* t) noexcept nogil:
-    """After PROBE_BATCHES warm-up batches on all threads, time PROBE_BATCHES on one thread,
-    then as many on all threads, and keep the faster until the next retune."""
-    if t.threads <= 1:
-        return
-    t.step += 1
-    cdef double now
-    if t.step == PROBE_BATCHES:
-        t.start = mn_seconds()
-        mn_set_thread_cap(1)
-    elif t.step == 2 * PROBE_BATCHES:
-        now = mn_seconds()
-        t.one_thread = now - t.start
-        t.start = now
-        mn_set_thread_cap(0)
-    elif t.step == 3 * PROBE_BATCHES:
-        if mn_seconds() - t.start > t.one_thread:
-            mn_set_thread_cap(1)
-    elif t.step >= RETUNE_BATCHES:
-        t.step = 0
+cdef inline void count_step(EpochResult* res, double loss_sum, Py_ssize_t correct,
+                            Py_ssize_t n) noexcept nogil:
+    res.loss_sum += loss_sum
+    res.correct += correct
+    res.seen += n
+    res.batches += 1
 
 
-cdef EpochResult train_epoch(const Net* net, const float* x, const float* y,
-                             const long long* perm, Py_ssize_t N, Py_ssize_t batch_size,
-                             float learning_rate) noexcept nogil:
-    """Minibatch SGD over x[perm] in order, batch_size rows at a time (the last batch may be
-    smaller). Stops early on a non-finite loss (before that batch's update) or when a signal
-    handler raises (between two steps), so params always hold a completed step."""
-    cdef Py_ssize_t L = net.n_layers, C0 = net.sizes[0], OC = net.sizes[L]
+cdef Py_ssize_t serial_stretch(const Net* net, const float* x, const float* y,
+                               const long long* perm, Py_ssize_t start, Py_ssize_t end,
+                               Py_ssize_t N, Py_ssize_t batch_size, float learning_rate,
+                               EpochResult* res, double* last_check) noexcept nogil:
+    """Batches starting at rows start.. < end on the calling thread. Returns the next start."""
+    cdef Py_ssize_t L = net.n_layers, C0 = net.sizes[0], OC = net.sizes[L], n
     cdef float* targets = net_acts(net, L + 1)
-    cdef EpochResult res
-    res.loss_sum = 0
-    res.correct = 0
-    res.seen = 0
-    res.batches = 0
-    res.status = EPOCH_DONE
-    cdef Py_ssize_t start = 0, n
-    cdef double loss, now, last_check = mn_seconds()
-    cdef ThreadTuner tuner
-    tuner_start(&tuner)
-    while start < N:
+    cdef double loss
+    mn_set_thread_cap(1)
+    while start < end and res.status == EPOCH_DONE:
         n = batch_size if N - start > batch_size else N - start
         gather_rows(net.a, x, perm + start, n, C0)
         gather_rows(targets, y, perm + start, n, OC)
@@ -442,21 +420,165 @@ cdef EpochResult train_epoch(const Net* net, const float* x, const float* y,
         if not isfinite(loss):
             res.status = EPOCH_NONFINITE_LOSS
             break
-        res.loss_sum += loss * n
         # The accuracy Keras reports uses the predictions made before this batch's update.
-        res.correct += count_correct(net_acts(net, L), targets, n, OC)
-        res.seen += n
-        res.batches += 1
+        count_step(res, loss * n, count_correct(net_acts(net, L), targets, n, OC), n)
         start += n
-        tuner_after_batch(&tuner)
-        now = mn_seconds()
-        if now - last_check >= SIGNAL_CHECK_INTERVAL:
-            last_check = now
+        if time_to_check_signals(last_check):
             with gil:
                 if PyErr_CheckSignals() != 0:
                     res.status = EPOCH_INTERRUPTED
-                    break
     mn_set_thread_cap(0)
+    return start
+
+
+DEF MAX_TEAM = 64
+
+cdef struct TeamBoard:
+    # What the threads of a team tell each other at the two barriers of a step.
+    double loss[MAX_TEAM]          # each thread's sum of row losses
+    Py_ssize_t correct[MAX_TEAM]   # each thread's rows predicted right
+    int finite[MAX_TEAM]           # whether each thread's weight updates stayed finite
+    int stop                       # set by thread 0: an EPOCH_* status to stop with, or -1
+
+
+cdef void team_member(const Net* net, const float* x, const float* y, const long long* perm,
+                      Py_ssize_t start, Py_ssize_t end, Py_ssize_t N, Py_ssize_t batch_size,
+                      float learning_rate, TeamBoard* board, EpochResult* res,
+                      double* last_check, Py_ssize_t* next_start) noexcept nogil:
+    """One thread of a team running the batches starting at rows start.. < end.
+
+    Each thread forwards and back-propagates its own block of the batch's rows (rows are
+    independent), then, after a barrier, computes and applies its own block of every
+    layer's weight-gradient rows (and whole biases, layer l on thread l % size). Each
+    element is computed by the same operations as on one thread, so the weights are the
+    same bits. Two barriers a step; thread 0 keeps the counts and looks for Ctrl-C."""
+    cdef int rank = mn_team_rank(), size = mn_team_size(), i
+    cdef Py_ssize_t L = net.n_layers, C0 = net.sizes[0], OC = net.sizes[L]
+    cdef Py_ssize_t n, r0, r1, nr, c0, c1, l, C, K, correct
+    cdef float* targets = net_acts(net, L + 1)
+    cdef float* w
+    cdef float* g
+    cdef double total
+    cdef int finite
+    mn_set_thread_cap(1)
+    while start < end:
+        n = batch_size if N - start > batch_size else N - start
+        block_of(n, rank, size, &r0, &r1)
+        nr = r1 - r0
+        board.loss[rank] = 0
+        board.correct[rank] = 0
+        if nr > 0:
+            gather_rows(net.a + r0 * C0, x, perm + start + r0, nr, C0)
+            gather_rows(targets + r0 * OC, y, perm + start + r0, nr, OC)
+            if start + n < N:
+                block_of(min(batch_size, N - start - n), rank, size, &c0, &c1)
+                mn_prefetch_rows(x, perm + start + n + c0, c1 - c0, C0)
+            forward_rows(net, net.a + r0 * C0, net_acts(net, L) + r0 * OC, r0, nr)
+            board.loss[rank] = loss_forward(net.loss, net_acts(net, L) + r0 * OC,
+                                            targets + r0 * OC, nr, OC) * nr
+            board.correct[rank] = count_correct(net_acts(net, L) + r0 * OC,
+                                                targets + r0 * OC, nr, OC)
+            deltas_rows(net, targets, r0, r1, n)
+        mn_team_barrier()
+        total = 0
+        correct = 0
+        for i in range(size):
+            total += board.loss[i]
+            correct += board.correct[i]
+        if board.stop >= 0 or not isfinite(total):  # every thread sees the same values
+            if rank == 0 and board.stop < 0:
+                res.status = EPOCH_NONFINITE_LOSS
+            break
+        finite = 1
+        for l in range(L):
+            C = net.sizes[l]
+            K = net.sizes[l + 1]
+            block_of(C, rank, size, &c0, &c1)
+            weight_grads_rows(net, l, c0, c1, n, l % size == rank)
+            w = net.params + param_offset(net, l)
+            g = net.grads + param_offset(net, l)
+            finite &= sgd_update(w + c0 * K, g + c0 * K, learning_rate, (c1 - c0) * K)
+            if l % size == rank:
+                finite &= sgd_update(w + C * K, g + C * K, learning_rate, K)
+        board.finite[rank] = finite
+        mn_team_barrier()
+        for i in range(size):
+            finite &= board.finite[i]
+        if not finite:
+            if rank == 0:
+                res.status = EPOCH_NONFINITE_LOSS
+            break
+        start += n
+        if rank == 0:
+            count_step(res, total, correct, n)
+            if time_to_check_signals(last_check):
+                with gil:
+                    if PyErr_CheckSignals() != 0:
+                        board.stop = EPOCH_INTERRUPTED  # the others see it after the barrier
+    if rank == 0:
+        if board.stop >= 0:
+            res.status = board.stop
+        next_start[0] = start
+    mn_set_thread_cap(0)
+
+
+cdef Py_ssize_t team_stretch(const Net* net, const float* x, const float* y,
+                             const long long* perm, Py_ssize_t start, Py_ssize_t end,
+                             Py_ssize_t N, Py_ssize_t batch_size, float learning_rate,
+                             int threads, EpochResult* res, double* last_check) noexcept nogil:
+    """The batches starting at rows start.. < end on a team of threads. Returns the next
+    start."""
+    cdef TeamBoard board
+    cdef Py_ssize_t next_start = start
+    board.stop = -1
+    with parallel(num_threads=min(threads, MAX_TEAM)):
+        team_member(net, x, y, perm, start, end, N, batch_size, learning_rate, &board, res,
+                    last_check, &next_start)
+    return next_start
+
+
+# The epoch times PROBE_BATCHES steps on one thread and as many on the team, then runs the
+# rest of the epoch the faster way (on a busy machine a team waits for descheduled threads at
+# every barrier). The weights are the same bits either way.
+cdef Py_ssize_t PROBE_BATCHES = 16
+
+
+cdef EpochResult train_epoch(const Net* net, const float* x, const float* y,
+                             const long long* perm, Py_ssize_t N, Py_ssize_t batch_size,
+                             float learning_rate) noexcept nogil:
+    """Minibatch SGD over x[perm] in order, batch_size rows at a time (the last batch may be
+    smaller). Stops early on a non-finite loss (before that batch's update) or when a signal
+    handler raises (between two steps), so params always hold a completed step."""
+    cdef EpochResult res
+    res.loss_sum = 0
+    res.correct = 0
+    res.seen = 0
+    res.batches = 0
+    res.status = EPOCH_DONE
+    cdef double last_check = mn_seconds(), t0, serial_time, team_time
+    cdef int threads = mn_get_num_threads()
+    cdef Py_ssize_t start = 0, probe = PROBE_BATCHES * batch_size
+    if threads < 2 or batch_size < 2 * threads or N < 4 * probe:
+        serial_stretch(net, x, y, perm, 0, N, N, batch_size, learning_rate, &res, &last_check)
+        return res
+    t0 = mn_seconds()
+    start = serial_stretch(net, x, y, perm, start, start + probe, N, batch_size,
+                           learning_rate, &res, &last_check)
+    serial_time = mn_seconds() - t0
+    if res.status != EPOCH_DONE:
+        return res
+    t0 = mn_seconds()
+    start = team_stretch(net, x, y, perm, start, start + probe, N, batch_size, learning_rate,
+                         threads, &res, &last_check)
+    team_time = mn_seconds() - t0
+    if res.status != EPOCH_DONE:
+        return res
+    if team_time < serial_time:
+        team_stretch(net, x, y, perm, start, N, N, batch_size, learning_rate, threads, &res,
+                     &last_check)
+    else:
+        serial_stretch(net, x, y, perm, start, N, N, batch_size, learning_rate, &res,
+                       &last_check)
     return res
 
 # ============================================================================================
