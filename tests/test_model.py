@@ -15,13 +15,6 @@ DATA = os.environ.get("MNISTNET_DATA")
 needs_mnist = pytest.mark.skipif(not DATA, reason="set MNISTNET_DATA to the MNIST folder")
 
 
-@pytest.fixture(scope="module")
-def mnist():
-    if not DATA:
-        pytest.skip("set MNISTNET_DATA to the MNIST folder")
-    return mn.load_mnist(DATA)
-
-
 @pytest.fixture
 def toy():
     """A small learnable problem: the class is the argmax of 10 fixed projections."""
