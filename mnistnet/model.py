@@ -321,6 +321,21 @@ class Model:
                 "input_dim": self.input_dim, "loss": self.loss,
                 "optimizer": self.optimizer.get_config(), "seed": self.seed}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickle (multiprocessing, joblib) as architecture + weights: the training lock and
+        # the backend module are rebuilt, not copied.
+        return {"config": self.get_config(), "params": self.params.copy(),
+                "backend": self.backend, "epochs_done": self._epochs_done}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        config = state["config"]
+        self.__init__([Dense(**layer) for layer in config["layers"]],
+                      input_dim=config["input_dim"], loss=config["loss"],
+                      optimizer=SGD(**config["optimizer"]), seed=config["seed"],
+                      backend=state["backend"])
+        self.params[...] = state["params"]
+        self._epochs_done = state["epochs_done"]
+
     def __repr__(self) -> str:
         widths = "-".join(str(int(s)) for s in self.sizes)
         return f"Model({widths}, loss={self.loss!r}, backend={self.backend!r})"

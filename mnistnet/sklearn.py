@@ -195,33 +195,3 @@ class MNISTNetClassifier(ClassifierMixin, BaseEstimator):
         """The most probable class label of each row of X."""
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
-
-    # -- pickling: a Model holds a lock and a module, so it travels as its config and weights
-    def __getstate__(self):
-        state = dict(super().__getstate__())  # a copy: it may be self.__dict__ itself
-        model = state.pop("model_", None)
-        if model is not None:
-            state["_model_state"] = {"config": model.get_config(),
-                                     "backend": model.backend,
-                                     "params": model.params.copy(),
-                                     "epochs_trained": model.epochs_trained}
-        return state
-
-    def __setstate__(self, state):
-        saved = state.pop("_model_state", None)
-        super().__setstate__(state)
-        if saved is not None:
-            self.model_ = _model_from_state(saved)
-
-
-def _model_from_state(saved) -> Model:
-    config = saved["config"]
-    model = Model([Dense(**layer) for layer in config["layers"]],
-                  input_dim=config["input_dim"], loss=config["loss"],
-                  optimizer=SGD(**config["optimizer"]), seed=config["seed"],
-                  backend=saved["backend"])
-    model.params[...] = saved["params"]
-    # The next epoch's shuffle depends on the epochs done: an unpickled estimator continues
-    # (partial_fit) exactly as the original would have.
-    model._epochs_done = int(saved["epochs_trained"])
-    return model

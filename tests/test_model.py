@@ -1,6 +1,7 @@
 """Model: backends agree, determinism, threads, save/load, the public API's behaviour."""
 
 import os
+import pickle
 import threading
 import time
 import warnings
@@ -176,6 +177,18 @@ def test_save_and_load_round_trip_exactly(tmp_path, toy, backend):
     else:
         np.testing.assert_allclose(loaded.predict(x), model.predict(x), atol=1e-6)
     assert sorted(os.listdir(tmp_path)) == ["model.npz"]  # no temporary left behind
+
+
+def test_pickle_round_trip_keeps_weights_and_shuffle_position(toy):
+    x, y = toy
+    model = small_model()
+    model.fit(x, y, epochs=1, verbose=0)
+    copy = pickle.loads(pickle.dumps(model))
+    assert copy.get_config() == model.get_config() and copy.backend == model.backend
+    assert np.array_equal(copy.params, model.params) and copy.params is not model.params
+    model.fit(x, y, epochs=1, verbose=0)
+    copy.fit(x, y, epochs=1, verbose=0)  # the second epoch's shuffle, like the original
+    assert np.array_equal(copy.params, model.params)
 
 
 def test_load_rejects_files_that_are_not_models(tmp_path):
