@@ -316,6 +316,14 @@ class Model:
         """Epochs completed by fit so far (over all calls); sets the next epoch's shuffle."""
         return self._epochs_done
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any], backend: str = "fast") -> Model:
+        """A model with the architecture get_config() describes (and fresh weights from its
+        seed)."""
+        return cls([Dense(**layer) for layer in config["layers"]],
+                   input_dim=config["input_dim"], loss=config["loss"],
+                   optimizer=SGD(**config["optimizer"]), seed=config["seed"], backend=backend)
+
     def get_config(self) -> dict[str, Any]:
         return {"layers": [layer.get_config() for layer in self.layers],
                 "input_dim": self.input_dim, "loss": self.loss,
@@ -328,11 +336,7 @@ class Model:
                 "backend": self.backend, "epochs_done": self._epochs_done}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        config = state["config"]
-        self.__init__([Dense(**layer) for layer in config["layers"]],
-                      input_dim=config["input_dim"], loss=config["loss"],
-                      optimizer=SGD(**config["optimizer"]), seed=config["seed"],
-                      backend=state["backend"])
+        self.__dict__.update(type(self).from_config(state["config"], state["backend"]).__dict__)
         self.params[...] = state["params"]
         self._epochs_done = state["epochs_done"]
 
@@ -562,9 +566,7 @@ class Model:
             raise ValueError(f"{path}: weights have dtype {params.dtype} and shape "
                              f"{params.shape}; the architecture needs float32 ({n_params},)")
         try:
-            model = cls(layers, input_dim=widths[0], loss=config["loss"],
-                        optimizer=SGD(**config["optimizer"]), seed=config["seed"],
-                        backend=backend)
+            model = cls.from_config(config, backend)
         except bad as exc:
             raise ValueError(f"{path}: bad architecture in the model file ({exc})") from None
         if not np.isfinite(params).all():
