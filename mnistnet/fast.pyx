@@ -11,6 +11,8 @@ from mnistnet._kernels cimport Net, EpochResult
 
 import numpy as np
 
+# The buffer layout is one contract for both backends: reference.py states it.
+from mnistnet.reference import buffer_sizes  # noqa: F401  (re-exported)
 from mnistnet._kernels import (  # noqa: F401  (re-exported: runtime configuration)
     ACTIVATIONS, LOSSES, SIMD_PATHS, get_num_threads, openmp_enabled, select_simd,
     set_num_threads, sgemm, simd_path, simd_supported,
@@ -294,15 +296,6 @@ cdef Net _net(params, grads, acts, dacts, sizes, act_codes, int loss, Py_ssize_t
         net.grads = _io(grads)
         net.d = _io(dacts)
     return net
-
-
-def buffer_sizes(sizes, rows):
-    """(n_params, n_acts, n_dacts): floats in the parameter block (and the gradient block),
-    the activation block (input, each layer's output and the targets, `rows` rows each) and
-    the activation-gradient block, for layer widths `sizes` (input first)."""
-    sizes = [int(v) for v in sizes]
-    n_params = sum(sizes[i] * sizes[i + 1] + sizes[i + 1] for i in range(len(sizes) - 1))
-    return n_params, rows * (sum(sizes) + sizes[-1]), rows * sum(sizes[1:])
 
 
 def _check_data(x, y, sizes):

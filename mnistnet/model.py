@@ -470,8 +470,11 @@ class Model:
     def predict(self, x: np.ndarray, batch_size: int = PREDICT_CHUNK) -> np.ndarray:
         """Outputs (n, outputs) float32 for x (n, input_dim); safe to call from several
         threads at once (each call has its own scratch buffers)."""
-        x = as_features(x, self.input_dim)
-        batch_size = _positive_int(batch_size, "batch_size")
+        return self._predict_array(as_features(x, self.input_dim),
+                                   _positive_int(batch_size, "batch_size"))
+
+    def _predict_array(self, x: np.ndarray, batch_size: int = PREDICT_CHUNK) -> np.ndarray:
+        """predict for x already through as_features (fit's validation data, every epoch)."""
         out = np.empty((x.shape[0], self.n_outputs), dtype=np.float32)
         if x.shape[0] == 0:
             return out
@@ -490,7 +493,7 @@ class Model:
         return self._evaluate_arrays(x, targets)
 
     def _evaluate_arrays(self, x, targets) -> dict[str, float]:
-        pred = self.predict(x)
+        pred = self._predict_array(x)
         k = self._kernels
         loss = (k.crossentropy_forward(pred, targets) if self.loss == "categorical_crossentropy"
                 else k.mse_forward(pred, targets))

@@ -167,7 +167,10 @@ def count_correct(pred, target) -> int:
 # ---- the network ---------------------------------------------------------------------------
 
 def buffer_sizes(sizes, rows):
-    """(n_params, n_acts, n_dacts) for layer widths `sizes` and `rows` rows: see mnistnet.fast."""
+    """(n_params, n_acts, n_dacts): floats in the parameter block (and the gradient block),
+    the activation block (input, each layer's output and the targets, `rows` rows each) and
+    the activation-gradient block, for layer widths `sizes` (input first). Both backends,
+    and the compiled Net, use this layout."""
     sizes = [int(v) for v in sizes]
     n_params = sum(sizes[i] * sizes[i + 1] + sizes[i + 1] for i in range(len(sizes) - 1))
     return n_params, rows * (sum(sizes) + sizes[-1]), rows * sum(sizes[1:])

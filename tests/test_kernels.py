@@ -117,6 +117,16 @@ def glorot_params(rng, sizes) -> np.ndarray:
 
 # ---- dense ---------------------------------------------------------------------------------
 
+def test_both_backends_use_the_same_codes():
+    # model.py takes its codes from reference.py and hands them to the compiled kernels,
+    # whose codes are the enums of _kernels.pxd: the two tables must not drift apart.
+    assert fast.ACTIVATIONS == reference.ACTIVATIONS
+    assert fast.LOSSES == reference.LOSSES
+    assert (fast.EPOCH_DONE, fast.EPOCH_NONFINITE_LOSS, fast.EPOCH_INTERRUPTED) == (
+        reference.EPOCH_DONE, reference.EPOCH_NONFINITE_LOSS, reference.EPOCH_INTERRUPTED)
+    assert fast.buffer_sizes is reference.buffer_sizes
+
+
 @pytest.mark.parametrize("pair", DENSE_PAIRS, ids=[f"{c}x{oc}" for c, oc in DENSE_PAIRS])
 @pytest.mark.parametrize("batch", BATCHES)
 def test_dense_forward_matches_reference(simd_path, batch, pair):
