@@ -190,6 +190,13 @@ def _payload_bytes(dtype: np.dtype, shape: tuple[int, ...], name: str) -> int:
                 f"{name}: dimension {axis} of the IDX header is {dim}, "
                 f"more than the {MAX_IDX_BYTES}-byte limit allows"
             )
+    # An empty array can still have dimensions whose product overflows NumPy's size type.
+    nonzero_extent = math.prod(dim for dim in shape if dim) * dtype.itemsize
+    if 0 in shape and nonzero_extent > MAX_IDX_BYTES:
+        raise ValueError(
+            f"{name}: IDX header shape {shape} holds no data, but its other dimensions "
+            f"multiply to {nonzero_extent} bytes, more than the {MAX_IDX_BYTES}-byte limit"
+        )
     total = math.prod(shape) * dtype.itemsize
     if total > MAX_IDX_BYTES:
         raise ValueError(

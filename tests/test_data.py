@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mnistnet.data import cache_dir, load_mnist, read_idx
@@ -157,6 +157,7 @@ VALID = idx_bytes(np.arange(12, dtype=np.uint8).reshape(3, 4))
         (idx_header(0x08, (2**31 - 1, 2**31 - 1)), "limit"),
         (idx_header(0x0E, (2**28 + 1,)), "limit"),
         (idx_header(0x08, (0, 2**32 - 1)), "dimension 1"),
+        (idx_header(0x08, (11894338, 0, 55040, 14088704)), "holds no data.*limit"),
     ],
     ids=[
         "empty",
@@ -176,6 +177,7 @@ VALID = idx_bytes(np.arange(12, dtype=np.uint8).reshape(3, 4))
         "huge-dims",
         "huge-float64",
         "huge-dim-times-zero",
+        "empty-but-overflowing-dims",
     ],
 )
 @pytest.mark.parametrize("compress", [False, True], ids=["raw", "gz"])
@@ -323,6 +325,7 @@ def _mutate(draw, content: bytearray) -> bytearray:
     max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(content=mutated_idx_files())
+@example(content=b"\x00\x00\x08\x04\x00\xb5~B\x00\x00\x00\x00\x00\x00\xd7\x00\x00\xd6\xfa\x00")
 def test_read_idx_returns_an_array_or_raises_value_error(tmp_path, content):
     path = tmp_path / "fuzzed-idx-ubyte"
     path.write_bytes(content)
