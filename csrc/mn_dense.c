@@ -36,7 +36,7 @@ static void gemm_parallel(float *c, const float *a, const float *b, const float 
     const mn_gemm_table *g = mn_active_gemm();
     const int nt = threads_for(M, M * K * N);
     if (nt == 1) {
-        g->gemm_rows(c, a, b, bias, 0, M, K, N, a_rs, a_cs);
+        g->gemm_block(c, N, a, a_rs, a_cs, b, N, bias, 0, M, 0, N, K);
         return;
     }
 #ifdef _OPENMP
@@ -44,7 +44,7 @@ static void gemm_parallel(float *c, const float *a, const float *b, const float 
     {
         ptrdiff_t m0, m1;
         row_range(M, omp_get_thread_num(), omp_get_num_threads(), &m0, &m1);
-        g->gemm_rows(c, a, b, bias, m0, m1, K, N, a_rs, a_cs);
+        g->gemm_block(c, N, a, a_rs, a_cs, b, N, bias, m0, m1, 0, N, K);
     }
 #endif
 }
@@ -84,18 +84,25 @@ void mn_dense_forward(float *out, const float *inp, const float *weight, const f
     mn_sgemm_nn(out, inp, weight, bias, B, C, OC); /* out (B, OC) */
 }
 
-void mn_sgemm_tn_rows(float *c, const float *a, const float *b, ptrdiff_t m0, ptrdiff_t m1,
+void mn_sgemm_strided(float *c, ptrdiff_t ldc, const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
+                      const float *b, ptrdiff_t ldb, const float *bias,
                       ptrdiff_t M, ptrdiff_t K, ptrdiff_t N)
 {
-    mn_active_gemm()->gemm_rows(c, a, b, NULL, m0, m1, K, N, 1, M);
+    mn_active_gemm()->gemm_block(c, ldc, a, a_rs, a_cs, b, ldb, bias, 0, M, 0, N, K);
 }
 
-/* dbias[o] = sum over b of dout[b, o], rows added in order. */
-void mn_column_sums(float *dbias, const float *dout, ptrdiff_t B, ptrdiff_t OC)
+/* sums[o] = sum over b of x[b, o] for o in [c0, c1), rows added in order. */
+void mn_column_sums_block(float *sums, const float *x, ptrdiff_t c0, ptrdiff_t c1,
+                          ptrdiff_t B, ptrdiff_t C)
 {
-    for (ptrdiff_t o = 0; o < OC; o++) dbias[o] = 0.0f;
+    for (ptrdiff_t o = c0; o < c1; o++) sums[o] = 0.0f;
     for (ptrdiff_t b = 0; b < B; b++)
-        for (ptrdiff_t o = 0; o < OC; o++) dbias[o] += dout[b * OC + o];
+        for (ptrdiff_t o = c0; o < c1; o++) sums[o] += x[b * C + o];
+}
+
+void mn_column_sums(float *sums, const float *x, ptrdiff_t B, ptrdiff_t C)
+{
+    mn_column_sums_block(sums, x, 0, C, B, C);
 }
 
 void mn_dense_backward(float *dinp, float *dweight, float *dbias, const float *dout,
@@ -110,17 +117,9 @@ void mn_dense_backward(float *dinp, float *dweight, float *dbias, const float *d
 /* Elementwise, so any split gives the same bits; below this many floats one thread wins. */
 #define MN_PARALLEL_MIN_SGD (1 << 15)
 
-/* Returns 0 if some updated value would be NaN or Inf; those keep their previous value. */
 static int sgd_range(float *params, const float *grads, float lr, ptrdiff_t i0, ptrdiff_t i1)
 {
-    int finite = 1;
-    for (ptrdiff_t i = i0; i < i1; i++) {
-        const float v = params[i] - lr * grads[i];
-        const int ok = v - v == 0.0f; /* false for NaN and +-Inf */
-        params[i] = ok ? v : params[i];
-        finite &= ok;
-    }
-    return finite;
+    return mn_active_gemm()->sgd_update(params + i0, grads + i0, lr, i1 - i0);
 }
 
 int mn_sgd_update(float *params, const float *grads, float learning_rate, ptrdiff_t n)

@@ -5,7 +5,7 @@
  *   MN_TABLE          name of the mn_gemm_table to define (e.g. mn_gemm_avx2)
  *   MN_TABLE_NAME     its string name ("avx2")
  *   VF, VW            vector type and its width in floats
- *   MR_MAX, NV_MAX    register tile of gemm_rows: up to MR_MAX (<= 8) rows x NV_MAX (<= 4)
+ *   MR_MAX, NV_MAX    register tile of gemm_block: up to MR_MAX (<= 8) rows x NV_MAX (<= 4)
  *                     vectors
  *   TI, TJ            register tile of gemm_nt_rows: TI rows of a x TJ rows of b
  *   V_ZERO()          all lanes 0
@@ -143,33 +143,44 @@ static void rows_panel(float *c, const float *a, const float *b, const float *bi
     }
 }
 
-static void gemm_rows(float *c, const float *a, const float *b, const float *bias,
-                      ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t K, ptrdiff_t N,
-                      ptrdiff_t a_rs, ptrdiff_t a_cs)
+/* Vectors per column panel: as wide as the tile allows, but balanced, so a 64-float range is
+ * 2 + 2 vectors rather than 3 + 1 (a one-vector panel is bound by its broadcasts). */
+static int panel_vectors(ptrdiff_t width)
 {
-    const ptrdiff_t panel = (ptrdiff_t)NV_MAX * VW;
-    const int pack = m1 - m0 >= PACK_MIN_ROWS && K >= PACK_MIN_K && N >= PACK_MIN_N;
+    const ptrdiff_t vectors = (width + VW - 1) / VW;
+    const ptrdiff_t panels = (vectors + NV_MAX - 1) / NV_MAX;
+    return (int)((vectors + panels - 1) / panels);
+}
+
+static void gemm_block(float *c, ptrdiff_t ldc, const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
+                       const float *b, ptrdiff_t ldb, const float *bias, ptrdiff_t m0,
+                       ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t K)
+{
+    if (m1 <= m0 || n1 <= n0) return;
+    const ptrdiff_t panel = (ptrdiff_t)panel_vectors(n1 - n0) * VW;
+    const int pack = m1 - m0 >= PACK_MIN_ROWS && K >= PACK_MIN_K && ldb >= PACK_MIN_N;
     /* Column panels outside, rows inside: the slice of b under a panel stays in cache while
      * this thread's row tiles stream past it. When many tiles share it, copy KC rows of it
      * at a time into a contiguous block on the stack first (no TLB or cache-set thrashing
      * from b's row stride); the sums continue across blocks in the same k order, so packed
      * and unpacked results are bit-identical. */
     float packed[KC * NV_MAX * VW];
-    for (ptrdiff_t j0 = 0; j0 < N; j0 += panel) {
-        const ptrdiff_t nc = N - j0 < panel ? N - j0 : panel;
+    for (ptrdiff_t j0 = n0; j0 < n1; j0 += panel) {
+        const ptrdiff_t nc = n1 - j0 < panel ? n1 - j0 : panel;
         const int nv = (int)((nc + VW - 1) / VW);
         const int tail = (int)(nc - (ptrdiff_t)(nv - 1) * VW);
         const float *pbias = bias ? bias + j0 : NULL;
         if (!pack) {
-            rows_panel(c + j0, a, b + j0, pbias, m0, m1, K, N, N, a_rs, a_cs, nv, tail, 0);
+            rows_panel(c + j0, a, b + j0, pbias, m0, m1, K, ldb, ldc, a_rs, a_cs, nv, tail, 0);
             continue;
         }
         for (ptrdiff_t k0 = 0; k0 < K; k0 += KC) {
             const ptrdiff_t kc = K - k0 < KC ? K - k0 : KC;
             for (ptrdiff_t k = 0; k < kc; k++)
-                for (ptrdiff_t j = 0; j < nc; j++) packed[k * panel + j] = b[(k0 + k) * N + j0 + j];
+                for (ptrdiff_t j = 0; j < nc; j++)
+                    packed[k * panel + j] = b[(k0 + k) * ldb + j0 + j];
             rows_panel(c + j0, a + k0 * a_cs, packed, k0 + kc == K ? pbias : NULL, m0, m1, kc,
-                       panel, N, a_rs, a_cs, nv, tail, k0 > 0);
+                       panel, ldc, a_rs, a_cs, nv, tail, k0 > 0);
         }
     }
 }
@@ -219,4 +230,20 @@ static void gemm_nt_rows(float *c, const float *a, const float *b,
     }
 }
 
-const mn_gemm_table MN_TABLE = {MN_TABLE_NAME, gemm_rows, gemm_nt_rows};
+/* ---- params -= lr * grads, keeping any element whose new value is not finite ------------ */
+
+static int sgd_update(float *params, const float *grads, float lr, ptrdiff_t n)
+{
+    /* Plain C so the compiler vectorises it for this file's instruction set; a multiply, then
+     * a subtract (no contraction: see setup.py), so every path rounds alike. */
+    int finite = 1;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const float v = params[i] - lr * grads[i];
+        const int ok = v - v == 0.0f; /* false for NaN and +-Inf */
+        params[i] = ok ? v : params[i];
+        finite &= ok;
+    }
+    return finite;
+}
+
+const mn_gemm_table MN_TABLE = {MN_TABLE_NAME, gemm_block, gemm_nt_rows, sgd_update};

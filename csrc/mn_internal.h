@@ -10,21 +10,24 @@
 #define MN_ALWAYS_INLINE static inline __attribute__((always_inline))
 #endif
 
-/* One instruction set's GEMM row-block kernels. Each computes output rows [m0, m1) only, so
- * callers can split rows across threads; every output element is computed by the same
+/* One instruction set's GEMM block kernels. Each computes one block of the output only, so
+ * callers can split it across threads; every output element is computed by the same
  * sequence of operations whichever block it falls in, hence the result is bit-identical for
  * any split. */
 typedef struct {
     const char *name;
-    /* c[i, :] = sum_k A(i, k) * b[k, :] (+ bias) for i in [m0, m1),
-     * where A(i, k) = a[i * a_rs + k * a_cs]: (a_rs, a_cs) = (K, 1) for a (M, K),
-     * (1, M) for a stored transposed as (K, M).      c (M, N), b (K, N), bias (N) or NULL */
-    void (*gemm_rows)(float *c, const float *a, const float *b, const float *bias,
-                      ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t K, ptrdiff_t N,
-                      ptrdiff_t a_rs, ptrdiff_t a_cs);
+    /* c[i * ldc + j] = sum_k A(i, k) * b[k * ldb + j] (+ bias[j]) for i in [m0, m1) and
+     * j in [n0, n1), where A(i, k) = a[i * a_rs + k * a_cs]: (a_rs, a_cs) = (K, 1) for a
+     * row-major (M, K), (1, M) for one stored transposed as (K, M). bias may be NULL. */
+    void (*gemm_block)(float *c, ptrdiff_t ldc, const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
+                       const float *b, ptrdiff_t ldb, const float *bias, ptrdiff_t m0,
+                       ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t K);
     /* c[i, j] = dot(a[i, :], b[j, :]) for i in [m0, m1).  c (M, N), a (M, K), b (N, K) */
     void (*gemm_nt_rows)(float *c, const float *a, const float *b,
                          ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t K, ptrdiff_t N);
+    /* params[i] -= lr * grads[i] for i < n, except where the result is NaN or Inf: those
+     * keep their value. Returns 0 if there was any such element, else 1. */
+    int (*sgd_update)(float *params, const float *grads, float lr, ptrdiff_t n);
 } mn_gemm_table;
 
 extern const mn_gemm_table mn_gemm_scalar;

@@ -4,7 +4,7 @@
  * Every buffer is a C-contiguous (row-major) float32 array; a shape comment follows each
  * pointer. Sizes are element counts. Kernels never allocate and never fail: the caller
  * (mnistnet's Cython layer, or your C code) checks shapes first. Results do not depend on the
- * thread count: work is split over output rows, never over a reduction axis.
+ * thread count: work is split over output rows or columns, never over a reduction axis.
  *
  * Naming follows llm.c: X_forward / X_backward, outputs first, then inputs, then weights,
  * then sizes.
@@ -58,11 +58,19 @@ void mn_sgemm_nn(float *c, const float *a, const float *b, const float *bias,
 void mn_sgemm_tn(float *c, const float *a, const float *b, ptrdiff_t M, ptrdiff_t K, ptrdiff_t N);
 /* c = a @ b^T                                      c (M, N), a (M, K), b (N, K)           */
 void mn_sgemm_nt(float *c, const float *a, const float *b, ptrdiff_t M, ptrdiff_t K, ptrdiff_t N);
-/* Rows [m0, m1) of c = a^T @ b, on the calling thread only (for callers that split rows). */
-void mn_sgemm_tn_rows(float *c, const float *a, const float *b, ptrdiff_t m0, ptrdiff_t m1,
+/* c = A @ b (+ bias) on the calling thread only, for callers that split work across their own
+ * threads: c (M, N) with row stride ldc, A(i, k) = a[i * a_rs + k * a_cs] (a row-major (M, K)
+ * has (a_rs, a_cs) = (K, 1); one stored transposed as (K, M) has (1, M)), b (K, N) with row
+ * stride ldb, bias (N) or NULL. Each element gets the same bits as from mn_sgemm_nn/tn, so a
+ * matrix computed in blocks equals the matrix computed whole. */
+void mn_sgemm_strided(float *c, ptrdiff_t ldc, const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
+                      const float *b, ptrdiff_t ldb, const float *bias,
                       ptrdiff_t M, ptrdiff_t K, ptrdiff_t N);
 /* sums[o] = sum over rows b of x[b, o], rows added in order.   sums (C), x (B, C) */
 void mn_column_sums(float *sums, const float *x, ptrdiff_t B, ptrdiff_t C);
+/* The same for o in [c0, c1) only; other elements of sums are untouched. */
+void mn_column_sums_block(float *sums, const float *x, ptrdiff_t c0, ptrdiff_t c1,
+                          ptrdiff_t B, ptrdiff_t C);
 
 /* ---- runtime configuration --------------------------------------------------------------- */
 /* Name of the SIMD path in use: "avx512", "avx2", "sse2", "neon" or "scalar". */

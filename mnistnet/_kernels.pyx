@@ -25,9 +25,12 @@ cdef extern from "mn_kernels.h" nogil:
     int mn_sgd_update(float *params, const float *grads, float learning_rate, Py_ssize_t n)
     void mn_sgemm_nt(float *c, const float *a, const float *b, Py_ssize_t M, Py_ssize_t K,
                      Py_ssize_t N)
-    void mn_sgemm_tn_rows(float *c, const float *a, const float *b, Py_ssize_t m0,
-                          Py_ssize_t m1, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N)
+    void mn_sgemm_strided(float *c, Py_ssize_t ldc, const float *a, Py_ssize_t a_rs,
+                          Py_ssize_t a_cs, const float *b, Py_ssize_t ldb, const float *bias,
+                          Py_ssize_t M, Py_ssize_t K, Py_ssize_t N)
     void mn_column_sums(float *sums, const float *x, Py_ssize_t B, Py_ssize_t C)
+    void mn_column_sums_block(float *sums, const float *x, Py_ssize_t c0, Py_ssize_t c1,
+                              Py_ssize_t B, Py_ssize_t C)
     void mn_prefetch_rows(const float *x, const long long *rows, Py_ssize_t n,
                           Py_ssize_t width)
     const char *mn_simd_name()
@@ -279,19 +282,19 @@ cdef void activation_backward(int code, float* dx, const float* out,
 cdef void net_forward(const Net* net, const float* x, float* out, Py_ssize_t n) noexcept nogil:
     """Forward n <= net.rows rows. Hidden layers write their regions of net.a; the last
     layer writes out (which may be its own region)."""
-    forward_rows(net, x, out, 0, n)
+    forward_rows(net, 0, x, out, 0, n)
 
 
-cdef void forward_rows(const Net* net, const float* x, float* out, Py_ssize_t r0,
-                       Py_ssize_t n) noexcept nogil:
-    """Forward the n rows x (n, sizes[0]) that are rows r0.. of the batch: hidden outputs go
-    to those rows of their regions, the last layer's to out (n, sizes[-1]). Rows are
-    independent, so threads may each forward their own block."""
+cdef void forward_rows(const Net* net, Py_ssize_t first, const float* x, float* out,
+                       Py_ssize_t r0, Py_ssize_t n) noexcept nogil:
+    """Forward layers first.. of the n rows x (n, sizes[first]) that are rows r0.. of the
+    batch: hidden outputs go to those rows of their regions, the last layer's to out
+    (n, sizes[-1]). Rows are independent, so threads may each forward their own block."""
     cdef Py_ssize_t l, L = net.n_layers
     cdef const float* inp = x
     cdef float* o
     cdef float* w
-    for l in range(L):
+    for l in range(first, L):
         o = out if l == L - 1 else net_acts(net, l + 1) + r0 * net.sizes[l + 1]
         w = net.params + param_offset(net, l)
         dense_forward(o, inp, w, w + <Py_ssize_t>net.sizes[l] * net.sizes[l + 1],
@@ -347,7 +350,8 @@ cdef void weight_grads_rows(const Net* net, Py_ssize_t l, Py_ssize_t c0, Py_ssiz
     cdef Py_ssize_t C = net.sizes[l], OC = net.sizes[l + 1]
     cdef float* gw = net.grads + param_offset(net, l)
     cdef const float* dz = grad_region(net, l)
-    mn_sgemm_tn_rows(gw, net_acts(net, l), dz, c0, c1, C, n, OC)
+    mn_sgemm_strided(gw + c0 * OC, OC, net_acts(net, l) + c0, 1, C, dz, OC, NULL, c1 - c0, n,
+                     OC)
     if with_bias:
         mn_column_sums(gw + C * OC, dz, n, OC)
 
@@ -432,6 +436,8 @@ cdef Py_ssize_t serial_stretch(const Net* net, const float* x, const float* y,
 
 
 DEF MAX_TEAM = 64
+# Column blocks of a split first layer start at multiples of this (the widest SIMD vector).
+cdef Py_ssize_t COLUMN_ALIGN = 16
 
 cdef struct TeamBoard:
     # What the threads of a team tell each other at the two barriers of a step.
@@ -441,25 +447,114 @@ cdef struct TeamBoard:
     int stop                       # set by thread 0: an EPOCH_* status to stop with, or -1
 
 
+cdef inline bint splits_first_layer(const Net* net, int threads) noexcept nogil:
+    # Split the first layer by output columns when each thread gets at least two vectors of
+    # them and its activation is elementwise (softmax needs whole rows).
+    return (net.n_layers >= 2 and net.acts[0] != ACT_SOFTMAX
+            and net.sizes[1] >= 2 * COLUMN_ALIGN * threads)
+
+
+cdef inline void column_block(Py_ssize_t width, int rank, int size, Py_ssize_t* j0,
+                              Py_ssize_t* j1) noexcept nogil:
+    # Whole vectors to each thread, so no thread's panels end in a partial vector but the last.
+    cdef Py_ssize_t v0, v1
+    block_of((width + COLUMN_ALIGN - 1) // COLUMN_ALIGN, rank, size, &v0, &v1)
+    j0[0] = min(v0 * COLUMN_ALIGN, width)
+    j1[0] = min(v1 * COLUMN_ALIGN, width)
+
+
+cdef inline float* first_layer_workspace(const Net* net) noexcept nogil:
+    # After the activation gradients (see buffer_sizes): room for a copy of the first layer's
+    # weights and one of its gradient, each stored as one contiguous block per thread.
+    return grad_region(net, net.n_layers)
+
+
+cdef void copy_columns(float* dst, Py_ssize_t ld_dst, const float* src, Py_ssize_t ld_src,
+                       Py_ssize_t rows, Py_ssize_t width) noexcept nogil:
+    cdef Py_ssize_t r
+    for r in range(rows):
+        memcpy(dst + r * ld_dst, src + r * ld_src, width * sizeof(float))
+
+
+cdef void first_layer_columns_forward(const Net* net, const float* w, Py_ssize_t n,
+                                      Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """Columns j0..j1 of the first layer's output for all n rows, activation applied, from
+    w: those columns of its weights as a contiguous (sizes[0], j1 - j0) block."""
+    cdef Py_ssize_t r, C = net.sizes[0], H = net.sizes[1], width = j1 - j0
+    cdef float* h = net_acts(net, 1) + j0
+    mn_sgemm_strided(h, H, net.a, C, 1, w, width, net.params + C * H + j0, n, C, width)
+    for r in range(n):
+        activation_forward(net.acts[0], h + r * H, 1, width)
+
+
+cdef bint first_layer_columns_update(const Net* net, float* w, float* g, Py_ssize_t n,
+                                     Py_ssize_t j0, Py_ssize_t j1,
+                                     float learning_rate) noexcept nogil:
+    """Gradient g and SGD update of w, the contiguous (sizes[0], j1 - j0) copy of columns
+    j0..j1 of the first layer's weights, and of those columns of its bias (in place). Returns
+    whether every updated value stayed finite."""
+    cdef Py_ssize_t C = net.sizes[0], H = net.sizes[1], width = j1 - j0
+    cdef float* bias = net.params + C * H
+    cdef float* dbias = net.grads + C * H
+    cdef const float* dz = grad_region(net, 0)
+    mn_sgemm_strided(g, width, net.a, 1, C, dz + j0, H, NULL, C, n, width)
+    mn_column_sums_block(dbias, dz, j0, j1, n, H)
+    return (sgd_update(w, g, learning_rate, C * width)
+            & sgd_update(bias + j0, dbias + j0, learning_rate, width))
+
+
+cdef bint row_blocks_update(const Net* net, Py_ssize_t first, int rank, int size,
+                            Py_ssize_t n, float learning_rate) noexcept nogil:
+    """This thread's block of weight-gradient rows of layers first.., and the biases of the
+    layers l with l % size == rank: computed, then applied. Returns whether every updated
+    value stayed finite."""
+    cdef Py_ssize_t l, C, K, c0, c1
+    cdef float* w
+    cdef float* g
+    cdef bint finite = True
+    for l in range(first, net.n_layers):
+        C = net.sizes[l]
+        K = net.sizes[l + 1]
+        block_of(C, rank, size, &c0, &c1)
+        weight_grads_rows(net, l, c0, c1, n, l % size == rank)
+        w = net.params + param_offset(net, l)
+        g = net.grads + param_offset(net, l)
+        finite &= sgd_update(w + c0 * K, g + c0 * K, learning_rate, (c1 - c0) * K)
+        if l % size == rank:
+            finite &= sgd_update(w + C * K, g + C * K, learning_rate, K)
+    return finite
+
+
 cdef void team_member(const Net* net, const float* x, const float* y, const long long* perm,
                       Py_ssize_t start, Py_ssize_t end, Py_ssize_t N, Py_ssize_t batch_size,
                       float learning_rate, TeamBoard* board, EpochResult* res,
                       double* last_check, Py_ssize_t* next_start) noexcept nogil:
     """One thread of a team running the batches starting at rows start.. < end.
 
-    Each thread forwards and back-propagates its own block of the batch's rows (rows are
-    independent), then, after a barrier, computes and applies its own block of every
-    layer's weight-gradient rows (and whole biases, layer l on thread l % size). Each
-    element is computed by the same operations as on one thread, so the weights are the
-    same bits. Two barriers a step; thread 0 keeps the counts and looks for Ctrl-C."""
+    Each thread gathers, forwards and back-propagates its own block of the batch's rows (rows
+    are independent), then, after a barrier, computes and applies its own block of every
+    layer's weight-gradient rows (and whole biases, layer l on thread l % size). When
+    splits_first_layer, the first layer instead goes by output columns: each thread computes,
+    differentiates and updates its own columns of it for all rows, so those weights never
+    move between cores; that costs two more barriers a step. Each element is computed by the
+    same operations as on one thread, so the weights are the same bits. Thread 0 keeps the
+    counts and looks for Ctrl-C."""
     cdef int rank = mn_team_rank(), size = mn_team_size(), i
     cdef Py_ssize_t L = net.n_layers, C0 = net.sizes[0], OC = net.sizes[L]
-    cdef Py_ssize_t n, r0, r1, nr, c0, c1, l, C, K, correct
+    cdef bint by_columns = splits_first_layer(net, size)
+    cdef Py_ssize_t first = 1 if by_columns else 0
+    cdef Py_ssize_t n, r0, r1, nr, c0, c1, j0, j1, correct
     cdef float* targets = net_acts(net, L + 1)
-    cdef float* w
-    cdef float* g
     cdef double total
-    cdef int finite
+    cdef bint finite
+    column_block(net.sizes[1], rank, size, &j0, &j1)
+    # This thread's columns of the first layer, contiguous: a block of a shared row-major
+    # matrix would interleave the threads' cache lines, and the hardware prefetchers would
+    # then pull each other's lines back and forth (the update ran 2.5x slower).
+    cdef float* w0 = first_layer_workspace(net) + C0 * j0
+    cdef float* g0 = first_layer_workspace(net) + C0 * net.sizes[1] + C0 * j0
+    if by_columns:
+        copy_columns(w0, j1 - j0, net.params + j0, net.sizes[1], C0, j1 - j0)
     mn_set_thread_cap(1)
     while start < end:
         n = batch_size if N - start > batch_size else N - start
@@ -473,7 +568,13 @@ cdef void team_member(const Net* net, const float* x, const float* y, const long
             if start + n < N:
                 block_of(min(batch_size, N - start - n), rank, size, &c0, &c1)
                 mn_prefetch_rows(x, perm + start + n + c0, c1 - c0, C0)
-            forward_rows(net, net.a + r0 * C0, net_acts(net, L) + r0 * OC, r0, nr)
+        if by_columns:
+            mn_team_barrier()  # the whole batch is gathered
+            first_layer_columns_forward(net, w0, n, j0, j1)
+            mn_team_barrier()  # the whole first-layer output is there
+        if nr > 0:
+            forward_rows(net, first, net_acts(net, first) + r0 * net.sizes[first],
+                         net_acts(net, L) + r0 * OC, r0, nr)
             board.loss[rank] = loss_forward(net.loss, net_acts(net, L) + r0 * OC,
                                             targets + r0 * OC, nr, OC) * nr
             board.correct[rank] = count_correct(net_acts(net, L) + r0 * OC,
@@ -489,17 +590,10 @@ cdef void team_member(const Net* net, const float* x, const float* y, const long
             if rank == 0 and board.stop < 0:
                 res.status = EPOCH_NONFINITE_LOSS
             break
-        finite = 1
-        for l in range(L):
-            C = net.sizes[l]
-            K = net.sizes[l + 1]
-            block_of(C, rank, size, &c0, &c1)
-            weight_grads_rows(net, l, c0, c1, n, l % size == rank)
-            w = net.params + param_offset(net, l)
-            g = net.grads + param_offset(net, l)
-            finite &= sgd_update(w + c0 * K, g + c0 * K, learning_rate, (c1 - c0) * K)
-            if l % size == rank:
-                finite &= sgd_update(w + C * K, g + C * K, learning_rate, K)
+        finite = True
+        if by_columns:
+            finite &= first_layer_columns_update(net, w0, g0, n, j0, j1, learning_rate)
+        finite &= row_blocks_update(net, first, rank, size, n, learning_rate)
         board.finite[rank] = finite
         mn_team_barrier()
         for i in range(size):
@@ -515,6 +609,9 @@ cdef void team_member(const Net* net, const float* x, const float* y, const long
                 with gil:
                     if PyErr_CheckSignals() != 0:
                         board.stop = EPOCH_INTERRUPTED  # the others see it after the barrier
+    if by_columns:  # the weights of the last completed step, and its gradient
+        copy_columns(net.params + j0, net.sizes[1], w0, j1 - j0, C0, j1 - j0)
+        copy_columns(net.grads + j0, net.sizes[1], g0, j1 - j0, C0, j1 - j0)
     if rank == 0:
         if board.stop >= 0:
             res.status = board.stop
@@ -541,6 +638,13 @@ cdef Py_ssize_t team_stretch(const Net* net, const float* x, const float* y,
 # rest of the epoch the faster way (on a busy machine a team waits for descheduled threads at
 # every barrier). The weights are the same bits either way.
 cdef Py_ssize_t PROBE_BATCHES = 16
+# How train_epoch schedules its batches: SCHEDULE_AUTO (the probe decides), or always on one
+# thread, or always on the team. Results are the same bits every way; tests force each.
+cdef enum:
+    SCHEDULE_AUTO = 0
+    SCHEDULE_SERIAL = 1
+    SCHEDULE_TEAM = 2
+cdef int epoch_schedule = SCHEDULE_AUTO
 
 
 cdef EpochResult train_epoch(const Net* net, const float* x, const float* y,
@@ -558,7 +662,14 @@ cdef EpochResult train_epoch(const Net* net, const float* x, const float* y,
     cdef double last_check = mn_seconds(), t0, serial_time, team_time
     cdef int threads = mn_get_num_threads()
     cdef Py_ssize_t start = 0, probe = PROBE_BATCHES * batch_size
-    if threads < 2 or batch_size < 2 * threads or N < 4 * probe:
+    if threads < 2 or batch_size < threads or epoch_schedule == SCHEDULE_SERIAL:
+        serial_stretch(net, x, y, perm, 0, N, N, batch_size, learning_rate, &res, &last_check)
+        return res
+    if epoch_schedule == SCHEDULE_TEAM:
+        team_stretch(net, x, y, perm, 0, N, N, batch_size, learning_rate, threads, &res,
+                     &last_check)
+        return res
+    if batch_size < 2 * threads or N < 4 * probe:
         serial_stretch(net, x, y, perm, 0, N, N, batch_size, learning_rate, &res, &last_check)
         return res
     t0 = mn_seconds()
@@ -620,6 +731,19 @@ def set_num_threads(int n) -> None:
 def get_num_threads() -> int:
     """Threads the kernels use (1 when built without OpenMP)."""
     return mn_get_num_threads()
+
+
+_SCHEDULES = {"auto": SCHEDULE_AUTO, "serial": SCHEDULE_SERIAL, "team": SCHEDULE_TEAM}
+
+
+def _set_epoch_schedule(str name) -> None:
+    """Force how train_epoch runs its batches: "auto" (default: a timed probe picks),
+    "serial" (one thread) or "team" (all threads). For tests and benchmarks; results are
+    bit-identical every way. Process-wide: do not change it while an epoch runs."""
+    global epoch_schedule
+    if name not in _SCHEDULES:
+        raise ValueError(f"unknown epoch schedule {name!r}; expected one of {sorted(_SCHEDULES)}")
+    epoch_schedule = _SCHEDULES[name]
 
 
 def openmp_enabled() -> bool:

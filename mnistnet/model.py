@@ -33,6 +33,7 @@ ACTIVATIONS = tuple(reference.ACTIVATIONS)
 LOSSES = tuple(reference.LOSSES)
 FORMAT_VERSION = 1
 PREDICT_CHUNK = 256  # rows per forward pass in predict/evaluate: keeps activations in cache
+CACHE_LINE = 64  # bytes
 
 
 def _choice(value: Any, valid: Sequence[str], what: str) -> str:
@@ -111,6 +112,16 @@ def shuffle_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The row order of epoch `epoch` (0-based) for a model seeded with `seed`: the one place
     both backends take their batches from."""
     return np.random.default_rng([seed, 1, epoch]).permutation(n).astype(np.int64)
+
+
+def aligned_zeros(n: int) -> np.ndarray:
+    """n float32 zeros starting on a cache-line boundary. The training team splits weight and
+    activation blocks at multiples of 16 floats; aligned, no cache line is then written by
+    two threads (false sharing made the split first layer 3x slower)."""
+    pad = CACHE_LINE // 4
+    raw = np.zeros(n + pad, dtype=np.float32)
+    start = (-raw.ctypes.data % CACHE_LINE) // 4
+    return raw[start:start + n]
 
 
 def glorot_uniform(rng: np.random.Generator, fan_in: int, fan_out: int) -> np.ndarray:
@@ -282,8 +293,8 @@ class Model:
                                    for layer in self.layers], dtype=np.int32)
         self._loss_code = reference.LOSSES[self.loss]
         n_params, _, _ = reference.buffer_sizes(self.sizes, 1)
-        self.params = np.zeros(n_params, dtype=np.float32)
-        self.grads = np.zeros(n_params, dtype=np.float32)
+        self.params = aligned_zeros(n_params)
+        self.grads = aligned_zeros(n_params)
         self._views = reference.layer_views(self.params, self.sizes)
         self._epochs_done = 0
         self.history: History | None = None  # the running or last fit's History
@@ -418,8 +429,8 @@ class Model:
         # completed epochs (as in Keras).
         history = self.history = History()
         _, n_acts, n_dacts = reference.buffer_sizes(self.sizes, batch_size)
-        acts = np.zeros(n_acts, dtype=np.float32)
-        dacts = np.zeros(n_dacts, dtype=np.float32)
+        acts = aligned_zeros(n_acts)
+        dacts = aligned_zeros(n_dacts)
         n = x.shape[0]
         steps = -(-n // batch_size)
         lr = self.optimizer.learning_rate

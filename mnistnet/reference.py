@@ -170,10 +170,15 @@ def buffer_sizes(sizes, rows):
     """(n_params, n_acts, n_dacts): floats in the parameter block (and the gradient block),
     the activation block (input, each layer's output and the targets, `rows` rows each) and
     the activation-gradient block, for layer widths `sizes` (input first). Both backends,
-    and the compiled Net, use this layout."""
+    and the compiled Net, use this layout.
+
+    The activation-gradient block ends with 2 * sizes[0] * sizes[1] floats of workspace that
+    only the compiled multi-threaded epoch uses: there each thread keeps its columns of the
+    first layer's weights and gradient as contiguous blocks."""
     sizes = [int(v) for v in sizes]
     n_params = sum(sizes[i] * sizes[i + 1] + sizes[i + 1] for i in range(len(sizes) - 1))
-    return n_params, rows * (sum(sizes) + sizes[-1]), rows * sum(sizes[1:])
+    workspace = 2 * sizes[0] * sizes[1]
+    return n_params, rows * (sum(sizes) + sizes[-1]), rows * sum(sizes[1:]) + workspace
 
 
 def layer_views(flat, sizes):

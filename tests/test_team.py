@@ -1,0 +1,158 @@
+"""The multi-threaded epoch (the "team") against the one-thread epoch.
+
+train_epoch normally lets a timed probe choose between them, so which one a test exercises
+depends on the machine's load. Here each schedule is forced, and the team must give the same
+weights, bit for bit, as one thread: with the first layer split by columns (wide elementwise
+first layers) and without (narrow, softmax or single-layer nets), for uneven row and column
+blocks, and when it stops early (divergence, an overflowing update, Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+import mnistnet as mn
+from mnistnet import _kernels
+from mnistnet.model import CACHE_LINE
+
+ROWS, FEATURES = 300, 40
+
+CE = "categorical_crossentropy"
+ARCHITECTURES = {
+    # first layer split by columns: wide and elementwise
+    "relu128-relu64-softmax": ([(128, "relu"), (64, "relu"), (10, "softmax")], CE),
+    "sigmoid100-softmax": ([(100, "sigmoid"), (10, "softmax")], CE),
+    "linear200-relu7-softmax": ([(200, "linear"), (7, "relu"), (10, "softmax")], CE),
+    # rows only: too narrow to split, or a single layer
+    "relu128-linear": ([(128, "relu"), (10, "linear")], "mse"),
+    "relu33-sigmoid": ([(33, "relu"), (10, "sigmoid")], "mse"),
+    "perceptron": ([(10, "sigmoid")], "mse"),
+    "linear": ([(10, "linear")], "mse"),
+    "softmax-first": ([(64, "softmax"), (10, "softmax")], CE),
+}
+
+
+@pytest.fixture
+def schedule():
+    """Force an epoch schedule and a thread count; put both back afterwards."""
+
+    def force(name: str, threads: int) -> None:
+        _kernels._set_epoch_schedule(name)
+        mn.set_num_threads(threads)
+
+    yield force
+    _kernels._set_epoch_schedule("auto")
+    mn.set_num_threads(int(os.environ.get("MNISTNET_NUM_THREADS", "0") or 0))
+
+
+def _data(rows=ROWS, features=FEATURES, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((rows, features), dtype=np.float32), rng.integers(0, 10, rows)
+
+
+def _model(arch: str, lr: float = 0.05, features: int = FEATURES) -> mn.Model:
+    layers, loss = ARCHITECTURES[arch]
+    return mn.Model([mn.Dense(units, activation=act) for units, act in layers],
+                    input_dim=features, loss=loss, optimizer=mn.SGD(lr), seed=0)
+
+
+def _fit(arch, schedule, name, threads, batch_size, lr=0.05, epochs=2):
+    schedule(name, threads)
+    x, y = _data()
+    model = _model(arch, lr)
+    with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
+        warnings.simplefilter("always")
+        history = model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0)
+    return model, history, [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("batch_size", [2, 7, 32, 33, ROWS + 5])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_team_gives_the_weights_of_one_thread(arch, batch_size, threads, schedule):
+    serial, serial_history, _ = _fit(arch, schedule, "serial", 1, batch_size)
+    team, team_history, _ = _fit(arch, schedule, "team", threads, batch_size)
+    assert np.array_equal(team.params, serial.params)
+    # Not part of the promise, but a team that skipped or repeated a batch would show here.
+    np.testing.assert_allclose(team_history.history["loss"], serial_history.history["loss"],
+                               rtol=1e-5)
+    np.testing.assert_allclose(team_history.history["accuracy"],
+                               serial_history.history["accuracy"], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("arch", ["relu128-linear", "linear"])
+@pytest.mark.parametrize("lr", [100.0, 3e38])
+def test_team_stops_where_one_thread_stops(arch, lr, schedule):
+    """A diverging loss (lr=100) or an update that overflows the weights (3e38) stops the
+    team at the same batch as one thread, with the same finite weights."""
+    serial, serial_history, serial_warnings = _fit(arch, schedule, "serial", 1, 16, lr, 4)
+    team, team_history, team_warnings = _fit(arch, schedule, "team", 2, 16, lr, 4)
+    stops = [m for m in serial_warnings if "loss became" in m]
+    assert len(stops) == 1, serial_warnings
+    assert [m for m in team_warnings if "loss became" in m] == stops
+    assert np.isfinite(team.params).all()
+    assert np.array_equal(team.params, serial.params)
+    assert team_history.epoch == serial_history.epoch
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="POSIX signals")
+def test_ctrl_c_stops_the_team_within_a_batch(schedule):
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        schedule("team", 2)
+        features = 256
+        rng = np.random.default_rng(5)
+        x = rng.random((20_000, features), dtype=np.float32)
+        y = rng.integers(0, 10, 20_000)
+        model = mn.Model([mn.Dense(1024, activation="relu"), mn.Dense(10, activation="softmax")],
+                         input_dim=features, loss="categorical_crossentropy")
+        sent: list[float] = []
+
+        def interrupt():
+            deadline = time.monotonic() + 30
+            while not model._training.locked() and time.monotonic() < deadline:
+                time.sleep(0.001)
+            time.sleep(0.3)
+            sent.append(time.perf_counter())
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+        timer = threading.Thread(target=interrupt, daemon=True)
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            model.fit(x, y, epochs=50, batch_size=32, verbose=0)
+            time.sleep(5)
+            pytest.fail("fit finished before the interrupt")
+        caught = time.perf_counter()
+        timer.join(timeout=30)
+        assert sent and caught - sent[0] < 0.5, f"KeyboardInterrupt {caught - sent[0]:.2f} s late"
+        assert np.isfinite(model.params).all()
+        assert model.epochs_trained < 50
+        # The weights are those of a completed step, copied back from the team's blocks: one
+        # more step on one thread continues from them like any model.
+        schedule("serial", 1)
+        before = model.params.copy()
+        model.fit(x[:32], y[:32], epochs=1, batch_size=32, verbose=0)
+        assert not np.array_equal(model.params, before)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_model_buffers_start_on_a_cache_line():
+    """The team splits weight blocks at multiples of 16 floats; aligned buffers keep the two
+    threads off each other's cache lines."""
+    model = _model("relu128-relu64-softmax")
+    for buffer in (model.params, model.grads):
+        assert buffer.ctypes.data % CACHE_LINE == 0
+        assert buffer.dtype == np.float32 and buffer.flags.c_contiguous
+
+
+def test_unknown_schedule_is_rejected():
+    with pytest.raises(ValueError, match=r"unknown epoch schedule 'fast'.*auto"):
+        _kernels._set_epoch_schedule("fast")
