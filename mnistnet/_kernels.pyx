@@ -635,16 +635,46 @@ cdef Py_ssize_t team_stretch(const Net* net, const float* x, const float* y,
 
 
 # The epoch times PROBE_BATCHES steps on one thread and as many on the team, then runs the
-# rest of the epoch the faster way (on a busy machine a team waits for descheduled threads at
-# every barrier). The weights are the same bits either way.
+# next RUN_BATCHES the faster way, and probes again: on a busy machine a team waits for
+# descheduled threads at every barrier, and load comes and goes (another library's thread
+# pool spinning for a while after its last call, say). The weights are the same bits either
+# way.
 cdef Py_ssize_t PROBE_BATCHES = 16
-# How train_epoch schedules its batches: SCHEDULE_AUTO (the probe decides), or always on one
+cdef Py_ssize_t RUN_BATCHES = 512
+# How train_epoch schedules its batches: SCHEDULE_AUTO (the probes decide), or always on one
 # thread, or always on the team. Results are the same bits every way; tests force each.
 cdef enum:
     SCHEDULE_AUTO = 0
     SCHEDULE_SERIAL = 1
     SCHEDULE_TEAM = 2
 cdef int epoch_schedule = SCHEDULE_AUTO
+
+
+cdef Py_ssize_t probed_stretch(const Net* net, const float* x, const float* y,
+                               const long long* perm, Py_ssize_t start, Py_ssize_t N,
+                               Py_ssize_t batch_size, float learning_rate, int threads,
+                               EpochResult* res, double* last_check) noexcept nogil:
+    """Probe both ways from row start, then run RUN_BATCHES more batches (or the rest of
+    the epoch) the faster way. Returns the next start."""
+    cdef Py_ssize_t probe = PROBE_BATCHES * batch_size
+    cdef Py_ssize_t end = min(N, start + 2 * probe + RUN_BATCHES * batch_size)
+    cdef double t0 = mn_seconds(), serial_time, team_time
+    start = serial_stretch(net, x, y, perm, start, min(N, start + probe), N, batch_size,
+                           learning_rate, res, last_check)
+    serial_time = mn_seconds() - t0
+    if res.status != EPOCH_DONE or start >= N:
+        return start
+    t0 = mn_seconds()
+    start = team_stretch(net, x, y, perm, start, min(N, start + probe), N, batch_size,
+                         learning_rate, threads, res, last_check)
+    team_time = mn_seconds() - t0
+    if res.status != EPOCH_DONE or start >= N:
+        return start
+    if team_time < serial_time:
+        return team_stretch(net, x, y, perm, start, end, N, batch_size, learning_rate, threads,
+                            res, last_check)
+    return serial_stretch(net, x, y, perm, start, end, N, batch_size, learning_rate, res,
+                          last_check)
 
 
 cdef EpochResult train_epoch(const Net* net, const float* x, const float* y,
@@ -659,37 +689,20 @@ cdef EpochResult train_epoch(const Net* net, const float* x, const float* y,
     res.seen = 0
     res.batches = 0
     res.status = EPOCH_DONE
-    cdef double last_check = mn_seconds(), t0, serial_time, team_time
+    cdef double last_check = mn_seconds()
     cdef int threads = mn_get_num_threads()
-    cdef Py_ssize_t start = 0, probe = PROBE_BATCHES * batch_size
+    cdef Py_ssize_t start = 0
     if threads < 2 or batch_size < threads or epoch_schedule == SCHEDULE_SERIAL:
         serial_stretch(net, x, y, perm, 0, N, N, batch_size, learning_rate, &res, &last_check)
-        return res
-    if epoch_schedule == SCHEDULE_TEAM:
+    elif epoch_schedule == SCHEDULE_TEAM:
         team_stretch(net, x, y, perm, 0, N, N, batch_size, learning_rate, threads, &res,
                      &last_check)
-        return res
-    if batch_size < 2 * threads or N < 4 * probe:
+    elif batch_size < 2 * threads or N < 4 * PROBE_BATCHES * batch_size:
         serial_stretch(net, x, y, perm, 0, N, N, batch_size, learning_rate, &res, &last_check)
-        return res
-    t0 = mn_seconds()
-    start = serial_stretch(net, x, y, perm, start, start + probe, N, batch_size,
-                           learning_rate, &res, &last_check)
-    serial_time = mn_seconds() - t0
-    if res.status != EPOCH_DONE:
-        return res
-    t0 = mn_seconds()
-    start = team_stretch(net, x, y, perm, start, start + probe, N, batch_size, learning_rate,
-                         threads, &res, &last_check)
-    team_time = mn_seconds() - t0
-    if res.status != EPOCH_DONE:
-        return res
-    if team_time < serial_time:
-        team_stretch(net, x, y, perm, start, N, N, batch_size, learning_rate, threads, &res,
-                     &last_check)
     else:
-        serial_stretch(net, x, y, perm, start, N, N, batch_size, learning_rate, &res,
-                       &last_check)
+        while start < N and res.status == EPOCH_DONE:
+            start = probed_stretch(net, x, y, perm, start, N, batch_size, learning_rate,
+                                   threads, &res, &last_check)
     return res
 
 # ============================================================================================

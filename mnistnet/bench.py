@@ -42,6 +42,7 @@ BATCH_SIZE = 32
 LEARNING_RATE = 0.01
 CONTEXT_GEMM_SIZE = 2048
 CONTEXT_GEMM_REPEATS = 3
+SETTLE_SECONDS = 0.3  # pause before each timed run (see _fit_timed)
 OPENBLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 PEERS_MISSING = "peers: PyTorch and Keras are not installed (pip install 'mnistnet[peers]')"
 
@@ -146,6 +147,9 @@ def _fit_timed(name: str, backend: str, data: Data, epochs: int) -> tuple[float,
                                                                           mn.History]:
     (x_train, y_train), (x_test, y_test) = data
     model = mn.preset(name, seed=0, backend=backend, learning_rate=LEARNING_RATE)
+    # Let the previous run's BLAS threads go idle first: OpenBLAS workers spin for about
+    # 0.1 s after their last call, and would take a core from whichever run comes next.
+    time.sleep(SETTLE_SECONDS)
     start = time.perf_counter()
     history = model.fit(x_train, y_train, epochs=epochs, batch_size=BATCH_SIZE,
                         validation_data=(x_test, y_test), verbose=0)
