@@ -138,6 +138,27 @@ int mn_sgd_update(float *params, const float *grads, float learning_rate, ptrdif
     return finite;
 }
 
+/* A scan streams memory: one thread per this many floats, at most. */
+#define MN_FLOATS_PER_SCAN_THREAD (1 << 20)
+
+int mn_all_finite(const float *x, ptrdiff_t n)
+{
+    const mn_gemm_table *g = mn_active_gemm();
+    ptrdiff_t nt = mn_threads_for_caller();
+    if (nt > n / MN_FLOATS_PER_SCAN_THREAD) nt = n / MN_FLOATS_PER_SCAN_THREAD;
+    if (nt <= 1) return g->all_finite(x, n);
+    int finite = 1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads((int)nt) reduction(&& : finite)
+    {
+        ptrdiff_t i0, i1;
+        row_range(n, omp_get_thread_num(), omp_get_num_threads(), &i0, &i1);
+        finite = g->all_finite(x + i0, i1 - i0);
+    }
+#endif
+    return finite;
+}
+
 void mn_prefetch_rows(const float *x, const long long *rows, ptrdiff_t n, ptrdiff_t width)
 {
     const ptrdiff_t line = 64 / sizeof(float);

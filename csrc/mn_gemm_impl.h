@@ -22,7 +22,9 @@
  * with literal sizes), so accumulators live in registers. Every output element sees the same
  * operations whatever tile it lands in: partial tiles only mask lanes, never reorder sums.
  */
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "mn_internal.h"
 
@@ -246,4 +248,19 @@ static int sgd_update(float *params, const float *grads, float lr, ptrdiff_t n)
     return finite;
 }
 
-const mn_gemm_table MN_TABLE = {MN_TABLE_NAME, gemm_block, gemm_nt_rows, sgd_update};
+/* ---- 1 if no element is NaN or Inf ------------------------------------------------------ */
+
+static int all_finite(const float *x, ptrdiff_t n)
+{
+    /* On the bits (exponent all ones), in integer operations the compiler vectorises; no
+     * early exit, so the loop streams at memory speed. */
+    uint32_t bad = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, sizeof u);
+        bad |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return !bad;
+}
+
+const mn_gemm_table MN_TABLE = {MN_TABLE_NAME, gemm_block, gemm_nt_rows, sgd_update, all_finite};

@@ -28,6 +28,8 @@ typedef struct {
     /* params[i] -= lr * grads[i] for i < n, except where the result is NaN or Inf: those
      * keep their value. Returns 0 if there was any such element, else 1. */
     int (*sgd_update)(float *params, const float *grads, float lr, ptrdiff_t n);
+    /* 1 if none of x[0..n) is NaN or Inf, else 0. */
+    int (*all_finite)(const float *x, ptrdiff_t n);
 } mn_gemm_table;
 
 extern const mn_gemm_table mn_gemm_scalar;

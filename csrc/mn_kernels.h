@@ -47,6 +47,8 @@ void mn_dense_backward(float *dinp, float *dweight, float *dbias, const float *d
 /* params -= learning_rate * grads, elementwise (split across threads for large n). Returns 1,
  * or 0 if some new value would be NaN or Inf: those elements keep their previous value. */
 int mn_sgd_update(float *params, const float *grads, float learning_rate, ptrdiff_t n);
+/* 1 if none of x[0..n) is NaN or Inf, else 0 (split across threads for large n). */
+int mn_all_finite(const float *x, ptrdiff_t n);
 /* Hint the cache to fetch rows[0..n) of x (row width `width` floats): the next batch. */
 void mn_prefetch_rows(const float *x, const long long *rows, ptrdiff_t n, ptrdiff_t width);
 

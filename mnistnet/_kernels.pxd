@@ -63,6 +63,8 @@ cdef bint sgd_update(float* params,                # IN/OUT (N,)
 cdef Py_ssize_t count_correct(const float* pred,   # IN (B, C)
                               const float* target, # IN (B, C)
                               Py_ssize_t B, Py_ssize_t C) noexcept nogil
+# True if no element of x is NaN or Inf.
+cdef bint all_finite(const float* x, Py_ssize_t N) noexcept nogil  # IN (N,)
 
 # ---- the network: one flat parameter block, buffers owned by the caller ---------------------
 cdef enum:

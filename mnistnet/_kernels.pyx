@@ -31,6 +31,7 @@ cdef extern from "mn_kernels.h" nogil:
     void mn_column_sums(float *sums, const float *x, Py_ssize_t B, Py_ssize_t C)
     void mn_column_sums_block(float *sums, const float *x, Py_ssize_t c0, Py_ssize_t c1,
                               Py_ssize_t B, Py_ssize_t C)
+    int mn_all_finite(const float *x, Py_ssize_t n)
     void mn_prefetch_rows(const float *x, const long long *rows, Py_ssize_t n,
                           Py_ssize_t width)
     const char *mn_simd_name()
@@ -210,6 +211,10 @@ cdef void crossentropy_softmax_backward(float* dlogits, const float* probs, cons
 cdef bint sgd_update(float* params, const float* grads, float learning_rate,
                      Py_ssize_t N) noexcept nogil:
     return mn_sgd_update(params, grads, learning_rate, N)
+
+
+cdef bint all_finite(const float* x, Py_ssize_t N) noexcept nogil:
+    return mn_all_finite(x, N)
 
 
 cdef inline Py_ssize_t argmax_row(const float* x, Py_ssize_t C) noexcept nogil:

@@ -251,6 +251,20 @@ def sgd_update(params, grads, float learning_rate):
     return params
 
 
+def all_finite(a) -> bool:
+    """True if no element of the float32 C-contiguous array a is NaN or Inf (True for an
+    empty array). Several threads scan a large array."""
+    if isinstance(a, np.ndarray) and a.dtype == np.float32 and a.size == 0:
+        return True
+    _check(a, "a")
+    cdef const float* pa = _in(a)
+    cdef Py_ssize_t N = a.size
+    cdef bint finite
+    with nogil:
+        finite = k.all_finite(pa, N)
+    return finite
+
+
 def count_correct(pred, target) -> int:
     """Rows where argmax(pred) == argmax(target) (first maximum on ties, as np.argmax)."""
     B, C = _pair(pred, "pred", target)

@@ -157,21 +157,9 @@ def as_features(x: Any, input_dim: int, name: str = "x") -> np.ndarray:
         raise ValueError(f"{name} has {x.shape[1]} columns but the model's input_dim is "
                          f"{input_dim}")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if not all_finite(x):
+    if not fast.all_finite(x):
         raise ValueError(f"{name} contains NaN or Inf")
     return x
-
-
-def all_finite(a: np.ndarray) -> bool:
-    """True if no element of the float array `a` is NaN or Inf, in one pass and without a
-    temporary the size of `a`: any NaN or Inf makes the sum non-finite. Only when the sum
-    itself overflows are the elements looked at, a block at a time."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(np.add.reduce(a, axis=None)):
-            return True
-    flat = a.reshape(-1)
-    block = 1 << 20
-    return all(np.isfinite(flat[i: i + block]).all() for i in range(0, flat.size, block))
 
 
 def as_targets(y: Any, n: int, n_classes: int, name: str = "y") -> np.ndarray:
@@ -205,7 +193,7 @@ def as_targets(y: Any, n: int, n_classes: int, name: str = "y") -> np.ndarray:
     if y.dtype.kind not in "iubf":
         raise TypeError(f"{name} must be numeric, got dtype {y.dtype}")
     y = np.ascontiguousarray(y, dtype=np.float32)
-    if not all_finite(y):
+    if not fast.all_finite(y):
         raise ValueError(f"{name} contains NaN or Inf")
     return y
 

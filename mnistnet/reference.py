@@ -164,6 +164,18 @@ def count_correct(pred, target) -> int:
     return int(np.sum(np.argmax(pred, axis=1) == np.argmax(target, axis=1)))
 
 
+def all_finite(a) -> bool:
+    """True if no element of the float array `a` is NaN or Inf, in one pass and without a
+    temporary the size of `a`: any NaN or Inf makes the sum non-finite. Only when the sum
+    itself overflows are the elements looked at, a block at a time."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.add.reduce(a, axis=None)):
+            return True
+    flat = a.reshape(-1)
+    block = 1 << 20
+    return all(np.isfinite(flat[i: i + block]).all() for i in range(0, flat.size, block))
+
+
 # ---- the network ---------------------------------------------------------------------------
 
 def buffer_sizes(sizes, rows):

@@ -323,6 +323,25 @@ def test_sgd_update_matches_reference(simd_path, n):
     assert_close(got - before, want - before, FORWARD_RTOL, what + " step")
 
 
+@pytest.mark.parametrize("n", (1, 7, 16, 17, 785, (1 << 20) + 3, 3 << 20))
+@pytest.mark.parametrize("bad", (None, np.nan, np.inf, -np.inf))
+def test_all_finite_matches_reference(simd_path, n, bad):
+    """Every position class (first, last, a SIMD tail, the middle, the far end of a thread's
+    block) of one NaN/Inf among finite values that include the extremes of float32."""
+    rng = rng_for("finite", n)
+    x = varied(rng, (n,))
+    x[rng.random(n) < 0.01] = np.finfo(np.float32).max
+    x[rng.random(n) < 0.01] = np.finfo(np.float32).tiny / 4  # subnormal
+    positions = sorted({0, n - 1, n // 2, min(n - 1, (n // 16) * 16), min(n - 1, (1 << 20) + 1)})
+    for position in positions if bad is not None else [None]:
+        y = x.copy()
+        if position is not None:
+            y[position] = bad
+        want = reference.all_finite(y)
+        assert want == (bad is None)
+        assert fast.all_finite(y) == want, f"all_finite[{simd_path}] n={n} {bad} at {position}"
+
+
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("batch", BATCHES)
 def test_count_correct_matches_reference(simd_path, batch, width):
