@@ -36,7 +36,7 @@ static void gemm_parallel(float *c, const float *a, const float *b, const float 
     const mn_gemm_table *g = mn_active_gemm();
     const int nt = threads_for(M, M * K * N);
     if (nt == 1) {
-        g->gemm_block(c, N, a, a_rs, a_cs, b, N, bias, 0, M, 0, N, K);
+        g->gemm_block(c, N, a, a_rs, a_cs, b, N, bias, 0, M, 0, N, K, NULL);
         return;
     }
 #ifdef _OPENMP
@@ -44,7 +44,7 @@ static void gemm_parallel(float *c, const float *a, const float *b, const float 
     {
         ptrdiff_t m0, m1;
         row_range(M, omp_get_thread_num(), omp_get_num_threads(), &m0, &m1);
-        g->gemm_block(c, N, a, a_rs, a_cs, b, N, bias, m0, m1, 0, N, K);
+        g->gemm_block(c, N, a, a_rs, a_cs, b, N, bias, m0, m1, 0, N, K, NULL);
     }
 #endif
 }
@@ -88,7 +88,16 @@ void mn_sgemm_strided(float *c, ptrdiff_t ldc, const float *a, ptrdiff_t a_rs, p
                       const float *b, ptrdiff_t ldb, const float *bias,
                       ptrdiff_t M, ptrdiff_t K, ptrdiff_t N)
 {
-    mn_active_gemm()->gemm_block(c, ldc, a, a_rs, a_cs, b, ldb, bias, 0, M, 0, N, K);
+    mn_active_gemm()->gemm_block(c, ldc, a, a_rs, a_cs, b, ldb, bias, 0, M, 0, N, K, NULL);
+}
+
+int mn_sgemm_sgd(float *g, ptrdiff_t ldg, const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
+                 const float *b, ptrdiff_t ldb, float *w, ptrdiff_t ldw, float learning_rate,
+                 ptrdiff_t M, ptrdiff_t K, ptrdiff_t N)
+{
+    mn_sgd_epilogue sgd = {w, ldw, learning_rate, 1};
+    mn_active_gemm()->gemm_block(g, ldg, a, a_rs, a_cs, b, ldb, NULL, 0, M, 0, N, K, &sgd);
+    return sgd.finite;
 }
 
 /* sums[o] = sum over b of x[b, o] for o in [c0, c1), rows added in order. */

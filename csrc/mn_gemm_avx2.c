@@ -30,4 +30,13 @@ static inline float avx2_hsum(__m256 v)
 #define V_MADD(acc, a, b) _mm256_fmadd_ps((a), (b), (acc))
 #define V_ADD(a, b) _mm256_add_ps((a), (b))
 #define V_HSUM(v) avx2_hsum(v)
+/* One vector of an SGD step: w - lr * g, but w where that is NaN or Inf (sets *bad). */
+static inline __m256 v_sgd(__m256 w, __m256 g, __m256 lr, unsigned *bad)
+{
+    const __m256 v = _mm256_sub_ps(w, _mm256_mul_ps(lr, g));
+    const __m256 ok = _mm256_cmp_ps(_mm256_sub_ps(v, v), _mm256_setzero_ps(), _CMP_EQ_OQ);
+    *bad |= _mm256_movemask_ps(ok) != 0xFF;
+    return _mm256_blendv_ps(w, v, ok);
+}
+#define V_SGD(w, g, lr, bad) v_sgd((w), (g), (lr), (bad))
 #include "mn_gemm_impl.h"

@@ -19,4 +19,13 @@ typedef __m512 VF;
 #define V_MADD(acc, a, b) _mm512_fmadd_ps((a), (b), (acc))
 #define V_ADD(a, b) _mm512_add_ps((a), (b))
 #define V_HSUM(v) _mm512_reduce_add_ps(v)
+/* One vector of an SGD step: w - lr * g, but w where that is NaN or Inf (sets *bad). */
+static inline __m512 v_sgd(__m512 w, __m512 g, __m512 lr, unsigned *bad)
+{
+    const __m512 v = _mm512_sub_ps(w, _mm512_mul_ps(lr, g));
+    const __mmask16 ok = _mm512_cmp_ps_mask(_mm512_sub_ps(v, v), _mm512_setzero_ps(), _CMP_EQ_OQ);
+    *bad |= ok != (__mmask16)0xFFFF;
+    return _mm512_mask_blend_ps(ok, w, v);
+}
+#define V_SGD(w, g, lr, bad) v_sgd((w), (g), (lr), (bad))
 #include "mn_gemm_impl.h"

@@ -17,6 +17,8 @@
  *   V_MADD(acc, a, b) acc + a * b (one fused op where the ISA has FMA)
  *   V_ADD(a, b)       a + b
  *   V_HSUM(v)         sum of the lanes, in a fixed order
+ *   V_SGD(w, g, lr, bad)  w - lr * g lane by lane (a multiply, then a subtract), except
+ *                     lanes where that is NaN or Inf keep w; sets *bad if there were any
  *
  * Tiles are unrolled by the compiler from constant trip counts (always-inline helpers called
  * with literal sizes), so accumulators live in registers. Every output element sees the same
@@ -36,10 +38,36 @@
 
 /* ---- c = A @ b (+ bias): broadcast A(i, k), stream row k of b --------------------------- */
 
+/* The fused SGD step after a finished tile: w -= lr * (the tile's values of c), where w is
+ * sgd->w at the tile's offset with row stride sgd->ldw. Same operations as sgd_update. */
+MN_ALWAYS_INLINE void sgd_tile(const int mr, const int nv, const int full_last,
+                               VF acc[MR_MAX][NV_MAX], const float *bias,
+                               mn_sgd_epilogue *sgd, ptrdiff_t offset, int tail)
+{
+    const VF lr = V_SET1(sgd->learning_rate);
+    unsigned bad = 0;
+    MN_UNROLL for (int r = 0; r < mr; r++) {
+        float *wr = sgd->w + offset + r * sgd->ldw;
+        MN_UNROLL for (int v = 0; v < nv; v++) {
+            const int last = (v == nv - 1) && !full_last;
+            VF g = acc[r][v];
+            if (bias)
+                g = V_ADD(g, last ? V_LOADN(bias + v * VW, tail) : V_LOAD(bias + v * VW));
+            if (last)
+                V_STOREN(wr + v * VW, V_SGD(V_LOADN(wr + v * VW, tail), g, lr, &bad), tail);
+            else
+                V_STORE(wr + v * VW, V_SGD(V_LOAD(wr + v * VW), g, lr, &bad));
+        }
+    }
+    if (bad) sgd->finite = 0;
+}
+
+
 MN_ALWAYS_INLINE void rows_tile(const int mr, const int nv, const int full_last,
                                 float *c, const float *a, const float *b, const float *bias,
                                 ptrdiff_t K, ptrdiff_t ldb, ptrdiff_t ldc,
-                                ptrdiff_t a_rs, ptrdiff_t a_cs, int tail, int resume)
+                                ptrdiff_t a_rs, ptrdiff_t a_cs, int tail, int resume,
+                                mn_sgd_epilogue *sgd, ptrdiff_t sgd_offset)
 {
     /* resume: continue the sums already in c (a later block of k); bias: add it (last block).
      * Either way each element sees one multiply-add per k, in k order, from 0. */
@@ -77,9 +105,10 @@ MN_ALWAYS_INLINE void rows_tile(const int mr, const int nv, const int full_last,
                 V_STORE(cr + v * VW, out);
         }
     }
+    if (sgd) sgd_tile(mr, nv, full_last, acc, bias, sgd, sgd_offset, tail);
 }
 
-#define ROWS_ARGS c, a, b, bias, K, ldb, ldc, a_rs, a_cs, tail, resume
+#define ROWS_ARGS c, a, b, bias, K, ldb, ldc, a_rs, a_cs, tail, resume, sgd, sgd_offset
 #define ROWS_CASE(MR, NV)                                                                  \
     case (MR) * 8 + (NV) - 1:                                                                  \
         if (full_last) rows_tile(MR, NV, 1, ROWS_ARGS); else rows_tile(MR, NV, 0, ROWS_ARGS); \
@@ -97,7 +126,8 @@ MN_ALWAYS_INLINE void rows_tile(const int mr, const int nv, const int full_last,
 /* One tile of mr <= MR_MAX rows and nv <= NV_MAX vectors, the last holding `tail` floats. */
 static void rows_tile_any(int mr, int nv, float *c, const float *a, const float *b,
                           const float *bias, ptrdiff_t K, ptrdiff_t ldb, ptrdiff_t ldc,
-                          ptrdiff_t a_rs, ptrdiff_t a_cs, int tail, int resume)
+                          ptrdiff_t a_rs, ptrdiff_t a_cs, int tail, int resume,
+                          mn_sgd_epilogue *sgd, ptrdiff_t sgd_offset)
 {
     const int full_last = tail == VW;
     switch (mr * 8 + nv - 1) {
@@ -136,12 +166,13 @@ static void rows_tile_any(int mr, int nv, float *c, const float *a, const float 
 
 static void rows_panel(float *c, const float *a, const float *b, const float *bias,
                        ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t K, ptrdiff_t ldb, ptrdiff_t ldc,
-                       ptrdiff_t a_rs, ptrdiff_t a_cs, int nv, int tail, int resume)
+                       ptrdiff_t a_rs, ptrdiff_t a_cs, int nv, int tail, int resume,
+                       mn_sgd_epilogue *sgd, ptrdiff_t j0)
 {
     for (ptrdiff_t i = m0; i < m1; i += MR_MAX) {
         const int mr = (int)(m1 - i < MR_MAX ? m1 - i : MR_MAX);
         rows_tile_any(mr, nv, c + i * ldc, a + i * a_rs, b, bias, K, ldb, ldc, a_rs, a_cs,
-                      tail, resume);
+                      tail, resume, sgd, sgd ? i * sgd->ldw + j0 : 0);
     }
 }
 
@@ -156,7 +187,8 @@ static int panel_vectors(ptrdiff_t width)
 
 static void gemm_block(float *c, ptrdiff_t ldc, const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
                        const float *b, ptrdiff_t ldb, const float *bias, ptrdiff_t m0,
-                       ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t K)
+                       ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t K,
+                       mn_sgd_epilogue *sgd)
 {
     if (m1 <= m0 || n1 <= n0) return;
     const ptrdiff_t panel = (ptrdiff_t)panel_vectors(n1 - n0) * VW;
@@ -173,7 +205,8 @@ static void gemm_block(float *c, ptrdiff_t ldc, const float *a, ptrdiff_t a_rs, 
         const int tail = (int)(nc - (ptrdiff_t)(nv - 1) * VW);
         const float *pbias = bias ? bias + j0 : NULL;
         if (!pack) {
-            rows_panel(c + j0, a, b + j0, pbias, m0, m1, K, ldb, ldc, a_rs, a_cs, nv, tail, 0);
+            rows_panel(c + j0, a, b + j0, pbias, m0, m1, K, ldb, ldc, a_rs, a_cs, nv, tail, 0,
+                       sgd, j0);
             continue;
         }
         for (ptrdiff_t k0 = 0; k0 < K; k0 += KC) {
@@ -181,8 +214,9 @@ static void gemm_block(float *c, ptrdiff_t ldc, const float *a, ptrdiff_t a_rs, 
             for (ptrdiff_t k = 0; k < kc; k++)
                 for (ptrdiff_t j = 0; j < nc; j++)
                     packed[k * panel + j] = b[(k0 + k) * ldb + j0 + j];
-            rows_panel(c + j0, a + k0 * a_cs, packed, k0 + kc == K ? pbias : NULL, m0, m1, kc,
-                       panel, ldc, a_rs, a_cs, nv, tail, k0 > 0);
+            const int last_block = k0 + kc == K; /* the sums are complete: bias, then SGD */
+            rows_panel(c + j0, a + k0 * a_cs, packed, last_block ? pbias : NULL, m0, m1, kc,
+                       panel, ldc, a_rs, a_cs, nv, tail, k0 > 0, last_block ? sgd : NULL, j0);
         }
     }
 }

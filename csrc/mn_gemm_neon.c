@@ -30,4 +30,13 @@ static inline void neon_storen(float *p, float32x4_t v, int n)
 #define V_MADD(acc, a, b) vfmaq_f32((acc), (a), (b))
 #define V_ADD(a, b) vaddq_f32((a), (b))
 #define V_HSUM(v) vaddvq_f32(v)
+/* One vector of an SGD step: w - lr * g, but w where that is NaN or Inf (sets *bad). */
+static inline float32x4_t v_sgd(float32x4_t w, float32x4_t g, float32x4_t lr, unsigned *bad)
+{
+    const float32x4_t v = vsubq_f32(w, vmulq_f32(lr, g));
+    const uint32x4_t ok = vceqq_f32(vsubq_f32(v, v), vdupq_n_f32(0.0f));
+    *bad |= vminvq_u32(ok) == 0;
+    return vbslq_f32(ok, v, w);
+}
+#define V_SGD(w, g, lr, bad) v_sgd((w), (g), (lr), (bad))
 #include "mn_gemm_impl.h"

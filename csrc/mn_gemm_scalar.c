@@ -17,4 +17,13 @@ typedef float VF;
 #define V_MADD(acc, a, b) ((acc) + (a) * (b))
 #define V_ADD(a, b) ((a) + (b))
 #define V_HSUM(v) (v)
+/* One element of an SGD step: w - lr * g, but w where that is NaN or Inf (sets *bad). */
+static inline float v_sgd(float w, float g, float lr, unsigned *bad)
+{
+    const float v = w - lr * g;
+    const int ok = v - v == 0.0f;
+    *bad |= !ok;
+    return ok ? v : w;
+}
+#define V_SGD(w, g, lr, bad) v_sgd((w), (g), (lr), (bad))
 #include "mn_gemm_impl.h"

@@ -37,4 +37,13 @@ static inline float sse2_hsum(__m128 v)
 #define V_MADD(acc, a, b) _mm_add_ps((acc), _mm_mul_ps((a), (b)))
 #define V_ADD(a, b) _mm_add_ps((a), (b))
 #define V_HSUM(v) sse2_hsum(v)
+/* One vector of an SGD step: w - lr * g, but w where that is NaN or Inf (sets *bad). */
+static inline __m128 v_sgd(__m128 w, __m128 g, __m128 lr, unsigned *bad)
+{
+    const __m128 v = _mm_sub_ps(w, _mm_mul_ps(lr, g));
+    const __m128 ok = _mm_cmpeq_ps(_mm_sub_ps(v, v), _mm_setzero_ps());
+    *bad |= _mm_movemask_ps(ok) != 0xF;
+    return _mm_or_ps(_mm_and_ps(ok, v), _mm_andnot_ps(ok, w));
+}
+#define V_SGD(w, g, lr, bad) v_sgd((w), (g), (lr), (bad))
 #include "mn_gemm_impl.h"

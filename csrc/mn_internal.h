@@ -14,14 +14,25 @@
  * callers can split it across threads; every output element is computed by the same
  * sequence of operations whichever block it falls in, hence the result is bit-identical for
  * any split. */
+/* An SGD step fused into a GEMM: as each tile of c is finished, w[i * ldw + j] -= lr * c[i, j]
+ * (elements whose result would be NaN or Inf keep their value, and finite becomes 0). */
+typedef struct {
+    float *w;
+    ptrdiff_t ldw;
+    float learning_rate;
+    int finite;
+} mn_sgd_epilogue;
+
 typedef struct {
     const char *name;
     /* c[i * ldc + j] = sum_k A(i, k) * b[k * ldb + j] (+ bias[j]) for i in [m0, m1) and
      * j in [n0, n1), where A(i, k) = a[i * a_rs + k * a_cs]: (a_rs, a_cs) = (K, 1) for a
-     * row-major (M, K), (1, M) for one stored transposed as (K, M). bias may be NULL. */
+     * row-major (M, K), (1, M) for one stored transposed as (K, M). bias may be NULL; so
+     * may sgd (else the block's SGD step follows, see mn_sgd_epilogue). */
     void (*gemm_block)(float *c, ptrdiff_t ldc, const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
                        const float *b, ptrdiff_t ldb, const float *bias, ptrdiff_t m0,
-                       ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t K);
+                       ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t K,
+                       mn_sgd_epilogue *sgd);
     /* c[i, j] = dot(a[i, :], b[j, :]) for i in [m0, m1).  c (M, N), a (M, K), b (N, K) */
     void (*gemm_nt_rows)(float *c, const float *a, const float *b,
                          ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t K, ptrdiff_t N);

@@ -68,6 +68,13 @@ void mn_sgemm_nt(float *c, const float *a, const float *b, ptrdiff_t M, ptrdiff_
 void mn_sgemm_strided(float *c, ptrdiff_t ldc, const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
                       const float *b, ptrdiff_t ldb, const float *bias,
                       ptrdiff_t M, ptrdiff_t K, ptrdiff_t N);
+/* g = A @ b as mn_sgemm_strided (no bias), then w -= learning_rate * g, each tile while it is
+ * in registers: one pass instead of a GEMM and an update. w (M, N) has row stride ldw.
+ * Returns 1, or 0 if some new w would be NaN or Inf: those elements keep their value. The
+ * bits equal mn_sgemm_strided followed by mn_sgd_update. Calling thread only. */
+int mn_sgemm_sgd(float *g, ptrdiff_t ldg, const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
+                 const float *b, ptrdiff_t ldb, float *w, ptrdiff_t ldw, float learning_rate,
+                 ptrdiff_t M, ptrdiff_t K, ptrdiff_t N);
 /* sums[o] = sum over rows b of x[b, o], rows added in order.   sums (C), x (B, C) */
 void mn_column_sums(float *sums, const float *x, ptrdiff_t B, ptrdiff_t C);
 /* The same for o in [c0, c1) only; other elements of sums are untouched. */

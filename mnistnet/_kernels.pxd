@@ -91,6 +91,7 @@ cdef struct Net:
     float* a                # regions of (rows, sizes[l]) for l = 0..n_layers, then targets
     float* d                # regions of (rows, sizes[l + 1]): d(loss)/d(layer l's output)
     Py_ssize_t rows         # rows each region holds (the batch size)
+    int team_threads        # threads the workspace after d has room for (see buffer_sizes)
 
 cdef struct EpochResult:
     double loss_sum         # sum over completed batches of (batch-mean loss x batch rows)

@@ -28,6 +28,9 @@ cdef extern from "mn_kernels.h" nogil:
     void mn_sgemm_strided(float *c, Py_ssize_t ldc, const float *a, Py_ssize_t a_rs,
                           Py_ssize_t a_cs, const float *b, Py_ssize_t ldb, const float *bias,
                           Py_ssize_t M, Py_ssize_t K, Py_ssize_t N)
+    int mn_sgemm_sgd(float *g, Py_ssize_t ldg, const float *a, Py_ssize_t a_rs,
+                     Py_ssize_t a_cs, const float *b, Py_ssize_t ldb, float *w, Py_ssize_t ldw,
+                     float learning_rate, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N)
     void mn_column_sums(float *sums, const float *x, Py_ssize_t B, Py_ssize_t C)
     void mn_column_sums_block(float *sums, const float *x, Py_ssize_t c0, Py_ssize_t c1,
                               Py_ssize_t B, Py_ssize_t C)
@@ -361,19 +364,53 @@ cdef void weight_grads_rows(const Net* net, Py_ssize_t l, Py_ssize_t c0, Py_ssiz
         mn_column_sums(gw + C * OC, dz, n, OC)
 
 
+# Narrower rows than this are mostly masked vector tails, which an update fused into the
+# GEMM's tiles pays for at every row: a separate pass over the contiguous block is faster
+# (the perceptron's 784x10 layer: 61 ms an epoch fused, 51 ms apart).
+cdef Py_ssize_t FUSED_SGD_MIN_WIDTH = 32
+
+
+cdef bint weight_grads_sgd_rows(const Net* net, Py_ssize_t l, Py_ssize_t c0, Py_ssize_t c1,
+                                Py_ssize_t n, bint with_bias, float learning_rate) noexcept nogil:
+    """weight_grads_rows, then the SGD step on the same block: for wide layers fused, each
+    tile of the gradient applied while it is still in registers. Returns whether every
+    updated value stayed finite."""
+    cdef Py_ssize_t C = net.sizes[l], OC = net.sizes[l + 1]
+    cdef float* gw = net.grads + param_offset(net, l)
+    cdef float* w = net.params + param_offset(net, l)
+    cdef const float* dz = grad_region(net, l)
+    cdef bint finite
+    if OC >= FUSED_SGD_MIN_WIDTH:
+        finite = mn_sgemm_sgd(gw + c0 * OC, OC, net_acts(net, l) + c0, 1, C, dz, OC,
+                              w + c0 * OC, OC, learning_rate, c1 - c0, n, OC)
+    else:
+        mn_sgemm_strided(gw + c0 * OC, OC, net_acts(net, l) + c0, 1, C, dz, OC, NULL, c1 - c0,
+                         n, OC)
+        finite = sgd_update(w + c0 * OC, gw + c0 * OC, learning_rate, (c1 - c0) * OC)
+    if with_bias:
+        mn_column_sums(gw + C * OC, dz, n, OC)
+        finite &= sgd_update(w + C * OC, gw + C * OC, learning_rate, OC)
+    return finite
+
+
 cdef double train_step(const Net* net, Py_ssize_t n, float learning_rate) noexcept nogil:
     """Forward, loss, backward and SGD update on the n rows already in the input and target
     regions. Returns the batch-mean loss; if it is not finite, nothing is updated. If the
     update would make some weight NaN or Inf, those weights keep their values and the step
-    returns Inf."""
-    cdef Py_ssize_t L = net.n_layers
+    returns Inf. The gradient is left in net.grads."""
+    cdef Py_ssize_t l, L = net.n_layers
     cdef float* probs = net_acts(net, L)
     net_forward(net, net.a, probs, n)
     cdef double loss = loss_forward(net.loss, probs, net_acts(net, L + 1), n, net.sizes[L])
     if not isfinite(loss):
         return loss
-    net_backward(net, net_acts(net, L + 1), n)
-    if not sgd_update(net.params, net.grads, learning_rate, net_n_params(net)):
+    # Every delta first (they need the weights as they were), then each layer's gradient,
+    # applied as it is computed.
+    deltas_rows(net, net_acts(net, L + 1), 0, n, n)
+    cdef bint finite = True
+    for l in range(L):
+        finite &= weight_grads_sgd_rows(net, l, 0, net.sizes[l], n, True, learning_rate)
+    if not finite:
         return INFINITY  # the update overflowed: report the step as non-finite
     return loss
 
@@ -453,10 +490,11 @@ cdef struct TeamBoard:
 
 
 cdef inline bint splits_first_layer(const Net* net, int threads) noexcept nogil:
-    # Split the first layer by output columns when each thread gets at least two vectors of
-    # them and its activation is elementwise (softmax needs whole rows).
-    return (net.n_layers >= 2 and net.acts[0] != ACT_SOFTMAX
-            and net.sizes[1] >= 2 * COLUMN_ALIGN * threads)
+    # Split the first layer by output columns when the workspace has room for the team, each
+    # thread gets at least two vectors of columns, and the activation is elementwise (softmax
+    # needs whole rows).
+    return (threads <= net.team_threads and net.n_layers >= 2
+            and net.acts[0] != ACT_SOFTMAX and net.sizes[1] >= 2 * COLUMN_ALIGN * threads)
 
 
 cdef inline void column_block(Py_ssize_t width, int rank, int size, Py_ssize_t* j0,
@@ -468,10 +506,16 @@ cdef inline void column_block(Py_ssize_t width, int rank, int size, Py_ssize_t* 
     j1[0] = min(v1 * COLUMN_ALIGN, width)
 
 
-cdef inline float* first_layer_workspace(const Net* net) noexcept nogil:
-    # After the activation gradients (see buffer_sizes): room for a copy of the first layer's
-    # weights and one of its gradient, each stored as one contiguous block per thread.
+cdef inline float* workspace(const Net* net) noexcept nogil:
+    # After the activation gradients; its layout is buffer_sizes' (reference.py).
     return grad_region(net, net.n_layers)
+
+
+cdef inline float* thread_area(const Net* net, int rank) noexcept nogil:
+    # Thread rank >= 1's input rows, then its params copy, then its grads copy.
+    cdef Py_ssize_t C0 = net.sizes[0], H = net.sizes[1]
+    return (workspace(net) + 2 * C0 * H
+            + (rank - 1) * (net.rows * C0 + 2 * net_n_params(net)))
 
 
 cdef void copy_columns(float* dst, Py_ssize_t ld_dst, const float* src, Py_ssize_t ld_src,
@@ -481,85 +525,100 @@ cdef void copy_columns(float* dst, Py_ssize_t ld_dst, const float* src, Py_ssize
         memcpy(dst + r * ld_dst, src + r * ld_src, width * sizeof(float))
 
 
-cdef void first_layer_columns_forward(const Net* net, const float* w, Py_ssize_t n,
-                                      Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
-    """Columns j0..j1 of the first layer's output for all n rows, activation applied, from
-    w: those columns of its weights as a contiguous (sizes[0], j1 - j0) block."""
+cdef void first_layer_columns_forward(const Net* net, const float* inp, const float* w,
+                                      Py_ssize_t n, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """Columns j0..j1 of the first layer's output for the n rows inp, activation applied,
+    from w: those columns of its weights as a contiguous (sizes[0], j1 - j0) block."""
     cdef Py_ssize_t r, C = net.sizes[0], H = net.sizes[1], width = j1 - j0
     cdef float* h = net_acts(net, 1) + j0
-    mn_sgemm_strided(h, H, net.a, C, 1, w, width, net.params + C * H + j0, n, C, width)
+    mn_sgemm_strided(h, H, inp, C, 1, w, width, net.params + C * H + j0, n, C, width)
     for r in range(n):
         activation_forward(net.acts[0], h + r * H, 1, width)
 
 
-cdef bint first_layer_columns_update(const Net* net, float* w, float* g, Py_ssize_t n,
-                                     Py_ssize_t j0, Py_ssize_t j1,
+cdef bint first_layer_columns_update(const Net* net, const float* inp, float* w, float* g,
+                                     Py_ssize_t n, Py_ssize_t j0, Py_ssize_t j1,
                                      float learning_rate) noexcept nogil:
     """Gradient g and SGD update of w, the contiguous (sizes[0], j1 - j0) copy of columns
-    j0..j1 of the first layer's weights, and of those columns of its bias (in place). Returns
-    whether every updated value stayed finite."""
+    j0..j1 of the first layer's weights, and of those columns of its bias (in place), for
+    the n input rows inp. Returns whether every updated value stayed finite."""
     cdef Py_ssize_t C = net.sizes[0], H = net.sizes[1], width = j1 - j0
     cdef float* bias = net.params + C * H
     cdef float* dbias = net.grads + C * H
     cdef const float* dz = grad_region(net, 0)
-    mn_sgemm_strided(g, width, net.a, 1, C, dz + j0, H, NULL, C, n, width)
+    cdef bint finite = mn_sgemm_sgd(g, width, inp, 1, C, dz + j0, H, w, width, learning_rate,
+                                    C, n, width)
     mn_column_sums_block(dbias, dz, j0, j1, n, H)
-    return (sgd_update(w, g, learning_rate, C * width)
-            & sgd_update(bias + j0, dbias + j0, learning_rate, width))
+    return finite & sgd_update(bias + j0, dbias + j0, learning_rate, width)
 
 
 cdef bint row_blocks_update(const Net* net, Py_ssize_t first, int rank, int size,
                             Py_ssize_t n, float learning_rate) noexcept nogil:
     """This thread's block of weight-gradient rows of layers first.., and the biases of the
-    layers l with l % size == rank: computed, then applied. Returns whether every updated
-    value stayed finite."""
-    cdef Py_ssize_t l, C, K, c0, c1
-    cdef float* w
-    cdef float* g
+    layers l with l % size == rank: computed, then applied. With size 1, all of them.
+    Returns whether every updated value stayed finite."""
+    cdef Py_ssize_t l, c0, c1
     cdef bint finite = True
     for l in range(first, net.n_layers):
-        C = net.sizes[l]
-        K = net.sizes[l + 1]
-        block_of(C, rank, size, &c0, &c1)
-        weight_grads_rows(net, l, c0, c1, n, l % size == rank)
-        w = net.params + param_offset(net, l)
-        g = net.grads + param_offset(net, l)
-        finite &= sgd_update(w + c0 * K, g + c0 * K, learning_rate, (c1 - c0) * K)
-        if l % size == rank:
-            finite &= sgd_update(w + C * K, g + C * K, learning_rate, K)
+        block_of(net.sizes[l], rank, size, &c0, &c1)
+        finite &= weight_grads_sgd_rows(net, l, c0, c1, n, l % size == rank, learning_rate)
     return finite
 
 
-cdef void team_member(const Net* net, const float* x, const float* y, const long long* perm,
-                      Py_ssize_t start, Py_ssize_t end, Py_ssize_t N, Py_ssize_t batch_size,
-                      float learning_rate, TeamBoard* board, EpochResult* res,
-                      double* last_check, Py_ssize_t* next_start) noexcept nogil:
-    """One thread of a team running the batches starting at rows start.. < end.
+cdef inline void board_totals(const TeamBoard* board, int size, double* total,
+                              Py_ssize_t* correct) noexcept nogil:
+    cdef int i
+    total[0] = 0
+    correct[0] = 0
+    for i in range(size):
+        total[0] += board.loss[i]
+        correct[0] += board.correct[i]
 
-    Each thread gathers, forwards and back-propagates its own block of the batch's rows (rows
-    are independent), then, after a barrier, computes and applies its own block of every
-    layer's weight-gradient rows (and whole biases, layer l on thread l % size). When
-    splits_first_layer, the first layer instead goes by output columns: each thread computes,
-    differentiates and updates its own columns of it for all rows, so those weights never
-    move between cores; that costs two more barriers a step. Each element is computed by the
-    same operations as on one thread, so the weights are the same bits. Thread 0 keeps the
-    counts and looks for Ctrl-C."""
-    cdef int rank = mn_team_rank(), size = mn_team_size(), i
+
+cdef inline bint board_all_finite(const TeamBoard* board, int size) noexcept nogil:
+    cdef int i
+    for i in range(size):
+        if not board.finite[i]:
+            return False
+    return True
+
+
+cdef inline void after_step(TeamBoard* board, EpochResult* res, double total,
+                            Py_ssize_t correct, Py_ssize_t n, double* last_check) noexcept nogil:
+    # Thread 0, once a step is complete: count it, and now and then look for Ctrl-C (the
+    # others see board.stop after the step's next barrier).
+    count_step(res, total, correct, n)
+    if time_to_check_signals(last_check):
+        with gil:
+            if PyErr_CheckSignals() != 0:
+                board.stop = EPOCH_INTERRUPTED
+
+
+cdef inline void finish_team(const TeamBoard* board, EpochResult* res, Py_ssize_t start,
+                             Py_ssize_t* next_start) noexcept nogil:
+    # Thread 0, after the loop.
+    if board.stop >= 0:
+        res.status = board.stop
+    next_start[0] = start
+
+
+cdef void rows_team_member(const Net* net, const float* x, const float* y,
+                           const long long* perm, Py_ssize_t start, Py_ssize_t end,
+                           Py_ssize_t N, Py_ssize_t batch_size, float learning_rate,
+                           TeamBoard* board, EpochResult* res, double* last_check,
+                           Py_ssize_t* next_start) noexcept nogil:
+    """One thread of a team running the batches starting at rows start.. < end, split by
+    rows. Each thread gathers, forwards and back-propagates its own block of the batch's rows
+    (rows are independent), then, after a barrier, computes and applies its own block of
+    every layer's weight-gradient rows (and whole biases, layer l on thread l % size). Each
+    element is computed by the same operations as on one thread, so the weights are the same
+    bits. Two barriers a step; thread 0 keeps the counts and looks for Ctrl-C."""
+    cdef int rank = mn_team_rank(), size = mn_team_size()
     cdef Py_ssize_t L = net.n_layers, C0 = net.sizes[0], OC = net.sizes[L]
-    cdef bint by_columns = splits_first_layer(net, size)
-    cdef Py_ssize_t first = 1 if by_columns else 0
-    cdef Py_ssize_t n, r0, r1, nr, c0, c1, j0, j1, correct
+    cdef Py_ssize_t n, r0, r1, nr, c0, c1, correct
     cdef float* targets = net_acts(net, L + 1)
     cdef double total
     cdef bint finite
-    column_block(net.sizes[1], rank, size, &j0, &j1)
-    # This thread's columns of the first layer, contiguous: a block of a shared row-major
-    # matrix would interleave the threads' cache lines, and the hardware prefetchers would
-    # then pull each other's lines back and forth (the update ran 2.5x slower).
-    cdef float* w0 = first_layer_workspace(net) + C0 * j0
-    cdef float* g0 = first_layer_workspace(net) + C0 * net.sizes[1] + C0 * j0
-    if by_columns:
-        copy_columns(w0, j1 - j0, net.params + j0, net.sizes[1], C0, j1 - j0)
     mn_set_thread_cap(1)
     while start < end:
         n = batch_size if N - start > batch_size else N - start
@@ -573,55 +632,131 @@ cdef void team_member(const Net* net, const float* x, const float* y, const long
             if start + n < N:
                 block_of(min(batch_size, N - start - n), rank, size, &c0, &c1)
                 mn_prefetch_rows(x, perm + start + n + c0, c1 - c0, C0)
-        if by_columns:
-            mn_team_barrier()  # the whole batch is gathered
-            first_layer_columns_forward(net, w0, n, j0, j1)
-            mn_team_barrier()  # the whole first-layer output is there
-        if nr > 0:
-            forward_rows(net, first, net_acts(net, first) + r0 * net.sizes[first],
-                         net_acts(net, L) + r0 * OC, r0, nr)
+            forward_rows(net, 0, net.a + r0 * C0, net_acts(net, L) + r0 * OC, r0, nr)
             board.loss[rank] = loss_forward(net.loss, net_acts(net, L) + r0 * OC,
                                             targets + r0 * OC, nr, OC) * nr
             board.correct[rank] = count_correct(net_acts(net, L) + r0 * OC,
                                                 targets + r0 * OC, nr, OC)
             deltas_rows(net, targets, r0, r1, n)
         mn_team_barrier()
-        total = 0
-        correct = 0
-        for i in range(size):
-            total += board.loss[i]
-            correct += board.correct[i]
+        board_totals(board, size, &total, &correct)
         if board.stop >= 0 or not isfinite(total):  # every thread sees the same values
             if rank == 0 and board.stop < 0:
                 res.status = EPOCH_NONFINITE_LOSS
             break
-        finite = True
-        if by_columns:
-            finite &= first_layer_columns_update(net, w0, g0, n, j0, j1, learning_rate)
-        finite &= row_blocks_update(net, first, rank, size, n, learning_rate)
-        board.finite[rank] = finite
+        board.finite[rank] = row_blocks_update(net, 0, rank, size, n, learning_rate)
         mn_team_barrier()
-        for i in range(size):
-            finite &= board.finite[i]
-        if not finite:
+        if not board_all_finite(board, size):
             if rank == 0:
                 res.status = EPOCH_NONFINITE_LOSS
             break
         start += n
         if rank == 0:
-            count_step(res, total, correct, n)
-            if time_to_check_signals(last_check):
-                with gil:
-                    if PyErr_CheckSignals() != 0:
-                        board.stop = EPOCH_INTERRUPTED  # the others see it after the barrier
-    if by_columns:  # the weights of the last completed step, and its gradient
-        copy_columns(net.params + j0, net.sizes[1], w0, j1 - j0, C0, j1 - j0)
-        copy_columns(net.grads + j0, net.sizes[1], g0, j1 - j0, C0, j1 - j0)
+            after_step(board, res, total, correct, n, last_check)
     if rank == 0:
-        if board.stop >= 0:
-            res.status = board.stop
-        next_start[0] = start
+        finish_team(board, res, start, next_start)
     mn_set_thread_cap(0)
+
+
+cdef void columns_team_member(const Net* net, const float* x, const float* y,
+                              const long long* perm, Py_ssize_t start, Py_ssize_t end,
+                              Py_ssize_t N, Py_ssize_t batch_size, float learning_rate,
+                              TeamBoard* board, EpochResult* res, double* last_check,
+                              Py_ssize_t* next_start) noexcept nogil:
+    """One thread of a team running the batches starting at rows start.. < end, with the
+    first layer split by output columns (splits_first_layer).
+
+    Moving data between cores is what costs here, so each thread keeps its own copies:
+    - its columns of the first layer's weights and gradient, as contiguous blocks (a column
+      block of a shared row-major matrix interleaves the threads' cache lines, and the
+      prefetchers then pull each other's lines back and forth: the update ran 2.5x slower);
+    - all the batch's input rows (it gathers them itself);
+    - the other layers' weights, which every thread updates alike from the whole batch
+      (thread 0 in place; the others in their areas of the workspace).
+    What crosses between cores is the first layer's output and the deltas: each thread
+    computes its columns of the first layer for all rows, then (barrier) the other layers
+    forward and back for its block of rows, then (barrier) its updates, then gathers the next
+    batch (barrier). Each element is computed by the same operations as on one thread, so
+    the weights are the same bits."""
+    cdef int rank = mn_team_rank(), size = mn_team_size()
+    cdef Py_ssize_t L = net.n_layers, C0 = net.sizes[0], H = net.sizes[1], OC = net.sizes[L]
+    cdef Py_ssize_t n, r0, r1, nr, j0, j1, width, upper, correct
+    cdef float* targets = net_acts(net, L + 1)
+    cdef double total
+    cdef Net mine = net[0]
+    cdef float* inp = net.a
+    column_block(H, rank, size, &j0, &j1)
+    width = j1 - j0
+    cdef float* w0 = workspace(net) + C0 * j0
+    cdef float* g0 = workspace(net) + C0 * H + C0 * j0
+    copy_columns(w0, width, net.params + j0, H, C0, width)
+    if rank > 0:
+        inp = thread_area(net, rank)
+        mine.params = inp + net.rows * C0
+        mine.grads = mine.params + net_n_params(net)
+        upper = param_offset(net, 1)  # the first layer's weights are in w0
+        memcpy(mine.params + upper, net.params + upper,
+               (net_n_params(net) - upper) * sizeof(float))
+    mn_set_thread_cap(1)
+    if start < end:
+        gather_batch(net, &mine, inp, x, y, perm, start, N, batch_size, rank, size)
+    mn_team_barrier()  # every copy is made before thread 0 updates net.params
+    while start < end:
+        n = batch_size if N - start > batch_size else N - start
+        block_of(n, rank, size, &r0, &r1)
+        nr = r1 - r0
+        first_layer_columns_forward(net, inp, w0, n, j0, j1)
+        board.loss[rank] = 0
+        board.correct[rank] = 0
+        mn_team_barrier()  # the whole first-layer output is there
+        if nr > 0:
+            forward_rows(&mine, 1, net_acts(net, 1) + r0 * H, net_acts(net, L) + r0 * OC,
+                         r0, nr)
+            board.loss[rank] = loss_forward(net.loss, net_acts(net, L) + r0 * OC,
+                                            targets + r0 * OC, nr, OC) * nr
+            board.correct[rank] = count_correct(net_acts(net, L) + r0 * OC,
+                                                targets + r0 * OC, nr, OC)
+            deltas_rows(&mine, targets, r0, r1, n)
+        mn_team_barrier()  # every row's deltas are there
+        board_totals(board, size, &total, &correct)
+        if board.stop >= 0 or not isfinite(total):  # every thread sees the same values
+            if rank == 0 and board.stop < 0:
+                res.status = EPOCH_NONFINITE_LOSS
+            break
+        board.finite[rank] = (
+            first_layer_columns_update(net, inp, w0, g0, n, j0, j1, learning_rate)
+            & row_blocks_update(&mine, 1, 0, 1, n, learning_rate))
+        if start + n < end:
+            gather_batch(net, &mine, inp, x, y, perm, start + n, N, batch_size, rank, size)
+        mn_team_barrier()  # updates done; nobody reads this step's buffers any more
+        if not board_all_finite(board, size):
+            if rank == 0:
+                res.status = EPOCH_NONFINITE_LOSS
+            break
+        start += n
+        if rank == 0:
+            after_step(board, res, total, correct, n, last_check)
+    # The weights of the last completed step (and its gradient) back into net.params.
+    copy_columns(net.params + j0, H, w0, width, C0, width)
+    copy_columns(net.grads + j0, H, g0, width, C0, width)
+    if rank == 0:
+        finish_team(board, res, start, next_start)
+    mn_set_thread_cap(0)
+
+
+cdef void gather_batch(const Net* net, const Net* mine, float* inp, const float* x,
+                       const float* y, const long long* perm, Py_ssize_t start, Py_ssize_t N,
+                       Py_ssize_t batch_size, int rank, int size) noexcept nogil:
+    """For the column team: all input rows of the batch starting at start into this
+    thread's inp, its block of target rows into the shared targets, and a prefetch of the
+    next batch's input rows."""
+    cdef Py_ssize_t L = net.n_layers, C0 = net.sizes[0], OC = net.sizes[L], r0, r1
+    cdef Py_ssize_t n = batch_size if N - start > batch_size else N - start
+    block_of(n, rank, size, &r0, &r1)
+    gather_rows(inp, x, perm + start, n, C0)
+    gather_rows(net_acts(net, L + 1) + r0 * OC, y, perm + start + r0, r1 - r0, OC)
+    if start + n < N:
+        mn_prefetch_rows(x, perm + start + n, min(batch_size, N - start - n), C0)
 
 
 cdef Py_ssize_t team_stretch(const Net* net, const float* x, const float* y,
@@ -633,9 +768,16 @@ cdef Py_ssize_t team_stretch(const Net* net, const float* x, const float* y,
     cdef TeamBoard board
     cdef Py_ssize_t next_start = start
     board.stop = -1
-    with parallel(num_threads=min(threads, MAX_TEAM)):
-        team_member(net, x, y, perm, start, end, N, batch_size, learning_rate, &board, res,
-                    last_check, &next_start)
+    threads = min(threads, MAX_TEAM)
+    if splits_first_layer(net, threads):
+        with parallel(num_threads=threads):
+            # OpenMP may give fewer threads than asked for; never more.
+            columns_team_member(net, x, y, perm, start, end, N, batch_size, learning_rate,
+                                &board, res, last_check, &next_start)
+    else:
+        with parallel(num_threads=threads):
+            rows_team_member(net, x, y, perm, start, end, N, batch_size, learning_rate,
+                             &board, res, last_check, &next_start)
     return next_start
 
 

@@ -12,7 +12,7 @@ from mnistnet._kernels cimport Net, EpochResult
 import numpy as np
 
 # The buffer layout is one contract for both backends: reference.py states it.
-from mnistnet.reference import buffer_sizes  # noqa: F401  (re-exported)
+from mnistnet.reference import buffer_sizes, team_threads  # noqa: F401  (re-exported)
 from mnistnet._kernels import (  # noqa: F401  (re-exported: runtime configuration)
     ACTIVATIONS, LOSSES, SIMD_PATHS, get_num_threads, openmp_enabled, select_simd,
     set_num_threads, sgemm, simd_path, simd_supported,
@@ -303,12 +303,14 @@ cdef Net _net(params, grads, acts, dacts, sizes, act_codes, int loss, Py_ssize_t
     net.rows = rows
     net.grads = NULL
     net.d = NULL
+    net.team_threads = 1
     if grads is not None:
         _check(grads, "grads", 1); _check(dacts, "dacts", 1)
         if grads.shape[0] != n_p or dacts.shape[0] < n_d:
             raise ValueError(f"grads/dacts are too small for widths {list(s)} and {rows} rows")
         net.grads = _io(grads)
         net.d = _io(dacts)
+        net.team_threads = team_threads(list(s), rows, dacts.shape[0])
     return net
 
 

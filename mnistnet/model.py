@@ -416,7 +416,9 @@ class Model:
         # Kept on the model as it grows, so after Ctrl-C `model.history` holds the
         # completed epochs (as in Keras).
         history = self.history = History()
-        _, n_acts, n_dacts = reference.buffer_sizes(self.sizes, batch_size)
+        # The compiled epoch's team needs workspace for each of its threads.
+        threads = fast.get_num_threads() if self.backend == "fast" else 1
+        _, n_acts, n_dacts = reference.buffer_sizes(self.sizes, batch_size, threads)
         acts = aligned_zeros(n_acts)
         dacts = aligned_zeros(n_dacts)
         n = x.shape[0]

@@ -178,19 +178,34 @@ def all_finite(a) -> bool:
 
 # ---- the network ---------------------------------------------------------------------------
 
-def buffer_sizes(sizes, rows):
+def buffer_sizes(sizes, rows, threads=1):
     """(n_params, n_acts, n_dacts): floats in the parameter block (and the gradient block),
     the activation block (input, each layer's output and the targets, `rows` rows each) and
     the activation-gradient block, for layer widths `sizes` (input first). Both backends,
     and the compiled Net, use this layout.
 
-    The activation-gradient block ends with 2 * sizes[0] * sizes[1] floats of workspace that
-    only the compiled multi-threaded epoch uses: there each thread keeps its columns of the
-    first layer's weights and gradient as contiguous blocks."""
+    With threads > 1 the activation-gradient block ends with a workspace that only the
+    compiled multi-threaded epoch uses (the reference ignores it): each thread's columns of
+    the first layer's weights and of their gradient, as contiguous blocks (2 * sizes[0] *
+    sizes[1] floats in all), then, for each thread after the first, room for all the input
+    rows of a batch and a copy of the parameter and gradient blocks."""
     sizes = [int(v) for v in sizes]
     n_params = sum(sizes[i] * sizes[i + 1] + sizes[i + 1] for i in range(len(sizes) - 1))
-    workspace = 2 * sizes[0] * sizes[1]
-    return n_params, rows * (sum(sizes) + sizes[-1]), rows * sum(sizes[1:]) + workspace
+    n_dacts = rows * sum(sizes[1:])
+    if threads > 1:
+        n_dacts += 2 * sizes[0] * sizes[1] + (threads - 1) * (rows * sizes[0] + 2 * n_params)
+    return n_params, rows * (sum(sizes) + sizes[-1]), n_dacts
+
+
+def team_threads(sizes, rows, n_dacts):
+    """Threads an activation-gradient block of n_dacts floats has workspace for (at least 1):
+    the inverse of buffer_sizes."""
+    n_params, _, base = buffer_sizes(sizes, rows)
+    sizes = [int(v) for v in sizes]
+    first = 2 * sizes[0] * sizes[1]
+    if n_dacts < base + first:
+        return 1
+    return 1 + (n_dacts - base - first) // (rows * sizes[0] + 2 * n_params)
 
 
 def layer_views(flat, sizes):

@@ -198,6 +198,8 @@ NETS = {
     "perceptron": ([5, 3], ["sigmoid"], MSE),
     "hidden-relu": ([5, 4, 3, 3], ["relu", "relu", "sigmoid"], MSE),
     "cross-entropy": ([5, 4, 3, 3], ["relu", "relu", "softmax"], CE),
+    # >= 32 outputs: the compiled step fuses the update into the weight-gradient GEMM
+    "wide": ([5, 40, 33, 3], ["relu", "sigmoid", "softmax"], CE),
 }
 BATCH = 4
 

@@ -378,6 +378,8 @@ NETS = {
     "hidden-relu": ([33, 16, 12, 10], [2, 2, 1], 0),
     "cross-entropy": ([33, 16, 12, 10], [2, 2, 3], 1),
     "linear-softmax-mse": ([33, 16, 10], [0, 3], 0),
+    # >= 32 outputs: the compiled step fuses the update into the weight-gradient GEMM
+    "wide-cross-entropy": ([33, 48, 33, 10], [2, 2, 3], 1),
 }
 
 
