@@ -250,9 +250,22 @@ MN_ALWAYS_INLINE void nt_tile(const int ti, const int tj, float *c, const float 
         MN_UNROLL for (int s = 0; s < tj; s++) c[r * ldc + s] = V_HSUM(acc[r][s]);
 }
 
+/* Below 2 vectors of k a dot product is mostly its horizontal sum: copy b transposed to the
+ * stack (up to this many floats) and broadcast instead. */
+#define NT_TRANSPOSE_FLOATS 8192
+
 static void gemm_nt_rows(float *c, const float *a, const float *b,
                          ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t K, ptrdiff_t N)
 {
+    if (K < 2 * VW && K * N <= NT_TRANSPOSE_FLOATS) {
+        /* Chosen by shape alone, so every row block takes this path and the bits do not
+         * depend on how rows are split across threads. */
+        float bt[NT_TRANSPOSE_FLOATS];
+        for (ptrdiff_t j = 0; j < N; j++)
+            for (ptrdiff_t k = 0; k < K; k++) bt[k * N + j] = b[j * K + k];
+        gemm_block(c, N, a, K, 1, bt, N, NULL, m0, m1, 0, N, K, NULL);
+        return;
+    }
     ptrdiff_t i = m0;
     for (; i + TI <= m1; i += TI) {
         ptrdiff_t j = 0;
