@@ -31,8 +31,7 @@ def _label(benchmark, group, backend):
 
 
 def _buffers(model, rows):
-    _, n_acts, n_dacts = reference.buffer_sizes(model.sizes, rows)
-    return np.zeros(n_acts, dtype=np.float32), np.zeros(n_dacts, dtype=np.float32)
+    return model._training_buffers(rows)  # as fit allocates them
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

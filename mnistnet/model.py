@@ -412,15 +412,18 @@ class Model:
         yv = as_targets(validation_data[1], xv.shape[0], self.n_outputs, "validation_data[1]")
         return xv, yv
 
+    def _training_buffers(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """The activation and activation-gradient blocks for training `rows` at a time,
+        cache-aligned, the latter with workspace for the compiled epoch's threads."""
+        threads = fast.get_num_threads() if self.backend == "fast" else 1
+        _, n_acts, n_dacts = reference.buffer_sizes(self.sizes, rows, threads)
+        return aligned_zeros(n_acts), aligned_zeros(n_dacts)
+
     def _fit(self, x, targets, epochs, batch_size, val, log, shuffle) -> History:
         # Kept on the model as it grows, so after Ctrl-C `model.history` holds the
         # completed epochs (as in Keras).
         history = self.history = History()
-        # The compiled epoch's team needs workspace for each of its threads.
-        threads = fast.get_num_threads() if self.backend == "fast" else 1
-        _, n_acts, n_dacts = reference.buffer_sizes(self.sizes, batch_size, threads)
-        acts = aligned_zeros(n_acts)
-        dacts = aligned_zeros(n_dacts)
+        acts, dacts = self._training_buffers(batch_size)
         n = x.shape[0]
         steps = -(-n // batch_size)
         lr = self.optimizer.learning_rate

@@ -10,20 +10,28 @@ import numpy as np
 import pytest
 
 import mnistnet as mn
-from mnistnet import fast, reference
+from mnistnet import _kernels, fast
 from mnistnet.model import as_targets, shuffle_order
 
 DATA = os.environ.get("MNISTNET_DATA")
 
 
-def test_the_compiled_epoch_allocates_nothing():
+@pytest.fixture(params=["serial", "team"])
+def schedule(request):
+    """Each way the compiled epoch can run (one thread, or a team of two)."""
+    _kernels._set_epoch_schedule(request.param)
+    mn.set_num_threads(1 if request.param == "serial" else 2)
+    yield request.param
+    _kernels._set_epoch_schedule("auto")
+    mn.set_num_threads(int(os.environ.get("MNISTNET_NUM_THREADS", "0") or 0))
+
+
+def test_the_compiled_epoch_allocates_nothing(schedule):
     rng = np.random.default_rng(0)
     x = rng.random((4000, 784), dtype=np.float32)
     targets = as_targets(rng.integers(0, 10, 4000), 4000, 10)
     model = mn.preset("cross-entropy")
-    _, n_acts, n_dacts = reference.buffer_sizes(model.sizes, 32)
-    acts = np.zeros(n_acts, np.float32)
-    dacts = np.zeros(n_dacts, np.float32)
+    acts, dacts = model._training_buffers(32)  # with the team's workspace, as fit has them
     order = shuffle_order(0, 0, 4000)
     args = (model.params, model.grads, acts, dacts, model.sizes, model.act_codes,
             model._loss_code, x, targets, order, 32, 0.01)
