@@ -170,17 +170,29 @@ int mn_all_finite(const float *x, ptrdiff_t n)
 
 void mn_prefetch_rows(const float *x, const long long *rows, ptrdiff_t n, ptrdiff_t width)
 {
-    const ptrdiff_t line = 64 / sizeof(float);
-    for (ptrdiff_t r = 0; r < n; r++) {
-        const char *row = (const char *)(x + rows[r] * width);
-        for (ptrdiff_t j = 0; j < width; j += line) {
-#if defined(__GNUC__) || defined(__clang__)
-            __builtin_prefetch(row + j * sizeof(float), 0, 1);
-#elif defined(_MSC_VER) && (defined(_M_X64) || defined(_M_AMD64))
-            _mm_prefetch(row + j * sizeof(float), _MM_HINT_T1);
-#else
-            (void)row;
-#endif
-        }
-    }
+    mn_prefetch_rows_later(x, rows, n, width);
+    mn_prefetch_flush();
+}
+
+static MN_THREAD_LOCAL mn_prefetch_queue pending;
+
+mn_prefetch_queue *mn_pending_prefetches(void)
+{
+    return pending.row < pending.n_rows ? &pending : NULL;
+}
+
+void mn_prefetch_rows_later(const float *x, const long long *rows, ptrdiff_t n,
+                            ptrdiff_t width)
+{
+    pending.base = (const char *)x;
+    pending.rows = rows;
+    pending.n_rows = n;
+    pending.row_bytes = width * (ptrdiff_t)sizeof(float);
+    pending.row = 0;
+    pending.offset = 0;
+}
+
+void mn_prefetch_flush(void)
+{
+    while (pending.row < pending.n_rows) mn_prefetch_next_line(&pending);
 }

@@ -134,11 +134,6 @@ const char *mn_simd_name(void) { return mn_active_gemm()->name; }
 
 static int requested_threads = 0; /* 0: all cores */
 
-#if defined(_MSC_VER)
-#define MN_THREAD_LOCAL __declspec(thread)
-#else
-#define MN_THREAD_LOCAL _Thread_local
-#endif
 /* A cap for kernels called from this thread only (0: none), so one training loop can tune
  * its own thread count without touching other threads' work. */
 static MN_THREAD_LOCAL int thread_cap = 0;

@@ -38,6 +38,9 @@
 
 /* ---- c = A @ b (+ bias): broadcast A(i, k), stream row k of b --------------------------- */
 
+/* A queued prefetch (mn_prefetch_rows_later) every this many k of a tile: a power of two. */
+#define PREFETCH_EVERY_K 4
+
 /* The fused SGD step after a finished tile: w -= lr * (the tile's values of c), where w is
  * sgd->w at the tile's offset with row stride sgd->ldw. Same operations as sgd_update. */
 MN_ALWAYS_INLINE void sgd_tile(const int mr, const int nv, const int full_last,
@@ -67,7 +70,8 @@ MN_ALWAYS_INLINE void rows_tile(const int mr, const int nv, const int full_last,
                                 float *c, const float *a, const float *b, const float *bias,
                                 ptrdiff_t K, ptrdiff_t ldb, ptrdiff_t ldc,
                                 ptrdiff_t a_rs, ptrdiff_t a_cs, int tail, int resume,
-                                mn_sgd_epilogue *sgd, ptrdiff_t sgd_offset)
+                                mn_sgd_epilogue *sgd, ptrdiff_t sgd_offset,
+                                mn_prefetch_queue *pf)
 {
     /* resume: continue the sums already in c (a later block of k); bias: add it (last block).
      * Either way each element sees one multiply-add per k, in k order, from 0. */
@@ -81,6 +85,7 @@ MN_ALWAYS_INLINE void rows_tile(const int mr, const int nv, const int full_last,
         }
 
     for (ptrdiff_t k = 0; k < K; k++) {
+        if (pf && (k & (PREFETCH_EVERY_K - 1)) == 0) mn_prefetch_next_line(pf);
         const float *bk = b + k * ldb;
         VF bv[NV_MAX];
         MN_UNROLL for (int v = 0; v < nv - 1; v++) bv[v] = V_LOAD(bk + v * VW);
@@ -108,7 +113,7 @@ MN_ALWAYS_INLINE void rows_tile(const int mr, const int nv, const int full_last,
     if (sgd) sgd_tile(mr, nv, full_last, acc, bias, sgd, sgd_offset, tail);
 }
 
-#define ROWS_ARGS c, a, b, bias, K, ldb, ldc, a_rs, a_cs, tail, resume, sgd, sgd_offset
+#define ROWS_ARGS c, a, b, bias, K, ldb, ldc, a_rs, a_cs, tail, resume, sgd, sgd_offset, pf
 #define ROWS_CASE(MR, NV)                                                                  \
     case (MR) * 8 + (NV) - 1:                                                                  \
         if (full_last) rows_tile(MR, NV, 1, ROWS_ARGS); else rows_tile(MR, NV, 0, ROWS_ARGS); \
@@ -127,7 +132,7 @@ MN_ALWAYS_INLINE void rows_tile(const int mr, const int nv, const int full_last,
 static void rows_tile_any(int mr, int nv, float *c, const float *a, const float *b,
                           const float *bias, ptrdiff_t K, ptrdiff_t ldb, ptrdiff_t ldc,
                           ptrdiff_t a_rs, ptrdiff_t a_cs, int tail, int resume,
-                          mn_sgd_epilogue *sgd, ptrdiff_t sgd_offset)
+                          mn_sgd_epilogue *sgd, ptrdiff_t sgd_offset, mn_prefetch_queue *pf)
 {
     const int full_last = tail == VW;
     switch (mr * 8 + nv - 1) {
@@ -169,10 +174,12 @@ static void rows_panel(float *c, const float *a, const float *b, const float *bi
                        ptrdiff_t a_rs, ptrdiff_t a_cs, int nv, int tail, int resume,
                        mn_sgd_epilogue *sgd, ptrdiff_t j0)
 {
+    mn_prefetch_queue *pf = mn_pending_prefetches();
     for (ptrdiff_t i = m0; i < m1; i += MR_MAX) {
         const int mr = (int)(m1 - i < MR_MAX ? m1 - i : MR_MAX);
         rows_tile_any(mr, nv, c + i * ldc, a + i * a_rs, b, bias, K, ldb, ldc, a_rs, a_cs,
-                      tail, resume, sgd, sgd ? i * sgd->ldw + j0 : 0);
+                      tail, resume, sgd, sgd ? i * sgd->ldw + j0 : 0, pf);
+        if (pf && pf->row >= pf->n_rows) pf = NULL;
     }
 }
 

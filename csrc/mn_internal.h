@@ -14,6 +14,46 @@
  * callers can split it across threads; every output element is computed by the same
  * sequence of operations whichever block it falls in, hence the result is bit-identical for
  * any split. */
+#if defined(_MSC_VER)
+#define MN_THREAD_LOCAL __declspec(thread)
+#else
+#define MN_THREAD_LOCAL _Thread_local
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define MN_PREFETCH_L2(p) __builtin_prefetch((p), 0, 1)
+#elif defined(_MSC_VER) && (defined(_M_X64) || defined(_M_AMD64))
+#include <xmmintrin.h>
+#define MN_PREFETCH_L2(p) _mm_prefetch((const char *)(p), _MM_HINT_T1)
+#else
+#define MN_PREFETCH_L2(p) ((void)(p))
+#endif
+
+/* Dataset rows waiting to be fetched into cache, a line at a time, from inside this thread's
+ * GEMM loops (mn_prefetch_rows_later): issued all at once, a batch's 1,568 prefetches fill
+ * the core's miss buffers and stall it for the whole transfer; spread between multiply-adds,
+ * the transfer overlaps them. */
+typedef struct {
+    const char *base;
+    const long long *rows;
+    ptrdiff_t n_rows, row_bytes;
+    ptrdiff_t row, offset; /* the next line: byte `offset` of row rows[row] */
+} mn_prefetch_queue;
+
+/* This thread's queue, or NULL if it is empty. */
+mn_prefetch_queue *mn_pending_prefetches(void);
+
+static inline void mn_prefetch_next_line(mn_prefetch_queue *q)
+{
+    if (q->row >= q->n_rows) return;
+    MN_PREFETCH_L2(q->base + q->rows[q->row] * q->row_bytes + q->offset);
+    q->offset += 64;
+    if (q->offset >= q->row_bytes) {
+        q->offset = 0;
+        q->row++;
+    }
+}
+
 /* An SGD step fused into a GEMM: as each tile of c is finished, w[i * ldw + j] -= lr * c[i, j]
  * (elements whose result would be NaN or Inf keep their value, and finite becomes 0). */
 typedef struct {

@@ -51,6 +51,12 @@ int mn_sgd_update(float *params, const float *grads, float learning_rate, ptrdif
 int mn_all_finite(const float *x, ptrdiff_t n);
 /* Hint the cache to fetch rows[0..n) of x (row width `width` floats): the next batch. */
 void mn_prefetch_rows(const float *x, const long long *rows, ptrdiff_t n, ptrdiff_t width);
+/* The same, but spread out: the GEMMs this thread runs next issue the prefetches a few at a
+ * time between their multiply-adds (replacing any still queued); mn_prefetch_flush issues
+ * whatever is left. rows must stay valid until then. */
+void mn_prefetch_rows_later(const float *x, const long long *rows, ptrdiff_t n,
+                            ptrdiff_t width);
+void mn_prefetch_flush(void);
 
 /* ---- general matrix products (row-major, no transposed storage) -------------------------- */
 /* c = a @ b (+ bias per column if bias != NULL)    c (M, N), a (M, K), b (K, N), bias (N) */

@@ -37,6 +37,9 @@ cdef extern from "mn_kernels.h" nogil:
     int mn_all_finite(const float *x, Py_ssize_t n)
     void mn_prefetch_rows(const float *x, const long long *rows, Py_ssize_t n,
                           Py_ssize_t width)
+    void mn_prefetch_rows_later(const float *x, const long long *rows, Py_ssize_t n,
+                                Py_ssize_t width)
+    void mn_prefetch_flush()
     const char *mn_simd_name()
     int mn_simd_select(const char *name)
     int mn_simd_supported(const char *name)
@@ -459,10 +462,11 @@ cdef Py_ssize_t serial_stretch(const Net* net, const float* x, const float* y,
         n = batch_size if N - start > batch_size else N - start
         gather_rows(net.a, x, perm + start, n, C0)
         gather_rows(targets, y, perm + start, n, OC)
-        # The next batch's rows are scattered over the dataset: start fetching them now.
+        # The next batch's rows are scattered over the dataset: fetch them during this step.
         if start + n < N:
-            mn_prefetch_rows(x, perm + start + n, min(batch_size, N - start - n), C0)
+            mn_prefetch_rows_later(x, perm + start + n, min(batch_size, N - start - n), C0)
         loss = train_step(net, n, learning_rate)
+        mn_prefetch_flush()
         if not isfinite(loss):
             res.status = EPOCH_NONFINITE_LOSS
             break
@@ -473,6 +477,7 @@ cdef Py_ssize_t serial_stretch(const Net* net, const float* x, const float* y,
             with gil:
                 if PyErr_CheckSignals() != 0:
                     res.status = EPOCH_INTERRUPTED
+    mn_prefetch_flush()  # nothing left queued for later kernels on this thread
     mn_set_thread_cap(0)
     return start
 
@@ -631,7 +636,7 @@ cdef void rows_team_member(const Net* net, const float* x, const float* y,
             gather_rows(targets + r0 * OC, y, perm + start + r0, nr, OC)
             if start + n < N:
                 block_of(min(batch_size, N - start - n), rank, size, &c0, &c1)
-                mn_prefetch_rows(x, perm + start + n + c0, c1 - c0, C0)
+                mn_prefetch_rows_later(x, perm + start + n + c0, c1 - c0, C0)
             forward_rows(net, 0, net.a + r0 * C0, net_acts(net, L) + r0 * OC, r0, nr)
             board.loss[rank] = loss_forward(net.loss, net_acts(net, L) + r0 * OC,
                                             targets + r0 * OC, nr, OC) * nr
@@ -645,6 +650,7 @@ cdef void rows_team_member(const Net* net, const float* x, const float* y,
                 res.status = EPOCH_NONFINITE_LOSS
             break
         board.finite[rank] = row_blocks_update(net, 0, rank, size, n, learning_rate)
+        mn_prefetch_flush()
         mn_team_barrier()
         if not board_all_finite(board, size):
             if rank == 0:
@@ -655,6 +661,7 @@ cdef void rows_team_member(const Net* net, const float* x, const float* y,
             after_step(board, res, total, correct, n, last_check)
     if rank == 0:
         finish_team(board, res, start, next_start)
+    mn_prefetch_flush()  # nothing left queued for later kernels on this thread
     mn_set_thread_cap(0)
 
 
@@ -726,6 +733,7 @@ cdef void columns_team_member(const Net* net, const float* x, const float* y,
         board.finite[rank] = (
             first_layer_columns_update(net, inp, w0, g0, n, j0, j1, learning_rate)
             & row_blocks_update(&mine, 1, 0, 1, n, learning_rate))
+        mn_prefetch_flush()
         if start + n < end:
             gather_batch(net, &mine, inp, x, y, perm, start + n, N, batch_size, rank, size)
         mn_team_barrier()  # updates done; nobody reads this step's buffers any more
@@ -741,6 +749,7 @@ cdef void columns_team_member(const Net* net, const float* x, const float* y,
     copy_columns(net.grads + j0, H, g0, width, C0, width)
     if rank == 0:
         finish_team(board, res, start, next_start)
+    mn_prefetch_flush()  # nothing left queued for later kernels on this thread
     mn_set_thread_cap(0)
 
 
@@ -756,7 +765,7 @@ cdef void gather_batch(const Net* net, const Net* mine, float* inp, const float*
     gather_rows(inp, x, perm + start, n, C0)
     gather_rows(net_acts(net, L + 1) + r0 * OC, y, perm + start + r0, r1 - r0, OC)
     if start + n < N:
-        mn_prefetch_rows(x, perm + start + n, min(batch_size, N - start - n), C0)
+        mn_prefetch_rows_later(x, perm + start + n, min(batch_size, N - start - n), C0)
 
 
 cdef Py_ssize_t team_stretch(const Net* net, const float* x, const float* y,
@@ -786,8 +795,8 @@ cdef Py_ssize_t team_stretch(const Net* net, const float* x, const float* y,
 # descheduled threads at every barrier, and load comes and goes (another library's thread
 # pool spinning for a while after its last call, say). The weights are the same bits either
 # way.
-cdef Py_ssize_t PROBE_BATCHES = 16
-cdef Py_ssize_t RUN_BATCHES = 512
+cdef Py_ssize_t PROBE_BATCHES = 32
+cdef Py_ssize_t RUN_BATCHES = 1024
 # How train_epoch schedules its batches: SCHEDULE_AUTO (the probes decide), or always on one
 # thread, or always on the team. Results are the same bits every way; tests force each.
 cdef enum:
