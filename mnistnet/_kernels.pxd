@@ -106,6 +106,10 @@ cdef void net_forward(const Net* net,
                       const float* x,              # IN  (n, sizes[0])
                       float* out,                  # OUT (n, sizes[-1])
                       Py_ssize_t n) noexcept nogil
+cdef void net_predict(const Net* net,
+                      const float* x,              # IN  (N, sizes[0])
+                      float* out,                  # OUT (N, sizes[-1])
+                      Py_ssize_t N) noexcept nogil
 cdef void net_backward(const Net* net,
                        const float* target,        # IN (n, sizes[-1])
                        Py_ssize_t n) noexcept nogil

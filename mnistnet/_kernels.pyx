@@ -768,6 +768,39 @@ cdef void gather_batch(const Net* net, const Net* mine, float* inp, const float*
         mn_prefetch_rows_later(x, perm + start + n, min(batch_size, N - start - n), C0)
 
 
+cdef void net_predict(const Net* net, const float* x, float* out, Py_ssize_t N) noexcept nogil:
+    """Forward all N rows of x, net.rows at a time. With several threads and at least a full
+    chunk of rows, each thread forwards its own contiguous block of x through its own rows of
+    the activation regions, with no barrier at all (rows are independent; every element gets
+    the same bits as on one thread); otherwise one chunk after another, each GEMM splitting
+    its rows across threads."""
+    cdef int threads = min(mn_get_num_threads(), MAX_TEAM)
+    cdef Py_ssize_t start = 0, n
+    if threads < 2 or N < net.rows or net.rows < 2 * threads:
+        while start < N:
+            n = net.rows if N - start > net.rows else N - start
+            net_forward(net, x + start * net.sizes[0], out + start * net.sizes[net.n_layers], n)
+            start += n
+        return
+    with parallel(num_threads=threads):
+        predict_member(net, x, out, N)
+
+
+cdef void predict_member(const Net* net, const float* x, float* out,
+                         Py_ssize_t N) noexcept nogil:
+    """One thread of net_predict's team: rows [r0, r1) of x, net.rows // size at a time."""
+    cdef int rank = mn_team_rank(), size = mn_team_size()
+    cdef Py_ssize_t C0 = net.sizes[0], OC = net.sizes[net.n_layers]
+    cdef Py_ssize_t sub = net.rows // size, r0, r1, n
+    block_of(N, rank, size, &r0, &r1)
+    mn_set_thread_cap(1)
+    while r0 < r1:
+        n = sub if r1 - r0 > sub else r1 - r0
+        forward_rows(net, 0, x + r0 * C0, out + r0 * OC, rank * sub, n)
+        r0 += n
+    mn_set_thread_cap(0)
+
+
 cdef Py_ssize_t team_stretch(const Net* net, const float* x, const float* y,
                              const long long* perm, Py_ssize_t start, Py_ssize_t end,
                              Py_ssize_t N, Py_ssize_t batch_size, float learning_rate,

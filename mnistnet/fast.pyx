@@ -386,11 +386,7 @@ def predict(params, acts, sizes, act_codes, x, out, Py_ssize_t chunk):
     cdef Net net = _net(params, None, acts, None, sizes, act_codes, k.LOSS_MSE, chunk)
     cdef const float* px = _in(x)
     cdef float* po = _io(out)
-    cdef Py_ssize_t N = x.shape[0], C0 = net.sizes[0], OC = net.sizes[net.n_layers]
-    cdef Py_ssize_t start = 0, n
+    cdef Py_ssize_t N = x.shape[0]
     with nogil:
-        while start < N:
-            n = chunk if N - start > chunk else N - start
-            k.net_forward(&net, px + start * C0, po + start * OC, n)
-            start += n
+        k.net_predict(&net, px, po, N)
     return out

@@ -156,3 +156,18 @@ def test_model_buffers_start_on_a_cache_line():
 def test_unknown_schedule_is_rejected():
     with pytest.raises(ValueError, match=r"unknown epoch schedule 'fast'.*auto"):
         _kernels._set_epoch_schedule("fast")
+
+
+@pytest.mark.parametrize("chunk", [6, 7, 33, 256])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_predict_on_a_team_gives_the_bits_of_one_thread(chunk, threads, schedule):
+    """Large predictions split their rows across threads, each through its own rows of the
+    scratch block; the outputs must not depend on it (nor overrun the scratch)."""
+    x, y = _data(rows=1013)
+    model = _model("relu128-relu64-softmax")
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    schedule("auto", 1)
+    one = model._predict_array(x, chunk)
+    schedule("auto", threads)
+    assert np.array_equal(model._predict_array(x, chunk), one)
+    assert np.array_equal(model._predict_array(x[:chunk - 1], chunk), one[:chunk - 1])
