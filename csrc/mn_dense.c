@@ -147,6 +147,16 @@ int mn_sgd_update(float *params, const float *grads, float learning_rate, ptrdif
     return finite;
 }
 
+void mn_sigmoid_forward(float *out, const float *inp, ptrdiff_t n)
+{
+    mn_active_gemm()->sigmoid_forward(out, inp, n);
+}
+
+void mn_softmax_forward(float *out, const float *inp, ptrdiff_t B, ptrdiff_t C)
+{
+    mn_active_gemm()->softmax_forward(out, inp, B, C);
+}
+
 /* A scan streams memory: one thread per this many floats, at most. */
 #define MN_FLOATS_PER_SCAN_THREAD (1 << 20)
 

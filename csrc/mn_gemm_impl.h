@@ -302,6 +302,64 @@ static int sgd_update(float *params, const float *grads, float lr, ptrdiff_t n)
     return finite;
 }
 
+/* ---- exp, sigmoid, softmax ---------------------------------------------------------------
+ * Written as scalar C that the compiler vectorises for this file's instruction set (only
+ * +, -, *, /, compares and bit moves, in a fixed order): libm's expf is a call per element. */
+
+/* e^x for x <= 0 (Cephes' expf polynomial, about 2 ulp), down through the subnormals to 0
+ * below -104; NaN stays NaN. */
+static inline float exp_nonpositive(float x)
+{
+    x = x < -104.0f ? -104.0f : x; /* a NaN compares false and goes through */
+    /* n = round(x / ln 2) by adding 1.5 * 2^23 (exact for |t| < 2^22, on any ISA): the sum's
+     * low mantissa bits are then n itself, so no float-to-int conversion (undefined for a
+     * NaN) is needed. */
+    const float big = x * 1.44269504088896341f + 12582912.0f;
+    uint32_t big_bits;
+    memcpy(&big_bits, &big, sizeof big_bits);
+    const int32_t n = (int32_t)(big_bits - 0x4B400000u);
+    const float nf = big - 12582912.0f;
+    const float r = (x - nf * 0.693359375f) - nf * -2.12194440e-4f; /* x - n ln 2, in 2 parts */
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    /* 2^n as exponent bits needs n >= -126: below that, scale by 2^(n + 64), then 2^-64.
+     * For a NaN, p is NaN and so is the product, whatever these bits are. */
+    const int subnormal = n < -100;
+    const uint32_t bits = (uint32_t)(n + (subnormal ? 64 : 0) + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    const float e = p * scale, e_subnormal = e * 5.42101086242752217e-20f;
+    return subnormal ? e_subnormal : e; /* both computed: a select, not a branch */
+}
+
+static void sigmoid_forward(float *out, const float *inp, ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const float x = inp[i];
+        const float z = exp_nonpositive(x >= 0.0f ? -x : x); /* e^-|x| <= 1: no overflow */
+        out[i] = (x >= 0.0f ? 1.0f : z) / (1.0f + z);        /* one division, no branch */
+    }
+}
+
+static void softmax_forward(float *out, const float *inp, ptrdiff_t B, ptrdiff_t C)
+{
+    for (ptrdiff_t b = 0; b < B; b++) {
+        const float *x = inp + b * C;
+        float *y = out + b * C;
+        float m = x[0];
+        for (ptrdiff_t c = 1; c < C; c++) m = x[c] > m ? x[c] : m;
+        for (ptrdiff_t c = 0; c < C; c++) y[c] = exp_nonpositive(x[c] - m);
+        double s = 0.0; /* float32 sums lose ~1e-5 relative over rows of hundreds of classes */
+        for (ptrdiff_t c = 0; c < C; c++) s += y[c];
+        for (ptrdiff_t c = 0; c < C; c++) y[c] = (float)(y[c] / s);
+    }
+}
+
 /* ---- 1 if no element is NaN or Inf ------------------------------------------------------ */
 
 static int all_finite(const float *x, ptrdiff_t n)
@@ -317,4 +375,5 @@ static int all_finite(const float *x, ptrdiff_t n)
     return !bad;
 }
 
-const mn_gemm_table MN_TABLE = {MN_TABLE_NAME, gemm_block, gemm_nt_rows, sgd_update, all_finite};
+const mn_gemm_table MN_TABLE = {MN_TABLE_NAME, gemm_block,      gemm_nt_rows,   sgd_update,
+                                 all_finite,    sigmoid_forward, softmax_forward};

@@ -81,6 +81,10 @@ typedef struct {
     int (*sgd_update)(float *params, const float *grads, float lr, ptrdiff_t n);
     /* 1 if none of x[0..n) is NaN or Inf, else 0. */
     int (*all_finite)(const float *x, ptrdiff_t n);
+    /* out = 1 / (1 + e^-x) elementwise (out may be inp).                 out, inp (n) */
+    void (*sigmoid_forward)(float *out, const float *inp, ptrdiff_t n);
+    /* Row-wise softmax, max-shifted, summed in double (out may be inp).  out, inp (B, C) */
+    void (*softmax_forward)(float *out, const float *inp, ptrdiff_t B, ptrdiff_t C);
 } mn_gemm_table;
 
 extern const mn_gemm_table mn_gemm_scalar;

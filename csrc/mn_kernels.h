@@ -43,6 +43,12 @@ void mn_dense_backward(float *dinp, float *dweight, float *dbias, const float *d
                        const float *inp, const float *weight,
                        ptrdiff_t B, ptrdiff_t C, ptrdiff_t OC);
 
+/* ---- activations ------------------------------------------------------------------------- */
+/* out = 1 / (1 + e^-x), elementwise; out may be inp.                       out, inp (n) */
+void mn_sigmoid_forward(float *out, const float *inp, ptrdiff_t n);
+/* out = softmax of each row of inp (shifted by the row max); out may be inp.   (B, C) */
+void mn_softmax_forward(float *out, const float *inp, ptrdiff_t B, ptrdiff_t C);
+
 /* ---- optimiser and data movement -------------------------------------------------------- */
 /* params -= learning_rate * grads, elementwise (split across threads for large n). Returns 1,
  * or 0 if some new value would be NaN or Inf: those elements keep their previous value. */
