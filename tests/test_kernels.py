@@ -761,6 +761,20 @@ def test_thread_count_gives_bit_identical_results(simd_path, restore_kernel_thre
             f"(max |diff| {np.max(np.abs(one - two)):.3g})")
 
 
+@pytest.mark.parametrize("k", (48, 129))
+def test_input_gradient_rows_do_not_depend_on_their_tile(simd_path, k):
+    """dinp = dout @ W.T sums each row in register tiles, or alone at the edges (and the
+    AVX-512 path sums a full tile's 16 dot products together): a row's bits must be the same
+    either way, or results would change with how threads split the rows."""
+    rng = rng_for("nt-tiles", k)
+    dout, inp, weight = varied(rng, (9, k)), varied(rng, (9, 37)), varied(rng, (37, k))
+    whole = fast.dense_backward(None, None, None, dout, inp, weight)[0]
+    for i in range(9):
+        alone = fast.dense_backward(None, None, None, dout[i:i + 1], inp[i:i + 1], weight)[0]
+        assert np.array_equal(alone.view(np.uint32), whole[i:i + 1].view(np.uint32)), (
+            f"[{simd_path}] row {i} of dout @ W.T (k={k}) differs alone and in a tile")
+
+
 GEMM_SHAPES = ((1, 1, 1), (17, 33, 65), (33, 785, 129), (256, 256, 256))
 
 
