@@ -6,7 +6,10 @@
 typedef __m512 VF;
 #define VW 16
 #define MR_MAX 8
-#define NV_MAX 3
+#define NV_MAX 4
+/* 8 x 3 or 6 x 4 vectors of accumulators: 24 of the 32 registers either way. 64-column
+ * blocks (a thread's share of a 128-wide layer) then take one panel, not 48 + 16. */
+#define TILE_ROWS(nv) ((nv) >= 4 ? 6 : 8)
 #define TI 4
 #define TJ 4
 #define AVX512_MASK(n) ((__mmask16)((1u << (n)) - 1u))

@@ -6,6 +6,7 @@
  *   MN_TABLE_NAME     its string name ("avx2")
  *   VF, VW            vector type and its width in floats
  *   MR_MAX, NV_MAX    register tile of gemm_block: up to MR_MAX (<= 8) rows x NV_MAX (<= 4)
+ *   TILE_ROWS(nv)     optional: rows of a tile nv vectors wide (<= MR_MAX; default MR_MAX)
  *                     vectors
  *   TI, TJ            register tile of gemm_nt_rows: TI rows of a x TJ rows of b
  *   V_ZERO()          all lanes 0
@@ -31,6 +32,12 @@
 #include <string.h>
 
 #include "mn_internal.h"
+
+/* Rows of a register tile whose panel is nv vectors wide: MR_MAX unless the ISA trades rows
+ * for width (its accumulators must fit in the registers). */
+#ifndef TILE_ROWS
+#define TILE_ROWS(nv) MR_MAX
+#endif
 
 #if defined(__GNUC__) && !defined(__clang__)
 #define MN_UNROLL _Pragma("GCC unroll 8")
@@ -118,7 +125,9 @@ MN_ALWAYS_INLINE void rows_tile(const int mr, const int nv, const int full_last,
 #define ROWS_ARGS c, a, b, bias, K, ldb, ldc, a_rs, a_cs, tail, resume, sgd, sgd_offset, pf
 #define ROWS_CASE(MR, NV)                                                                  \
     case (MR) * 8 + (NV) - 1:                                                                  \
-        if (full_last) rows_tile(MR, NV, 1, ROWS_ARGS); else rows_tile(MR, NV, 0, ROWS_ARGS); \
+        if ((MR) > TILE_ROWS(NV)) abort(); /* never asked for: not instantiated */            \
+        else if (full_last) rows_tile(MR, NV, 1, ROWS_ARGS);                                   \
+        else rows_tile(MR, NV, 0, ROWS_ARGS);                                                  \
         break;
 #if NV_MAX >= 4
 #define ROWS_CASES_NV(MR) ROWS_CASE(MR, 1) ROWS_CASE(MR, 2) ROWS_CASE(MR, 3) ROWS_CASE(MR, 4)
@@ -177,8 +186,9 @@ static void rows_panel(float *c, const float *a, const float *b, const float *bi
                        mn_sgd_epilogue *sgd, ptrdiff_t j0)
 {
     mn_prefetch_queue *pf = mn_pending_prefetches();
-    for (ptrdiff_t i = m0; i < m1; i += MR_MAX) {
-        const int mr = (int)(m1 - i < MR_MAX ? m1 - i : MR_MAX);
+    const int rows = TILE_ROWS(nv);
+    for (ptrdiff_t i = m0; i < m1; i += rows) {
+        const int mr = (int)(m1 - i < rows ? m1 - i : rows);
         rows_tile_any(mr, nv, c + i * ldc, a + i * a_rs, b, bias, K, ldb, ldc, a_rs, a_cs,
                       tail, resume, sgd, sgd ? i * sgd->ldw + j0 : 0, pf);
         if (pf && pf->row >= pf->n_rows) pf = NULL;
