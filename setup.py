@@ -35,6 +35,7 @@ import sys
 import sysconfig
 import tempfile
 
+import numpy
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.modified import newer_group
@@ -298,6 +299,11 @@ kernels = Extension(
     depends=sorted(os.path.join(CSRC, f) for f in os.listdir(CSRC)
                    if f.endswith((".h", ".c"))),
 )
-wrappers = Extension("mnistnet.fast", sources=["mnistnet/fast.pyx"])
+wrappers = Extension(
+    "mnistnet.fast",
+    sources=["mnistnet/fast.pyx"],
+    include_dirs=[numpy.get_include()],  # its argument checks use NumPy's C API
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+)
 
 setup(ext_modules=[kernels, wrappers], cmdclass={"build_ext": BuildExt})

@@ -7,9 +7,12 @@ raises ValueError/TypeError naming the argument, then runs the kernel with the G
 Kernels never see arrays that are not C-contiguous float32.
 """
 cimport mnistnet._kernels as k
+cimport numpy as cnp
 from mnistnet._kernels cimport Net, EpochResult
 
 import numpy as np
+
+cnp.import_array()
 
 # The buffer layout is one contract for both backends: reference.py states it.
 from mnistnet.reference import buffer_sizes, team_threads  # noqa: F401  (re-exported)
@@ -25,16 +28,18 @@ EPOCH_INTERRUPTED = k.EPOCH_INTERRUPTED
 # ---- argument checks -----------------------------------------------------------------------
 
 cdef object _check(object a, str name, int ndim=-1):
-    """a, if it is a non-empty C-contiguous float32 ndarray with `ndim` dims."""
-    if not isinstance(a, np.ndarray):
+    """a, if it is a non-empty C-contiguous float32 ndarray with `ndim` dims. (Through
+    NumPy's C API: attribute lookups here cost more than a small kernel.)"""
+    if not cnp.PyArray_Check(a):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype != np.float32:
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if cnp.PyArray_TYPE(arr) != cnp.NPY_FLOAT32:
         raise TypeError(f"{name} must have dtype float32, got {a.dtype}")
-    if ndim >= 0 and a.ndim != ndim:
+    if ndim >= 0 and cnp.PyArray_NDIM(arr) != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
-    if not a.flags.c_contiguous:
+    if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
         raise ValueError(f"{name} must be C-contiguous")
-    if a.size == 0:
+    if cnp.PyArray_SIZE(arr) == 0:
         raise ValueError(f"{name} is empty (shape {a.shape})")
     return a
 
@@ -46,7 +51,7 @@ cdef object _out(object out, str name, tuple shape):
     _check(out, name)
     if out.shape != shape:
         raise ValueError(f"{name} has shape {out.shape}, expected {shape}")
-    if not out.flags.writeable:
+    if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out):
         raise ValueError(f"{name} is read-only")
     return out
 
@@ -56,14 +61,24 @@ cdef void _same(object a, str an, object b, str bn) except *:
         raise ValueError(f"{an} has shape {a.shape} but {bn} has shape {b.shape}")
 
 
+cdef inline cnp.ndarray _float32_c(object a):
+    # The pointer accessors below only ever see arrays _check has passed; this keeps a
+    # missed check from becoming a wild pointer.
+    if not (cnp.PyArray_Check(a) and cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_FLOAT32
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)):
+        raise TypeError("internal: expected a C-contiguous float32 array")
+    return <cnp.ndarray>a
+
+
 cdef const float* _in(object a) except NULL:
-    cdef const float[::1] v = a.reshape(-1)
-    return &v[0]
+    return <const float*>cnp.PyArray_DATA(_float32_c(a))
 
 
 cdef float* _io(object a) except NULL:
-    cdef float[::1] v = a.reshape(-1)
-    return &v[0]
+    cdef cnp.ndarray arr = _float32_c(a)
+    if not cnp.PyArray_ISWRITEABLE(arr):
+        raise ValueError("internal: expected a writeable array")
+    return <float*>cnp.PyArray_DATA(arr)
 
 # ---- dense ---------------------------------------------------------------------------------
 
