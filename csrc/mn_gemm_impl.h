@@ -6,8 +6,8 @@
  *   MN_TABLE_NAME     its string name ("avx2")
  *   VF, VW            vector type and its width in floats
  *   MR_MAX, NV_MAX    register tile of gemm_block: up to MR_MAX (<= 8) rows x NV_MAX (<= 4)
- *   TILE_ROWS(nv)     optional: rows of a tile nv vectors wide (<= MR_MAX; default MR_MAX)
  *                     vectors
+ *   TILE_ROWS(nv)     optional: rows of a tile nv vectors wide (<= MR_MAX; default MR_MAX)
  *   TI, TJ            register tile of gemm_nt_rows: TI rows of a x TJ rows of b
  *   V_ZERO()          all lanes 0
  *   V_LOAD(p)         VW floats from p (unaligned)
@@ -73,7 +73,6 @@ MN_ALWAYS_INLINE void sgd_tile(const int mr, const int nv, const int full_last,
     }
     if (bad) sgd->finite = 0;
 }
-
 
 MN_ALWAYS_INLINE void rows_tile(const int mr, const int nv, const int full_last,
                                 float *c, const float *a, const float *b, const float *bias,
