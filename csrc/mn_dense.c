@@ -6,9 +6,6 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(_MSC_VER) && (defined(_M_X64) || defined(_M_AMD64))
-#include <xmmintrin.h>
-#endif
 
 /* Below this many multiply-adds a parallel region costs more than it saves. */
 #define MN_PARALLEL_MIN_WORK (1 << 16)

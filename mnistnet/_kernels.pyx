@@ -564,6 +564,28 @@ cdef inline bint board_all_finite(const TeamBoard* board, int size) noexcept nog
     return True
 
 
+cdef inline bint loss_stops_team(const TeamBoard* board, EpochResult* res, int rank,
+                                 double total) noexcept nogil:
+    # After the barrier that follows the forward pass: stop (before any update) on Ctrl-C or
+    # a non-finite loss. Every thread sees the same values, so all stop together.
+    if board.stop < 0 and isfinite(total):
+        return False
+    if rank == 0 and board.stop < 0:
+        res.status = EPOCH_NONFINITE_LOSS
+    return True
+
+
+cdef inline bint update_stops_team(const TeamBoard* board, EpochResult* res, int rank,
+                                   int size) noexcept nogil:
+    # After the barrier that follows the updates: stop if some thread's update went
+    # non-finite (those weights kept their values).
+    if board_all_finite(board, size):
+        return False
+    if rank == 0:
+        res.status = EPOCH_NONFINITE_LOSS
+    return True
+
+
 cdef inline void after_step(TeamBoard* board, EpochResult* res, double total,
                             Py_ssize_t correct, Py_ssize_t n, double* last_check) noexcept nogil:
     # Thread 0, once a step is complete: count it, and now and then look for Ctrl-C (the
@@ -621,16 +643,12 @@ cdef void rows_team_member(const Net* net, const float* x, const float* y,
             deltas_rows(net, targets, r0, r1, n)
         mn_team_barrier()
         board_totals(board, size, &total, &correct)
-        if board.stop >= 0 or not isfinite(total):  # every thread sees the same values
-            if rank == 0 and board.stop < 0:
-                res.status = EPOCH_NONFINITE_LOSS
+        if loss_stops_team(board, res, rank, total):
             break
         board.finite[rank] = row_blocks_update(net, 0, rank, size, n, learning_rate)
         mn_prefetch_flush()
         mn_team_barrier()
-        if not board_all_finite(board, size):
-            if rank == 0:
-                res.status = EPOCH_NONFINITE_LOSS
+        if update_stops_team(board, res, rank, size):
             break
         start += n
         if rank == 0:
@@ -682,7 +700,7 @@ cdef void columns_team_member(const Net* net, const float* x, const float* y,
                (net_n_params(net) - upper) * sizeof(float))
     mn_set_thread_cap(1)
     if start < end:
-        gather_batch(net, &mine, inp, x, y, perm, start, N, batch_size, rank, size)
+        gather_batch(net, inp, x, y, perm, start, N, batch_size, rank, size)
     mn_team_barrier()  # every copy is made before thread 0 updates net.params
     while start < end:
         n = batch_size if N - start > batch_size else N - start
@@ -702,20 +720,16 @@ cdef void columns_team_member(const Net* net, const float* x, const float* y,
             deltas_rows(&mine, targets, r0, r1, n)
         mn_team_barrier()  # every row's deltas are there
         board_totals(board, size, &total, &correct)
-        if board.stop >= 0 or not isfinite(total):  # every thread sees the same values
-            if rank == 0 and board.stop < 0:
-                res.status = EPOCH_NONFINITE_LOSS
+        if loss_stops_team(board, res, rank, total):
             break
         board.finite[rank] = (
             first_layer_columns_update(net, inp, w0, g0, n, j0, j1, learning_rate)
             & row_blocks_update(&mine, 1, 0, 1, n, learning_rate))
         mn_prefetch_flush()
         if start + n < end:
-            gather_batch(net, &mine, inp, x, y, perm, start + n, N, batch_size, rank, size)
+            gather_batch(net, inp, x, y, perm, start + n, N, batch_size, rank, size)
         mn_team_barrier()  # updates done; nobody reads this step's buffers any more
-        if not board_all_finite(board, size):
-            if rank == 0:
-                res.status = EPOCH_NONFINITE_LOSS
+        if update_stops_team(board, res, rank, size):
             break
         start += n
         if rank == 0:
@@ -729,7 +743,7 @@ cdef void columns_team_member(const Net* net, const float* x, const float* y,
     mn_set_thread_cap(0)
 
 
-cdef void gather_batch(const Net* net, const Net* mine, float* inp, const float* x,
+cdef void gather_batch(const Net* net, float* inp, const float* x,
                        const float* y, const long long* perm, Py_ssize_t start, Py_ssize_t N,
                        Py_ssize_t batch_size, int rank, int size) noexcept nogil:
     """For the column team: all input rows of the batch starting at start into this
