@@ -1,8 +1,10 @@
-"""Shared fixtures: every SIMD path this CPU runs, and MNIST from $MNISTNET_DATA."""
+"""Shared fixtures: every SIMD path this CPU runs, MNIST from $MNISTNET_DATA, and SIGINT that
+raises."""
 
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -31,3 +33,12 @@ def mnist():
     if not path:
         pytest.skip("set MNISTNET_DATA to a folder holding the four MNIST files")
     return mnistnet.load_mnist(path)
+
+
+@pytest.fixture
+def sigint_raises():
+    """SIGINT -> KeyboardInterrupt even when the test runner was started with SIGINT ignored
+    (a background job)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

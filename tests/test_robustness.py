@@ -24,7 +24,6 @@ import math
 import os
 import pickle
 import re
-import signal
 import struct
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from interrupting import HAS_PTHREAD_KILL, sigint_lateness
 
 import mnistnet as mn
 from mnistnet import fast
@@ -873,16 +873,7 @@ def test_cli_train_with_a_batch_larger_than_the_dataset(tmp_path, capsys):
 
 # =========================================================================== interrupts
 
-@pytest.fixture
-def sigint_raises():
-    """SIGINT -> KeyboardInterrupt even when the test runner was started with SIGINT ignored
-    (a background job)."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
-
-
-@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="POSIX signals")
+@pytest.mark.skipif(not HAS_PTHREAD_KILL, reason="POSIX signals")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_ctrl_c_during_fit(backend, sigint_raises):
     """SIGINT 0.3 s into a multi-second epoch: KeyboardInterrupt reaches the caller at once,
@@ -893,25 +884,8 @@ def test_ctrl_c_during_fit(backend, sigint_raises):
     y = rng.integers(0, 10, 200_000)
     model = mn.Model([mn.Dense(256, activation="relu"), mn.Dense(10, activation="softmax")],
                      input_dim=32, loss="categorical_crossentropy", backend=backend)
-    sent: list[float] = []
-
-    def interrupt():
-        deadline = time.monotonic() + 30
-        while not model._training.locked() and time.monotonic() < deadline:
-            time.sleep(0.001)
-        time.sleep(0.3)
-        sent.append(time.perf_counter())
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-
-    timer = threading.Thread(target=interrupt, daemon=True)
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        model.fit(x, y, epochs=3, batch_size=1, verbose=0)
-        time.sleep(5)  # a fit that ended before the signal: let it land here, then fail
-        pytest.fail("fit finished before the interrupt")
-    caught = time.perf_counter()
-    timer.join(timeout=30)
-    assert sent and caught - sent[0] < 0.5, f"KeyboardInterrupt {caught - sent[0]:.2f} s late"
+    late = sigint_lateness(model, lambda: model.fit(x, y, epochs=3, batch_size=1, verbose=0))
+    assert late < 0.5, f"KeyboardInterrupt {late:.2f} s late"
     assert np.isfinite(model.params).all()
     assert model.history is not None
     assert len(model.history.epoch) == model.epochs_trained < 3

@@ -10,13 +10,11 @@ blocks, and when it stops early (divergence, an overflowing update, Ctrl-C).
 from __future__ import annotations
 
 import os
-import signal
-import threading
-import time
 import warnings
 
 import numpy as np
 import pytest
+from interrupting import HAS_PTHREAD_KILL, sigint_lateness
 
 import mnistnet as mn
 from mnistnet import _kernels
@@ -102,46 +100,25 @@ def test_team_stops_where_one_thread_stops(arch, lr, schedule):
     assert team_history.epoch == serial_history.epoch
 
 
-@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="POSIX signals")
-def test_ctrl_c_stops_the_team_within_a_batch(schedule):
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        schedule("team", 2)
-        features = 256
-        rng = np.random.default_rng(5)
-        x = rng.random((20_000, features), dtype=np.float32)
-        y = rng.integers(0, 10, 20_000)
-        model = mn.Model([mn.Dense(1024, activation="relu"), mn.Dense(10, activation="softmax")],
-                         input_dim=features, loss="categorical_crossentropy")
-        sent: list[float] = []
-
-        def interrupt():
-            deadline = time.monotonic() + 30
-            while not model._training.locked() and time.monotonic() < deadline:
-                time.sleep(0.001)
-            time.sleep(0.3)
-            sent.append(time.perf_counter())
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-
-        timer = threading.Thread(target=interrupt, daemon=True)
-        timer.start()
-        with pytest.raises(KeyboardInterrupt):
-            model.fit(x, y, epochs=50, batch_size=32, verbose=0)
-            time.sleep(5)
-            pytest.fail("fit finished before the interrupt")
-        caught = time.perf_counter()
-        timer.join(timeout=30)
-        assert sent and caught - sent[0] < 0.5, f"KeyboardInterrupt {caught - sent[0]:.2f} s late"
-        assert np.isfinite(model.params).all()
-        assert model.epochs_trained < 50
-        # The weights are those of a completed step, copied back from the team's blocks: one
-        # more step on one thread continues from them like any model.
-        schedule("serial", 1)
-        before = model.params.copy()
-        model.fit(x[:32], y[:32], epochs=1, batch_size=32, verbose=0)
-        assert not np.array_equal(model.params, before)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+@pytest.mark.skipif(not HAS_PTHREAD_KILL, reason="POSIX signals")
+def test_ctrl_c_stops_the_team_within_a_batch(schedule, sigint_raises):
+    schedule("team", 2)
+    features = 256
+    rng = np.random.default_rng(5)
+    x = rng.random((20_000, features), dtype=np.float32)
+    y = rng.integers(0, 10, 20_000)
+    model = mn.Model([mn.Dense(1024, activation="relu"), mn.Dense(10, activation="softmax")],
+                     input_dim=features, loss="categorical_crossentropy")
+    late = sigint_lateness(model, lambda: model.fit(x, y, epochs=50, batch_size=32, verbose=0))
+    assert late < 0.5, f"KeyboardInterrupt {late:.2f} s late"
+    assert np.isfinite(model.params).all()
+    assert model.epochs_trained < 50
+    # The weights are those of a completed step, copied back from the team's blocks: one
+    # more step on one thread continues from them like any model.
+    schedule("serial", 1)
+    before = model.params.copy()
+    model.fit(x[:32], y[:32], epochs=1, batch_size=32, verbose=0)
+    assert not np.array_equal(model.params, before)
 
 
 def test_model_buffers_start_on_a_cache_line():
