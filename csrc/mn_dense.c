@@ -201,5 +201,10 @@ void mn_prefetch_rows_later(const float *x, const long long *rows, ptrdiff_t n,
 
 void mn_prefetch_flush(void)
 {
-    while (pending.row < pending.n_rows) mn_prefetch_next_line(&pending);
+    /* On a local copy: each access to a thread-local variable of a shared library may be a
+     * call (__tls_get_addr), which cost as much as the prefetch itself. */
+    mn_prefetch_queue q = pending;
+    while (q.row < q.n_rows) mn_prefetch_next_line(&q);
+    pending.row = q.row;
+    pending.offset = q.offset;
 }

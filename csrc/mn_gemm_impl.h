@@ -242,7 +242,8 @@ static void gemm_block(float *c, ptrdiff_t ldc, const float *a, ptrdiff_t a_rs, 
 /* ---- c = a @ b^T: TI x TJ dot products, vectorised along k ------------------------------ */
 
 MN_ALWAYS_INLINE void nt_tile(const int ti, const int tj, float *c, const float *a,
-                              const float *b, ptrdiff_t K, ptrdiff_t ldc)
+                              const float *b, ptrdiff_t K, ptrdiff_t ldc,
+                              mn_prefetch_queue *pf)
 {
     VF acc[TI][TJ];
     MN_UNROLL for (int r = 0; r < ti; r++)
@@ -250,6 +251,7 @@ MN_ALWAYS_INLINE void nt_tile(const int ti, const int tj, float *c, const float 
 
     ptrdiff_t k = 0;
     for (; k + VW <= K; k += VW) {
+        if (pf && ((k / VW) & 3) == 0) mn_prefetch_next_line(pf); /* a queued line per step of k */
         VF av[TI], bv[TJ];
         MN_UNROLL for (int r = 0; r < ti; r++) av[r] = V_LOAD(a + r * K + k);
         MN_UNROLL for (int s = 0; s < tj; s++) bv[s] = V_LOAD(b + s * K + k);
@@ -290,16 +292,19 @@ static void gemm_nt_rows(float *c, const float *a, const float *b,
         gemm_block(c, N, a, K, 1, bt, N, NULL, m0, m1, 0, N, K, NULL);
         return;
     }
+    mn_prefetch_queue *pf = mn_pending_prefetches();
     ptrdiff_t i = m0;
     for (; i + TI <= m1; i += TI) {
         ptrdiff_t j = 0;
-        for (; j + TJ <= N; j += TJ) nt_tile(TI, TJ, c + i * N + j, a + i * K, b + j * K, K, N);
-        for (; j < N; j++) nt_tile(TI, 1, c + i * N + j, a + i * K, b + j * K, K, N);
+        for (; j + TJ <= N; j += TJ)
+            nt_tile(TI, TJ, c + i * N + j, a + i * K, b + j * K, K, N, pf);
+        for (; j < N; j++) nt_tile(TI, 1, c + i * N + j, a + i * K, b + j * K, K, N, pf);
     }
     for (; i < m1; i++) {
         ptrdiff_t j = 0;
-        for (; j + TJ <= N; j += TJ) nt_tile(1, TJ, c + i * N + j, a + i * K, b + j * K, K, N);
-        for (; j < N; j++) nt_tile(1, 1, c + i * N + j, a + i * K, b + j * K, K, N);
+        for (; j + TJ <= N; j += TJ)
+            nt_tile(1, TJ, c + i * N + j, a + i * K, b + j * K, K, N, pf);
+        for (; j < N; j++) nt_tile(1, 1, c + i * N + j, a + i * K, b + j * K, K, N, pf);
     }
 }
 

@@ -92,6 +92,10 @@ cdef struct Net:
     float* d                # regions of (rows, sizes[l + 1]): d(loss)/d(layer l's output)
     Py_ssize_t rows         # rows each region holds (the batch size)
     int team_threads        # threads the workspace after d has room for (see buffer_sizes)
+    # NULL except inside train_step/train_epoch when the first layer is narrow: its weights
+    # and gradient transposed, (sizes[1], sizes[0]), used in place of params' and grads'.
+    float* w0t
+    float* g0t
 
 cdef struct EpochResult:
     double loss_sum         # sum over completed batches of (batch-mean loss x batch rows)

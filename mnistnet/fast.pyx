@@ -319,6 +319,8 @@ cdef Net _net(params, grads, acts, dacts, sizes, act_codes, int loss, Py_ssize_t
     net.grads = NULL
     net.d = NULL
     net.team_threads = 1
+    net.w0t = NULL
+    net.g0t = NULL
     if grads is not None:
         _check(grads, "grads", 1); _check(dacts, "dacts", 1)
         if grads.shape[0] != n_p or dacts.shape[0] < n_d:

@@ -184,16 +184,17 @@ def buffer_sizes(sizes, rows, threads=1):
     the activation-gradient block, for layer widths `sizes` (input first). Both backends,
     and the compiled Net, use this layout.
 
-    With threads > 1 the activation-gradient block ends with a workspace that only the
-    compiled multi-threaded epoch uses (the reference ignores it): each thread's columns of
-    the first layer's weights and of their gradient, as contiguous blocks (2 * sizes[0] *
-    sizes[1] floats in all), then, for each thread after the first, room for all the input
-    rows of a batch and a copy of the parameter and gradient blocks."""
+    The activation-gradient block ends with a workspace that only the compiled training
+    kernels use (the reference ignores it): room for the first layer's weights and their
+    gradient (2 * sizes[0] * sizes[1] floats; a narrow first layer trains on transposed
+    copies there, a team splitting the first layer keeps each thread's columns there), then,
+    with threads > 1, for each thread after the first, room for all the input rows of a batch
+    and a copy of the parameter and gradient blocks."""
     sizes = [int(v) for v in sizes]
     n_params = sum(sizes[i] * sizes[i + 1] + sizes[i + 1] for i in range(len(sizes) - 1))
-    n_dacts = rows * sum(sizes[1:])
+    n_dacts = rows * sum(sizes[1:]) + 2 * sizes[0] * sizes[1]
     if threads > 1:
-        n_dacts += 2 * sizes[0] * sizes[1] + (threads - 1) * (rows * sizes[0] + 2 * n_params)
+        n_dacts += (threads - 1) * (rows * sizes[0] + 2 * n_params)
     return n_params, rows * (sum(sizes) + sizes[-1]), n_dacts
 
 
@@ -202,10 +203,7 @@ def team_threads(sizes, rows, n_dacts):
     the inverse of buffer_sizes."""
     n_params, _, base = buffer_sizes(sizes, rows)
     sizes = [int(v) for v in sizes]
-    first = 2 * sizes[0] * sizes[1]
-    if n_dacts < base + first:
-        return 1
-    return 1 + (n_dacts - base - first) // (rows * sizes[0] + 2 * n_params)
+    return 1 + max(0, n_dacts - base) // (rows * sizes[0] + 2 * n_params)
 
 
 def layer_views(flat, sizes):
