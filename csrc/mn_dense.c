@@ -62,7 +62,7 @@ void mn_sgemm_nt(float *c, const float *a, const float *b, ptrdiff_t M, ptrdiff_
     const mn_gemm_table *g = mn_active_gemm();
     const int nt = threads_for(M, M * K * N);
     if (nt == 1) {
-        g->gemm_nt_rows(c, a, b, 0, M, K, N);
+        g->gemm_nt_rows(c, N, a, K, b, K, 0, M, K, N);
         return;
     }
 #ifdef _OPENMP
@@ -70,9 +70,15 @@ void mn_sgemm_nt(float *c, const float *a, const float *b, ptrdiff_t M, ptrdiff_
     {
         ptrdiff_t m0, m1;
         row_range(M, omp_get_thread_num(), omp_get_num_threads(), &m0, &m1);
-        g->gemm_nt_rows(c, a, b, m0, m1, K, N);
+        g->gemm_nt_rows(c, N, a, K, b, K, m0, m1, K, N);
     }
 #endif
+}
+
+void mn_sgemm_nt_strided(float *c, ptrdiff_t ldc, const float *a, ptrdiff_t lda,
+                         const float *b, ptrdiff_t ldb, ptrdiff_t M, ptrdiff_t K, ptrdiff_t N)
+{
+    mn_active_gemm()->gemm_nt_rows(c, ldc, a, lda, b, ldb, 0, M, K, N);
 }
 
 void mn_dense_forward(float *out, const float *inp, const float *weight, const float *bias,
@@ -188,15 +194,29 @@ mn_prefetch_queue *mn_pending_prefetches(void)
     return pending.row < pending.n_rows ? &pending : NULL;
 }
 
+static void queue_rows(const void *base, const long long *rows, ptrdiff_t n,
+                       ptrdiff_t stride, ptrdiff_t span)
+{
+    pending.base = (const char *)base;
+    pending.rows = rows;
+    pending.n_rows = span > 0 ? n : 0;
+    pending.stride = stride;
+    pending.span = span;
+    pending.row = 0;
+    pending.offset = 0;
+}
+
 void mn_prefetch_rows_later(const float *x, const long long *rows, ptrdiff_t n,
                             ptrdiff_t width)
 {
-    pending.base = (const char *)x;
-    pending.rows = rows;
-    pending.n_rows = n;
-    pending.row_bytes = width * (ptrdiff_t)sizeof(float);
-    pending.row = 0;
-    pending.offset = 0;
+    queue_rows(x, rows, n, width * (ptrdiff_t)sizeof(float), width * (ptrdiff_t)sizeof(float));
+}
+
+void mn_prefetch_columns_later(const float *x, ptrdiff_t ld, const long long *rows,
+                               ptrdiff_t n, ptrdiff_t c0, ptrdiff_t c1)
+{
+    queue_rows(x + c0, rows, n, ld * (ptrdiff_t)sizeof(float),
+               (c1 - c0) * (ptrdiff_t)sizeof(float));
 }
 
 void mn_prefetch_flush(void)

@@ -241,9 +241,9 @@ static void gemm_block(float *c, ptrdiff_t ldc, const float *a, ptrdiff_t a_rs, 
 
 /* ---- c = a @ b^T: TI x TJ dot products, vectorised along k ------------------------------ */
 
-MN_ALWAYS_INLINE void nt_tile(const int ti, const int tj, float *c, const float *a,
-                              const float *b, ptrdiff_t K, ptrdiff_t ldc,
-                              mn_prefetch_queue *pf)
+MN_ALWAYS_INLINE void nt_tile(const int ti, const int tj, float *c, ptrdiff_t ldc,
+                              const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb,
+                              ptrdiff_t K, mn_prefetch_queue *pf)
 {
     VF acc[TI][TJ];
     MN_UNROLL for (int r = 0; r < ti; r++)
@@ -253,16 +253,16 @@ MN_ALWAYS_INLINE void nt_tile(const int ti, const int tj, float *c, const float 
     for (; k + VW <= K; k += VW) {
         if (pf && ((k / VW) & 3) == 0) mn_prefetch_next_line(pf); /* a queued line per step of k */
         VF av[TI], bv[TJ];
-        MN_UNROLL for (int r = 0; r < ti; r++) av[r] = V_LOAD(a + r * K + k);
-        MN_UNROLL for (int s = 0; s < tj; s++) bv[s] = V_LOAD(b + s * K + k);
+        MN_UNROLL for (int r = 0; r < ti; r++) av[r] = V_LOAD(a + r * lda + k);
+        MN_UNROLL for (int s = 0; s < tj; s++) bv[s] = V_LOAD(b + s * ldb + k);
         MN_UNROLL for (int r = 0; r < ti; r++)
             MN_UNROLL for (int s = 0; s < tj; s++) acc[r][s] = V_MADD(acc[r][s], av[r], bv[s]);
     }
     if (k < K) {
         const int n = (int)(K - k);
         VF av[TI], bv[TJ];
-        MN_UNROLL for (int r = 0; r < ti; r++) av[r] = V_LOADN(a + r * K + k, n);
-        MN_UNROLL for (int s = 0; s < tj; s++) bv[s] = V_LOADN(b + s * K + k, n);
+        MN_UNROLL for (int r = 0; r < ti; r++) av[r] = V_LOADN(a + r * lda + k, n);
+        MN_UNROLL for (int s = 0; s < tj; s++) bv[s] = V_LOADN(b + s * ldb + k, n);
         MN_UNROLL for (int r = 0; r < ti; r++)
             MN_UNROLL for (int s = 0; s < tj; s++) acc[r][s] = V_MADD(acc[r][s], av[r], bv[s]);
     }
@@ -280,32 +280,34 @@ MN_ALWAYS_INLINE void nt_tile(const int ti, const int tj, float *c, const float 
  * stack (up to this many floats) and broadcast instead. */
 #define NT_TRANSPOSE_FLOATS 8192
 
-static void gemm_nt_rows(float *c, const float *a, const float *b,
-                         ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t K, ptrdiff_t N)
+static void gemm_nt_rows(float *c, ptrdiff_t ldc, const float *a, ptrdiff_t lda,
+                         const float *b, ptrdiff_t ldb, ptrdiff_t m0, ptrdiff_t m1,
+                         ptrdiff_t K, ptrdiff_t N)
 {
     if (K < 2 * VW && K * N <= NT_TRANSPOSE_FLOATS) {
         /* Chosen by shape alone, so every row block takes this path and the bits do not
          * depend on how rows are split across threads. */
         float bt[NT_TRANSPOSE_FLOATS];
         for (ptrdiff_t j = 0; j < N; j++)
-            for (ptrdiff_t k = 0; k < K; k++) bt[k * N + j] = b[j * K + k];
-        gemm_block(c, N, a, K, 1, bt, N, NULL, m0, m1, 0, N, K, NULL);
+            for (ptrdiff_t k = 0; k < K; k++) bt[k * N + j] = b[j * ldb + k];
+        gemm_block(c, ldc, a, lda, 1, bt, N, NULL, m0, m1, 0, N, K, NULL);
         return;
     }
     mn_prefetch_queue *pf = mn_pending_prefetches();
     ptrdiff_t i = m0;
+#define NT_TILE(ti, tj) nt_tile((ti), (tj), c + i * ldc + j, ldc, a + i * lda, lda, \
+                                b + j * ldb, ldb, K, pf)
     for (; i + TI <= m1; i += TI) {
         ptrdiff_t j = 0;
-        for (; j + TJ <= N; j += TJ)
-            nt_tile(TI, TJ, c + i * N + j, a + i * K, b + j * K, K, N, pf);
-        for (; j < N; j++) nt_tile(TI, 1, c + i * N + j, a + i * K, b + j * K, K, N, pf);
+        for (; j + TJ <= N; j += TJ) NT_TILE(TI, TJ);
+        for (; j < N; j++) NT_TILE(TI, 1);
     }
     for (; i < m1; i++) {
         ptrdiff_t j = 0;
-        for (; j + TJ <= N; j += TJ)
-            nt_tile(1, TJ, c + i * N + j, a + i * K, b + j * K, K, N, pf);
-        for (; j < N; j++) nt_tile(1, 1, c + i * N + j, a + i * K, b + j * K, K, N, pf);
+        for (; j + TJ <= N; j += TJ) NT_TILE(1, TJ);
+        for (; j < N; j++) NT_TILE(1, 1);
     }
+#undef NT_TILE
 }
 
 /* ---- params -= lr * grads, keeping any element whose new value is not finite ------------ */

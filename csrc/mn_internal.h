@@ -36,8 +36,8 @@
 typedef struct {
     const char *base;
     const long long *rows;
-    ptrdiff_t n_rows, row_bytes;
-    ptrdiff_t row, offset; /* the next line: byte `offset` of row rows[row] */
+    ptrdiff_t n_rows, stride, span; /* row r starts at base + r * stride; fetch span bytes */
+    ptrdiff_t row, offset;          /* the next line: byte `offset` of row rows[row] */
 } mn_prefetch_queue;
 
 /* This thread's queue, or NULL if it is empty. */
@@ -46,9 +46,9 @@ mn_prefetch_queue *mn_pending_prefetches(void);
 static inline void mn_prefetch_next_line(mn_prefetch_queue *q)
 {
     if (q->row >= q->n_rows) return;
-    MN_PREFETCH_L2(q->base + q->rows[q->row] * q->row_bytes + q->offset);
+    MN_PREFETCH_L2(q->base + q->rows[q->row] * q->stride + q->offset);
     q->offset += 64;
-    if (q->offset >= q->row_bytes) {
+    if (q->offset >= q->span) {
         q->offset = 0;
         q->row++;
     }
@@ -73,9 +73,10 @@ typedef struct {
                        const float *b, ptrdiff_t ldb, const float *bias, ptrdiff_t m0,
                        ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t K,
                        mn_sgd_epilogue *sgd);
-    /* c[i, j] = dot(a[i, :], b[j, :]) for i in [m0, m1).  c (M, N), a (M, K), b (N, K) */
-    void (*gemm_nt_rows)(float *c, const float *a, const float *b,
-                         ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t K, ptrdiff_t N);
+    /* c[i * ldc + j] = dot(a[i * lda: +K], b[j * ldb: +K]) for i in [m0, m1), j < N */
+    void (*gemm_nt_rows)(float *c, ptrdiff_t ldc, const float *a, ptrdiff_t lda,
+                         const float *b, ptrdiff_t ldb, ptrdiff_t m0, ptrdiff_t m1,
+                         ptrdiff_t K, ptrdiff_t N);
     /* params[i] -= lr * grads[i] for i < n, except where the result is NaN or Inf: those
      * keep their value. Returns 0 if there was any such element, else 1. */
     int (*sgd_update)(float *params, const float *grads, float lr, ptrdiff_t n);

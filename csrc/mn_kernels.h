@@ -62,6 +62,9 @@ void mn_prefetch_rows(const float *x, const long long *rows, ptrdiff_t n, ptrdif
  * whatever is left. rows must stay valid until then. */
 void mn_prefetch_rows_later(const float *x, const long long *rows, ptrdiff_t n,
                             ptrdiff_t width);
+/* mn_prefetch_rows_later for columns c0..c1 only of rows of x with row stride ld. */
+void mn_prefetch_columns_later(const float *x, ptrdiff_t ld, const long long *rows,
+                               ptrdiff_t n, ptrdiff_t c0, ptrdiff_t c1);
 void mn_prefetch_flush(void);
 
 /* ---- general matrix products (row-major, no transposed storage) -------------------------- */
@@ -72,6 +75,10 @@ void mn_sgemm_nn(float *c, const float *a, const float *b, const float *bias,
 void mn_sgemm_tn(float *c, const float *a, const float *b, ptrdiff_t M, ptrdiff_t K, ptrdiff_t N);
 /* c = a @ b^T                                      c (M, N), a (M, K), b (N, K)           */
 void mn_sgemm_nt(float *c, const float *a, const float *b, ptrdiff_t M, ptrdiff_t K, ptrdiff_t N);
+/* c = a @ b^T on the calling thread only, with row strides: c (M, N) ldc, a (M, K) lda,
+ * b (N, K) ldb. Each element gets the same bits as from mn_sgemm_nt with the same K. */
+void mn_sgemm_nt_strided(float *c, ptrdiff_t ldc, const float *a, ptrdiff_t lda,
+                         const float *b, ptrdiff_t ldb, ptrdiff_t M, ptrdiff_t K, ptrdiff_t N);
 /* c = A @ b (+ bias) on the calling thread only, for callers that split work across their own
  * threads: c (M, N) with row stride ldc, A(i, k) = a[i * a_rs + k * a_cs] (a row-major (M, K)
  * has (a_rs, a_cs) = (K, 1); one stored transposed as (K, M) has (1, M)), b (K, N) with row

@@ -25,6 +25,9 @@ cdef extern from "mn_kernels.h" nogil:
     int mn_sgd_update(float *params, const float *grads, float learning_rate, Py_ssize_t n)
     void mn_sgemm_nt(float *c, const float *a, const float *b, Py_ssize_t M, Py_ssize_t K,
                      Py_ssize_t N)
+    void mn_sgemm_nt_strided(float *c, Py_ssize_t ldc, const float *a, Py_ssize_t lda,
+                             const float *b, Py_ssize_t ldb, Py_ssize_t M, Py_ssize_t K,
+                             Py_ssize_t N)
     void mn_sgemm_strided(float *c, Py_ssize_t ldc, const float *a, Py_ssize_t a_rs,
                           Py_ssize_t a_cs, const float *b, Py_ssize_t ldb, const float *bias,
                           Py_ssize_t M, Py_ssize_t K, Py_ssize_t N)
@@ -41,6 +44,8 @@ cdef extern from "mn_kernels.h" nogil:
                           Py_ssize_t width)
     void mn_prefetch_rows_later(const float *x, const long long *rows, Py_ssize_t n,
                                 Py_ssize_t width)
+    void mn_prefetch_columns_later(const float *x, Py_ssize_t ld, const long long *rows,
+                                   Py_ssize_t n, Py_ssize_t c0, Py_ssize_t c1)
     void mn_prefetch_flush()
     const char *mn_simd_name()
     int mn_simd_select(const char *name)
@@ -285,7 +290,9 @@ cdef void forward_rows(const Net* net, Py_ssize_t first, const float* x, float* 
         o = out if l == L - 1 else net_acts(net, l + 1) + r0 * net.sizes[l + 1]
         w = net.params + param_offset(net, l)
         if l == 0 and net.w0t != NULL:
-            transposed_first_layer_forward(net, o, inp, n)
+            # The first layer's delta region is free until the backward pass.
+            transposed_first_layer_forward(net, o, grad_region(net, 0) + r0 * net.sizes[1],
+                                           inp, n)
         else:
             dense_forward(o, inp, w, w + <Py_ssize_t>net.sizes[l] * net.sizes[l + 1],
                           n, net.sizes[l], net.sizes[l + 1])
@@ -293,15 +300,31 @@ cdef void forward_rows(const Net* net, Py_ssize_t first, const float* x, float* 
         inp = o
 
 
-cdef void transposed_first_layer_forward(const Net* net, float* out, const float* inp,
-                                         Py_ssize_t n) noexcept nogil:
-    # out = inp @ w0t^T + bias: dot products along the inputs (see trains_transposed).
-    cdef Py_ssize_t r, j, C = net.sizes[0], H = net.sizes[1]
-    cdef const float* bias = net.params + C * H
-    mn_sgemm_nt(out, inp, net.w0t, n, C, H)
+cdef void transposed_first_layer_forward(const Net* net, float* out, float* scratch,
+                                         const float* inp, Py_ssize_t n) noexcept nogil:
+    """out = inp @ w0t^T + bias for the n rows inp: dot products along the inputs (see
+    trains_transposed), over the two pieces of them (narrow_split) apart, then added. Two
+    threads can then each take a piece (inputs_team_member) and get the same bits.
+    scratch: room for n rows of the output."""
+    cdef Py_ssize_t C = net.sizes[0], H = net.sizes[1], k = narrow_split(net)
+    mn_sgemm_nt_strided(out, H, inp, C, net.w0t, C, n, k, H)
+    mn_sgemm_nt_strided(scratch, H, inp + k, C, net.w0t + k, C, n, C - k, H)
+    add_pieces(out, out, scratch, net.params + C * H, n, H)
+
+
+cdef inline Py_ssize_t narrow_split(const Net* net) noexcept nogil:
+    # Where the first piece of a narrow first layer's inputs ends: at a whole vector.
+    cdef Py_ssize_t j0, j1
+    column_block(net.sizes[0], 0, 2, &j0, &j1)
+    return j1
+
+
+cdef inline void add_pieces(float* out, const float* first, const float* second,
+                            const float* bias, Py_ssize_t n, Py_ssize_t H) noexcept nogil:
+    cdef Py_ssize_t r, j
     for r in range(n):
         for j in range(H):
-            out[r * H + j] += bias[j]
+            out[r * H + j] = (first[r * H + j] + second[r * H + j]) + bias[j]
 
 
 cdef inline double loss_forward(int loss, const float* pred, const float* target,
@@ -329,11 +352,7 @@ cdef void deltas_rows(const Net* net, const float* target, Py_ssize_t r0, Py_ssi
     cdef const float* t = target + r0 * OC
     cdef float* dz = grad_region(net, L - 1) + r0 * OC
     cdef float* dinp
-    if net.loss == LOSS_CE and net.acts[L - 1] == ACT_SOFTMAX:
-        scaled_difference(dz, probs, t, nr * OC, 1.0 / <float>n)  # fused softmax + CE
-    else:
-        scaled_difference(dz, probs, t, nr * OC, 2.0 / <float>(n * OC))  # MSE
-        activation_backward(net.acts[L - 1], dz, probs, nr, OC)
+    output_deltas(net, dz, probs, t, nr, n)
     # The input gradient of the first layer is never used: stop at layer 1.
     for l in range(L - 1, 0, -1):
         dz = grad_region(net, l) + r0 * net.sizes[l + 1]
@@ -342,6 +361,17 @@ cdef void deltas_rows(const Net* net, const float* target, Py_ssize_t r0, Py_ssi
                     net.sizes[l])
         activation_backward(net.acts[l - 1], dinp, net_acts(net, l) + r0 * net.sizes[l],
                             nr, net.sizes[l])
+
+
+cdef inline void output_deltas(const Net* net, float* dz, const float* probs,
+                               const float* target, Py_ssize_t nr, Py_ssize_t n) noexcept nogil:
+    # d(loss)/d(the last layer's pre-activation) for nr rows of a batch of n.
+    cdef Py_ssize_t L = net.n_layers, OC = net.sizes[L]
+    if net.loss == LOSS_CE and net.acts[L - 1] == ACT_SOFTMAX:
+        scaled_difference(dz, probs, target, nr * OC, 1.0 / <float>n)  # fused softmax + CE
+    else:
+        scaled_difference(dz, probs, target, nr * OC, 2.0 / <float>(n * OC))  # MSE
+        activation_backward(net.acts[L - 1], dz, probs, nr, OC)
 
 
 cdef void weight_grads_rows(const Net* net, Py_ssize_t l, Py_ssize_t c0, Py_ssize_t c1,
@@ -814,6 +844,100 @@ cdef void columns_team_member(const Net* net, const float* x, const float* y,
     mn_set_thread_cap(0)
 
 
+cdef inline bint splits_inputs(const Net* net, int threads) noexcept nogil:
+    # A one-layer net that trains transposed, with inputs wide enough for two pieces and a
+    # workspace with room for the second thread's area (inputs_team_member's layout).
+    cdef Py_ssize_t C0 = net.sizes[0], OC = net.sizes[1], rows = net.rows
+    return (threads >= 2 and net.team_threads >= 2 and net.n_layers == 1
+            and net.w0t != NULL and C0 >= 4 * COLUMN_ALIGN
+            and rows * (C0 - narrow_split(net) + 5 * OC) + 2 * OC
+                <= rows * C0 + 2 * net_n_params(net))
+
+
+cdef void gather_columns(float* dst, const float* x, const long long* rows, Py_ssize_t n,
+                         Py_ssize_t width, Py_ssize_t k0, Py_ssize_t k1) noexcept nogil:
+    # Columns k0..k1 of rows of x (row width `width`), packed: dst (n, k1 - k0).
+    cdef Py_ssize_t r
+    for r in range(n):
+        memcpy(dst + r * (k1 - k0), x + rows[r] * width + k0, (k1 - k0) * sizeof(float))
+
+
+cdef void inputs_team_member(const Net* net, const float* x, const float* y,
+                             const long long* perm, Py_ssize_t start, Py_ssize_t end,
+                             Py_ssize_t N, Py_ssize_t batch_size, float learning_rate,
+                             TeamBoard* board, EpochResult* res, double* last_check,
+                             Py_ssize_t* next_start) noexcept nogil:
+    """One of the two threads of a team running the batches starting at rows start.. < end
+    of a one-layer net that trains transposed (splits_inputs), each thread with one piece of
+    the inputs (narrow_split), the perceptron's case.
+
+    Each thread gathers only its piece of the batch's input rows (so every input byte crosses
+    from memory to one core only), computes its piece's dot products, and after a barrier
+    adds both pieces (as transposed_first_layer_forward does), then computes the loss and the
+    deltas of the whole batch itself (a few hundred floats), and the gradient and update of
+    its own columns of w0t from its own rows. The bias is updated by both, thread 0 in
+    params, thread 1 in a copy. Only the pieces' sums cross between cores. Two barriers a
+    step; the same bits as one thread."""
+    cdef int rank = mn_team_rank()
+    cdef Py_ssize_t C0 = net.sizes[0], OC = net.sizes[1], rows = net.rows
+    cdef Py_ssize_t split = narrow_split(net), n, correct = 0
+    cdef Py_ssize_t k0 = 0 if rank == 0 else split, k1 = split if rank == 0 else C0
+    cdef Py_ssize_t width = k1 - k0
+    # Thread 1's area: its inputs piece, both threads' piece sums, then its own targets,
+    # outputs, deltas, bias and bias gradient.
+    cdef float* area = thread_area(net, 1)
+    cdef float* sums0 = area + rows * (C0 - split)
+    cdef float* sums1 = sums0 + rows * OC
+    cdef float* inp = net.a if rank == 0 else area
+    cdef float* targets = net_acts(net, 2) if rank == 0 else sums1 + rows * OC
+    cdef float* out = net_acts(net, 1) if rank == 0 else targets + rows * OC
+    cdef float* dz = grad_region(net, 0) if rank == 0 else out + rows * OC
+    cdef float* bias = net.params + C0 * OC if rank == 0 else dz + rows * OC
+    cdef float* dbias = net.grads + C0 * OC if rank == 0 else bias + OC
+    cdef float* my_sums = sums0 if rank == 0 else sums1
+    cdef double total
+    if mn_team_size() < 2:  # OpenMP gave one thread: the same steps, serially
+        next_start[0] = serial_stretch(net, x, y, perm, start, end, N, batch_size,
+                                       learning_rate, res, last_check)
+        return
+    if rank == 1:
+        memcpy(bias, net.params + C0 * OC, OC * sizeof(float))
+    mn_set_thread_cap(1)
+    while start < end:
+        n = batch_size if N - start > batch_size else N - start
+        gather_columns(inp, x, perm + start, n, C0, k0, k1)
+        gather_rows(targets, y, perm + start, n, OC)
+        if start + n < N:
+            mn_prefetch_columns_later(x, C0, perm + start + n, min(batch_size, N - start - n),
+                                      k0, k1)
+        mn_sgemm_nt_strided(my_sums, OC, inp, width, net.w0t + k0, C0, n, width, OC)
+        mn_team_barrier()  # both pieces' sums are there
+        add_pieces(out, sums0, sums1, bias, n, OC)
+        activation_forward(net.acts[0], out, n, OC)
+        total = loss_forward(net.loss, out, targets, n, OC) * n
+        if loss_stops_team(board, res, rank, total):
+            break
+        if rank == 0:
+            correct = count_correct(out, targets, n, OC)
+        output_deltas(net, dz, out, targets, n, n)
+        mn_column_sums(dbias, dz, n, OC)
+        board.finite[rank] = (
+            mn_sgemm_sgd(net.g0t + k0, C0, dz, 1, OC, inp, width, net.w0t + k0, C0,
+                         learning_rate, OC, n, width)
+            & sgd_update(bias, dbias, learning_rate, OC))
+        mn_prefetch_flush()
+        mn_team_barrier()  # updates done; nobody reads this step's sums any more
+        if update_stops_team(board, res, rank, 2):
+            break
+        start += n
+        if rank == 0:
+            after_step(board, res, total, correct, n, last_check)
+    if rank == 0:
+        finish_team(board, res, start, next_start)
+    mn_prefetch_flush()  # nothing left queued for later kernels on this thread
+    mn_set_thread_cap(0)
+
+
 cdef void gather_batch(const Net* net, float* inp, const float* x,
                        const float* y, const long long* perm, Py_ssize_t start, Py_ssize_t N,
                        Py_ssize_t batch_size, int rank, int size) noexcept nogil:
@@ -872,7 +996,11 @@ cdef Py_ssize_t team_stretch(const Net* net, const float* x, const float* y,
     cdef Py_ssize_t next_start = start
     board.stop = -1
     threads = min(threads, MAX_TEAM)
-    if splits_first_layer(net, threads):
+    if splits_inputs(net, threads):
+        with parallel(num_threads=2):
+            inputs_team_member(net, x, y, perm, start, end, N, batch_size, learning_rate,
+                               &board, res, last_check, &next_start)
+    elif splits_first_layer(net, threads):
         with parallel(num_threads=threads):
             # OpenMP may give fewer threads than asked for; never more.
             columns_team_member(net, x, y, perm, start, end, N, batch_size, learning_rate,

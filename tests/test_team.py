@@ -34,7 +34,11 @@ ARCHITECTURES = {
     "perceptron": ([(10, "sigmoid")], "mse"),
     "linear": ([(10, "linear")], "mse"),
     "softmax-first": ([(64, "softmax"), (10, "softmax")], CE),
+    # one narrow layer: with WIDE inputs, two threads take a piece of the inputs each
+    "softmax": ([(10, "softmax")], CE),
 }
+ONE_NARROW_LAYER = ["perceptron", "linear", "softmax"]
+WIDE = 100  # inputs: two pieces of at least two vectors each
 
 
 @pytest.fixture
@@ -61,10 +65,10 @@ def _model(arch: str, lr: float = 0.05, features: int = FEATURES) -> mn.Model:
                     input_dim=features, loss=loss, optimizer=mn.SGD(lr), seed=0)
 
 
-def _fit(arch, schedule, name, threads, batch_size, lr=0.05, epochs=2):
+def _fit(arch, schedule, name, threads, batch_size, lr=0.05, epochs=2, features=FEATURES):
     schedule(name, threads)
-    x, y = _data()
-    model = _model(arch, lr)
+    x, y = _data(features=features)
+    model = _model(arch, lr, features)
     with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
         warnings.simplefilter("always")
         history = model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0)
@@ -85,13 +89,28 @@ def test_team_gives_the_weights_of_one_thread(arch, batch_size, threads, schedul
                                serial_history.history["accuracy"], rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("arch", ["relu128-linear", "linear"])
+@pytest.mark.parametrize("arch", ONE_NARROW_LAYER)
+@pytest.mark.parametrize("batch_size", [2, 7, 32, 33, ROWS + 5])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_inputs_team_gives_the_weights_of_one_thread(arch, batch_size, threads, schedule):
+    serial, serial_history, _ = _fit(arch, schedule, "serial", 1, batch_size, features=WIDE)
+    team, team_history, _ = _fit(arch, schedule, "team", threads, batch_size, features=WIDE)
+    assert np.array_equal(team.params, serial.params)
+    np.testing.assert_allclose(team_history.history["loss"], serial_history.history["loss"],
+                               rtol=1e-5)
+    np.testing.assert_allclose(team_history.history["accuracy"],
+                               serial_history.history["accuracy"], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("arch", "features"), [("relu128-linear", FEATURES),
+                                                ("linear", FEATURES), ("linear", WIDE)])
 @pytest.mark.parametrize("lr", [100.0, 3e38])
-def test_team_stops_where_one_thread_stops(arch, lr, schedule):
+def test_team_stops_where_one_thread_stops(arch, features, lr, schedule):
     """A diverging loss (lr=100) or an update that overflows the weights (3e38) stops the
     team at the same batch as one thread, with the same finite weights."""
-    serial, serial_history, serial_warnings = _fit(arch, schedule, "serial", 1, 16, lr, 4)
-    team, team_history, team_warnings = _fit(arch, schedule, "team", 2, 16, lr, 4)
+    serial, serial_history, serial_warnings = _fit(arch, schedule, "serial", 1, 16, lr, 4,
+                                                   features)
+    team, team_history, team_warnings = _fit(arch, schedule, "team", 2, 16, lr, 4, features)
     stops = [m for m in serial_warnings if "loss became" in m]
     assert len(stops) == 1, serial_warnings
     assert [m for m in team_warnings if "loss became" in m] == stops
