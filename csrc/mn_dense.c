@@ -181,6 +181,11 @@ int mn_all_finite(const float *x, ptrdiff_t n)
     return finite;
 }
 
+int mn_copy_finite(float *dst, const float *src, ptrdiff_t n)
+{
+    return mn_active_gemm()->copy_finite(dst, src, n);
+}
+
 void mn_prefetch_rows(const float *x, const long long *rows, ptrdiff_t n, ptrdiff_t width)
 {
     mn_prefetch_rows_later(x, rows, n, width);

@@ -86,6 +86,8 @@ typedef struct {
     void (*sigmoid_forward)(float *out, const float *inp, ptrdiff_t n);
     /* Row-wise softmax, max-shifted, summed in double (out may be inp).  out, inp (B, C) */
     void (*softmax_forward)(float *out, const float *inp, ptrdiff_t B, ptrdiff_t C);
+    /* dst = src (n floats, not overlapping); 1 if none of them is NaN or Inf, else 0. */
+    int (*copy_finite)(float *dst, const float *src, ptrdiff_t n);
 } mn_gemm_table;
 
 extern const mn_gemm_table mn_gemm_scalar;

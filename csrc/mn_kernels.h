@@ -55,6 +55,9 @@ void mn_softmax_forward(float *out, const float *inp, ptrdiff_t B, ptrdiff_t C);
 int mn_sgd_update(float *params, const float *grads, float learning_rate, ptrdiff_t n);
 /* 1 if none of x[0..n) is NaN or Inf, else 0 (split across threads for large n). */
 int mn_all_finite(const float *x, ptrdiff_t n);
+/* dst = src (n floats, not overlapping); returns 1 if none is NaN or Inf, else 0. The
+ * training epoch gathers its input rows through it, so it checks them on the way. */
+int mn_copy_finite(float *dst, const float *src, ptrdiff_t n);
 /* Hint the cache to fetch rows[0..n) of x (row width `width` floats): the next batch. */
 void mn_prefetch_rows(const float *x, const long long *rows, ptrdiff_t n, ptrdiff_t width);
 /* The same, but spread out: the GEMMs this thread runs next issue the prefetches a few at a

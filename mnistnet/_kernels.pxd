@@ -80,6 +80,7 @@ cdef enum:
     EPOCH_DONE = 0
     EPOCH_NONFINITE_LOSS = 1     # a batch's loss was NaN/Inf; its update was not applied
     EPOCH_INTERRUPTED = 2        # a signal handler raised (Ctrl-C); the exception is set
+    EPOCH_NONFINITE_INPUT = 3    # a batch's input rows held NaN/Inf; nothing of it was applied
 
 cdef struct Net:
     Py_ssize_t n_layers

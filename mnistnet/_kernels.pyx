@@ -38,6 +38,7 @@ cdef extern from "mn_kernels.h" nogil:
     void mn_column_sums_block(float *sums, const float *x, Py_ssize_t c0, Py_ssize_t c1,
                               Py_ssize_t B, Py_ssize_t C)
     int mn_all_finite(const float *x, Py_ssize_t n)
+    int mn_copy_finite(float *dst, const float *src, Py_ssize_t n)
     void mn_sigmoid_forward(float *out, const float *inp, Py_ssize_t n)
     void mn_softmax_forward(float *out, const float *inp, Py_ssize_t B, Py_ssize_t C)
     void mn_prefetch_rows(const float *x, const long long *rows, Py_ssize_t n,
@@ -499,6 +500,16 @@ cdef inline void gather_rows(float* dst, const float* src, const long long* rows
         memcpy(dst + r * width, src + rows[r] * width, width * sizeof(float))
 
 
+cdef inline bint gather_inputs(float* dst, const float* x, const long long* rows,
+                               Py_ssize_t n, Py_ssize_t width) noexcept nogil:
+    # gather_rows, returning whether every value gathered is finite (the epoch's input check).
+    cdef Py_ssize_t r
+    cdef bint finite = True
+    for r in range(n):
+        finite &= mn_copy_finite(dst + r * width, x + rows[r] * width, width)
+    return finite
+
+
 cdef inline void block_of(Py_ssize_t n, int rank, int size, Py_ssize_t* r0,
                           Py_ssize_t* r1) noexcept nogil:
     # Contiguous blocks whose sizes differ by at most one.
@@ -534,7 +545,9 @@ cdef Py_ssize_t serial_stretch(const Net* net, const float* x, const float* y,
     mn_set_thread_cap(1)
     while start < end and res.status == EPOCH_DONE:
         n = batch_size if N - start > batch_size else N - start
-        gather_rows(net.a, x, perm + start, n, C0)
+        if not gather_inputs(net.a, x, perm + start, n, C0):
+            res.status = EPOCH_NONFINITE_INPUT  # before this batch's step
+            break
         gather_rows(targets, y, perm + start, n, OC)
         # The next batch's rows are scattered over the dataset: fetch them during this step.
         if start + n < N:
@@ -565,6 +578,7 @@ cdef struct TeamBoard:
     double loss[MAX_TEAM]          # each thread's sum of row losses
     Py_ssize_t correct[MAX_TEAM]   # each thread's rows predicted right
     int finite[MAX_TEAM]           # whether each thread's weight updates stayed finite
+    int inputs_finite[MAX_TEAM]    # whether the input rows each thread gathered were finite
     int stop                       # set by thread 0: an EPOCH_* status to stop with, or -1
 
 
@@ -666,13 +680,18 @@ cdef inline bint board_all_finite(const TeamBoard* board, int size) noexcept nog
 
 
 cdef inline bint loss_stops_team(const TeamBoard* board, EpochResult* res, int rank,
-                                 double total) noexcept nogil:
-    # After the barrier that follows the forward pass: stop (before any update) on Ctrl-C or
-    # a non-finite loss. Every thread sees the same values, so all stop together.
-    if board.stop < 0 and isfinite(total):
+                                 int size, double total) noexcept nogil:
+    # After the barrier that follows the forward pass: stop (before any update) on Ctrl-C, a
+    # non-finite input or a non-finite loss. Every thread sees the same values, so all stop
+    # together.
+    cdef int i
+    cdef bint inputs_finite = True
+    for i in range(size):
+        inputs_finite &= board.inputs_finite[i]
+    if board.stop < 0 and inputs_finite and isfinite(total):
         return False
     if rank == 0 and board.stop < 0:
-        res.status = EPOCH_NONFINITE_LOSS
+        res.status = EPOCH_NONFINITE_LOSS if inputs_finite else EPOCH_NONFINITE_INPUT
     return True
 
 
@@ -730,8 +749,10 @@ cdef void rows_team_member(const Net* net, const float* x, const float* y,
         nr = r1 - r0
         board.loss[rank] = 0
         board.correct[rank] = 0
+        board.inputs_finite[rank] = True
         if nr > 0:
-            gather_rows(net.a + r0 * C0, x, perm + start + r0, nr, C0)
+            board.inputs_finite[rank] = gather_inputs(net.a + r0 * C0, x, perm + start + r0, nr,
+                                                      C0)
             gather_rows(targets + r0 * OC, y, perm + start + r0, nr, OC)
             if start + n < N:
                 block_of(min(batch_size, N - start - n), rank, size, &c0, &c1)
@@ -744,7 +765,7 @@ cdef void rows_team_member(const Net* net, const float* x, const float* y,
             deltas_rows(net, targets, r0, r1, n)
         mn_team_barrier()
         board_totals(board, size, &total, &correct)
-        if loss_stops_team(board, res, rank, total):
+        if loss_stops_team(board, res, rank, size, total):
             break
         board.finite[rank] = row_blocks_update(net, 0, rank, size, n, learning_rate)
         mn_prefetch_flush()
@@ -800,8 +821,10 @@ cdef void columns_team_member(const Net* net, const float* x, const float* y,
         memcpy(mine.params + upper, net.params + upper,
                (net_n_params(net) - upper) * sizeof(float))
     mn_set_thread_cap(1)
+    board.inputs_finite[rank] = True
     if start < end:
-        gather_batch(net, inp, x, y, perm, start, N, batch_size, rank, size)
+        board.inputs_finite[rank] = gather_batch(net, inp, x, y, perm, start, N, batch_size,
+                                                 rank, size)
     mn_team_barrier()  # every copy is made before thread 0 updates net.params
     while start < end:
         n = batch_size if N - start > batch_size else N - start
@@ -821,14 +844,15 @@ cdef void columns_team_member(const Net* net, const float* x, const float* y,
             deltas_rows(&mine, targets, r0, r1, n)
         mn_team_barrier()  # every row's deltas are there
         board_totals(board, size, &total, &correct)
-        if loss_stops_team(board, res, rank, total):
+        if loss_stops_team(board, res, rank, size, total):
             break
         board.finite[rank] = (
             first_layer_columns_update(net, inp, w0, g0, n, j0, j1, learning_rate)
             & row_blocks_update(&mine, 1, 0, 1, n, learning_rate))
         mn_prefetch_flush()
         if start + n < end:
-            gather_batch(net, inp, x, y, perm, start + n, N, batch_size, rank, size)
+            board.inputs_finite[rank] = gather_batch(net, inp, x, y, perm, start + n, N,
+                                                     batch_size, rank, size)
         mn_team_barrier()  # updates done; nobody reads this step's buffers any more
         if update_stops_team(board, res, rank, size):
             break
@@ -854,12 +878,15 @@ cdef inline bint splits_inputs(const Net* net, int threads) noexcept nogil:
                 <= rows * C0 + 2 * net_n_params(net))
 
 
-cdef void gather_columns(float* dst, const float* x, const long long* rows, Py_ssize_t n,
+cdef bint gather_columns(float* dst, const float* x, const long long* rows, Py_ssize_t n,
                          Py_ssize_t width, Py_ssize_t k0, Py_ssize_t k1) noexcept nogil:
-    # Columns k0..k1 of rows of x (row width `width`), packed: dst (n, k1 - k0).
+    # Columns k0..k1 of rows of x (row width `width`), packed: dst (n, k1 - k0). Returns
+    # whether they are all finite.
     cdef Py_ssize_t r
+    cdef bint finite = True
     for r in range(n):
-        memcpy(dst + r * (k1 - k0), x + rows[r] * width + k0, (k1 - k0) * sizeof(float))
+        finite &= mn_copy_finite(dst + r * (k1 - k0), x + rows[r] * width + k0, k1 - k0)
+    return finite
 
 
 cdef void inputs_team_member(const Net* net, const float* x, const float* y,
@@ -905,7 +932,7 @@ cdef void inputs_team_member(const Net* net, const float* x, const float* y,
     mn_set_thread_cap(1)
     while start < end:
         n = batch_size if N - start > batch_size else N - start
-        gather_columns(inp, x, perm + start, n, C0, k0, k1)
+        board.inputs_finite[rank] = gather_columns(inp, x, perm + start, n, C0, k0, k1)
         gather_rows(targets, y, perm + start, n, OC)
         if start + n < N:
             mn_prefetch_columns_later(x, C0, perm + start + n, min(batch_size, N - start - n),
@@ -915,7 +942,7 @@ cdef void inputs_team_member(const Net* net, const float* x, const float* y,
         add_pieces(out, sums0, sums1, bias, n, OC)
         activation_forward(net.acts[0], out, n, OC)
         total = loss_forward(net.loss, out, targets, n, OC) * n
-        if loss_stops_team(board, res, rank, total):
+        if loss_stops_team(board, res, rank, 2, total):
             break
         if rank == 0:
             correct = count_correct(out, targets, n, OC)
@@ -938,19 +965,20 @@ cdef void inputs_team_member(const Net* net, const float* x, const float* y,
     mn_set_thread_cap(0)
 
 
-cdef void gather_batch(const Net* net, float* inp, const float* x,
+cdef bint gather_batch(const Net* net, float* inp, const float* x,
                        const float* y, const long long* perm, Py_ssize_t start, Py_ssize_t N,
                        Py_ssize_t batch_size, int rank, int size) noexcept nogil:
     """For the column team: all input rows of the batch starting at start into this
     thread's inp, its block of target rows into the shared targets, and a prefetch of the
-    next batch's input rows."""
+    next batch's input rows. Returns whether the input rows are all finite."""
     cdef Py_ssize_t L = net.n_layers, C0 = net.sizes[0], OC = net.sizes[L], r0, r1
     cdef Py_ssize_t n = batch_size if N - start > batch_size else N - start
     block_of(n, rank, size, &r0, &r1)
-    gather_rows(inp, x, perm + start, n, C0)
+    cdef bint finite = gather_inputs(inp, x, perm + start, n, C0)
     gather_rows(net_acts(net, L + 1) + r0 * OC, y, perm + start + r0, r1 - r0, OC)
     if start + n < N:
         mn_prefetch_rows_later(x, perm + start + n, min(batch_size, N - start - n), C0)
+    return finite
 
 
 cdef void net_predict(const Net* net, const float* x, float* out, Py_ssize_t N) noexcept nogil:

@@ -24,6 +24,7 @@ from mnistnet._kernels import (  # noqa: F401  (re-exported: runtime configurati
 EPOCH_DONE = k.EPOCH_DONE
 EPOCH_NONFINITE_LOSS = k.EPOCH_NONFINITE_LOSS
 EPOCH_INTERRUPTED = k.EPOCH_INTERRUPTED
+EPOCH_NONFINITE_INPUT = k.EPOCH_NONFINITE_INPUT
 
 # ---- argument checks -----------------------------------------------------------------------
 

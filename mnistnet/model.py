@@ -132,12 +132,14 @@ def glorot_uniform(rng: np.random.Generator, fan_in: int, fan_out: int) -> np.nd
 
 # ---- input checks ------------------------------------------------------------------------
 
-def as_features(x: Any, input_dim: int, name: str = "x") -> np.ndarray:
+def as_features(x: Any, input_dim: int, name: str = "x",
+                check_finite: bool = True) -> np.ndarray:
     """x as a C-contiguous float32 (n, input_dim) array the kernels may read.
 
     float32 is used as is when C-contiguous (else copied); other float dtypes are converted
     once. Integer images are refused rather than guessed at: scale them yourself, e.g.
-    `x.astype(np.float32) / 255`. NaN or Inf is an error."""
+    `x.astype(np.float32) / 255`. NaN or Inf is an error (unless check_finite is False: for
+    a caller whose kernels check the rows as they read them)."""
     if not isinstance(x, np.ndarray):
         if isinstance(x, (list, tuple)):
             try:
@@ -157,7 +159,7 @@ def as_features(x: Any, input_dim: int, name: str = "x") -> np.ndarray:
         raise ValueError(f"{name} has {x.shape[1]} columns but the model's input_dim is "
                          f"{input_dim}")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if not fast.all_finite(x):
+    if check_finite and not fast.all_finite(x):
         raise ValueError(f"{name} contains NaN or Inf")
     return x
 
@@ -381,13 +383,16 @@ class Model:
         number of epochs trained so far (shuffle_order), the same for both backends.
         The epoch runs in compiled code without the GIL (fast backend). Ctrl-C stops between
         two steps with KeyboardInterrupt; the model keeps the last completed step. A NaN/Inf
-        loss stops training with a RuntimeWarning, before that batch's update.
+        loss stops training with a RuntimeWarning, before that batch's update. NaN or Inf in x
+        is a ValueError, and the model is left as it was: the epoch checks each batch's rows
+        as it reads them (one pass over x fewer than a check up front).
         """
         epochs = _positive_int(epochs, "epochs", minimum=0)
         batch_size = _positive_int(batch_size, "batch_size")
         if verbose not in (0, 1, 2):
             raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
-        x = as_features(x, self.input_dim)
+        # Unless no epoch will read them, the epoch checks x's rows (see _fit).
+        x = as_features(x, self.input_dim, check_finite=epochs == 0)
         targets = as_targets(y, x.shape[0], self.n_outputs)
         if x.shape[0] == 0:
             raise ValueError("x has no rows")
@@ -420,6 +425,8 @@ class Model:
         return aligned_zeros(n_acts), aligned_zeros(n_dacts)
 
     def _fit(self, x, targets, epochs, batch_size, val, log, shuffle) -> History:
+        # What a ValueError for NaN/Inf in x puts back.
+        before = (self.params.copy(), self.grads.copy(), self.history, self._epochs_done)
         # Kept on the model as it grows, so after Ctrl-C `model.history` holds the
         # completed epochs (as in Keras).
         history = self.history = History()
@@ -448,6 +455,11 @@ class Model:
                     break
                 log.update(totals[3], steps, time.perf_counter() - start,
                            self._train_logs(totals))
+            if status == reference.EPOCH_NONFINITE_INPUT or (
+                    status == reference.EPOCH_NONFINITE_LOSS
+                    and not self._kernels.all_finite(x)):  # rows the epoch did not reach
+                self.params[:], self.grads[:], self.history, self._epochs_done = before
+                raise ValueError("x contains NaN or Inf")
             if status == reference.EPOCH_NONFINITE_LOSS:
                 warnings.warn(f"loss became NaN or Inf at epoch {epoch + 1}, batch "
                               f"{totals[3] + 1}; training stopped (the weights are finite: "

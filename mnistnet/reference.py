@@ -25,7 +25,7 @@ import numpy as np
 
 ACTIVATIONS = {"linear": 0, "sigmoid": 1, "relu": 2, "softmax": 3}
 LOSSES = {"mse": 0, "categorical_crossentropy": 1}
-EPOCH_DONE, EPOCH_NONFINITE_LOSS, EPOCH_INTERRUPTED = 0, 1, 2
+EPOCH_DONE, EPOCH_NONFINITE_LOSS, EPOCH_INTERRUPTED, EPOCH_NONFINITE_INPUT = 0, 1, 2, 3
 CE_EPSILON = np.float32(1e-7)
 
 
@@ -274,11 +274,14 @@ def train_epoch(params, grads, acts, dacts, sizes, act_codes, loss, x, y, perm,
     batches of batch-mean loss x rows (so loss_sum / seen is Keras' running average),
     correct counts rows whose pre-update prediction had the target's argmax, and status is
     EPOCH_DONE, or EPOCH_NONFINITE_LOSS when batch number `batches` had a NaN/Inf loss (its
-    update not applied)."""
+    update not applied), or EPOCH_NONFINITE_INPUT when that batch's rows of x held NaN/Inf
+    (checked as the batch is read, before anything is computed from it)."""
     loss_sum, correct, seen, batches = 0.0, 0, 0, 0
     for start in range(0, len(perm), batch_size):
         rows = perm[start: start + batch_size]
         xb, yb = x[rows], y[rows]
+        if not all_finite(xb):
+            return loss_sum, correct, seen, batches, EPOCH_NONFINITE_INPUT
         outs = _forward_all(params, sizes, act_codes, xb)
         value = _loss(loss, outs[-1], yb)
         if not np.isfinite(value):

@@ -332,6 +332,27 @@ def test_nonfinite_x_is_rejected(value, entry):
             ENTRY_POINTS[entry](x, Y)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("lr", [0.1, 1e30])
+def test_nonfinite_x_leaves_the_model_as_it_was(backend, lr):
+    """fit finds NaN/Inf in x as its epoch reads the rows: in the last row, so most of an
+    epoch has trained when it is found (lr 0.1), or not at all, the loss having diverged
+    first (lr 1e30). Either way a ValueError, and the model is as before the call."""
+    model, _ = fitted(backend, X, Y, epochs=1)
+    model.optimizer.learning_rate = lr
+    before = (model.params.copy(), model.history, model.epochs_trained)
+    x = X.copy()
+    x[-1, 3] = np.nan
+    with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match=r"^x contains NaN or Inf"):
+            model.fit(x, Y, epochs=3, batch_size=4, shuffle=False, verbose=0)
+    assert not [w for w in caught if "loss became" in str(w.message)]  # not reported twice
+    assert np.array_equal(model.params, before[0])
+    assert model.history is before[1]
+    assert model.epochs_trained == before[2]
+
+
 def test_float64_x_beyond_float32_range_is_rejected():
     x = X.astype(np.float64)
     x[3, 2] = 1e300

@@ -17,7 +17,7 @@ import pytest
 from interrupting import HAS_PTHREAD_KILL, sigint_lateness
 
 import mnistnet as mn
-from mnistnet import _kernels
+from mnistnet import _kernels, fast, reference
 from mnistnet.model import CACHE_LINE
 
 ROWS, FEATURES = 300, 40
@@ -117,6 +117,37 @@ def test_team_stops_where_one_thread_stops(arch, features, lr, schedule):
     assert np.isfinite(team.params).all()
     assert np.array_equal(team.params, serial.params)
     assert team_history.epoch == serial_history.epoch
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("name", ["serial", "team"])
+def test_the_epoch_stops_before_a_batch_holding_nan_input(arch, name, schedule):
+    """fast.train_epoch checks each batch's input rows as it gathers them: every schedule
+    stops before the batch holding the NaN, with one thread's weights of the batches before,
+    and the counts of the NumPy twin."""
+    features = WIDE if arch in ONE_NARROW_LAYER else FEATURES
+    x, y = _data(features=features)
+    x[170, features - 1] = np.nan  # batch 170 // 16 = 10 of the order below
+    targets = np.eye(10, dtype=np.float32)[y]
+    order = np.arange(ROWS)
+
+    def run(kernels):
+        model = _model(arch, features=features)
+        acts, dacts = model._training_buffers(16)
+        result = kernels.train_epoch(model.params, model.grads, acts, dacts, model.sizes,
+                                     model.act_codes, model._loss_code, x, targets, order, 16,
+                                     0.05)
+        return result, model.params
+
+    schedule("serial", 1)
+    serial, serial_params = run(fast)
+    schedule(name, 2)
+    result, params = run(fast)
+    twin, twin_params = run(reference)
+    assert result[4] == fast.EPOCH_NONFINITE_INPUT == reference.EPOCH_NONFINITE_INPUT
+    assert result[2:] == twin[2:] == serial[2:] == (160, 10, fast.EPOCH_NONFINITE_INPUT)
+    assert np.array_equal(params, serial_params)
+    np.testing.assert_allclose(params, twin_params, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.skipif(not HAS_PTHREAD_KILL, reason="POSIX signals")
