@@ -251,7 +251,7 @@ MN_ALWAYS_INLINE void nt_tile(const int ti, const int tj, float *c, ptrdiff_t ld
 
     ptrdiff_t k = 0;
     for (; k + VW <= K; k += VW) {
-        if (pf && ((k / VW) & 3) == 0) mn_prefetch_next_line(pf); /* a queued line per step of k */
+        if (pf && ((k / VW) & 3) == 0) mn_prefetch_next_line(pf); /* a queued line every 4 */
         VF av[TI], bv[TJ];
         MN_UNROLL for (int r = 0; r < ti; r++) av[r] = V_LOAD(a + r * lda + k);
         MN_UNROLL for (int s = 0; s < tj; s++) bv[s] = V_LOAD(b + s * ldb + k);

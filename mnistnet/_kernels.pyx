@@ -1065,17 +1065,24 @@ cdef Py_ssize_t probed_stretch(const Net* net, const float* x, const float* y,
     cdef Py_ssize_t probe = PROBE_BATCHES * batch_size
     cdef Py_ssize_t end = min(N, start + 2 * probe + RUN_BATCHES * batch_size)
     cdef double t0 = mn_seconds(), serial_time, team_time
+    cdef int attempt
     start = serial_stretch(net, x, y, perm, start, min(N, start + probe), N, batch_size,
                            learning_rate, res, last_check)
     serial_time = mn_seconds() - t0
     if res.status != EPOCH_DONE or start >= N:
         return start
-    t0 = mn_seconds()
-    start = team_stretch(net, x, y, perm, start, min(N, start + probe), N, batch_size,
-                         learning_rate, threads, res, last_check)
-    team_time = mn_seconds() - t0
-    if res.status != EPOCH_DONE or start >= N:
-        return start
+    # A second team probe when the first loses: one hiccup (an interrupt, the other core
+    # busy for a moment) can lose a probe of a few ms, and then a thousand batches ran on one
+    # thread at half speed. On a machine that is really busy, it loses twice.
+    for attempt in range(2):
+        t0 = mn_seconds()
+        start = team_stretch(net, x, y, perm, start, min(N, start + probe), N, batch_size,
+                             learning_rate, threads, res, last_check)
+        team_time = mn_seconds() - t0
+        if res.status != EPOCH_DONE or start >= N:
+            return start
+        if team_time < serial_time:
+            break
     if team_time < serial_time:
         return team_stretch(net, x, y, perm, start, end, N, batch_size, learning_rate, threads,
                             res, last_check)
