@@ -579,6 +579,7 @@ cdef struct TeamBoard:
     Py_ssize_t correct[MAX_TEAM]   # each thread's rows predicted right
     int finite[MAX_TEAM]           # whether each thread's weight updates stayed finite
     int inputs_finite[MAX_TEAM]    # whether the input rows each thread gathered were finite
+                                   # (rows and inputs teams)
     int stop                       # set by thread 0: an EPOCH_* status to stop with, or -1
 
 
@@ -679,15 +680,21 @@ cdef inline bint board_all_finite(const TeamBoard* board, int size) noexcept nog
     return True
 
 
+cdef inline bint board_inputs_finite(const TeamBoard* board, int size) noexcept nogil:
+    # Whether every thread's gathered input rows were finite (read after the barrier that
+    # follows the gathers, and before the next gathers).
+    cdef int i
+    for i in range(size):
+        if not board.inputs_finite[i]:
+            return False
+    return True
+
+
 cdef inline bint loss_stops_team(const TeamBoard* board, EpochResult* res, int rank,
-                                 int size, double total) noexcept nogil:
+                                 bint inputs_finite, double total) noexcept nogil:
     # After the barrier that follows the forward pass: stop (before any update) on Ctrl-C, a
     # non-finite input or a non-finite loss. Every thread sees the same values, so all stop
     # together.
-    cdef int i
-    cdef bint inputs_finite = True
-    for i in range(size):
-        inputs_finite &= board.inputs_finite[i]
     if board.stop < 0 and inputs_finite and isfinite(total):
         return False
     if rank == 0 and board.stop < 0:
@@ -765,7 +772,7 @@ cdef void rows_team_member(const Net* net, const float* x, const float* y,
             deltas_rows(net, targets, r0, r1, n)
         mn_team_barrier()
         board_totals(board, size, &total, &correct)
-        if loss_stops_team(board, res, rank, size, total):
+        if loss_stops_team(board, res, rank, board_inputs_finite(board, size), total):
             break
         board.finite[rank] = row_blocks_update(net, 0, rank, size, n, learning_rate)
         mn_prefetch_flush()
@@ -821,10 +828,11 @@ cdef void columns_team_member(const Net* net, const float* x, const float* y,
         memcpy(mine.params + upper, net.params + upper,
                (net_n_params(net) - upper) * sizeof(float))
     mn_set_thread_cap(1)
-    board.inputs_finite[rank] = True
+    # Every thread gathers every input row, so each knows itself whether they are finite
+    # (a flag on the board could already hold the next batch's when another thread reads it).
+    cdef bint inputs_finite = True
     if start < end:
-        board.inputs_finite[rank] = gather_batch(net, inp, x, y, perm, start, N, batch_size,
-                                                 rank, size)
+        inputs_finite = gather_batch(net, inp, x, y, perm, start, N, batch_size, rank, size)
     mn_team_barrier()  # every copy is made before thread 0 updates net.params
     while start < end:
         n = batch_size if N - start > batch_size else N - start
@@ -844,15 +852,15 @@ cdef void columns_team_member(const Net* net, const float* x, const float* y,
             deltas_rows(&mine, targets, r0, r1, n)
         mn_team_barrier()  # every row's deltas are there
         board_totals(board, size, &total, &correct)
-        if loss_stops_team(board, res, rank, size, total):
+        if loss_stops_team(board, res, rank, inputs_finite, total):
             break
         board.finite[rank] = (
             first_layer_columns_update(net, inp, w0, g0, n, j0, j1, learning_rate)
             & row_blocks_update(&mine, 1, 0, 1, n, learning_rate))
         mn_prefetch_flush()
         if start + n < end:
-            board.inputs_finite[rank] = gather_batch(net, inp, x, y, perm, start + n, N,
-                                                     batch_size, rank, size)
+            inputs_finite = gather_batch(net, inp, x, y, perm, start + n, N, batch_size,
+                                         rank, size)
         mn_team_barrier()  # updates done; nobody reads this step's buffers any more
         if update_stops_team(board, res, rank, size):
             break
@@ -942,7 +950,7 @@ cdef void inputs_team_member(const Net* net, const float* x, const float* y,
         add_pieces(out, sums0, sums1, bias, n, OC)
         activation_forward(net.acts[0], out, n, OC)
         total = loss_forward(net.loss, out, targets, n, OC) * n
-        if loss_stops_team(board, res, rank, 2, total):
+        if loss_stops_team(board, res, rank, board_inputs_finite(board, 2), total):
             break
         if rank == 0:
             correct = count_correct(out, targets, n, OC)
