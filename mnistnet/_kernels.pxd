@@ -90,11 +90,13 @@ cdef struct Net:
     float* params           # W (in, out) then b (out,) of each layer, in order
     float* grads            # same layout as params
     float* a                # regions of (rows, sizes[l]) for l = 0..n_layers, then targets
-    float* d                # regions of (rows, sizes[l + 1]): d(loss)/d(layer l's output)
+    float* d                # regions of (rows, sizes[l + 1]): d(loss)/d(layer l's output),
+                            # then the workspace: n_dacts floats of buffer_sizes in all
     Py_ssize_t rows         # rows each region holds (the batch size)
     int team_threads        # threads the workspace after d has room for (see buffer_sizes)
-    # NULL except inside train_step/train_epoch when the first layer is narrow: its weights
-    # and gradient transposed, (sizes[1], sizes[0]), used in place of params' and grads'.
+    # Set by train_step/train_epoch themselves (a caller's values are ignored): NULL, or for
+    # a narrow first layer its weights and gradient transposed, (sizes[1], sizes[0]), in the
+    # workspace, used in place of params' and grads' during the call.
     float* w0t
     float* g0t
 

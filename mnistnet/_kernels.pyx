@@ -390,7 +390,8 @@ cdef void weight_grads_rows(const Net* net, Py_ssize_t l, Py_ssize_t c0, Py_ssiz
 
 # Narrower rows than this are mostly masked vector tails, which an update fused into the
 # GEMM's tiles pays for at every row: a separate pass over the contiguous block is faster
-# (the perceptron's 784x10 layer: 61 ms an epoch fused, 51 ms apart).
+# (measured on the perceptron's 784x10 layer before it trained transposed: 61 ms an epoch
+# fused, 51 ms apart). Narrow layers after the first still take that path.
 cdef Py_ssize_t FUSED_SGD_MIN_WIDTH = 32
 
 
@@ -445,10 +446,13 @@ cdef void transpose(float* dst, const float* src, Py_ssize_t rows,
 
 cdef Net for_training(const Net* net) noexcept nogil:
     """net, with its first layer's weights and gradient copied transposed into the workspace
-    when it trains that way (trains_transposed). end_training copies them back."""
+    when it trains that way (trains_transposed). end_training copies them back. Whatever
+    w0t and g0t the caller's Net holds are ignored."""
     cdef Net t = net[0]
     cdef Py_ssize_t C0 = net.sizes[0], H = net.sizes[1]
-    if t.w0t == NULL and trains_transposed(net):
+    t.w0t = NULL
+    t.g0t = NULL
+    if trains_transposed(net):
         t.w0t = workspace(net)
         t.g0t = t.w0t + C0 * H
         transpose(t.w0t, net.params, C0, H)
@@ -1022,6 +1026,15 @@ cdef void predict_member(const Net* net, const float* x, float* out,
     mn_set_thread_cap(0)
 
 
+# The kind of team the last team stretch ran, for tests (_last_team).
+cdef enum:
+    TEAM_NONE = 0
+    TEAM_ROWS = 1
+    TEAM_COLUMNS = 2
+    TEAM_INPUTS = 3
+cdef int last_team = TEAM_NONE
+
+
 cdef Py_ssize_t team_stretch(const Net* net, const float* x, const float* y,
                              const long long* perm, Py_ssize_t start, Py_ssize_t end,
                              Py_ssize_t N, Py_ssize_t batch_size, float learning_rate,
@@ -1032,16 +1045,20 @@ cdef Py_ssize_t team_stretch(const Net* net, const float* x, const float* y,
     cdef Py_ssize_t next_start = start
     board.stop = -1
     threads = min(threads, MAX_TEAM)
+    global last_team
     if splits_inputs(net, threads):
+        last_team = TEAM_INPUTS
         with parallel(num_threads=2):
             inputs_team_member(net, x, y, perm, start, end, N, batch_size, learning_rate,
                                &board, res, last_check, &next_start)
     elif splits_first_layer(net, threads):
+        last_team = TEAM_COLUMNS
         with parallel(num_threads=threads):
             # OpenMP may give fewer threads than asked for; never more.
             columns_team_member(net, x, y, perm, start, end, N, batch_size, learning_rate,
                                 &board, res, last_check, &next_start)
     else:
+        last_team = TEAM_ROWS
         with parallel(num_threads=threads):
             rows_team_member(net, x, y, perm, start, end, N, batch_size, learning_rate,
                              &board, res, last_check, &next_start)
@@ -1181,6 +1198,12 @@ def _set_epoch_schedule(str name) -> None:
     if name not in _SCHEDULES:
         raise ValueError(f"unknown epoch schedule {name!r}; expected one of {sorted(_SCHEDULES)}")
     epoch_schedule = _SCHEDULES[name]
+
+
+def _last_team() -> str:
+    """How the last team stretch split its work: "rows", "columns" or "inputs" ("none"
+    before any). For tests; process-wide."""
+    return ("none", "rows", "columns", "inputs")[last_team]
 
 
 def openmp_enabled() -> bool:

@@ -340,7 +340,7 @@ def test_nonfinite_x_leaves_the_model_as_it_was(backend, lr):
     first (lr 1e30). Either way a ValueError, and the model is as before the call."""
     model, _ = fitted(backend, X, Y, epochs=1)
     model.optimizer.learning_rate = lr
-    before = (model.params.copy(), model.history, model.epochs_trained)
+    before = (model.params.copy(), model.grads.copy(), model.history, model.epochs_trained)
     x = X.copy()
     x[-1, 3] = np.nan
     with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
@@ -349,8 +349,9 @@ def test_nonfinite_x_leaves_the_model_as_it_was(backend, lr):
             model.fit(x, Y, epochs=3, batch_size=4, shuffle=False, verbose=0)
     assert not [w for w in caught if "loss became" in str(w.message)]  # not reported twice
     assert np.array_equal(model.params, before[0])
-    assert model.history is before[1]
-    assert model.epochs_trained == before[2]
+    assert np.array_equal(model.grads, before[1])
+    assert model.history is before[2]
+    assert model.epochs_trained == before[3]
 
 
 def test_float64_x_beyond_float32_range_is_rejected():

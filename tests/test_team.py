@@ -10,6 +10,8 @@ blocks, and when it stops early (divergence, an overflowing update, Ctrl-C).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -28,8 +30,8 @@ ARCHITECTURES = {
     "relu128-relu64-softmax": ([(128, "relu"), (64, "relu"), (10, "softmax")], CE),
     "sigmoid100-softmax": ([(100, "sigmoid"), (10, "softmax")], CE),
     "linear200-relu7-softmax": ([(200, "linear"), (7, "relu"), (10, "softmax")], CE),
-    # rows only: too narrow to split, or a single layer
     "relu128-linear": ([(128, "relu"), (10, "linear")], "mse"),
+    # rows only: too narrow to split, softmax first, or a single layer on narrow inputs
     "relu33-sigmoid": ([(33, "relu"), (10, "sigmoid")], "mse"),
     "perceptron": ([(10, "sigmoid")], "mse"),
     "linear": ([(10, "linear")], "mse"),
@@ -38,6 +40,8 @@ ARCHITECTURES = {
     "softmax": ([(10, "softmax")], CE),
 }
 ONE_NARROW_LAYER = ["perceptron", "linear", "softmax"]
+COLUMNS_TEAM = ["relu128-relu64-softmax", "sigmoid100-softmax", "linear200-relu7-softmax",
+                "relu128-linear"]
 WIDE = 100  # inputs: two pieces of at least two vectors each
 
 
@@ -81,6 +85,8 @@ def _fit(arch, schedule, name, threads, batch_size, lr=0.05, epochs=2, features=
 def test_team_gives_the_weights_of_one_thread(arch, batch_size, threads, schedule):
     serial, serial_history, _ = _fit(arch, schedule, "serial", 1, batch_size)
     team, team_history, _ = _fit(arch, schedule, "team", threads, batch_size)
+    if batch_size >= 2 * threads:  # else the epoch runs on one thread
+        assert _kernels._last_team() == ("columns" if arch in COLUMNS_TEAM else "rows")
     assert np.array_equal(team.params, serial.params)
     # Not part of the promise, but a team that skipped or repeated a batch would show here.
     np.testing.assert_allclose(team_history.history["loss"], serial_history.history["loss"],
@@ -95,6 +101,8 @@ def test_team_gives_the_weights_of_one_thread(arch, batch_size, threads, schedul
 def test_inputs_team_gives_the_weights_of_one_thread(arch, batch_size, threads, schedule):
     serial, serial_history, _ = _fit(arch, schedule, "serial", 1, batch_size, features=WIDE)
     team, team_history, _ = _fit(arch, schedule, "team", threads, batch_size, features=WIDE)
+    if batch_size >= 2 * threads:
+        assert _kernels._last_team() == "inputs"
     assert np.array_equal(team.params, serial.params)
     np.testing.assert_allclose(team_history.history["loss"], serial_history.history["loss"],
                                rtol=1e-5)
@@ -121,13 +129,14 @@ def test_team_stops_where_one_thread_stops(arch, features, lr, schedule):
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("name", ["serial", "team"])
-def test_the_epoch_stops_before_a_batch_holding_nan_input(arch, name, schedule):
+@pytest.mark.parametrize("column", ["first", "last"])  # each half of the inputs team's
+def test_the_epoch_stops_before_a_batch_holding_nan_input(arch, name, column, schedule):
     """fast.train_epoch checks each batch's input rows as it gathers them: every schedule
     stops before the batch holding the NaN, with one thread's weights of the batches before,
     and the counts of the NumPy twin."""
     features = WIDE if arch in ONE_NARROW_LAYER else FEATURES
     x, y = _data(features=features)
-    x[170, features - 1] = np.nan  # batch 170 // 16 = 10 of the order below
+    x[170, 0 if column == "first" else features - 1] = np.nan  # in batch 170 // 16 = 10
     targets = np.eye(10, dtype=np.float32)[y]
     order = np.arange(ROWS)
 
@@ -148,6 +157,40 @@ def test_the_epoch_stops_before_a_batch_holding_nan_input(arch, name, schedule):
     assert result[2:] == twin[2:] == serial[2:] == (160, 10, fast.EPOCH_NONFINITE_INPUT)
     assert np.array_equal(params, serial_params)
     np.testing.assert_allclose(params, twin_params, rtol=1e-4, atol=1e-5)
+
+
+STOP_RACE_SCRIPT = """
+import numpy as np, mnistnet as mn
+from mnistnet import _kernels, fast
+_kernels._set_epoch_schedule("team")
+mn.set_num_threads(2)
+rng = np.random.default_rng(0)
+x = rng.random((64, 40), dtype=np.float32)
+x[40, 7] = np.nan
+targets = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 64)]
+order = np.arange(64)
+for layers in ([128, 64], [100], [128]):
+    model = mn.Model([mn.Dense(u, activation="relu") for u in layers]
+                     + [mn.Dense(10, activation="softmax")], input_dim=40,
+                     loss="categorical_crossentropy")
+    acts, dacts = model._training_buffers(8)
+    for _ in range(1500):
+        r = fast.train_epoch(model.params, model.grads, acts, dacts, model.sizes,
+                             model.act_codes, model._loss_code, x, targets, order, 8, 0.01)
+        assert r[3:] == (5, fast.EPOCH_NONFINITE_INPUT), r
+    assert _kernels._last_team() == "columns"
+print("ok")
+"""
+
+
+def test_team_threads_agree_on_a_nan_input_every_time():
+    """Thousands of stops at a NaN input on the columns team: a thread that read another's
+    flag for the wrong batch would stop a step early and leave the other at a barrier (a
+    hang, caught by the timeout)."""
+    done = subprocess.run([sys.executable, "-c", STOP_RACE_SCRIPT], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
 
 
 @pytest.mark.skipif(not HAS_PTHREAD_KILL, reason="POSIX signals")
