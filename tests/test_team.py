@@ -183,12 +183,13 @@ print("ok")
 """
 
 
-def test_team_threads_agree_on_a_nan_input_every_time():
+def test_team_threads_agree_on_a_nan_input_every_time(tmp_path):
     """Thousands of stops at a NaN input on the columns team: a thread that read another's
     flag for the wrong batch would stop a step early and leave the other at a barrier (a
-    hang, caught by the timeout)."""
+    hang, caught by the timeout). Run from tmp_path: the source tree must not shadow the
+    installed package."""
     done = subprocess.run([sys.executable, "-c", STOP_RACE_SCRIPT], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
 
