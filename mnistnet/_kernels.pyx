@@ -504,13 +504,14 @@ cdef inline void gather_rows(float* dst, const float* src, const long long* rows
         memcpy(dst + r * width, src + rows[r] * width, width * sizeof(float))
 
 
-cdef inline bint gather_inputs(float* dst, const float* x, const long long* rows,
-                               Py_ssize_t n, Py_ssize_t width) noexcept nogil:
-    # gather_rows, returning whether every value gathered is finite (the epoch's input check).
+cdef bint gather_inputs(float* dst, const float* x, const long long* rows, Py_ssize_t n,
+                        Py_ssize_t width, Py_ssize_t k0, Py_ssize_t k1) noexcept nogil:
+    # Columns k0..k1 of rows of x (row width `width`), packed: dst (n, k1 - k0). Returns
+    # whether they are all finite (the epoch's check of its inputs).
     cdef Py_ssize_t r
     cdef bint finite = True
     for r in range(n):
-        finite &= mn_copy_finite(dst + r * width, x + rows[r] * width, width)
+        finite &= mn_copy_finite(dst + r * (k1 - k0), x + rows[r] * width + k0, k1 - k0)
     return finite
 
 
@@ -549,7 +550,7 @@ cdef Py_ssize_t serial_stretch(const Net* net, const float* x, const float* y,
     mn_set_thread_cap(1)
     while start < end and res.status == EPOCH_DONE:
         n = batch_size if N - start > batch_size else N - start
-        if not gather_inputs(net.a, x, perm + start, n, C0):
+        if not gather_inputs(net.a, x, perm + start, n, C0, 0, C0):
             res.status = EPOCH_NONFINITE_INPUT  # before this batch's step
             break
         gather_rows(targets, y, perm + start, n, OC)
@@ -763,7 +764,7 @@ cdef void rows_team_member(const Net* net, const float* x, const float* y,
         board.inputs_finite[rank] = True
         if nr > 0:
             board.inputs_finite[rank] = gather_inputs(net.a + r0 * C0, x, perm + start + r0, nr,
-                                                      C0)
+                                                      C0, 0, C0)
             gather_rows(targets + r0 * OC, y, perm + start + r0, nr, OC)
             if start + n < N:
                 block_of(min(batch_size, N - start - n), rank, size, &c0, &c1)
@@ -890,17 +891,6 @@ cdef inline bint splits_inputs(const Net* net, int threads) noexcept nogil:
                 <= rows * C0 + 2 * net_n_params(net))
 
 
-cdef bint gather_columns(float* dst, const float* x, const long long* rows, Py_ssize_t n,
-                         Py_ssize_t width, Py_ssize_t k0, Py_ssize_t k1) noexcept nogil:
-    # Columns k0..k1 of rows of x (row width `width`), packed: dst (n, k1 - k0). Returns
-    # whether they are all finite.
-    cdef Py_ssize_t r
-    cdef bint finite = True
-    for r in range(n):
-        finite &= mn_copy_finite(dst + r * (k1 - k0), x + rows[r] * width + k0, k1 - k0)
-    return finite
-
-
 cdef void inputs_team_member(const Net* net, const float* x, const float* y,
                              const long long* perm, Py_ssize_t start, Py_ssize_t end,
                              Py_ssize_t N, Py_ssize_t batch_size, float learning_rate,
@@ -944,7 +934,7 @@ cdef void inputs_team_member(const Net* net, const float* x, const float* y,
     mn_set_thread_cap(1)
     while start < end:
         n = batch_size if N - start > batch_size else N - start
-        board.inputs_finite[rank] = gather_columns(inp, x, perm + start, n, C0, k0, k1)
+        board.inputs_finite[rank] = gather_inputs(inp, x, perm + start, n, C0, k0, k1)
         gather_rows(targets, y, perm + start, n, OC)
         if start + n < N:
             mn_prefetch_columns_later(x, C0, perm + start + n, min(batch_size, N - start - n),
@@ -986,7 +976,7 @@ cdef bint gather_batch(const Net* net, float* inp, const float* x,
     cdef Py_ssize_t L = net.n_layers, C0 = net.sizes[0], OC = net.sizes[L], r0, r1
     cdef Py_ssize_t n = batch_size if N - start > batch_size else N - start
     block_of(n, rank, size, &r0, &r1)
-    cdef bint finite = gather_inputs(inp, x, perm + start, n, C0)
+    cdef bint finite = gather_inputs(inp, x, perm + start, n, C0, 0, C0)
     gather_rows(net_acts(net, L + 1) + r0 * OC, y, perm + start + r0, r1 - r0, OC)
     if start + n < N:
         mn_prefetch_rows_later(x, perm + start + n, min(batch_size, N - start - n), C0)
@@ -1026,6 +1016,12 @@ cdef void predict_member(const Net* net, const float* x, float* out,
     mn_set_thread_cap(0)
 
 
+# One thread's part of a team stretch: rows_team_member, columns_team_member or
+# inputs_team_member (their arguments are team_stretch's).
+ctypedef void (*TeamMember)(const Net*, const float*, const float*, const long long*,
+                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, float,
+                            TeamBoard*, EpochResult*, double*, Py_ssize_t*) noexcept nogil
+
 # The kind of team the last team stretch ran, for tests (_last_team).
 cdef enum:
     TEAM_NONE = 0
@@ -1043,25 +1039,19 @@ cdef Py_ssize_t team_stretch(const Net* net, const float* x, const float* y,
     start."""
     cdef TeamBoard board
     cdef Py_ssize_t next_start = start
+    cdef TeamMember member = rows_team_member
+    global last_team
     board.stop = -1
     threads = min(threads, MAX_TEAM)
-    global last_team
+    last_team = TEAM_ROWS
     if splits_inputs(net, threads):
-        last_team = TEAM_INPUTS
-        with parallel(num_threads=2):
-            inputs_team_member(net, x, y, perm, start, end, N, batch_size, learning_rate,
-                               &board, res, last_check, &next_start)
+        member, threads, last_team = inputs_team_member, 2, TEAM_INPUTS
     elif splits_first_layer(net, threads):
-        last_team = TEAM_COLUMNS
-        with parallel(num_threads=threads):
-            # OpenMP may give fewer threads than asked for; never more.
-            columns_team_member(net, x, y, perm, start, end, N, batch_size, learning_rate,
-                                &board, res, last_check, &next_start)
-    else:
-        last_team = TEAM_ROWS
-        with parallel(num_threads=threads):
-            rows_team_member(net, x, y, perm, start, end, N, batch_size, learning_rate,
-                             &board, res, last_check, &next_start)
+        member, last_team = columns_team_member, TEAM_COLUMNS
+    with parallel(num_threads=threads):
+        # OpenMP may give fewer threads than asked for; never more.
+        member(net, x, y, perm, start, end, N, batch_size, learning_rate, &board, res,
+               last_check, &next_start)
     return next_start
 
 
