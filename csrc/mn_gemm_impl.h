@@ -386,16 +386,20 @@ static void softmax_forward(float *out, const float *inp, ptrdiff_t B, ptrdiff_t
 
 /* ---- 1 if no element is NaN or Inf ------------------------------------------------------ */
 
+/* 1 if the float at p is NaN or Inf: its exponent bits are all ones. */
+static inline uint32_t not_finite_at(const float *p)
+{
+    uint32_t u;
+    memcpy(&u, p, sizeof u);
+    return (u & 0x7f800000u) == 0x7f800000u;
+}
+
 static int all_finite(const float *x, ptrdiff_t n)
 {
     /* On the bits (exponent all ones), in integer operations the compiler vectorises; no
      * early exit, so the loop streams at memory speed. */
     uint32_t bad = 0;
-    for (ptrdiff_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, x + i, sizeof u);
-        bad |= (u & 0x7f800000u) == 0x7f800000u;
-    }
+    for (ptrdiff_t i = 0; i < n; i++) bad |= not_finite_at(x + i);
     return !bad;
 }
 
@@ -404,9 +408,7 @@ static int copy_finite(float *restrict dst, const float *restrict src, ptrdiff_t
 {
     uint32_t bad = 0;
     for (ptrdiff_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, src + i, sizeof u);
-        bad |= (u & 0x7f800000u) == 0x7f800000u;
+        bad |= not_finite_at(src + i);
         dst[i] = src[i];
     }
     return !bad;
