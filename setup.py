@@ -296,8 +296,9 @@ kernels = Extension(
     KERNELS,
     sources=["mnistnet/_kernels.pyx"],
     include_dirs=[CSRC],
-    depends=sorted(os.path.join(CSRC, f) for f in os.listdir(CSRC)
-                   if f.endswith((".h", ".c"))),
+    depends=sorted([os.path.join(CSRC, f) for f in os.listdir(CSRC) if f.endswith((".h", ".c"))]
+                   + [os.path.join("mnistnet", f) for f in os.listdir("mnistnet")
+                      if f.endswith((".pxi", ".pxd"))]),
 )
 wrappers = Extension(
     "mnistnet.fast",

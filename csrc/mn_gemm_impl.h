@@ -173,11 +173,15 @@ static void rows_tile_any(int mr, int nv, float *c, const float *a, const float 
 }
 
 /* Packing pays when b's rows are far apart (TLB and cache-set pressure) and many row tiles
- * reuse each packed block; for the narrow layers of a training step it only costs. */
+ * reuse each packed block; for the narrow layers of a training step it only costs. A long
+ * reduction (a conv layer's kernel gradient sums over every pixel of the batch) is taken KC
+ * rows of b at a time even unpacked, so each block of a and b stays in cache while all the
+ * row tiles pass over it. */
 #define KC 256
 #define PACK_MIN_ROWS (8 * MR_MAX)
 #define PACK_MIN_K 128
 #define PACK_MIN_N 256
+#define BLOCK_MIN_K (4 * KC)
 
 static void rows_panel(float *c, const float *a, const float *b, const float *bias,
                        ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t K, ptrdiff_t ldb, ptrdiff_t ldc,
@@ -217,24 +221,26 @@ static void gemm_block(float *c, ptrdiff_t ldc, const float *a, ptrdiff_t a_rs, 
      * from b's row stride); the sums continue across blocks in the same k order, so packed
      * and unpacked results are bit-identical. */
     float packed[KC * NV_MAX * VW];
+    const ptrdiff_t kb = pack || K >= BLOCK_MIN_K ? KC : K; /* rows of b per block */
     for (ptrdiff_t j0 = n0; j0 < n1; j0 += panel) {
         const ptrdiff_t nc = n1 - j0 < panel ? n1 - j0 : panel;
         const int nv = (int)((nc + VW - 1) / VW);
         const int tail = (int)(nc - (ptrdiff_t)(nv - 1) * VW);
         const float *pbias = bias ? bias + j0 : NULL;
-        if (!pack) {
-            rows_panel(c + j0, a, b + j0, pbias, m0, m1, K, ldb, ldc, a_rs, a_cs, nv, tail, 0,
-                       sgd, j0);
-            continue;
-        }
-        for (ptrdiff_t k0 = 0; k0 < K; k0 += KC) {
-            const ptrdiff_t kc = K - k0 < KC ? K - k0 : KC;
-            for (ptrdiff_t k = 0; k < kc; k++)
-                for (ptrdiff_t j = 0; j < nc; j++)
-                    packed[k * panel + j] = b[(k0 + k) * ldb + j0 + j];
+        for (ptrdiff_t k0 = 0; k0 < K; k0 += kb) {
+            const ptrdiff_t kc = K - k0 < kb ? K - k0 : kb;
+            const float *bk = b + k0 * ldb + j0;
+            ptrdiff_t ldbk = ldb;
+            if (pack) {
+                for (ptrdiff_t k = 0; k < kc; k++)
+                    for (ptrdiff_t j = 0; j < nc; j++)
+                        packed[k * panel + j] = bk[k * ldb + j];
+                bk = packed;
+                ldbk = panel;
+            }
             const int last_block = k0 + kc == K; /* the sums are complete: bias, then SGD */
-            rows_panel(c + j0, a + k0 * a_cs, packed, last_block ? pbias : NULL, m0, m1, kc,
-                       panel, ldc, a_rs, a_cs, nv, tail, k0 > 0, last_block ? sgd : NULL, j0);
+            rows_panel(c + j0, a + k0 * a_cs, bk, last_block ? pbias : NULL, m0, m1, kc, ldbk,
+                       ldc, a_rs, a_cs, nv, tail, k0 > 0, last_block ? sgd : NULL, j0);
         }
     }
 }
@@ -278,7 +284,7 @@ MN_ALWAYS_INLINE void nt_tile(const int ti, const int tj, float *c, ptrdiff_t ld
 
 /* Below 2 vectors of k a dot product is mostly its horizontal sum: copy b transposed to the
  * stack (up to this many floats) and broadcast instead. */
-#define NT_TRANSPOSE_FLOATS 8192
+#define NT_TRANSPOSE_FLOATS 16384
 
 static void gemm_nt_rows(float *c, ptrdiff_t ldc, const float *a, ptrdiff_t lda,
                          const float *b, ptrdiff_t ldb, ptrdiff_t m0, ptrdiff_t m1,

@@ -1,4 +1,5 @@
-"""mnistnet: train and run small dense neural networks on MNIST-style images, fast.
+"""mnistnet: train and run small neural networks (dense and convolutional) on MNIST-style
+images, fast.
 
     import mnistnet as mn
     (x_train, y_train), (x_test, y_test) = mn.load_mnist()
@@ -31,10 +32,13 @@ except ImportError as _exc:  # the source folder without its compiled extensions
     ) from None
 from mnistnet import reference
 from mnistnet.data import load_mnist
-from mnistnet.model import SGD, Dense, History, Model, preset
+from mnistnet.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D
+from mnistnet.model import History, Model, preset
+from mnistnet.optimizers import SGD, Adam
 
 __all__ = [
-    "SGD", "Dense", "History", "Model", "__version__", "fast", "get_include",
+    "SGD", "Adam", "Conv2D", "Dense", "Dropout", "Flatten", "History", "MaxPool2D", "Model",
+    "__version__", "fast", "get_include",
     "get_library_dir", "get_num_threads",
     "load_mnist", "preset", "reference", "set_num_threads", "show_config", "simd_path",
 ]

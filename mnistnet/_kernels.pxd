@@ -56,17 +56,81 @@ cdef void crossentropy_softmax_backward(float* dlogits,    # OUT (B, C)
                                         Py_ssize_t B, Py_ssize_t C) noexcept nogil
 
 # ---- optimiser and metrics ------------------------------------------------------------------
-# Returns False if some new value would be NaN/Inf; those elements keep their old value.
+
+# ---- conv2d (channels last): out = im2col(inp) @ weight + bias -------------------------------
+# The geometry of a window sliding over (H, W, C) images: kernel or pool (KH, KW), strides,
+# padding before (top, left), output (OH, OW). Built from a LayerPlan row.
+cdef struct Window:
+    Py_ssize_t H, W, C, OH, OW, KH, KW, SH, SW, PT, PL
+
+cdef void im2col(float* patches,                   # OUT (B, OH*OW, KH*KW*C)
+                 const float* inp,                 # IN  (B, H, W, C)
+                 const Window* g, Py_ssize_t B) noexcept nogil
+cdef void col2im(float* dinp,                      # OUT (B, H, W, C), overwritten
+                 const float* dpatches,            # IN  (B, OH*OW, KH*KW*C)
+                 const Window* g, Py_ssize_t B) noexcept nogil
+cdef void conv2d_forward(float* out,               # OUT (B, OH, OW, OC)
+                         float* patches,           # OUT (B, OH*OW, KH*KW*C) scratch
+                         const float* inp,         # IN  (B, H, W, C)
+                         const float* weight,      # IN  (KH, KW, C, OC)
+                         const float* bias,        # IN  (OC,)
+                         const Window* g, Py_ssize_t B, Py_ssize_t OC) noexcept nogil
+cdef void conv2d_backward(float* dinp,             # OUT (B, H, W, C), or NULL to skip
+                          float* dweight,          # OUT (KH, KW, C, OC)
+                          float* dbias,            # OUT (OC,)
+                          float* scratch,          # (OC*KH*KW*C + OH*OW*KH*KW*C) floats
+                          const float* dout,       # IN  (B, OH, OW, OC)
+                          const float* patches,    # IN  from conv2d_forward
+                          const float* weight,     # IN  (KH, KW, C, OC)
+                          const Window* g, Py_ssize_t B, Py_ssize_t OC) noexcept nogil
+
+# ---- maxpool2d: the max of each window and where it is -----------------------------------
+cdef void maxpool2d_forward(float* out,            # OUT (B, OH, OW, C)
+                            int* argmax,           # OUT (B, OH, OW, C) index into an image
+                            const float* inp,      # IN  (B, H, W, C)
+                            const Window* g, Py_ssize_t B) noexcept nogil
+cdef void maxpool2d_backward(float* dinp,          # OUT (B, H, W, C), overwritten
+                             const float* dout,    # IN  (B, OH, OW, C)
+                             const int* argmax,    # IN  from maxpool2d_forward
+                             const Window* g, Py_ssize_t B) noexcept nogil
+
+# ---- dropout: out = inp * mask, mask 0 or 1 / (1 - rate) from counter-based bits ---------
+cdef unsigned long long dropout_key(unsigned long long seed, long long epoch, long long step,
+                                    long long layer) noexcept nogil
+# Elements first..first+N of a batch (the counter), so a row block gives the same mask.
+cdef void dropout_forward(float* out,              # OUT (N,)
+                          float* mask,             # OUT (N,)
+                          const float* inp,        # IN  (N,)
+                          double rate, unsigned long long key, Py_ssize_t first,
+                          Py_ssize_t N) noexcept nogil
+cdef void dropout_backward(float* dinp,            # OUT (N,)
+                           const float* dout,      # IN  (N,)
+                           const float* mask,      # IN  (N,)
+                           Py_ssize_t N) noexcept nogil
+
+# ---- optimizers and metrics -----------------------------------------------------------------
+# Each returns False if some new value would be NaN/Inf; those elements keep their old value.
 cdef bint sgd_update(float* params,                # IN/OUT (N,)
                      const float* grads,           # IN     (N,)
                      float learning_rate, Py_ssize_t N) noexcept nogil
+cdef bint momentum_update(float* params,           # IN/OUT (N,)
+                          const float* grads,      # IN     (N,)
+                          float* velocity,         # IN/OUT (N,)
+                          float learning_rate, float momentum, bint nesterov,
+                          Py_ssize_t N) noexcept nogil
+cdef bint adam_update(float* params,               # IN/OUT (N,)
+                      const float* grads,          # IN     (N,)
+                      float* m, float* v,          # IN/OUT (N,) each
+                      float learning_rate, double beta_1, double beta_2, float epsilon,
+                      long long step,              # from 1
+                      Py_ssize_t N) noexcept nogil
 cdef Py_ssize_t count_correct(const float* pred,   # IN (B, C)
                               const float* target, # IN (B, C)
                               Py_ssize_t B, Py_ssize_t C) noexcept nogil
 # True if no element of x is NaN or Inf.
 cdef bint all_finite(const float* x, Py_ssize_t N) noexcept nogil  # IN (N,)
 
-# ---- the network: one flat parameter block, buffers owned by the caller ---------------------
+# ---- the network: a layer plan over buffers owned by the caller ------------------------------
 cdef enum:
     ACT_LINEAR = 0
     ACT_SIGMOID = 1
@@ -74,6 +138,14 @@ cdef enum:
     ACT_SOFTMAX = 3
     LOSS_MSE = 0
     LOSS_CE = 1
+    KIND_DENSE = 0
+    KIND_CONV2D = 1
+    KIND_MAXPOOL2D = 2
+    KIND_FLATTEN = 3
+    KIND_DROPOUT = 4
+    OPT_SGD = 0
+    OPT_MOMENTUM = 1
+    OPT_ADAM = 2
 
 # Why train_epoch stopped.
 cdef enum:
@@ -82,23 +154,68 @@ cdef enum:
     EPOCH_INTERRUPTED = 2        # a signal handler raised (Ctrl-C); the exception is set
     EPOCH_NONFINITE_INPUT = 3    # a batch's input rows held NaN/Inf; nothing of it was applied
 
+# One layer of the plan (mnistnet.plan.PLAN_FIELDS, in that order, 8 bytes each). Offsets of
+# regions are floats per sample: a region of a block for `rows` samples starts at rows * it.
+cdef struct LayerPlan:
+    Py_ssize_t kind, act
+    Py_ssize_t in_h, in_w, in_c, out_h, out_w, out_c
+    Py_ssize_t k_h, k_w, s_h, s_w, pad_top, pad_left
+    Py_ssize_t n_in, n_out          # floats per sample
+    Py_ssize_t gemm_rows, fan_in    # as a GEMM: rows per sample (out_h * out_w) and K
+    Py_ssize_t param, n_param       # kernel offset in params (-1: none); kernel + bias
+    Py_ssize_t act_in, act_out      # activation block
+    Py_ssize_t scratch, n_scratch   # activation block: patches, argmax or mask (-1: none)
+    Py_ssize_t dact_in, dact_out    # gradient block (-1: none)
+    double rate
+
+cdef struct OptimizerSettings:
+    int code                # OPT_*
+    double momentum
+    bint nesterov
+    double beta_1, beta_2, epsilon
+
 cdef struct Net:
+    const LayerPlan* plan   # (n_layers,)
     Py_ssize_t n_layers
-    const int* sizes        # (n_layers + 1,) widths: the input, then each layer's output
-    const int* acts         # (n_layers,) activation codes
-    int loss                # loss code
-    float* params           # W (in, out) then b (out,) of each layer, in order
+    int loss                # LOSS_*
+    Py_ssize_t n_params
+    Py_ssize_t acts_row     # floats per sample in the activation block
+    Py_ssize_t dacts_row    # floats per sample in the gradient regions (the workspace follows)
+    Py_ssize_t targets      # per-sample offset of the targets region
+    Py_ssize_t n_outputs
+    Py_ssize_t thread_ws    # floats of each thread's workspace (nets that are not dense_only)
+    bint dense_only         # every layer is dense: the dense fast paths may apply
+    float* params           # the parameter block (mnistnet.plan)
     float* grads            # same layout as params
-    float* a                # regions of (rows, sizes[l]) for l = 0..n_layers, then targets
-    float* d                # regions of (rows, sizes[l + 1]): d(loss)/d(layer l's output),
-                            # then the workspace: n_dacts floats of buffer_sizes in all
-    Py_ssize_t rows         # rows each region holds (the batch size)
-    int team_threads        # threads the workspace after d has room for (see buffer_sizes)
+    float* state            # the optimizer's slots, each with params' layout
+    float* a                # the activation block for `rows` samples
+    float* d                # the gradient block for `rows` samples, then the workspace
+    Py_ssize_t rows         # samples each region holds (the batch size)
+    int team_threads        # threads the workspace has room for (Plan.team_threads)
+    OptimizerSettings opt
     # Set by train_step/train_epoch themselves (a caller's values are ignored): NULL, or for
-    # a narrow first layer its weights and gradient transposed, (sizes[1], sizes[0]), in the
-    # workspace, used in place of params' and grads' during the call.
+    # a narrow first layer of a dense net trained by SGD its weights and gradient transposed,
+    # (out, in), in the workspace, used in place of params' and grads' during the call.
     float* w0t
     float* g0t
+
+# One training step's settings.
+cdef struct Step:
+    float learning_rate
+    long long t                     # optimizer step number, from 1 (Adam's bias correction)
+    unsigned long long seed         # dropout keys: dropout_key(seed, epoch, step, layer)
+    long long epoch, index
+
+# What an epoch is given, besides the net.
+cdef struct EpochArgs:
+    const float* x                  # (N_x, n_in) samples
+    const float* y                  # (N_x, n_outputs) targets
+    const long long* perm           # (N,) row order, values < N_x
+    Py_ssize_t N, batch_size
+    const float* learning_rates     # one per batch
+    long long iterations            # optimizer steps before this call
+    unsigned long long seed
+    long long epoch, first_step     # the epoch, and the step within it of the first batch
 
 cdef struct EpochResult:
     double loss_sum         # sum over completed batches of (batch-mean loss x batch rows)
@@ -107,23 +224,14 @@ cdef struct EpochResult:
     Py_ssize_t batches      # batches completed
     int status              # EPOCH_*
 
-cdef Py_ssize_t net_n_params(const Net* net) noexcept nogil
 cdef float* net_acts(const Net* net, Py_ssize_t l) noexcept nogil
 cdef void net_forward(const Net* net,
-                      const float* x,              # IN  (n, sizes[0])
-                      float* out,                  # OUT (n, sizes[-1])
+                      const float* x,              # IN  (n, n_in)
+                      float* out,                  # OUT (n, n_outputs)
                       Py_ssize_t n) noexcept nogil
 cdef void net_predict(const Net* net,
-                      const float* x,              # IN  (N, sizes[0])
-                      float* out,                  # OUT (N, sizes[-1])
+                      const float* x,              # IN  (N, n_in)
+                      float* out,                  # OUT (N, n_outputs)
                       Py_ssize_t N) noexcept nogil
-cdef void net_backward(const Net* net,
-                       const float* target,        # IN (n, sizes[-1])
-                       Py_ssize_t n) noexcept nogil
-cdef double train_step(const Net* net, Py_ssize_t n, float learning_rate) noexcept nogil
-cdef EpochResult train_epoch(const Net* net,
-                             const float* x,       # IN (N_x, sizes[0])
-                             const float* y,       # IN (N_x, sizes[-1])
-                             const long long* perm,  # IN (N,) row order, values < N_x
-                             Py_ssize_t N, Py_ssize_t batch_size,
-                             float learning_rate) noexcept nogil
+cdef double train_step(const Net* net, Py_ssize_t n, const Step* step) noexcept nogil
+cdef EpochResult train_epoch(const Net* net, const EpochArgs* args) noexcept nogil

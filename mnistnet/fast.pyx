@@ -8,17 +8,18 @@ Kernels never see arrays that are not C-contiguous float32.
 """
 cimport mnistnet._kernels as k
 cimport numpy as cnp
-from mnistnet._kernels cimport Net, EpochResult
+from mnistnet._kernels cimport EpochArgs, EpochResult, LayerPlan, Net, Step, Window
 
 import numpy as np
 
 cnp.import_array()
 
-# The buffer layout is one contract for both backends: reference.py states it.
-from mnistnet.reference import buffer_sizes, team_threads  # noqa: F401  (re-exported)
 from mnistnet._kernels import (  # noqa: F401  (re-exported: runtime configuration)
-    ACTIVATIONS, LOSSES, SIMD_PATHS, get_num_threads, openmp_enabled, select_simd,
-    set_num_threads, sgemm, simd_path, simd_supported,
+    ACTIVATIONS, KINDS, LOSSES, OPTIMIZERS, SIMD_PATHS, get_num_threads, openmp_enabled,
+    select_simd, set_num_threads, sgemm, simd_path, simd_supported,
+)
+from mnistnet.reference import (  # noqa: F401  (the geometry both backends compute alike)
+    dropout_threshold, optimizer_slots, window_geometry,
 )
 
 EPOCH_DONE = k.EPOCH_DONE
@@ -216,7 +217,7 @@ def softmax_backward(dinp, out, dout):
         k.softmax_backward(pd, po, pg, B, C)
     return dinp
 
-# ---- losses, SGD, metrics ------------------------------------------------------------------
+# ---- losses, optimizers, metrics ------------------------------------------------------------------
 
 cdef tuple _pair(pred, str pn, target):
     _check(pred, pn, 2); _check(target, "target", 2)
@@ -286,103 +287,348 @@ def count_correct(pred, target) -> int:
     B, C = _pair(pred, "pred", target)
     return k.count_correct(_in(pred), _in(target), B, C)
 
+def momentum_update(params, grads, velocity, float learning_rate, float momentum,
+                    bint nesterov=False):
+    """Keras' SGD with momentum, in place: velocity = momentum * velocity - lr * grads, then
+    params += velocity (Nesterov: params += momentum * velocity - lr * grads). Returns
+    params."""
+    _check(params, "params"); _check(grads, "grads"); _check(velocity, "velocity")
+    _same(grads, "grads", params, "params"); _same(velocity, "velocity", params, "params")
+    cdef float* pp = _io(params)
+    cdef const float* pg = _in(grads)
+    cdef float* pv = _io(velocity)
+    cdef Py_ssize_t N = params.size
+    with nogil:
+        k.momentum_update(pp, pg, pv, learning_rate, momentum, nesterov, N)
+    return params
+
+
+def adam_update(params, grads, m, v, float learning_rate, double beta_1, double beta_2,
+                float epsilon, long long step):
+    """Keras' Adam, in place, at step `step` (the first is 1); see mnistnet.reference.
+    Returns params."""
+    _check(params, "params"); _check(grads, "grads"); _check(m, "m"); _check(v, "v")
+    _same(grads, "grads", params, "params"); _same(m, "m", params, "params")
+    _same(v, "v", params, "params")
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    cdef float* pp = _io(params)
+    cdef const float* pg = _in(grads)
+    cdef float* pm = _io(m)
+    cdef float* pv = _io(v)
+    cdef Py_ssize_t N = params.size
+    with nogil:
+        k.adam_update(pp, pg, pm, pv, learning_rate, beta_1, beta_2, epsilon, step, N)
+    return params
+
+# ---- conv2d, maxpool2d, dropout ------------------------------------------------------------
+
+cdef tuple _two(object value, str name):
+    value = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(value) != 2 or any(not isinstance(v, int) or v < 1 for v in value):
+        raise ValueError(f"{name} must be an int >= 1 or a pair of them, got {value!r}")
+    return value
+
+
+cdef Window _window(tuple image, tuple window, tuple strides, str padding) except *:
+    """The geometry of windows of `window` sliding by `strides` over (H, W, C) images."""
+    cdef Window g
+    g.H, g.W, g.C = image
+    g.KH, g.KW = window
+    g.SH, g.SW = strides
+    g.OH, g.PT = window_geometry(g.H, g.KH, g.SH, padding)
+    g.OW, g.PL = window_geometry(g.W, g.KW, g.SW, padding)
+    return g
+
+
+cdef object _check_int32(object a, str name, tuple shape):
+    if not isinstance(a, np.ndarray) or a.dtype != np.int32 or not a.flags.c_contiguous:
+        raise TypeError(f"{name} must be a C-contiguous int32 array")
+    if a.shape != shape:
+        raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
+    return a
+
+
+def conv2d_forward(out, patches, inp, weight, bias, strides=(1, 1), padding="valid"):
+    """out = im2col(inp) @ weight + bias, channels last; patches (scratch, None allocates)
+    keeps the patches for the backward pass. out (B, OH, OW, OC), patches
+    (B, OH, OW, KH*KW*C), inp (B, H, W, C), weight (KH, KW, C, OC), bias (OC,).
+    Returns out."""
+    _check(inp, "inp", 4); _check(weight, "weight", 4); _check(bias, "bias", 1)
+    if weight.shape[2] != inp.shape[3]:
+        raise ValueError(f"inp has shape {inp.shape} but weight has shape {weight.shape}")
+    if bias.shape[0] != weight.shape[3]:
+        raise ValueError(f"weight has shape {weight.shape} but bias has shape {bias.shape}")
+    cdef Window g = _window(inp.shape[1:], weight.shape[:2], _two(strides, "strides"), padding)
+    cdef Py_ssize_t B = inp.shape[0], OC = weight.shape[3], K = g.KH * g.KW * g.C
+    out = _out(out, "out", (B, g.OH, g.OW, OC))
+    patches = _out(patches, "patches", (B, g.OH, g.OW, K))
+    cdef float* po = _io(out)
+    cdef float* pp = _io(patches)
+    cdef const float* pi = _in(inp)
+    cdef const float* pw = _in(weight)
+    cdef const float* pb = _in(bias)
+    with nogil:
+        k.conv2d_forward(po, pp, pi, pw, pb, &g, B, OC)
+    return out
+
+
+def conv2d_backward(dinp, dweight, dbias, dout, patches, inp, weight, strides=(1, 1),
+                    padding="valid"):
+    """dweight = patches^T @ dout, dbias = dout summed over images and pixels, dinp =
+    col2im(dout @ weight^T): shapes as conv2d_forward's (dinp as inp, dweight as weight).
+    Returns (dinp, dweight, dbias)."""
+    _check(dout, "dout", 4); _check(patches, "patches", 4); _check(inp, "inp", 4)
+    _check(weight, "weight", 4)
+    if weight.shape[2] != inp.shape[3]:
+        raise ValueError(f"inp has shape {inp.shape} but weight has shape {weight.shape}")
+    cdef Window g = _window(inp.shape[1:], weight.shape[:2], _two(strides, "strides"), padding)
+    cdef Py_ssize_t B = inp.shape[0], OC = weight.shape[3], K = g.KH * g.KW * g.C
+    if dout.shape != (B, g.OH, g.OW, OC):
+        raise ValueError(f"dout has shape {dout.shape}, expected {(B, g.OH, g.OW, OC)}")
+    if patches.shape != (B, g.OH, g.OW, K):
+        raise ValueError(f"patches has shape {patches.shape}, expected {(B, g.OH, g.OW, K)}")
+    dinp = _out(dinp, "dinp", inp.shape)
+    dweight = _out(dweight, "dweight", weight.shape)
+    dbias = _out(dbias, "dbias", (OC,))
+    scratch = np.empty(OC * K + g.OH * g.OW * K, dtype=np.float32)
+    cdef float* pdi = _io(dinp)
+    cdef float* pdw = _io(dweight)
+    cdef float* pdb = _io(dbias)
+    cdef float* ps = _io(scratch)
+    cdef const float* pdo = _in(dout)
+    cdef const float* pp = _in(patches)
+    cdef const float* pw = _in(weight)
+    with nogil:
+        k.conv2d_backward(pdi, pdw, pdb, ps, pdo, pp, pw, &g, B, OC)
+    return dinp, dweight, dbias
+
+
+def maxpool2d_forward(out, argmax, inp, pool_size=(2, 2), strides=None, padding="valid"):
+    """out = the max of each window; argmax (int32; None allocates) = its index
+    (h * W + w) * C + c in the image, the first maximum in row-major window order.
+    out and argmax (B, OH, OW, C), inp (B, H, W, C). Returns (out, argmax)."""
+    _check(inp, "inp", 4)
+    pool = _two(pool_size, "pool_size")
+    cdef Window g = _window(inp.shape[1:], pool, pool if strides is None else
+                            _two(strides, "strides"), padding)
+    cdef Py_ssize_t B = inp.shape[0]
+    shape = (B, g.OH, g.OW, g.C)
+    out = _out(out, "out", shape)
+    argmax = np.empty(shape, dtype=np.int32) if argmax is None else _check_int32(
+        argmax, "argmax", shape)
+    cdef float* po = _io(out)
+    cdef int* pa = <int*>cnp.PyArray_DATA(<cnp.ndarray>argmax)
+    cdef const float* pi = _in(inp)
+    with nogil:
+        k.maxpool2d_forward(po, pa, pi, &g, B)
+    return out, argmax
+
+
+def maxpool2d_backward(dinp, dout, argmax, input_shape):
+    """dinp = dout added at each window's argmax, zero elsewhere. dinp (B, H, W, C) =
+    input_shape, dout and argmax (B, OH, OW, C) from maxpool2d_forward. Returns dinp."""
+    _check(dout, "dout", 4)
+    input_shape = tuple(int(v) for v in input_shape)
+    if len(input_shape) != 4 or input_shape[0] != dout.shape[0] or (
+            input_shape[3] != dout.shape[3]):
+        raise ValueError(f"input_shape {input_shape} does not fit dout {dout.shape}")
+    _check_int32(argmax, "argmax", dout.shape)
+    cdef Py_ssize_t n_img = input_shape[1] * input_shape[2] * input_shape[3]
+    if argmax.size and (argmax.min() < 0 or argmax.max() >= n_img):
+        raise ValueError(f"argmax must index the {n_img} elements of an image")
+    dinp = _out(dinp, "dinp", input_shape)
+    cdef Window g
+    g.H, g.W, g.C = input_shape[1:]
+    g.OH, g.OW = dout.shape[1:3]
+    cdef Py_ssize_t B = dout.shape[0]
+    cdef float* pd = _io(dinp)
+    cdef const float* pg = _in(dout)
+    cdef const int* pa = <const int*>cnp.PyArray_DATA(<cnp.ndarray>argmax)
+    with nogil:
+        k.maxpool2d_backward(pd, pg, pa, &g, B)
+    return dinp
+
+
+def dropout_key(unsigned long long seed, long long epoch, long long step, long long layer):
+    """The counter-based key of one dropout layer's masks in one training step."""
+    return k.dropout_key(seed, epoch, step, layer)
+
+
+def dropout_forward(out, mask, inp, double rate, unsigned long long key):
+    """mask = 0 where element e (row-major over the batch) is dropped, else 1 / (1 - rate);
+    out = inp * mask. Returns (out, mask)."""
+    _check(inp, "inp")
+    if not 0 <= rate < 1:
+        raise ValueError(f"rate must lie in [0, 1), got {rate}")
+    out = _out(out, "out", inp.shape)
+    mask = _out(mask, "mask", inp.shape)
+    cdef float* po = _io(out)
+    cdef float* pm = _io(mask)
+    cdef const float* pi = _in(inp)
+    cdef Py_ssize_t N = inp.size
+    with nogil:
+        k.dropout_forward(po, pm, pi, rate, key, 0, N)
+    return out, mask
+
+
+def dropout_backward(dinp, dout, mask):
+    """dinp = dout * mask. Returns dinp."""
+    _check(dout, "dout"); _check(mask, "mask")
+    _same(mask, "mask", dout, "dout")
+    dinp = _out(dinp, "dinp", dout.shape)
+    cdef float* pd = _io(dinp)
+    cdef const float* pg = _in(dout)
+    cdef const float* pm = _in(mask)
+    cdef Py_ssize_t N = dout.size
+    with nogil:
+        k.dropout_backward(pd, pg, pm, N)
+    return dinp
+
 # ---- the network ---------------------------------------------------------------------------
 
-cdef Net _net(params, grads, acts, dacts, sizes, act_codes, int loss, Py_ssize_t rows) except *:
-    """A Net over the caller's buffers, after checking they fit the architecture."""
-    cdef const int[::1] s = sizes
-    cdef const int[::1] a = act_codes
-    cdef Py_ssize_t L = a.shape[0], i
-    if L < 1 or s.shape[0] != L + 1:
-        raise ValueError(f"sizes {list(s)} must have one more entry than act_codes {list(a)}")
-    if min(s) < 1:
-        raise ValueError(f"layer widths must be >= 1, got {list(s)}")
-    for i in range(L):
-        if a[i] not in ACTIVATIONS.values():
-            raise ValueError(f"unknown activation code {a[i]} in act_codes {list(a)}")
+cdef Net _net(plan, params, grads, state, acts, dacts, int loss, Py_ssize_t rows,
+              optimizer) except *:
+    """A Net over the caller's buffers and the plan (a mnistnet.plan.Plan), after checking
+    that they fit it."""
+    from mnistnet.plan import PLAN_DTYPE, Plan
+
+    if not isinstance(plan, Plan):
+        raise TypeError(f"plan must be a mnistnet.plan.Plan, got {type(plan).__name__}")
+    table = plan.table
+    if (table.dtype != PLAN_DTYPE or table.dtype.itemsize != sizeof(LayerPlan)
+            or not table.flags.c_contiguous or table.shape[0] < 1):
+        raise ValueError("internal: the plan's table does not match the kernels' LayerPlan")
     if loss not in LOSSES.values():
         raise ValueError(f"unknown loss code {loss}")
-    n_p, n_a, n_d = buffer_sizes(list(s), rows)
+    cdef Py_ssize_t n_p = plan.n_params
     _check(params, "params", 1)
     if params.shape[0] != n_p:
-        raise ValueError(f"params holds {params.shape[0]} floats, widths {list(s)} need {n_p}")
+        raise ValueError(f"params holds {params.shape[0]} floats, the plan needs {n_p}")
     _check(acts, "acts", 1)
-    if acts.shape[0] < n_a:
-        raise ValueError(f"acts holds {acts.shape[0]} floats, {rows} rows need {n_a}")
+    if acts.shape[0] < rows * plan.acts_per_row:
+        raise ValueError(f"acts holds {acts.shape[0]} floats, {rows} rows need "
+                         f"{rows * plan.acts_per_row}")
     cdef Net net
-    net.n_layers = L
-    net.sizes = &s[0]
-    net.acts = &a[0]
+    net.plan = <const LayerPlan*>cnp.PyArray_DATA(<cnp.ndarray>table)
+    net.n_layers = table.shape[0]
     net.loss = loss
+    net.n_params = n_p
+    net.acts_row = plan.acts_per_row
+    net.dacts_row = plan.dacts_per_row
+    net.targets = plan.targets
+    net.n_outputs = plan.n_outputs
+    net.thread_ws = 0 if plan.dense_only else plan.thread_workspace_floats()
+    net.dense_only = plan.dense_only
     net.params = _io(params)
     net.a = _io(acts)
     net.rows = rows
     net.grads = NULL
+    net.state = NULL
     net.d = NULL
     net.team_threads = 1
     net.w0t = NULL
     net.g0t = NULL
-    if grads is not None:
-        _check(grads, "grads", 1); _check(dacts, "dacts", 1)
-        if grads.shape[0] != n_p or dacts.shape[0] < n_d:
-            raise ValueError(f"grads/dacts are too small for widths {list(s)} and {rows} rows")
-        net.grads = _io(grads)
-        net.d = _io(dacts)
-        net.team_threads = team_threads(list(s), rows, dacts.shape[0])
+    net.opt.code = k.OPT_SGD
+    if grads is None:
+        return net
+    _check(grads, "grads", 1); _check(dacts, "dacts", 1)
+    if grads.shape[0] != n_p or dacts.shape[0] < plan.buffer_sizes(rows)[2]:
+        raise ValueError(f"grads/dacts are too small for the plan and {rows} rows")
+    net.grads = _io(grads)
+    net.d = _io(dacts)
+    net.team_threads = plan.team_threads(rows, dacts.shape[0])
+    code, momentum, nesterov, beta_1, beta_2, epsilon = optimizer
+    if code not in OPTIMIZERS.values():
+        raise ValueError(f"unknown optimizer code {code}")
+    net.opt.code = code
+    net.opt.momentum = momentum
+    net.opt.nesterov = nesterov
+    net.opt.beta_1 = beta_1
+    net.opt.beta_2 = beta_2
+    net.opt.epsilon = epsilon
+    cdef Py_ssize_t n_state = optimizer_slots(code) * n_p
+    if n_state:
+        _check(state, "state", 1)
+        if state.shape[0] != n_state:
+            raise ValueError(f"state holds {state.shape[0]} floats, the optimizer needs "
+                             f"{n_state}")
+        net.state = _io(state)
     return net
 
 
-def _check_data(x, y, sizes):
+def _check_data(x, y, plan):
     _check(x, "x", 2)
-    if x.shape[1] != sizes[0]:
-        raise ValueError(f"x has {x.shape[1]} columns but the network takes {sizes[0]}")
+    n_in = int(plan.table[0]["n_in"])
+    if x.shape[1] != n_in:
+        raise ValueError(f"x has {x.shape[1]} columns but the network takes {n_in}")
     if y is not None:
         _check(y, "y", 2)
-        if y.shape != (x.shape[0], sizes[-1]):
-            raise ValueError(f"y has shape {y.shape}, expected {(x.shape[0], sizes[-1])}")
+        if y.shape != (x.shape[0], plan.n_outputs):
+            raise ValueError(f"y has shape {y.shape}, expected {(x.shape[0], plan.n_outputs)}")
 
 
-def train_step(params, grads, acts, dacts, sizes, act_codes, int loss, x, y,
-               float learning_rate) -> float:
-    """One SGD step on the batch x (n, in), y (n, out). Returns the batch-mean loss; when it
-    is NaN/Inf nothing is updated."""
-    _check_data(x, y, sizes)
+cdef void _set_step(Step* s, float learning_rate, long long iterations, key) except *:
+    seed, epoch, step = key
+    s.learning_rate = learning_rate
+    s.t = iterations + 1
+    s.seed = seed
+    s.epoch = epoch
+    s.index = step
+
+
+def train_step(plan, params, grads, state, acts, dacts, int loss, x, y, optimizer,
+               float learning_rate, long long iterations, key) -> float:
+    """One optimizer step (number iterations + 1) on the batch x (n, in), y (n, out), with
+    dropout keyed by key = (seed, epoch, step). Returns the batch-mean loss; when it is
+    NaN/Inf nothing is updated."""
+    _check_data(x, y, plan)
     cdef Py_ssize_t n = x.shape[0]
-    cdef Net net = _net(params, grads, acts, dacts, sizes, act_codes, loss, n)
-    cdef Py_ssize_t L = net.n_layers
+    cdef Net net = _net(plan, params, grads, state, acts, dacts, loss, n, optimizer)
+    cdef Step s
+    _set_step(&s, learning_rate, iterations, key)
     acts[: x.size] = x.reshape(-1)
-    cdef float* targets = k.net_acts(&net, L + 1)
-    cdef const float* py = _in(y)
-    cdef Py_ssize_t i
-    for i in range(y.size):
-        targets[i] = py[i]
+    start = n * plan.targets
+    acts[start: start + y.size] = y.reshape(-1)
     cdef double out
     with nogil:
-        out = k.train_step(&net, n, learning_rate)
+        out = k.train_step(&net, n, &s)
     return out
 
 
-def train_epoch(params, grads, acts, dacts, sizes, act_codes, int loss, x, y, perm,
-                Py_ssize_t batch_size, float learning_rate):
-    """One epoch of minibatch SGD over x[perm], batch_size rows at a time, entirely in
-    compiled code without the GIL. Returns (loss_sum, correct, seen, batches, status): see
-    mnistnet.reference.train_epoch. Ctrl-C raises KeyboardInterrupt between two steps."""
-    _check_data(x, y, sizes)
+def train_epoch(plan, params, grads, state, acts, dacts, int loss, x, y, perm,
+                Py_ssize_t batch_size, optimizer, learning_rates, long long iterations, key):
+    """One epoch of minibatch training over x[perm], batch_size rows at a time, entirely in
+    compiled code without the GIL. Batch b uses learning_rates[b] and is optimizer step
+    iterations + b + 1; key = (seed, epoch, first step) keys the dropout masks. Returns
+    (loss_sum, correct, seen, batches, status): see mnistnet.reference.train_epoch. Ctrl-C
+    raises KeyboardInterrupt between two steps."""
+    _check_data(x, y, plan)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     cdef const long long[::1] p = np.ascontiguousarray(perm, dtype=np.int64)
     if p.shape[0] and (np.min(p) < 0 or np.max(p) >= x.shape[0]):
         raise ValueError(f"perm must index the {x.shape[0]} rows of x")
-    cdef Net net = _net(params, grads, acts, dacts, sizes, act_codes, loss, batch_size)
+    cdef Net net = _net(plan, params, grads, state, acts, dacts, loss, batch_size, optimizer)
     if net.grads == NULL:
         raise ValueError("train_epoch needs grads and dacts")
-    cdef const float* px = _in(x)
-    cdef const float* py = _in(y)
-    cdef const long long* pp = &p[0] if p.shape[0] else NULL
-    cdef Py_ssize_t N = p.shape[0]
+    steps = -(-p.shape[0] // batch_size)
+    _check(learning_rates, "learning_rates", 1) if steps else None
+    if steps and learning_rates.shape[0] < steps:
+        raise ValueError(f"learning_rates has {learning_rates.shape[0]} entries, the epoch "
+                         f"has {steps} batches")
+    cdef EpochArgs args
+    args.x = _in(x)
+    args.y = _in(y)
+    args.perm = &p[0] if p.shape[0] else NULL
+    args.N = p.shape[0]
+    args.batch_size = batch_size
+    args.learning_rates = _in(learning_rates) if steps else NULL
+    args.iterations = iterations
+    args.seed, args.epoch, args.first_step = key
     cdef EpochResult r
     with nogil:
-        r = k.train_epoch(&net, px, py, pp, N, batch_size, learning_rate)
+        r = k.train_epoch(&net, &args)
     if r.status == k.EPOCH_INTERRUPTED:
         _reraise()
     return r.loss_sum, r.correct, r.seen, r.batches, r.status
@@ -394,14 +640,15 @@ cdef int _reraise() except -1:
     return -1
 
 
-def predict(params, acts, sizes, act_codes, x, out, Py_ssize_t chunk):
-    """Forward x (n, in) into out (n, out_width), `chunk` rows at a time, with acts (room for
-    `chunk` rows, see buffer_sizes) as scratch. Returns out."""
-    _check_data(x, None, sizes)
+def predict(plan, params, acts, x, out, Py_ssize_t chunk):
+    """Forward x (n, in) into out (n, outputs), `chunk` rows at a time, with acts (room for
+    `chunk` rows, see Plan.buffer_sizes) as scratch; dropout passes its input through.
+    Returns out."""
+    _check_data(x, None, plan)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    out = _out(out, "out", (x.shape[0], sizes[-1]))
-    cdef Net net = _net(params, None, acts, None, sizes, act_codes, k.LOSS_MSE, chunk)
+    out = _out(out, "out", (x.shape[0], plan.n_outputs))
+    cdef Net net = _net(plan, params, None, None, acts, None, k.LOSS_MSE, chunk, None)
     cdef const float* px = _in(x)
     cdef float* po = _io(out)
     cdef Py_ssize_t N = x.shape[0]

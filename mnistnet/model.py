@@ -1,94 +1,52 @@
-"""Dense, SGD, Model and History: a thin layer that owns the buffers and calls the kernels.
+"""Model and History: a thin layer that owns the buffers and calls the kernels.
 
-A Model keeps every parameter in one contiguous float32 block (W0, b0, W1, b1, ... with each
-W stored (in, out) as in Keras), the gradients in a second block of the same layout, and the
-activations of one batch in a third; `get_weights()` returns copies of views into the first.
-The backend ("fast": compiled, or "reference": NumPy) only decides which module's kernels
-run over those buffers; initialisation, shuffling and validation are shared, so both backends
-see identical batches from identical weights.
+A Model keeps every parameter in one contiguous float32 block laid out by its layer plan
+(mnistnet.plan: per layer with weights, its kernel in Keras' shape, then its bias), the
+gradients in a second block of the same layout, the optimizer's state in blocks of that layout
+too, and the activations of one batch in another; `get_weights()` returns copies of views into
+the first. The backend ("fast": compiled, or "reference": NumPy) only decides which module's
+kernels run over those buffers; initialisation, shuffling, dropout keys and validation are
+shared, so both backends see identical batches from identical weights.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
-import math
 import os
 import sys
-import tempfile
 import threading
 import time
 import warnings
-import zipfile
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from mnistnet import fast, reference
-from mnistnet._version import __version__
+from mnistnet.layers import (
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    Layer,
+    MaxPool2D,
+    Shape,
+    _choice,
+    _positive_int,
+    layer_from_config,
+    layer_to_config,
+)
+from mnistnet.optimizers import SGD, Adam, Optimizer, optimizer_from_config, optimizer_to_config
+from mnistnet.plan import Plan
+
+__all__ = ["Adam", "Conv2D", "Dense", "Dropout", "Flatten", "History", "MaxPool2D", "Model",
+           "SGD", "preset"]
 
 BACKENDS = {"fast": fast, "reference": reference}
 ACTIVATIONS = tuple(reference.ACTIVATIONS)
 LOSSES = tuple(reference.LOSSES)
-FORMAT_VERSION = 1
 PREDICT_CHUNK = 256  # rows per forward pass in predict/evaluate: keeps activations in cache
 CACHE_LINE = 64  # bytes
-
-
-def _choice(value: Any, valid: Sequence[str], what: str) -> str:
-    if not isinstance(value, str) or value not in valid:
-        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
-    return value
-
-
-def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-class Dense:
-    """A fully connected layer: output = activation(input @ W + b).
-
-    Args:
-        units: number of outputs.
-        activation: "linear", "sigmoid", "relu" or "softmax".
-    """
-
-    def __init__(self, units: int, activation: str = "linear") -> None:
-        self.units = _positive_int(units, "units")
-        self.activation = _choice(activation, ACTIVATIONS, "activation")
-
-    def get_config(self) -> dict[str, Any]:
-        return {"units": self.units, "activation": self.activation}
-
-    def __repr__(self) -> str:
-        return f"Dense({self.units}, activation={self.activation!r})"
-
-
-class SGD:
-    """Plain stochastic gradient descent: w -= learning_rate * grad (Keras' default 0.01)."""
-
-    def __init__(self, learning_rate: float = 0.01) -> None:
-        if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float,
-                                                                               np.floating)):
-            raise TypeError(f"learning_rate must be a number, got {type(learning_rate).__name__}")
-        if not math.isfinite(learning_rate) or learning_rate <= 0:
-            raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate}")
-        lo, hi = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
-        if not lo <= learning_rate <= hi:  # the kernels compute in float32
-            raise ValueError(f"learning_rate must lie in [{lo:.3g}, {hi:.3g}] (float32), "
-                             f"got {learning_rate}")
-        self.learning_rate = float(learning_rate)
-
-    def get_config(self) -> dict[str, Any]:
-        return {"learning_rate": self.learning_rate}
-
-    def __repr__(self) -> str:
-        return f"SGD(learning_rate={self.learning_rate})"
+MNIST_IMAGE = (28, 28, 1)
 
 
 class History:
@@ -124,22 +82,33 @@ def aligned_zeros(n: int) -> np.ndarray:
     return raw[start:start + n]
 
 
-def glorot_uniform(rng: np.random.Generator, fan_in: int, fan_out: int) -> np.ndarray:
-    """Keras' default kernel initialiser: U(-a, a) with a = sqrt(6 / (fan_in + fan_out))."""
-    limit = math.sqrt(6.0 / (fan_in + fan_out))
-    return rng.uniform(-limit, limit, size=(fan_in, fan_out)).astype(np.float32)
-
-
 # ---- input checks ------------------------------------------------------------------------
 
-def as_features(x: Any, input_dim: int, name: str = "x",
+def _accepted_shapes(input_shape: Shape) -> list[Shape]:
+    """The per-sample shapes x may have: input_shape itself, flattened, and for one-channel
+    images without the channel axis."""
+    dim = int(np.prod(input_shape))
+    shapes = [tuple(input_shape)]
+    if len(input_shape) > 1:
+        shapes.append((dim,))
+    if len(input_shape) == 3 and input_shape[2] == 1:
+        shapes.append(tuple(input_shape[:2]))
+    return shapes
+
+
+def as_features(x: Any, input_shape: Shape | int, name: str = "x",
                 check_finite: bool = True) -> np.ndarray:
-    """x as a C-contiguous float32 (n, input_dim) array the kernels may read.
+    """x as a C-contiguous float32 (n, prod(input_shape)) array of flattened samples the
+    kernels may read. For input_shape (28, 28, 1), x may be (n, 28, 28, 1), (n, 28, 28) or
+    (n, 784); for (784,), (n, 784).
 
     float32 is used as is when C-contiguous (else copied); other float dtypes are converted
     once. Integer images are refused rather than guessed at: scale them yourself, e.g.
     `x.astype(np.float32) / 255`. NaN or Inf is an error (unless check_finite is False: for
     a caller whose kernels check the rows as they read them)."""
+    input_shape = (input_shape,) if isinstance(input_shape, (int, np.integer)) else input_shape
+    input_shape = tuple(int(v) for v in input_shape)
+    dim = int(np.prod(input_shape))
     if not isinstance(x, np.ndarray):
         if isinstance(x, (list, tuple)):
             try:
@@ -153,12 +122,18 @@ def as_features(x: Any, input_dim: int, name: str = "x",
                         f"e.g. {name}.astype(np.float32) / 255")
     if x.dtype.kind != "f":
         raise TypeError(f"{name} must hold floats, got dtype {x.dtype}")
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n, {input_dim}), got shape {x.shape}")
-    if x.shape[1] != input_dim:
-        raise ValueError(f"{name} has {x.shape[1]} columns but the model's input_dim is "
-                         f"{input_dim}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    if len(input_shape) == 1:
+        if x.ndim != 2:
+            raise ValueError(f"{name} must be 2-D (n, {dim}), got shape {x.shape}")
+        if x.shape[1] != dim:
+            raise ValueError(f"{name} has {x.shape[1]} columns but the model's input_dim is "
+                             f"{dim}")
+    elif x.ndim < 1 or tuple(x.shape[1:]) not in _accepted_shapes(input_shape):
+        expected = " or ".join(str((None, *s)).replace("None", "n")
+                               for s in _accepted_shapes(input_shape))
+        raise ValueError(f"{name} has shape {x.shape}, which does not fit the model's "
+                         f"input_shape {input_shape}: expected {expected}")
+    x = np.ascontiguousarray(x.reshape(x.shape[0], dim), dtype=np.float32)
     if check_finite and not fast.all_finite(x):
         raise ValueError(f"{name} contains NaN or Inf")
     return x
@@ -178,9 +153,14 @@ def as_targets(y: Any, n: int, n_classes: int, name: str = "y") -> np.ndarray:
         if y.dtype.kind not in "iu":
             if y.dtype.kind != "f" or not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
                 raise TypeError(f"{name} as 1-D labels must hold integers, got dtype {y.dtype}")
-        if n and (y.min() < 0 or y.max() >= n_classes):
+        if n and y.min() < 0:
             raise ValueError(f"{name} has labels outside 0..{n_classes - 1} "
                              f"(min {y.min()}, max {y.max()})")
+        if n and y.max() >= n_classes:
+            raise ValueError(f"{name} has labels up to {y.max()} but the model has "
+                             f"{n_classes} output{'s' if n_classes != 1 else ''} (labels "
+                             f"0..{n_classes - 1}): its last layer needs {int(y.max()) + 1} "
+                             "units")
         targets = np.zeros((n, n_classes), dtype=np.float32)
         targets[np.arange(n), y.astype(np.int64)] = 1
         return targets
@@ -244,48 +224,68 @@ class _ProgressLog:
 
 # ---- the model ---------------------------------------------------------------------------
 
+def _input_shape(layers: Sequence[Layer], input_dim: Any, input_shape: Any) -> Shape:
+    """The per-sample input shape from input_dim or input_shape (not both); neither: MNIST's,
+    as images (28, 28, 1) when the first layer takes images, else rows of 784."""
+    if input_dim is not None and input_shape is not None:
+        raise ValueError("give input_dim (rows of features) or input_shape, not both")
+    if input_dim is not None:
+        return (_positive_int(input_dim, "input_dim"),)
+    if input_shape is None:
+        return MNIST_IMAGE if isinstance(layers[0], (Conv2D, MaxPool2D)) else (784,)
+    if isinstance(input_shape, (int, np.integer)) and not isinstance(input_shape, bool):
+        input_shape = (input_shape,)
+    if not isinstance(input_shape, (tuple, list)) or len(input_shape) not in (1, 3):
+        raise ValueError(f"input_shape must be (features,) or (height, width, channels), got "
+                         f"{input_shape!r}")
+    return tuple(_positive_int(v, "input_shape") for v in input_shape)
+
+
 class Model:
-    """A stack of Dense layers trained by minibatch SGD.
+    """A stack of layers trained by minibatch gradient descent.
 
     Args:
-        layers: the Dense layers, input side first.
-        input_dim: width of each input row (784 for MNIST).
+        layers: Dense, Conv2D, MaxPool2D, Flatten and Dropout layers, input side first.
+        input_dim: width of each input row, for a net of Dense layers (784 for MNIST).
+        input_shape: or the shape of one sample: (784,) or, channels last, (28, 28, 1).
+            Neither given: MNIST's, (28, 28, 1) if the first layer is a Conv2D or
+            MaxPool2D, else (784,).
         loss: "mse" or "categorical_crossentropy" (needs a softmax output layer).
-        optimizer: an SGD; default SGD(0.01).
-        seed: seeds the Glorot-uniform initialisation and every epoch's shuffle.
+        optimizer: SGD (default SGD(0.01)) or Adam.
+        seed: seeds the Glorot-uniform initialisation, every epoch's shuffle and the dropout
+            masks.
         backend: "fast" (compiled kernels) or "reference" (NumPy twin).
     """
 
-    def __init__(self, layers: Sequence[Dense], input_dim: int = 784, loss: str = "mse",
-                 optimizer: SGD | None = None, seed: int = 0, backend: str = "fast") -> None:
-        if isinstance(layers, Dense) or not isinstance(layers, Sequence) or not layers:
-            raise TypeError("layers must be a non-empty list of Dense")
+    def __init__(self, layers: Sequence[Layer], input_dim: int | None = None,
+                 loss: str = "mse", optimizer: Optimizer | None = None, seed: int = 0,
+                 backend: str = "fast", input_shape: Sequence[int] | None = None) -> None:
+        if isinstance(layers, Layer) or not isinstance(layers, Sequence) or not layers:
+            raise TypeError("layers must be a non-empty list of layers (Dense, Conv2D, ...)")
         for i, layer in enumerate(layers):
-            if not isinstance(layer, Dense):
-                raise TypeError(f"layers[{i}] must be a Dense, got {type(layer).__name__}")
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layers[{i}] must be a layer (Dense, Conv2D, MaxPool2D, "
+                                f"Flatten, Dropout), got {type(layer).__name__}")
         self.layers = list(layers)
-        self.input_dim = _positive_int(input_dim, "input_dim")
+        self.input_shape = _input_shape(self.layers, input_dim, input_shape)
         self.loss = _choice(loss, LOSSES, "loss")
         if self.loss == "categorical_crossentropy" and self.layers[-1].activation != "softmax":
             raise ValueError("loss 'categorical_crossentropy' needs a softmax output layer, "
                              f"got {self.layers[-1].activation!r}")
         if optimizer is None:
             optimizer = SGD()
-        if not isinstance(optimizer, SGD):
-            raise TypeError(f"optimizer must be an SGD, got {type(optimizer).__name__}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be an SGD or Adam, got {type(optimizer).__name__}")
         self.optimizer = optimizer
         self.seed = _positive_int(seed, "seed", minimum=0)
         self.backend = backend
 
-        self.sizes = np.array([self.input_dim] + [layer.units for layer in self.layers],
-                              dtype=np.int32)
-        self.act_codes = np.array([reference.ACTIVATIONS[layer.activation]
-                                   for layer in self.layers], dtype=np.int32)
+        self.plan = Plan(self.layers, self.input_shape)
         self._loss_code = reference.LOSSES[self.loss]
-        n_params, _, _ = reference.buffer_sizes(self.sizes, 1)
-        self.params = aligned_zeros(n_params)
-        self.grads = aligned_zeros(n_params)
-        self._views = reference.layer_views(self.params, self.sizes)
+        self.params = aligned_zeros(self.plan.n_params)
+        self.grads = aligned_zeros(self.plan.n_params)
+        self.optimizer_state = aligned_zeros(optimizer.slots * self.plan.n_params)
+        self._views = self.plan.weight_views(self.params)
         self._epochs_done = 0
         self.history: History | None = None  # the running or last fit's History
         self._training = threading.Lock()
@@ -294,9 +294,11 @@ class Model:
     # -- construction ----------------------------------------------------------------------
     def _initialise(self) -> None:
         rng = np.random.default_rng([self.seed, 0])
-        for w, b in self._views:
-            w[...] = glorot_uniform(rng, *w.shape)
-            b[...] = 0
+        views = iter(self._views)
+        for layer, shape in zip(self.layers, self.plan.shapes, strict=False):
+            # The layer's arrays first: zip must not take a view it has no value for.
+            for value, view in zip(layer.initial_weights(rng, shape), views, strict=False):
+                view[...] = value
 
     @property
     def backend(self) -> str:
@@ -309,8 +311,20 @@ class Model:
         self._kernels = BACKENDS[name]
 
     @property
+    def input_dim(self) -> int:
+        """Floats per sample (784 for MNIST, images flattened)."""
+        return int(np.prod(self.input_shape))
+
+    @property
     def n_outputs(self) -> int:
-        return int(self.sizes[-1])
+        return self.plan.n_outputs
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Layer widths, input first (int32), of a net of Dense layers."""
+        if not self.plan.dense_only:
+            raise AttributeError("sizes describes nets of Dense layers only; see model.plan")
+        return np.array(self.plan.widths, dtype=np.int32)
 
     @property
     def epochs_trained(self) -> int:
@@ -320,43 +334,78 @@ class Model:
     @classmethod
     def from_config(cls, config: dict[str, Any], backend: str = "fast") -> Model:
         """A model with the architecture get_config() describes (and fresh weights from its
-        seed)."""
-        return cls([Dense(**layer) for layer in config["layers"]],
-                   input_dim=config["input_dim"], loss=config["loss"],
-                   optimizer=SGD(**config["optimizer"]), seed=config["seed"], backend=backend)
+        seed); also reads format 1's config (Dense layers, input_dim, SGD)."""
+        layers = [layer_from_config(layer) for layer in config["layers"]]
+        shape = config.get("input_shape")
+        return cls(layers, input_dim=config["input_dim"] if shape is None else None,
+                   input_shape=shape, loss=config["loss"],
+                   optimizer=optimizer_from_config(config["optimizer"]), seed=config["seed"],
+                   backend=backend)
 
     def get_config(self) -> dict[str, Any]:
-        return {"layers": [layer.get_config() for layer in self.layers],
-                "input_dim": self.input_dim, "loss": self.loss,
-                "optimizer": self.optimizer.get_config(), "seed": self.seed}
+        """The architecture, loss, optimizer and seed as JSON-able values."""
+        return {"layers": [layer_to_config(layer) for layer in self.layers],
+                "input_shape": list(self.input_shape), "loss": self.loss,
+                "optimizer": optimizer_to_config(self.optimizer), "seed": self.seed}
+
+    def _training_state(self) -> dict[str, Any]:
+        """What training depends on beyond the architecture: weights, optimizer state and
+        step count, epochs done (the next shuffle and dropout keys)."""
+        return {"params": self.params.copy(), "optimizer_state": self.optimizer_state.copy(),
+                "iterations": self.optimizer.iterations, "epochs_done": self._epochs_done}
+
+    def _restore_training_state(self, state: dict[str, Any]) -> None:
+        self.params[...] = state["params"]
+        self.optimizer_state[...] = state["optimizer_state"]
+        self.optimizer.iterations = int(state["iterations"])
+        self._epochs_done = int(state["epochs_done"])
 
     def __getstate__(self) -> dict[str, Any]:
-        # Pickle (multiprocessing, joblib) as architecture + weights: the training lock and
-        # the backend module are rebuilt, not copied.
-        return {"config": self.get_config(), "params": self.params.copy(),
-                "backend": self.backend, "epochs_done": self._epochs_done}
+        # Pickle (multiprocessing, joblib) as architecture + training state: the training
+        # lock and the backend module are rebuilt, not copied.
+        return {"config": self.get_config(), "backend": self.backend, **self._training_state()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(type(self).from_config(state["config"], state["backend"]).__dict__)
-        self.params[...] = state["params"]
-        self._epochs_done = state["epochs_done"]
+        state.setdefault("optimizer_state", self.optimizer_state)
+        state.setdefault("iterations", 0)
+        self._restore_training_state(state)
 
     def __repr__(self) -> str:
-        widths = "-".join(str(int(s)) for s in self.sizes)
-        return f"Model({widths}, loss={self.loss!r}, backend={self.backend!r})"
+        if self.plan.dense_only:
+            arch = "-".join(str(w) for w in self.plan.widths)
+        else:
+            arch = f"{self.input_shape} -> " + " -> ".join(type(la).__name__
+                                                            for la in self.layers)
+        return f"Model({arch}, loss={self.loss!r}, backend={self.backend!r})"
+
+    def summary(self) -> str:
+        """A table of the layers with their output shapes and weight counts (also printed)."""
+        rows = [("layer", "output shape", "params")]
+        for d in self.plan.describe():
+            rows.append((f"{d['class']}", str(tuple(d["output_shape"])), str(d["params"])))
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+        lines.append(f"input {self.input_shape}; {self.plan.n_params:,} weights; loss "
+                     f"{self.loss}; {self.optimizer!r}")
+        text = "\n".join(lines)
+        print(text)
+        return text
 
     # -- weights ---------------------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:
-        """Copies of [W0, b0, W1, b1, ...], each W of shape (in, out)."""
-        return [a.copy() for pair in self._views for a in pair]
+        """Copies of [kernel0, bias0, kernel1, bias1, ...] in Keras' shapes and order: a Dense
+        kernel is (inputs, units), a Conv2D kernel (kh, kw, in_channels, filters)."""
+        return [a.copy() for a in self._views]
 
     def set_weights(self, weights: Sequence[np.ndarray]) -> None:
-        """Write [W0, b0, W1, b1, ...] into the model's parameter block (all or nothing)."""
-        expected = [a for pair in self._views for a in pair]
+        """Write [kernel0, bias0, ...] (get_weights' shapes) into the model's parameter block
+        (all or nothing)."""
+        expected = self._views
         weights = list(weights)
         if len(weights) != len(expected):
             raise ValueError(f"set_weights needs {len(expected)} arrays "
-                             f"(W and b per layer), got {len(weights)}")
+                             f"(kernel and bias per layer with weights), got {len(weights)}")
         converted = []
         for i, (new, old) in enumerate(zip(weights, expected, strict=True)):
             new = np.asarray(new)
@@ -376,23 +425,24 @@ class Model:
     def fit(self, x: np.ndarray, y: np.ndarray, epochs: int = 1, batch_size: int = 32,
             validation_data: tuple[np.ndarray, np.ndarray] | None = None, verbose: int = 1,
             shuffle: bool = True) -> History:
-        """Train for `epochs` epochs of minibatch SGD; returns a History.
+        """Train for `epochs` epochs of minibatch gradient descent; returns a History.
 
-        x: float (n, input_dim); float64 is converted to float32 once. y: integer labels (n,)
-        or one-hot (n, outputs). Each epoch's row order comes from the model's seed and the
-        number of epochs trained so far (shuffle_order), the same for both backends.
-        The epoch runs in compiled code without the GIL (fast backend). Ctrl-C stops between
-        two steps with KeyboardInterrupt; the model keeps the last completed step. A NaN/Inf
-        loss stops training with a RuntimeWarning, before that batch's update. NaN or Inf in x
-        is a ValueError, and the model is left as it was: the epoch checks each batch's rows
-        as it reads them (one pass over x fewer than a check up front).
+        x: float samples of input_shape (or flattened); float64 is converted to float32 once.
+        y: integer labels (n,) or one-hot (n, outputs). Each epoch's row order comes from the
+        model's seed and the number of epochs trained so far (shuffle_order), the same for
+        both backends, and so do the dropout masks. The epoch runs in compiled code without
+        the GIL (fast backend). Ctrl-C stops between two steps with KeyboardInterrupt; the
+        model keeps the last completed step. A NaN/Inf loss stops training with a
+        RuntimeWarning, before that batch's update. NaN or Inf in x is a ValueError, and the
+        model is left as it was: the epoch checks each batch's rows as it reads them (one
+        pass over x fewer than a check up front).
         """
         epochs = _positive_int(epochs, "epochs", minimum=0)
         batch_size = _positive_int(batch_size, "batch_size")
         if verbose not in (0, 1, 2):
             raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
         # Unless no epoch will read them, the epoch checks x's rows (see _fit).
-        x = as_features(x, self.input_dim, check_finite=epochs == 0)
+        x = as_features(x, self.input_shape, check_finite=epochs == 0)
         targets = as_targets(y, x.shape[0], self.n_outputs)
         if x.shape[0] == 0:
             raise ValueError("x has no rows")
@@ -411,7 +461,7 @@ class Model:
             return None
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError("validation_data must be a tuple (x_val, y_val)")
-        xv = as_features(validation_data[0], self.input_dim, "validation_data[0]")
+        xv = as_features(validation_data[0], self.input_shape, "validation_data[0]")
         if xv.shape[0] == 0:
             raise ValueError("validation_data[0] has no rows")
         yv = as_targets(validation_data[1], xv.shape[0], self.n_outputs, "validation_data[1]")
@@ -421,19 +471,28 @@ class Model:
         """The activation and activation-gradient blocks for training `rows` at a time,
         cache-aligned, the latter with workspace for the compiled epoch's threads."""
         threads = fast.get_num_threads() if self.backend == "fast" else 1
-        _, n_acts, n_dacts = reference.buffer_sizes(self.sizes, rows, threads)
+        _, n_acts, n_dacts = self.plan.buffer_sizes(rows, threads)
         return aligned_zeros(n_acts), aligned_zeros(n_dacts)
+
+    def _epoch_arguments(self, acts, dacts, x, targets, order, batch_size, first_step):
+        """train_epoch's arguments for the batches of `order`, the first being step
+        first_step of the epoch."""
+        steps = -(-len(order) // batch_size)
+        rates = np.full(steps, self.optimizer.learning_rate, dtype=np.float32)
+        return (self.plan, self.params, self.grads, self.optimizer_state, acts, dacts,
+                self._loss_code, x, targets, order, batch_size,
+                self.optimizer.kernel_settings(), rates, self.optimizer.iterations,
+                (self.seed, self._epochs_done, first_step))
 
     def _fit(self, x, targets, epochs, batch_size, val, log, shuffle) -> History:
         # What a ValueError for NaN/Inf in x puts back.
-        before = (self.params.copy(), self.grads.copy(), self.history, self._epochs_done)
+        before = (self._training_state(), self.grads.copy(), self.history)
         # Kept on the model as it grows, so after Ctrl-C `model.history` holds the
         # completed epochs (as in Keras).
         history = self.history = History()
         acts, dacts = self._training_buffers(batch_size)
         n = x.shape[0]
         steps = -(-n // batch_size)
-        lr = self.optimizer.learning_rate
         for epoch in range(epochs):
             log.epoch_start(epoch + 1, epochs)
             order = (shuffle_order(self.seed, self._epochs_done, n) if shuffle
@@ -443,11 +502,12 @@ class Model:
             status = reference.EPOCH_DONE
             # On a terminal the step counter moves: run the epoch in a few compiled segments.
             segments = 20 if log.live else 1
-            seg_rows = -(-steps // segments) * batch_size
-            for s0 in range(0, n, seg_rows):
-                result = self._kernels.train_epoch(
-                    self.params, self.grads, acts, dacts, self.sizes, self.act_codes,
-                    self._loss_code, x, targets, order[s0: s0 + seg_rows], batch_size, lr)
+            seg_steps = -(-steps // segments)
+            for first in range(0, steps, seg_steps):
+                rows = order[first * batch_size: (first + seg_steps) * batch_size]
+                result = self._kernels.train_epoch(*self._epoch_arguments(
+                    acts, dacts, x, targets, rows, batch_size, first))
+                self.optimizer.iterations += result[3]
                 for i in range(4):
                     totals[i] += result[i]
                 status = result[4]
@@ -458,7 +518,8 @@ class Model:
             if status == reference.EPOCH_NONFINITE_INPUT or (
                     status == reference.EPOCH_NONFINITE_LOSS
                     and not self._kernels.all_finite(x)):  # rows the epoch did not reach
-                self.params[:], self.grads[:], self.history, self._epochs_done = before
+                state, self.grads[:], self.history = before
+                self._restore_training_state(state)
                 raise ValueError("x contains NaN or Inf")
             if status == reference.EPOCH_NONFINITE_LOSS:
                 warnings.warn(f"loss became NaN or Inf at epoch {epoch + 1}, batch "
@@ -484,9 +545,10 @@ class Model:
 
     # -- inference -------------------------------------------------------------------------
     def predict(self, x: np.ndarray, batch_size: int = PREDICT_CHUNK) -> np.ndarray:
-        """Outputs (n, outputs) float32 for x (n, input_dim); safe to call from several
-        threads at once (each call has its own scratch buffers)."""
-        return self._predict_array(as_features(x, self.input_dim),
+        """Outputs (n, outputs) float32 for x, samples of input_shape or flattened (dropout
+        is off); safe to call from several threads at once (each call has its own scratch
+        buffers)."""
+        return self._predict_array(as_features(x, self.input_shape),
                                    _positive_int(batch_size, "batch_size"))
 
     def _predict_array(self, x: np.ndarray, batch_size: int = PREDICT_CHUNK) -> np.ndarray:
@@ -495,14 +557,13 @@ class Model:
         if x.shape[0] == 0:
             return out
         chunk = min(batch_size, x.shape[0])
-        _, n_acts, _ = reference.buffer_sizes(self.sizes, chunk)
+        _, n_acts, _ = self.plan.buffer_sizes(chunk)
         acts = np.empty(n_acts, dtype=np.float32)
-        return self._kernels.predict(self.params, acts, self.sizes, self.act_codes, x, out,
-                                     chunk)
+        return self._kernels.predict(self.plan, self.params, acts, x, out, chunk)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         """{"loss": mean loss over the rows, "accuracy": fraction with the right argmax}."""
-        x = as_features(x, self.input_dim)
+        x = as_features(x, self.input_shape)
         targets = as_targets(y, x.shape[0], self.n_outputs)
         if x.shape[0] == 0:
             raise ValueError("x has no rows")
@@ -517,104 +578,73 @@ class Model:
 
     # -- files -----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write the architecture and weights to an .npz file, atomically (a temporary file
-        in the same folder, then a rename): a crash never leaves a half-written model."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".mnistnet-", suffix=".npz.tmp", dir=folder)
-        try:
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, format_version=np.array(FORMAT_VERSION),
-                         config=np.array(json.dumps(self.get_config())),
-                         params=self.params, mnistnet_version=np.array(__version__))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """Write the architecture, weights, optimizer state and training position to an .npz
+        file, atomically (a temporary file in the same folder, then a rename): a crash never
+        leaves a half-written model. See mnistnet.saving."""
+        from mnistnet import saving
+
+        saving.save_model(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str = "fast") -> Model:
-        """Read a model written by save(). Never unpickles; checks the format version and
-        that the weights fit the architecture. Raises ValueError naming the file."""
-        _choice(backend, tuple(BACKENDS), "backend")
-        path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path}: no such model file")
-        if not zipfile.is_zipfile(path):
-            raise ValueError(f"{path}: not a mnistnet model file (not an .npz archive)")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-        except Exception as exc:
-            # Corrupt or truncated archives, object arrays (refused: never unpickle), ...
-            reason = "it holds Python objects" if "allow_pickle" in str(exc) else exc
-            raise ValueError(f"{path}: not a mnistnet model file ({reason})") from None
-        return cls._from_arrays(arrays, path, backend)
+        """Read a model written by save() (format 2, or format 1 of mnistnet 0.1). Never
+        unpickles; checks the format version and that the weights fit the architecture.
+        Raises ValueError naming the file."""
+        from mnistnet import saving
 
-    @classmethod
-    def _from_arrays(cls, arrays: dict[str, np.ndarray], path: str, backend: str) -> Model:
-        missing = {"format_version", "config", "params"} - set(arrays)
-        if missing:
-            raise ValueError(f"{path}: not a mnistnet model file (missing "
-                             f"{', '.join(sorted(missing))})")
-        for key in ("format_version", "config", "params"):
-            if not isinstance(arrays[key], np.ndarray):
-                raise ValueError(f"{path}: not a mnistnet model file ({key} is not an array)")
-        version = arrays["format_version"]
-        if version.shape != () or version.dtype.kind not in "iu":
-            raise ValueError(f"{path}: bad format_version")
-        if int(version) != FORMAT_VERSION:
-            raise ValueError(f"{path}: format version {int(version)} is not supported "
-                             f"(this mnistnet reads version {FORMAT_VERSION})")
-        bad = (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError)
-        try:
-            config = json.loads(str(arrays["config"][()]))
-            layers = [Dense(**layer) for layer in config["layers"]]
-            widths = [_positive_int(config["input_dim"], "input_dim")]
-            widths += [layer.units for layer in layers]
-        except bad as exc:
-            raise ValueError(f"{path}: bad architecture in the model file ({exc})") from None
-        # Check the weights' size against the architecture before allocating anything for it.
-        n_params = sum(a * b + b for a, b in itertools.pairwise(widths))
-        params = arrays["params"]
-        if params.dtype != np.float32 or params.shape != (n_params,):
-            raise ValueError(f"{path}: weights have dtype {params.dtype} and shape "
-                             f"{params.shape}; the architecture needs float32 ({n_params},)")
-        try:
-            model = cls.from_config(config, backend)
-        except bad as exc:
-            raise ValueError(f"{path}: bad architecture in the model file ({exc})") from None
-        if not np.isfinite(params).all():
-            raise ValueError(f"{path}: weights contain NaN or Inf")
-        model.params[...] = params
-        return model
+        return saving.load_model(path, backend)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# ---- the tutorial's three networks -------------------------------------------------------
+# ---- the tutorial's networks and the convnet ---------------------------------------------
 
 PRESETS: dict[str, dict[str, Any]] = {
     "perceptron": {"layers": [(10, "sigmoid")], "loss": "mse"},
     "hidden-relu": {"layers": [(128, "relu"), (64, "relu"), (10, "sigmoid")], "loss": "mse"},
     "cross-entropy": {"layers": [(128, "relu"), (64, "relu"), (10, "softmax")],
                       "loss": "categorical_crossentropy"},
+    "convnet": {"loss": "categorical_crossentropy"},
+}
+# Each preset's training recipe, as the tutorial (SGD 0.01, batch 32, 30 epochs) and Keras'
+# "Simple MNIST convnet" example (Adam 0.001, batch 128, 15 epochs) train them.
+RECIPES: dict[str, dict[str, Any]] = {
+    "perceptron": {"optimizer": "sgd", "learning_rate": 0.01, "batch_size": 32, "epochs": 30},
+    "hidden-relu": {"optimizer": "sgd", "learning_rate": 0.01, "batch_size": 32, "epochs": 30},
+    "cross-entropy": {"optimizer": "sgd", "learning_rate": 0.01, "batch_size": 32,
+                      "epochs": 30},
+    "convnet": {"optimizer": "adam", "learning_rate": 0.001, "batch_size": 128, "epochs": 15},
 }
 
 
-def preset(name: str, seed: int = 0, backend: str = "fast", learning_rate: float = 0.01) -> Model:
-    """One of the tutorial's networks: "perceptron" (784-10 sigmoid, MSE), "hidden-relu"
-    (784-128-64-10, relu/sigmoid, MSE) or "cross-entropy" (the same with softmax and
-    categorical cross-entropy); SGD(learning_rate), Glorot-uniform weights."""
+def convnet_layers() -> list[Layer]:
+    """Keras' "Simple MNIST convnet": 34,826 weights."""
+    return [Conv2D(32, 3, activation="relu"), MaxPool2D(2),
+            Conv2D(64, 3, activation="relu"), MaxPool2D(2),
+            Flatten(), Dropout(0.5), Dense(10, activation="softmax")]
+
+
+def preset(name: str, seed: int = 0, backend: str = "fast",
+           learning_rate: float | None = None, optimizer: Optimizer | None = None) -> Model:
+    """One of the tutorial's networks, or the convnet:
+
+    - "perceptron": 784-10 sigmoid, MSE;
+    - "hidden-relu": 784-128-64-10, relu/sigmoid, MSE;
+    - "cross-entropy": the same with softmax and categorical cross-entropy;
+    - "convnet": Keras' "Simple MNIST convnet" (Conv2D 32x3x3 relu, MaxPool2D 2, Conv2D
+      64x3x3 relu, MaxPool2D 2, Flatten, Dropout 0.5, Dense 10 softmax) on (28, 28, 1).
+
+    Glorot-uniform weights; the optimizer of the preset's recipe (RECIPES: SGD 0.01 for the
+    tutorial's three, Adam 0.001 for the convnet) unless `optimizer` is given;
+    learning_rate replaces the recipe's rate."""
     spec = PRESETS[_choice(name, tuple(PRESETS), "preset")]
+    recipe = RECIPES[name]
+    if optimizer is None:
+        rate = recipe["learning_rate"] if learning_rate is None else learning_rate
+        optimizer = Adam(rate) if recipe["optimizer"] == "adam" else SGD(rate)
+    elif learning_rate is not None:
+        raise ValueError("give learning_rate or optimizer, not both")
+    if name == "convnet":
+        return Model(convnet_layers(), input_shape=MNIST_IMAGE, loss=spec["loss"],
+                     optimizer=optimizer, seed=seed, backend=backend)
     return Model([Dense(units, activation=act) for units, act in spec["layers"]],
-                 input_dim=784, loss=spec["loss"], optimizer=SGD(learning_rate), seed=seed,
+                 input_dim=784, loss=spec["loss"], optimizer=optimizer, seed=seed,
                  backend=backend)

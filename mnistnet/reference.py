@@ -5,29 +5,46 @@ outputs first (None allocates them), then inputs, then weights. Arrays are float
 compiled kernels; losses are accumulated in float64, as there. Derivations:
 
 * dense:   out = inp @ W + b;  dinp = dout @ W.T;  dW = inp.T @ dout;  db = sum_rows(dout).
+* conv2d (channels last, Keras' kernel (kh, kw, c, oc)): the patches P (one row of kh*kw*c
+  inputs per output pixel, zero padding included) times the kernel as a (kh*kw*c, oc)
+  matrix: out = P @ W + b, so dW = P.T @ dout, db = sum(dout), and dinp is dP = dout @ W.T
+  added back to the pixels each patch was read from (col2im).
+* maxpool2d: out = max over each window; dinp gets dout at the window's first maximum
+  (row-major order; the argmax is kept from the forward), summed where windows overlap.
+* dropout: out = inp * mask with mask = 0 (probability rate) or 1 / (1 - rate) (inverted
+  dropout); dinp = dout * mask. The mask bits come from a counter-based generator:
+  element e of a layer's batch is kept when the top 32 bits of mix64(key + e) are at least
+  rate * 2^32, key = dropout_key(seed, epoch, step, layer); mix64 is SplitMix64's finaliser.
 * sigmoid: s = 1 / (1 + e^-x);  ds/dx = s (1 - s), written from the forward output.
 * relu:    ds/dx = 1 where the output is > 0, else 0.
-* softmax: J^T g = s * (g - <g, s>) per row.
+* softmax: J^T g = s * (g - <g, s>) per row (per pixel over the channels for conv outputs).
 * MSE (Keras): L = mean_rows(mean_cols((p - y)^2));  dL/dp = 2 (p - y) / (B C).
   After a sigmoid this is chained through sigmoid_backward: MSE + sigmoid has no shortcut.
 * Cross-entropy (Keras, on probabilities): L = -mean_rows(sum(y * log(clip(p / sum(p)))))
   with the clip to [1e-7, 1 - 1e-7]. With softmax outputs and rows of y summing to 1, the
   gradient w.r.t. the softmax *input* is (p - y) / B: the fused shortcut, exact for
   softmax + CE (likewise sigmoid + binary CE, identity + squared error), not for other pairs.
-* SGD:     params -= lr * grads.
+* Optimizers, Keras 3's update rules (float32, in this order of operations):
+  - SGD:      w -= lr * g
+  - momentum: v = momentum * v - lr * g;  w += v   (Nesterov: w += momentum * v - lr * g)
+  - Adam:     m += (g - m) * (1 - beta_1);  v += (g^2 - v) * (1 - beta_2);
+              alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)  (t: the step, from 1;
+              computed in float64, then rounded to float32);
+              w -= (m * alpha) / (sqrt(v) + epsilon)
+  An element whose new weight would be NaN or Inf keeps its old value, and the update
+  reports it (the epoch then stops).
 """
 
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 
 ACTIVATIONS = {"linear": 0, "sigmoid": 1, "relu": 2, "softmax": 3}
 LOSSES = {"mse": 0, "categorical_crossentropy": 1}
+KINDS = {"dense": 0, "conv2d": 1, "maxpool2d": 2, "flatten": 3, "dropout": 4}
+OPTIMIZERS = {"sgd": 0, "momentum": 1, "adam": 2}
 EPOCH_DONE, EPOCH_NONFINITE_LOSS, EPOCH_INTERRUPTED, EPOCH_NONFINITE_INPUT = 0, 1, 2, 3
 CE_EPSILON = np.float32(1e-7)
-
 
 def _out(out, shape):
     return np.empty(shape, dtype=np.float32) if out is None else out
@@ -145,20 +162,6 @@ def crossentropy_softmax_backward(dlogits, probs, target):
     return dlogits
 
 
-def sgd_update(params, grads, learning_rate):
-    """params -= learning_rate * grads, in place; an element whose new value would be NaN or
-    Inf keeps its old value (train_step then reports the step as non-finite)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        new = params - np.float32(learning_rate) * grads
-    np.copyto(params, new, where=np.isfinite(new))
-    return params
-
-
-def _update_is_finite(params, grads, learning_rate) -> bool:
-    with np.errstate(over="ignore", invalid="ignore"):
-        return bool(np.isfinite(params - np.float32(learning_rate) * grads).all())
-
-
 def count_correct(pred, target) -> int:
     """Rows where argmax(pred) == argmax(target)."""
     return int(np.sum(np.argmax(pred, axis=1) == np.argmax(target, axis=1)))
@@ -176,74 +179,353 @@ def all_finite(a) -> bool:
     return all(np.isfinite(flat[i: i + block]).all() for i in range(0, flat.size, block))
 
 
+
+
+# ---- geometry ------------------------------------------------------------------------------
+
+def window_geometry(size, window, stride, padding):
+    """(output size, padding before) of a window sliding along one axis of `size`, as Keras
+    (TensorFlow) computes them: "valid" keeps the windows inside the input; "same" gives
+    ceil(size / stride) outputs, the padding split with any extra one after. Raises if a
+    "valid" window is larger than the input."""
+    if padding == "valid":
+        if window > size:
+            raise ValueError(f"window {window} is larger than its input {size} "
+                             "(padding='valid'); use a smaller window or padding='same'")
+        return (size - window) // stride + 1, 0
+    if padding != "same":
+        raise ValueError(f"unknown padding {padding!r}; valid: valid, same")
+    out = -(-size // stride)
+    return out, max((out - 1) * stride + window - size, 0) // 2
+
+
+def _windows(shape, window, strides, padding):
+    """((OH, OW), (PT, PL), (Hs, Ws)): output size, padding before, and the rows and columns
+    the windows span (from the padded top-left corner) for an (H, W, ...) input."""
+    (kh, kw), (sh, sw) = window, strides
+    oh, pt = window_geometry(shape[0], kh, sh, padding)
+    ow, pl = window_geometry(shape[1], kw, sw, padding)
+    return (oh, ow), (pt, pl), ((oh - 1) * sh + kh, (ow - 1) * sw + kw)
+
+
+def _padded(inp, pads, span, fill):
+    """inp (B, H, W, C) placed at (PT, PL) in a (B, Hs, Ws, C) array of `fill`: the input as
+    the windows see it (padding around it, rows past the last window cut off)."""
+    (pt, pl), (hs, ws) = pads, span
+    b, h, w, c = inp.shape
+    out = np.full((b, hs, ws, c), fill, dtype=inp.dtype)
+    rows, cols = min(h, hs - pt), min(w, ws - pl)
+    out[:, pt: pt + rows, pl: pl + cols] = inp[:, :rows, :cols]
+    return out
+
+
+# ---- conv2d --------------------------------------------------------------------------------
+
+def im2col(patches, inp, kernel_size, strides, padding):
+    """patches (B, OH, OW, KH*KW*C): for each output pixel the KH x KW x C inputs its window
+    reads, in Keras' kernel order (kernel row, kernel column, channel), zero outside the
+    image.   inp (B, H, W, C)"""
+    (oh, ow), pads, span = _windows(inp.shape[1:], kernel_size, strides, padding)
+    kh, kw = kernel_size
+    padded = _padded(inp, pads, span, 0.0)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(1, 2))
+    windows = windows[:, :: strides[0], :: strides[1]]       # (B, OH, OW, C, KH, KW)
+    patches = _out(patches, (inp.shape[0], oh, ow, kh * kw * inp.shape[3]))
+    patches.reshape(windows.shape[:3] + (kh, kw, inp.shape[3]))[...] = (
+        windows.transpose(0, 1, 2, 4, 5, 3))
+    return patches
+
+
+def col2im(dinp, dpatches, kernel_size, strides, padding):
+    """The adjoint of im2col: each patch's gradient added back to the pixels it was read
+    from.   dinp (B, H, W, C) (its shape is required), dpatches (B, OH, OW, KH*KW*C)"""
+    (oh, ow), pads, span = _windows(dinp.shape[1:], kernel_size, strides, padding)
+    (kh, kw), (sh, sw), c = kernel_size, strides, dinp.shape[3]
+    grad = np.zeros((dinp.shape[0],) + span + (c,), dtype=dinp.dtype)
+    dp = dpatches.reshape(dinp.shape[0], oh, ow, kh, kw, c)
+    for i in range(kh):
+        for j in range(kw):
+            grad[:, i: i + (oh - 1) * sh + 1: sh, j: j + (ow - 1) * sw + 1: sw] += dp[:, :, :, i, j]
+    (pt, pl), (h, w) = pads, dinp.shape[1:3]
+    dinp[...] = 0
+    rows, cols = min(h, span[0] - pt), min(w, span[1] - pl)
+    dinp[:, :rows, :cols] = grad[:, pt: pt + rows, pl: pl + cols]
+    return dinp
+
+
+def conv2d_forward(out, patches, inp, weight, bias, strides=(1, 1), padding="valid"):
+    """out = im2col(inp) @ weight + bias, the patches kept for the backward pass.
+    out (B, OH, OW, OC), patches (B, OH, OW, KH*KW*C), inp (B, H, W, C),
+    weight (KH, KW, C, OC), bias (OC,)"""
+    kh, kw, c, oc = weight.shape
+    patches = im2col(patches, inp, (kh, kw), strides, padding)
+    out = _out(out, patches.shape[:3] + (oc,))
+    np.matmul(patches.reshape(-1, kh * kw * c), weight.reshape(-1, oc), out=out.reshape(-1, oc))
+    out += bias
+    return out
+
+
+def conv2d_backward(dinp, dweight, dbias, dout, patches, inp, weight, strides=(1, 1),
+                    padding="valid"):
+    """dweight = patches^T @ dout, dbias = sum of dout over images and pixels, dinp =
+    col2im(dout @ weight^T).   dinp (B, H, W, C), dweight (KH, KW, C, OC), dbias (OC,),
+    dout (B, OH, OW, OC), patches from conv2d_forward, inp (B, H, W, C), weight as dweight.
+    Returns (dinp, dweight, dbias)."""
+    kh, kw, c, oc = weight.shape
+    k = kh * kw * c
+    rows, grad = patches.reshape(-1, k), dout.reshape(-1, oc)
+    dweight = _out(dweight, weight.shape)
+    dbias = _out(dbias, (oc,))
+    np.matmul(rows.T, grad, out=dweight.reshape(k, oc))
+    np.sum(grad, axis=0, out=dbias)
+    dinp = _out(dinp, inp.shape)
+    col2im(dinp, (grad @ weight.reshape(k, oc).T).reshape(patches.shape), (kh, kw), strides,
+           padding)
+    return dinp, dweight, dbias
+
+
+# ---- maxpool2d -----------------------------------------------------------------------------
+
+def maxpool2d_forward(out, argmax, inp, pool_size=(2, 2), strides=None, padding="valid"):
+    """out = the maximum of each window (padding never wins), argmax = where it is, as the
+    index (h * W + w) * C + c into the image; the first maximum in row-major window order.
+    out (B, OH, OW, C), argmax int32 (B, OH, OW, C), inp (B, H, W, C)"""
+    strides = pool_size if strides is None else strides
+    (oh, ow), (pt, pl), span = _windows(inp.shape[1:], pool_size, strides, padding)
+    b, h, w, c = inp.shape
+    padded = _padded(inp, (pt, pl), span, -np.inf)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, pool_size, axis=(1, 2))
+    windows = windows[:, :: strides[0], :: strides[1]].reshape(b, oh, ow, c, -1)
+    best = np.argmax(windows, axis=-1)                        # (B, OH, OW, C)
+    out = _out(out, (b, oh, ow, c))
+    out[...] = np.take_along_axis(windows, best[..., None], axis=-1)[..., 0]
+    rows = np.arange(oh)[:, None, None] * strides[0] - pt + best // pool_size[1]
+    cols = np.arange(ow)[None, :, None] * strides[1] - pl + best % pool_size[1]
+    argmax = np.empty((b, oh, ow, c), dtype=np.int32) if argmax is None else argmax
+    argmax[...] = (rows * w + cols) * c + np.arange(c)
+    return out, argmax
+
+
+def maxpool2d_backward(dinp, dout, argmax, input_shape):
+    """dinp = dout added at each window's argmax (zero elsewhere), in the order of the
+    outputs.   dinp (B, H, W, C) = input_shape, dout and argmax (B, OH, OW, C)"""
+    dinp = _out(dinp, tuple(input_shape))
+    dinp[...] = 0
+    b = dinp.shape[0]
+    flat = dinp.reshape(b, -1)
+    np.add.at(flat, (np.arange(b)[:, None], argmax.reshape(b, -1)), dout.reshape(b, -1))
+    return dinp
+
+
+# ---- dropout -------------------------------------------------------------------------------
+
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+
+
+def mix64(z):
+    """SplitMix64's output function of z + golden gamma (uint64 arrays or scalars, wrapping)."""
+    z = np.asarray(z, dtype=np.uint64) + _GAMMA
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def dropout_key(seed, epoch, step, layer) -> int:
+    """The counter-based key of one dropout layer's masks in one training step."""
+    with np.errstate(over="ignore"):
+        key = mix64(np.uint64(seed))
+        for part in (epoch, step, layer):
+            key = mix64(key ^ np.uint64(part))
+    return int(key)
+
+
+def dropout_threshold(rate) -> int:
+    """An element is kept when the top 32 bits of its mix64 are >= this."""
+    return int(float(rate) * 4294967296.0)
+
+
+def dropout_forward(out, mask, inp, rate, key):
+    """mask = 0 where element e (row-major over the batch) is dropped, else 1 / (1 - rate);
+    out = inp * mask.   out, mask, inp (B, ...) float32"""
+    mask = _out(mask, inp.shape)
+    bits = mix64(np.uint64(key) + np.arange(inp.size, dtype=np.uint64)) >> np.uint64(32)
+    scale = np.float32(1) / (np.float32(1) - np.float32(rate))
+    mask[...] = np.where(bits.reshape(inp.shape) >= dropout_threshold(rate), scale,
+                         np.float32(0))
+    out = _out(out, inp.shape)
+    np.multiply(inp, mask, out=out)
+    return out, mask
+
+
+def dropout_backward(dinp, dout, mask):
+    """dinp = dout * mask."""
+    dinp = _out(dinp, dout.shape)
+    np.multiply(dout, mask, out=dinp)
+    return dinp
+
+
+# ---- optimizers ----------------------------------------------------------------------------
+
+def _keep_finite(params, new) -> bool:
+    """params = new where new is finite; True if it was finite everywhere."""
+    finite = np.isfinite(new)
+    np.copyto(params, new, where=finite)
+    return bool(finite.all())
+
+
+def _sgd(params, grads, learning_rate) -> bool:
+    with np.errstate(over="ignore", invalid="ignore"):
+        new = params - np.float32(learning_rate) * grads
+    return _keep_finite(params, new)
+
+
+def _momentum(params, grads, velocity, learning_rate, momentum, nesterov) -> bool:
+    lr, mu = np.float32(learning_rate), np.float32(momentum)
+    with np.errstate(over="ignore", invalid="ignore"):
+        velocity[...] = mu * velocity - lr * grads
+        new = params + (mu * velocity - lr * grads if nesterov else velocity)
+    return _keep_finite(params, new)
+
+
+def adam_alpha(learning_rate, beta_1, beta_2, step) -> np.float32:
+    """Adam's step size at step `step` (from 1): lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)."""
+    return np.float32(learning_rate * np.sqrt(1.0 - float(beta_2) ** step)
+                      / (1.0 - float(beta_1) ** step))
+
+
+def _adam(params, grads, m, v, learning_rate, beta_1, beta_2, epsilon, step) -> bool:
+    alpha = adam_alpha(learning_rate, beta_1, beta_2, step)
+    one = np.float32(1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        m += (grads - m) * (one - np.float32(beta_1))
+        v += (grads * grads - v) * (one - np.float32(beta_2))
+        new = params - (m * alpha) / (np.sqrt(v) + np.float32(epsilon))
+    return _keep_finite(params, new)
+
+
+def sgd_update(params, grads, learning_rate):
+    """params -= learning_rate * grads, in place; an element whose new value would be NaN or
+    Inf keeps its old value (train_step then reports the step as non-finite)."""
+    _sgd(params, grads, learning_rate)
+    return params
+
+
+def momentum_update(params, grads, velocity, learning_rate, momentum, nesterov=False):
+    """Keras' SGD with momentum, in place: velocity = momentum * velocity - lr * grads, then
+    params += velocity (Nesterov: params += momentum * velocity - lr * grads)."""
+    _momentum(params, grads, velocity, learning_rate, momentum, nesterov)
+    return params
+
+
+def adam_update(params, grads, m, v, learning_rate, beta_1, beta_2, epsilon, step):
+    """Keras' Adam, in place, at step `step` (the first is 1): see the module docstring."""
+    _adam(params, grads, m, v, learning_rate, beta_1, beta_2, epsilon, step)
+    return params
+
+
+def optimizer_slots(code) -> int:
+    """Blocks of optimizer state, each with the parameters' layout."""
+    return {OPTIMIZERS["sgd"]: 0, OPTIMIZERS["momentum"]: 1, OPTIMIZERS["adam"]: 2}[int(code)]
+
+
+def apply_update(optimizer, params, grads, state, learning_rate, step) -> bool:
+    """One optimizer step on the whole parameter block; optimizer is
+    (code, momentum, nesterov, beta_1, beta_2, epsilon); state holds its slots. Returns
+    whether every new weight is finite."""
+    code, momentum, nesterov, beta_1, beta_2, epsilon = optimizer
+    n = params.shape[0]
+    if code == OPTIMIZERS["sgd"]:
+        return _sgd(params, grads, learning_rate)
+    if code == OPTIMIZERS["momentum"]:
+        return _momentum(params, grads, state[:n], learning_rate, momentum, nesterov)
+    return _adam(params, grads, state[:n], state[n: 2 * n], learning_rate, beta_1, beta_2,
+                 epsilon, step)
+
+
 # ---- the network ---------------------------------------------------------------------------
-
-def buffer_sizes(sizes, rows, threads=1):
-    """(n_params, n_acts, n_dacts): floats in the parameter block (and the gradient block),
-    the activation block (input, each layer's output and the targets, `rows` rows each) and
-    the activation-gradient block, for layer widths `sizes` (input first). Both backends,
-    and the compiled Net, use this layout.
-
-    The activation-gradient block ends with a workspace that only the compiled training
-    kernels use (the reference ignores it): room for the first layer's weights and their
-    gradient (2 * sizes[0] * sizes[1] floats; a narrow first layer trains on transposed
-    copies there, a team splitting the first layer keeps each thread's columns there), then,
-    with threads > 1, for each thread after the first, room for all the input rows of a batch
-    and a copy of the parameter and gradient blocks."""
-    sizes = [int(v) for v in sizes]
-    n_params = sum(sizes[i] * sizes[i + 1] + sizes[i + 1] for i in range(len(sizes) - 1))
-    n_dacts = rows * sum(sizes[1:]) + 2 * sizes[0] * sizes[1]
-    if threads > 1:
-        n_dacts += (threads - 1) * (rows * sizes[0] + 2 * n_params)
-    return n_params, rows * (sum(sizes) + sizes[-1]), n_dacts
-
-
-def team_threads(sizes, rows, n_dacts):
-    """Threads an activation-gradient block of n_dacts floats has workspace for (at least 1):
-    the inverse of buffer_sizes."""
-    n_params, _, base = buffer_sizes(sizes, rows)
-    sizes = [int(v) for v in sizes]
-    return 1 + max(0, n_dacts - base) // (rows * sizes[0] + 2 * n_params)
-
-
-def layer_views(flat, sizes):
-    """[(W0, b0), (W1, b1), ...] as views into the flat parameter (or gradient) block."""
-    views, off = [], 0
-    for c, oc in itertools.pairwise(sizes):
-        w = flat[off: off + c * oc].reshape(c, oc)
-        b = flat[off + c * oc: off + c * oc + oc]
-        views.append((w, b))
-        off += c * oc + oc
-    return views
-
 
 _FORWARD = {0: linear_forward, 1: sigmoid_forward, 2: relu_forward, 3: softmax_forward}
 _BACKWARD = {0: linear_backward, 1: sigmoid_backward, 2: relu_backward, 3: softmax_backward}
 
 
-def _forward_all(params, sizes, act_codes, x):
-    """Every layer's output for the rows of x (the input first)."""
-    outs = [x]
-    for (w, b), code in zip(layer_views(params, sizes), act_codes, strict=True):
-        z = dense_forward(None, outs[-1], w, b)
-        outs.append(_FORWARD[int(code)](z, z))
-    return outs
+def _activation_forward(code, z):
+    """In place, over the last axis (softmax: per pixel over the channels)."""
+    flat = z.reshape(-1, z.shape[-1])
+    _FORWARD[int(code)](flat, flat)
+    return z
 
 
-def _backward_all(grads, outs, params, sizes, act_codes, loss, target):
-    layers, L = layer_views(params, sizes), len(act_codes)
-    grad_layers = layer_views(grads, sizes)
-    probs = outs[-1]
-    if loss == LOSSES["categorical_crossentropy"] and act_codes[-1] == ACTIVATIONS["softmax"]:
+def _activation_backward(code, dz, out):
+    flat = dz.reshape(-1, dz.shape[-1])
+    _BACKWARD[int(code)](flat, out.reshape(flat.shape), flat)
+    return dz
+
+
+def _kernel(plan, params, i):
+    """Layer i's kernel in Keras' shape, and its bias (views into params)."""
+    w, b = plan.layer_weights(params, i)
+    return w.reshape(plan.layers[i].weight_shapes(plan.shapes[i])[0]), b
+
+
+def _forward_all(plan, params, x, training, keys=None):
+    """Every layer's output for the rows of x (the input first), and what each layer keeps
+    for its backward pass (patches, argmax, dropout mask; None otherwise). In training,
+    keys[i] is dropout layer i's key."""
+    n = x.shape[0]
+    outs, kept = [x.reshape((n,) + plan.shapes[0])], []
+    for i, (layer, row) in enumerate(zip(plan.layers, plan.table, strict=True)):
+        inp, keep, kind = outs[-1], None, int(row["kind"])
+        if kind == KINDS["dense"]:
+            w, b = _kernel(plan, params, i)
+            z = dense_forward(None, inp, w, b)
+        elif kind == KINDS["conv2d"]:
+            w, b = _kernel(plan, params, i)
+            keep = np.empty((n, row["out_h"], row["out_w"], row["fan_in"]), np.float32)
+            z = conv2d_forward(None, keep, inp, w, b, layer.strides, layer.padding)
+        elif kind == KINDS["maxpool2d"]:
+            z, keep = maxpool2d_forward(None, None, inp, layer.pool_size, layer.strides,
+                                        layer.padding)
+        elif kind == KINDS["flatten"]:
+            z = inp.reshape(n, -1)
+        elif training and layer.rate > 0:
+            z, keep = dropout_forward(None, None, inp, layer.rate, keys[i])
+        else:
+            z = inp.copy()
+        outs.append(_activation_forward(row["act"], z))
+        kept.append(keep)
+    return outs, kept
+
+
+def _backward_all(plan, params, grads, outs, kept, loss, target):
+    """Gradients of the batch-mean loss into grads, from what _forward_all returned."""
+    table, probs = plan.table, outs[-1]
+    if loss == LOSSES["categorical_crossentropy"] and table[-1]["act"] == ACTIVATIONS["softmax"]:
         dz = crossentropy_softmax_backward(None, probs, target)
     else:
-        dz = mse_backward(None, probs, target)
-        dz = _BACKWARD[int(act_codes[-1])](dz, probs, dz)
-    for i in range(L - 1, -1, -1):
-        (w, _), (gw, gb) = layers[i], grad_layers[i]
-        dinp, _, _ = dense_backward(None, gw, gb, dz, outs[i], w)
-        if i > 0:
-            dz = _BACKWARD[int(act_codes[i - 1])](dinp, outs[i], dinp)
+        dz = _activation_backward(table[-1]["act"], mse_backward(None, probs, target), probs)
+    for i in range(len(table) - 1, -1, -1):
+        layer, row, inp = plan.layers[i], table[i], outs[i]
+        kind = int(row["kind"])
+        if kind == KINDS["dense"]:
+            w, _ = _kernel(plan, params, i)
+            gw, gb = _kernel(plan, grads, i)
+            dinp, _, _ = dense_backward(None, gw, gb, dz, inp, w)
+        elif kind == KINDS["conv2d"]:
+            w, _ = _kernel(plan, params, i)
+            gw, gb = _kernel(plan, grads, i)
+            dinp, _, _ = conv2d_backward(None, gw, gb, dz, kept[i], inp, w, layer.strides,
+                                         layer.padding)
+        elif kind == KINDS["maxpool2d"]:
+            dinp = maxpool2d_backward(None, dz, kept[i], inp.shape)
+        elif kind == KINDS["flatten"]:
+            dinp = dz.reshape(inp.shape)
+        elif kept[i] is not None:
+            dinp = dropout_backward(None, dz, kept[i])
+        else:
+            dinp = dz
+        if row["dact_in"] < 0:  # no layer before this one has weights
+            return
+        dz = _activation_backward(table[i - 1]["act"], dinp, inp)
 
 
 def _loss(loss, pred, target):
@@ -252,56 +534,73 @@ def _loss(loss, pred, target):
     return mse_forward(pred, target)
 
 
-def train_step(params, grads, acts, dacts, sizes, act_codes, loss, x, y, learning_rate):
-    """One SGD step on the batch (x, y); returns the batch-mean loss (no update if NaN/Inf).
-    acts and dacts are accepted for the compiled twin's signature; NumPy allocates its own."""
-    outs = _forward_all(params, sizes, act_codes, x)
-    value = _loss(loss, outs[-1], y)
-    if np.isfinite(value):
-        _backward_all(grads, outs, params, sizes, act_codes, loss, y)
-        finite = _update_is_finite(params, grads, learning_rate)
-        sgd_update(params, grads, learning_rate)
-        if not finite:
-            return np.inf
-    return value
+def dropout_keys(plan, key, step):
+    """Each dropout layer's key for step `step` of the epoch key = (seed, epoch, first
+    step): the layer's index is part of it, so two dropout layers never share a mask."""
+    seed, epoch, first = key
+    return [dropout_key(seed, epoch, first + step, i) if layer.kind == "dropout" else None
+            for i, layer in enumerate(plan.layers)]
 
 
-def train_epoch(params, grads, acts, dacts, sizes, act_codes, loss, x, y, perm,
-                batch_size, learning_rate):
-    """Minibatch SGD over x[perm] in order, batch_size rows at a time.
+def _step(plan, params, grads, state, loss, xb, yb, optimizer, learning_rate, step, keys):
+    """Forward, loss, backward and update on one batch: (loss, outputs, updated finite)."""
+    outs, kept = _forward_all(plan, params, xb, True, keys)
+    value = _loss(loss, outs[-1], yb)
+    if not np.isfinite(value):
+        return value, outs[-1], False
+    _backward_all(plan, params, grads, outs, kept, loss, yb)
+    finite = apply_update(optimizer, params, grads, state, learning_rate, step)
+    return value, outs[-1], finite
+
+
+def train_step(plan, params, grads, state, acts, dacts, loss, x, y, optimizer, learning_rate,
+               iterations, key):
+    """One optimizer step on the batch (x, y) (optimizer step number iterations + 1, with
+    dropout keyed by key = (seed, epoch, step)); returns the batch-mean loss, Inf if the
+    update would have made some weight NaN or Inf (those keep their values), and updates
+    nothing if the loss itself is NaN or Inf. acts and dacts are accepted for the compiled
+    twin's signature; NumPy allocates its own."""
+    keys = dropout_keys(plan, key, 0)
+    value, _, finite = _step(plan, params, grads, state, loss, x, y, optimizer,
+                             learning_rate, iterations + 1, keys)
+    return value if finite or not np.isfinite(value) else np.inf
+
+
+def train_epoch(plan, params, grads, state, acts, dacts, loss, x, y, perm, batch_size,
+                optimizer, learning_rates, iterations, key):
+    """Minibatch training over x[perm] in order, batch_size rows at a time; batch b uses
+    learning_rates[b], is optimizer step iterations + b + 1, and its dropout masks are keyed
+    by (seed, epoch, first step + b) for key = (seed, epoch, first step).
 
     Returns (loss_sum, correct, seen, batches, status): loss_sum is the sum over completed
     batches of batch-mean loss x rows (so loss_sum / seen is Keras' running average),
     correct counts rows whose pre-update prediction had the target's argmax, and status is
-    EPOCH_DONE, or EPOCH_NONFINITE_LOSS when batch number `batches` had a NaN/Inf loss (its
-    update not applied), or EPOCH_NONFINITE_INPUT when that batch's rows of x held NaN/Inf
-    (checked as the batch is read, before anything is computed from it)."""
+    EPOCH_DONE, or EPOCH_NONFINITE_LOSS when batch number `batches` had a NaN/Inf loss or
+    update (its update not applied), or EPOCH_NONFINITE_INPUT when that batch's rows of x
+    held NaN/Inf (checked as the batch is read, before anything is computed from it)."""
     loss_sum, correct, seen, batches = 0.0, 0, 0, 0
     for start in range(0, len(perm), batch_size):
         rows = perm[start: start + batch_size]
         xb, yb = x[rows], y[rows]
         if not all_finite(xb):
             return loss_sum, correct, seen, batches, EPOCH_NONFINITE_INPUT
-        outs = _forward_all(params, sizes, act_codes, xb)
-        value = _loss(loss, outs[-1], yb)
-        if not np.isfinite(value):
-            return loss_sum, correct, seen, batches, EPOCH_NONFINITE_LOSS
-        _backward_all(grads, outs, params, sizes, act_codes, loss, yb)
-        finite = _update_is_finite(params, grads, learning_rate)
-        sgd_update(params, grads, learning_rate)
-        if not finite:
+        value, probs, finite = _step(plan, params, grads, state, loss, xb, yb, optimizer,
+                                     learning_rates[batches], iterations + batches + 1,
+                                     dropout_keys(plan, key, batches))
+        if not (np.isfinite(value) and finite):
             return loss_sum, correct, seen, batches, EPOCH_NONFINITE_LOSS
         loss_sum += value * len(rows)
-        correct += count_correct(outs[-1], yb)
+        correct += count_correct(probs, yb)
         seen += len(rows)
         batches += 1
     return loss_sum, correct, seen, batches, EPOCH_DONE
 
 
-def predict(params, acts, sizes, act_codes, x, out, chunk):
-    """Forward x into out (allocated if None), `chunk` rows at a time."""
-    out = _out(out, (x.shape[0], sizes[-1]))
+def predict(plan, params, acts, x, out, chunk):
+    """Forward x (n, inputs) into out (allocated if None), `chunk` rows at a time (dropout
+    passes its input through)."""
+    out = _out(out, (x.shape[0], plan.n_outputs))
     for start in range(0, x.shape[0], chunk):
-        out[start: start + chunk] = _forward_all(params, sizes, act_codes,
-                                                 x[start: start + chunk])[-1]
+        outs, _ = _forward_all(plan, params, x[start: start + chunk], False)
+        out[start: start + chunk] = outs[-1]
     return out

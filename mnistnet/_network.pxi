@@ -1,0 +1,426 @@
+# The network over its layer plan: regions, forward, deltas, weight gradients with the
+# optimizer's update, one step, and predict (included by _kernels.pyx). Every layer's offsets
+# come from its LayerPlan row (mnistnet/plan.py computes them once); nothing here recomputes a
+# layout. Dispatch by kind happens in one place each: layer_forward, layer_input_grad and
+# weight_grads_update_rows.
+
+# ---- regions ---------------------------------------------------------------------------------
+
+cdef inline float* act_at(const Net* net, Py_ssize_t offset) noexcept nogil:
+    # A region of the activation block, from its per-sample offset.
+    return net.a + net.rows * offset
+
+
+cdef inline float* dact_at(const Net* net, Py_ssize_t offset) noexcept nogil:
+    return net.d + net.rows * offset
+
+
+cdef float* net_acts(const Net* net, Py_ssize_t l) noexcept nogil:
+    """The input region (l = 0), layer l-1's output (1 <= l <= n_layers) or the targets
+    (l = n_layers + 1) of the activation block."""
+    if l == 0:
+        return net.a
+    if l > net.n_layers:
+        return act_at(net, net.targets)
+    return act_at(net, net.plan[l - 1].act_out)
+
+
+cdef inline float* grad_region(const Net* net, Py_ssize_t l) noexcept nogil:
+    # d(loss)/d(layer l's output), after its activation's backward: its pre-activation.
+    return dact_at(net, net.plan[l].dact_out)
+
+
+cdef inline Py_ssize_t width(const Net* net, Py_ssize_t l) noexcept nogil:
+    # A dense net's widths: layer l's inputs (l < n_layers), or the outputs (l = n_layers).
+    return net.plan[l].n_in if l < net.n_layers else net.n_outputs
+
+
+cdef inline float* workspace(const Net* net) noexcept nogil:
+    # After the gradient regions; its layout is Plan.workspace_floats' (mnistnet/plan.py).
+    return net.d + net.rows * net.dacts_row
+
+
+cdef inline float* thread_workspace(const Net* net, int rank) noexcept nogil:
+    # Thread rank's scratch in a net that is not dense_only (conv weights transposed, one
+    # image's patch gradient).
+    return workspace(net) + rank * net.thread_ws
+
+
+cdef inline const float* layer_inputs(const Net* net, const LayerPlan* p) noexcept nogil:
+    # The rows a dense or conv layer's GEMM multiplies: its patches, or its input region.
+    return act_at(net, p.scratch) if p.kind == KIND_CONV2D and p.n_scratch > 0 else (
+        act_at(net, p.act_in))
+
+
+cdef inline void step_for(const EpochArgs* args, Py_ssize_t start, Step* s) noexcept nogil:
+    # The settings of the batch starting at row `start` of the epoch's order.
+    cdef Py_ssize_t b = start // args.batch_size
+    s.learning_rate = args.learning_rates[b]
+    s.t = args.iterations + b + 1
+    s.seed = args.seed
+    s.epoch = args.epoch
+    s.index = args.first_step + b
+
+
+# ---- activations -----------------------------------------------------------------------------
+
+cdef void activation_forward(int code, float* x, Py_ssize_t B, Py_ssize_t C) noexcept nogil:
+    # In place on B rows of C (softmax: over each row; a conv output's rows are its pixels).
+    if code == ACT_SIGMOID:
+        sigmoid_forward(x, x, B * C)
+    elif code == ACT_RELU:
+        relu_forward(x, x, B * C)
+    elif code == ACT_SOFTMAX:
+        softmax_forward(x, x, B, C)
+
+
+cdef void activation_backward(int code, float* dx, const float* out,
+                              Py_ssize_t B, Py_ssize_t C) noexcept nogil:
+    if code == ACT_SIGMOID:
+        sigmoid_backward(dx, out, dx, B * C)
+    elif code == ACT_RELU:
+        relu_backward(dx, out, dx, B * C)
+    elif code == ACT_SOFTMAX:
+        softmax_backward(dx, out, dx, B, C)
+
+
+cdef inline void activation_forward_of(const LayerPlan* p, float* o,
+                                       Py_ssize_t n) noexcept nogil:
+    activation_forward(<int>p.act, o, n * p.out_h * p.out_w, p.out_c)
+
+
+# ---- forward ---------------------------------------------------------------------------------
+
+cdef void net_forward(const Net* net, const float* x, float* out, Py_ssize_t n) noexcept nogil:
+    """Forward n <= net.rows rows for inference. Hidden layers write their regions of net.a;
+    the last layer writes out (which may be its own region)."""
+    forward_rows(net, NULL, 0, x, out, 0, n)
+
+
+cdef void forward_rows(const Net* net, const Step* s, Py_ssize_t first, const float* x,
+                       float* out, Py_ssize_t r0, Py_ssize_t n) noexcept nogil:
+    """Forward layers first.. of the n samples x that are rows r0.. of the batch: outputs go
+    to those rows of their regions (and scratch), the last layer's to out (n, n_outputs).
+    s: the training step (dropout on), or NULL (inference: dropout passes through). Rows are
+    independent, so threads may each forward their own block."""
+    cdef Py_ssize_t l, L = net.n_layers
+    cdef const float* inp = x
+    cdef float* o
+    cdef const LayerPlan* p
+    for l in range(first, L):
+        p = &net.plan[l]
+        if p.kind == KIND_FLATTEN:  # its output is its input
+            if l == L - 1 and out != inp:
+                memcpy(out, inp, n * p.n_out * sizeof(float))
+            inp = <const float*>out if l == L - 1 else inp
+            continue
+        o = out if l == L - 1 else act_at(net, p.act_out) + r0 * p.n_out
+        layer_forward(net, s, l, o, inp, r0, n)
+        inp = o
+
+
+cdef void layer_forward(const Net* net, const Step* s, Py_ssize_t l, float* o,
+                        const float* inp, Py_ssize_t r0, Py_ssize_t n) noexcept nogil:
+    # Layer l on n samples (rows r0.. of the batch): inp (n, n_in) -> o (n, n_out).
+    cdef const LayerPlan* p = &net.plan[l]
+    cdef const float* w = net.params + p.param
+    cdef float* scratch = act_at(net, p.scratch) + r0 * p.n_scratch
+    cdef Window g
+    if p.kind == KIND_DENSE:
+        if l == 0 and net.w0t != NULL:
+            # The first layer's delta region is free until the backward pass.
+            transposed_first_layer_forward(net, o, grad_region(net, 0) + r0 * p.n_out, inp, n)
+        else:
+            dense_forward(o, inp, w, w + p.n_in * p.n_out, n, p.n_in, p.n_out)
+    elif p.kind == KIND_CONV2D:
+        window_of(&g, p)
+        conv2d_forward(o, scratch if p.n_scratch > 0 else <float*>inp, inp, w,
+                       w + p.fan_in * p.out_c, &g, n, p.out_c)
+    elif p.kind == KIND_MAXPOOL2D:
+        window_of(&g, p)
+        maxpool2d_forward(o, <int*>scratch, inp, &g, n)
+    elif s != NULL and p.rate > 0:  # dropout, training
+        dropout_forward(o, scratch, inp, p.rate, dropout_key(s.seed, s.epoch, s.index, l),
+                        r0 * p.n_out, n * p.n_out)
+    elif o != inp:  # dropout, inference
+        memcpy(o, inp, n * p.n_out * sizeof(float))
+    activation_forward_of(p, o, n)
+
+
+cdef void transposed_first_layer_forward(const Net* net, float* out, float* scratch,
+                                         const float* inp, Py_ssize_t n) noexcept nogil:
+    """out = inp @ w0t^T + bias for the n rows inp: dot products along the inputs (see
+    trains_transposed), over the two pieces of them (narrow_split) apart, then added. Two
+    threads can then each take a piece (inputs_team_member) and get the same bits.
+    scratch: room for n rows of the output."""
+    cdef Py_ssize_t C = width(net, 0), H = width(net, 1), k = narrow_split(net)
+    mn_sgemm_nt_strided(out, H, inp, C, net.w0t, C, n, k, H)
+    mn_sgemm_nt_strided(scratch, H, inp + k, C, net.w0t + k, C, n, C - k, H)
+    add_pieces(out, out, scratch, net.params + C * H, n, H)
+
+
+cdef inline Py_ssize_t narrow_split(const Net* net) noexcept nogil:
+    # Where the first piece of a narrow first layer's inputs ends: at a whole vector.
+    cdef Py_ssize_t j0, j1
+    column_block(width(net, 0), 0, 2, &j0, &j1)
+    return j1
+
+
+cdef inline void add_pieces(float* out, const float* first, const float* second,
+                            const float* bias, Py_ssize_t n, Py_ssize_t H) noexcept nogil:
+    cdef Py_ssize_t r, j
+    for r in range(n):
+        for j in range(H):
+            out[r * H + j] = (first[r * H + j] + second[r * H + j]) + bias[j]
+
+
+cdef inline double loss_forward(int loss, const float* pred, const float* target,
+                                Py_ssize_t B, Py_ssize_t C) noexcept nogil:
+    if loss == LOSS_CE:
+        return crossentropy_forward(pred, target, B, C)
+    return mse_forward(pred, target, B, C)
+
+
+# ---- backward: the deltas of every layer, rows apart -----------------------------------------
+
+cdef void deltas_rows(const Net* net, const float* target, Py_ssize_t r0, Py_ssize_t r1,
+                      Py_ssize_t n, float* ws) noexcept nogil:
+    """d(loss)/d(each layer's output), rows r0..r1 of a batch of n, back to the first layer
+    with weights (nothing before it needs one). Rows are independent (the weights are only
+    read), so threads may each take a block; ws is the calling thread's workspace."""
+    cdef Py_ssize_t l, L = net.n_layers, OC = net.n_outputs, nr = r1 - r0
+    cdef const LayerPlan* p = &net.plan[L - 1]
+    cdef const LayerPlan* q
+    cdef float* dinp
+    output_deltas(net, dact_at(net, p.dact_out) + r0 * OC, act_at(net, p.act_out) + r0 * OC,
+                  target + r0 * OC, nr, n)
+    for l in range(L - 1, 0, -1):
+        p = &net.plan[l]
+        if p.dact_in < 0:
+            break
+        dinp = dact_at(net, p.dact_in) + r0 * p.n_in
+        layer_input_grad(net, l, dinp, dact_at(net, p.dact_out) + r0 * p.n_out, r0, nr, ws)
+        q = &net.plan[l - 1]
+        activation_backward(<int>q.act, dinp, act_at(net, q.act_out) + r0 * q.n_out,
+                            nr * q.out_h * q.out_w, q.out_c)
+
+
+cdef void layer_input_grad(const Net* net, Py_ssize_t l, float* dinp, const float* dout,
+                           Py_ssize_t r0, Py_ssize_t n, float* ws) noexcept nogil:
+    # d(loss)/d(layer l's input) from d(loss)/d(its pre-activation output), n samples.
+    cdef const LayerPlan* p = &net.plan[l]
+    cdef const float* scratch = act_at(net, p.scratch) + r0 * p.n_scratch
+    cdef Window g
+    if p.kind == KIND_DENSE:
+        mn_sgemm_nt(dinp, dout, net.params + p.param, n, p.n_out, p.n_in)
+    elif p.kind == KIND_CONV2D:
+        window_of(&g, p)
+        conv2d_input_grad(dinp, ws, dout, net.params + p.param, &g, n, p.out_c)
+    elif p.kind == KIND_MAXPOOL2D:
+        window_of(&g, p)
+        maxpool2d_backward(dinp, dout, <const int*>scratch, &g, n)
+    elif p.kind == KIND_DROPOUT:
+        if p.rate > 0:
+            dropout_backward(dinp, dout, scratch, n * p.n_out)
+        elif dinp != dout:
+            memcpy(dinp, dout, n * p.n_out * sizeof(float))
+    # Flatten: its gradient region is its input's.
+
+
+cdef inline void output_deltas(const Net* net, float* dz, const float* probs,
+                               const float* target, Py_ssize_t nr, Py_ssize_t n) noexcept nogil:
+    # d(loss)/d(the last layer's pre-activation) for nr rows of a batch of n.
+    cdef Py_ssize_t OC = net.n_outputs
+    cdef int act = <int>net.plan[net.n_layers - 1].act
+    if net.loss == LOSS_CE and act == ACT_SOFTMAX:
+        scaled_difference(dz, probs, target, nr * OC, 1.0 / <float>n)  # fused softmax + CE
+    else:
+        scaled_difference(dz, probs, target, nr * OC, 2.0 / <float>(n * OC))  # MSE
+        activation_backward(act, dz, probs, nr, OC)
+
+
+# The samples forward_backward_rows takes through every layer at a time: a few hundred KB of
+# activations, so that a block's backward finds its forward's outputs still in cache.
+cdef Py_ssize_t CHUNK_FLOATS = 1 << 17
+
+
+cdef double forward_backward_rows(const Net* net, const Step* s, Py_ssize_t r0,
+                                  Py_ssize_t r1, Py_ssize_t n, float* ws) noexcept nogil:
+    """Forward, loss and deltas of rows r0..r1 of a batch of n whose inputs and targets are
+    in their regions, a block of samples at a time. Returns the sum over those rows of their
+    losses (mean per block x rows); NaN/Inf stops it before that block's deltas."""
+    cdef Py_ssize_t L = net.n_layers, n_in = width(net, 0), OC = net.n_outputs, c, m
+    cdef Py_ssize_t chunk = max(1, CHUNK_FLOATS // (net.acts_row + net.dacts_row))
+    cdef float* probs = net_acts(net, L)
+    cdef const float* targets = net_acts(net, L + 1)
+    cdef double total = 0
+    c = r0
+    while c < r1:
+        m = min(chunk, r1 - c)
+        forward_rows(net, s, 0, net.a + c * n_in, probs + c * OC, c, m)
+        total += loss_forward(net.loss, probs + c * OC, targets + c * OC, m, OC) * m
+        if not isfinite(total):
+            return total
+        deltas_rows(net, targets, c, c + m, n, ws)
+        c += m
+    return total
+
+
+# ---- weight gradients and the update, by blocks of kernel rows -------------------------------
+
+# Narrower rows than this are mostly masked vector tails, which an update fused into the
+# GEMM's tiles pays for at every row: a separate pass over the contiguous block is faster
+# (measured on the perceptron's 784x10 layer before it trained transposed: 61 ms an epoch
+# fused, 51 ms apart). Narrow layers after the first still take that path.
+cdef Py_ssize_t FUSED_SGD_MIN_WIDTH = 32
+
+
+cdef bint weight_grads_update_rows(const Net* net, const Step* s, Py_ssize_t l, Py_ssize_t c0,
+                                   Py_ssize_t c1, Py_ssize_t n, bint with_bias) noexcept nogil:
+    """Rows c0..c1 of layer l's kernel gradient (its GEMM inputs^T @ deltas over the n
+    samples' rows: a dense layer's input rows, a conv layer's patches), and its bias gradient
+    if with_bias, each applied by the optimizer as soon as computed; plain SGD is fused into
+    the GEMM's tiles for wide layers. Returns whether every updated value stayed finite.
+    Threads may each take a block of rows: each element is the same sum in the same order."""
+    cdef const LayerPlan* p = &net.plan[l]
+    cdef Py_ssize_t K = p.fan_in, OC = p.out_c, M = n * p.gemm_rows
+    cdef float* gw = net.grads + p.param
+    cdef float* w = net.params + p.param
+    cdef const float* inp = layer_inputs(net, p)
+    cdef const float* dz = dact_at(net, p.dact_out)
+    cdef bint finite
+    if l == 0 and net.w0t != NULL:
+        # The transposed gradient dz^T @ inp: each element is the same chain of
+        # multiply-adds over the batch rows, so the same bits as the row-major one.
+        finite = mn_sgemm_sgd(net.g0t + c0, K, dz, 1, OC, inp + c0, K, net.w0t + c0, K,
+                              s.learning_rate, OC, M, c1 - c0)
+    elif net.opt.code == OPT_SGD and OC >= FUSED_SGD_MIN_WIDTH:
+        finite = mn_sgemm_sgd(gw + c0 * OC, OC, inp + c0, 1, K, dz, OC, w + c0 * OC, OC,
+                              s.learning_rate, c1 - c0, M, OC)
+    else:
+        mn_sgemm_strided(gw + c0 * OC, OC, inp + c0, 1, K, dz, OC, NULL, c1 - c0, M, OC)
+        finite = update_block(net, s, p.param + c0 * OC, (c1 - c0) * OC)
+    if with_bias:
+        mn_column_sums(gw + K * OC, dz, M, OC)
+        finite &= update_block(net, s, p.param + K * OC, OC)
+    return finite
+
+
+cdef bint row_blocks_update(const Net* net, const Step* s, Py_ssize_t first, int rank,
+                            int size, Py_ssize_t n) noexcept nogil:
+    """This thread's block of kernel-gradient rows of the layers first.. with weights, and
+    the biases of the layers l with l % size == rank: computed, then applied. With size 1,
+    all of them. Returns whether every updated value stayed finite."""
+    cdef Py_ssize_t l, c0, c1
+    cdef bint finite = True
+    for l in range(first, net.n_layers):
+        if net.plan[l].param < 0:
+            continue
+        if l == 0 and net.w0t != NULL:
+            column_block(width(net, 0), rank, size, &c0, &c1)  # columns of w0t's rows
+        else:
+            block_of(net.plan[l].fan_in, rank, size, &c0, &c1)
+        finite &= weight_grads_update_rows(net, s, l, c0, c1, n, l % size == rank)
+    return finite
+
+
+# ---- one step ----------------------------------------------------------------------------------
+
+# A first dense layer narrower than this, and not a whole number of 16-float vectors, trains
+# on a transposed copy of its weights (dense nets trained by SGD): the row-major GEMMs
+# vectorise along its outputs, mostly masked lanes here, the transposed ones along its inputs
+# (the perceptron's 784x10 layer: forward 5.4 -> 3.1 us, gradient and update 8.7 -> 3.3 us a
+# batch of 32).
+cdef Py_ssize_t NARROW_WIDTH = 32
+
+
+cdef inline bint dense_fast_paths(const Net* net) noexcept nogil:
+    # The dense nets' special layouts and teams (transposed first layer, column and input
+    # teams) fuse plain SGD into their own loops.
+    return net.dense_only and net.opt.code == OPT_SGD
+
+
+cdef inline bint trains_transposed(const Net* net) noexcept nogil:
+    cdef Py_ssize_t H = width(net, 1)
+    return dense_fast_paths(net) and H < NARROW_WIDTH and H % COLUMN_ALIGN != 0
+
+
+cdef Net for_training(const Net* net) noexcept nogil:
+    """net, with its first layer's weights and gradient copied transposed into the workspace
+    when it trains that way (trains_transposed). end_training copies them back. Whatever
+    w0t and g0t the caller's Net holds are ignored."""
+    cdef Net t = net[0]
+    cdef Py_ssize_t C0 = width(net, 0), H = width(net, 1)
+    t.w0t = NULL
+    t.g0t = NULL
+    if trains_transposed(net):
+        t.w0t = workspace(net)
+        t.g0t = t.w0t + C0 * H
+        transpose(t.w0t, net.params, C0, H)
+        transpose(t.g0t, net.grads, C0, H)
+    return t
+
+
+cdef void end_training(const Net* t) noexcept nogil:
+    cdef Py_ssize_t C0 = width(t, 0), H = width(t, 1)
+    if t.w0t != NULL:
+        transpose(t.params, t.w0t, H, C0)
+        transpose(t.grads, t.g0t, H, C0)
+
+
+cdef double train_step(const Net* net, Py_ssize_t n, const Step* step) noexcept nogil:
+    """Forward, loss, backward and update on the n samples already in the input and target
+    regions. Returns the batch-mean loss; if it is not finite, nothing is updated. If the
+    update would make some weight NaN or Inf, those weights keep their values and the step
+    returns Inf. The gradient is left in net.grads."""
+    cdef Net t = for_training(net)
+    cdef double loss = net_step(&t, step, n)
+    end_training(&t)
+    return loss
+
+
+cdef double net_step(const Net* net, const Step* s, Py_ssize_t n) noexcept nogil:
+    # train_step on a net already set up by for_training, on the calling thread.
+    cdef double total = forward_backward_rows(net, s, 0, n, n, thread_workspace(net, 0))
+    if not isfinite(total):
+        return total
+    # Every delta first (they need the weights as they were), then each layer's gradient,
+    # applied as it is computed.
+    if not row_blocks_update(net, s, 0, 0, 1, n):
+        return INFINITY  # the update overflowed: report the step as non-finite
+    return total / n
+
+
+# ---- predict -----------------------------------------------------------------------------------
+
+cdef void net_predict(const Net* net, const float* x, float* out, Py_ssize_t N) noexcept nogil:
+    """Forward all N rows of x, net.rows at a time. With several threads and at least a full
+    chunk of rows, each thread forwards its own contiguous block of x through its own rows of
+    the activation regions, with no barrier at all (rows are independent; every element gets
+    the same bits as on one thread); otherwise one chunk after another, each GEMM splitting
+    its rows across threads."""
+    cdef int threads = min(mn_get_num_threads(), MAX_TEAM)
+    cdef Py_ssize_t start = 0, n, n_in = width(net, 0), OC = net.n_outputs
+    if threads < 2 or N < net.rows or net.rows < 2 * threads:
+        while start < N:
+            n = net.rows if N - start > net.rows else N - start
+            net_forward(net, x + start * n_in, out + start * OC, n)
+            start += n
+        return
+    with parallel(num_threads=threads):
+        predict_member(net, x, out, N)
+
+
+cdef void predict_member(const Net* net, const float* x, float* out,
+                         Py_ssize_t N) noexcept nogil:
+    """One thread of net_predict's team: rows [r0, r1) of x, net.rows // size at a time."""
+    cdef int rank = mn_team_rank(), size = mn_team_size()
+    cdef Py_ssize_t n_in = width(net, 0), OC = net.n_outputs
+    cdef Py_ssize_t sub = net.rows // size, r0, r1, n
+    block_of(N, rank, size, &r0, &r1)
+    mn_set_thread_cap(1)
+    while r0 < r1:
+        n = sub if r1 - r0 > sub else r1 - r0
+        forward_rows(net, NULL, 0, x + r0 * n_in, out + r0 * OC, rank * sub, n)
+        r0 += n
+    mn_set_thread_cap(0)

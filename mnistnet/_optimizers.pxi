@@ -1,0 +1,78 @@
+# Optimizer updates (included by _kernels.pyx; declared in _kernels.pxd). Keras 3's rules,
+# stated in mnistnet/reference.py with their NumPy twins. Elementwise, so any split of a block
+# across threads gives the same bits. Every one keeps an element whose new weight would be NaN
+# or Inf at its old value and returns False (the epoch then stops).
+
+cdef inline bint keep_finite(float* w, float new) noexcept nogil:
+    # w = new if new is finite; whether it was. (v - v is 0 for finite v, NaN otherwise.)
+    if new - new == 0:
+        w[0] = new
+        return True
+    return False
+
+
+cdef bint sgd_update(float* params, const float* grads, float learning_rate,
+                     Py_ssize_t N) noexcept nogil:
+    # params -= learning_rate * grads (compiled per SIMD path in csrc/).
+    return mn_sgd_update(params, grads, learning_rate, N)
+
+
+cdef bint momentum_update(float* params, const float* grads, float* velocity,
+                          float learning_rate, float momentum, bint nesterov,
+                          Py_ssize_t N) noexcept nogil:
+    # velocity = momentum * velocity - lr * g; w += velocity
+    # (Nesterov: w += momentum * velocity - lr * g).
+    cdef Py_ssize_t i
+    cdef bint finite = True
+    cdef float step
+    for i in range(N):
+        velocity[i] = momentum * velocity[i] - learning_rate * grads[i]
+        step = momentum * velocity[i] - learning_rate * grads[i] if nesterov else velocity[i]
+        finite &= keep_finite(&params[i], params[i] + step)
+    return finite
+
+
+cdef inline float adam_alpha(float learning_rate, double beta_1, double beta_2,
+                             long long step) noexcept nogil:
+    # lr * sqrt(1 - beta_2^t) / (1 - beta_1^t), in double, rounded once to float.
+    return <float>(<double>learning_rate * sqrt(1.0 - pow(beta_2, <double>step))
+                   / (1.0 - pow(beta_1, <double>step)))
+
+
+cdef bint adam_step(float* params, const float* grads, float* m, float* v, float alpha,
+                    float beta_1, float beta_2, float epsilon, Py_ssize_t N) noexcept nogil:
+    # m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2); w -= (m alpha) / (sqrt(v) + eps).
+    cdef Py_ssize_t i
+    cdef bint finite = True
+    cdef float one = 1, g
+    cdef float c1 = one - beta_1, c2 = one - beta_2
+    for i in range(N):
+        g = grads[i]
+        m[i] = m[i] + (g - m[i]) * c1
+        v[i] = v[i] + (g * g - v[i]) * c2
+        finite &= keep_finite(&params[i], params[i] - (m[i] * alpha) / (sqrtf(v[i]) + epsilon))
+    return finite
+
+
+cdef bint adam_update(float* params, const float* grads, float* m, float* v,
+                      float learning_rate, double beta_1, double beta_2, float epsilon,
+                      long long step, Py_ssize_t N) noexcept nogil:
+    # The betas in double: Adam's step size takes their powers (the update, their floats).
+    return adam_step(params, grads, m, v, adam_alpha(learning_rate, beta_1, beta_2, step),
+                     <float>beta_1, <float>beta_2, epsilon, N)
+
+
+cdef bint update_block(const Net* net, const Step* s, Py_ssize_t offset,
+                       Py_ssize_t n) noexcept nogil:
+    """The net's optimizer on params[offset: offset + n] from the same elements of grads
+    and of each slot of optimizer state."""
+    cdef const OptimizerSettings* o = &net.opt
+    cdef float* w = net.params + offset
+    cdef const float* g = net.grads + offset
+    if o.code == OPT_SGD:
+        return sgd_update(w, g, s.learning_rate, n)
+    if o.code == OPT_MOMENTUM:
+        return momentum_update(w, g, net.state + offset, s.learning_rate, <float>o.momentum,
+                               o.nesterov, n)
+    return adam_update(w, g, net.state + offset, net.state + net.n_params + offset,
+                       s.learning_rate, o.beta_1, o.beta_2, <float>o.epsilon, s.t, n)

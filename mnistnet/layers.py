@@ -1,0 +1,293 @@
+"""Layer configurations: Dense, Conv2D, MaxPool2D, Flatten, Dropout (Keras 3's names,
+arguments and shapes).
+
+A layer here is a description, not a holder of weights: the Model keeps every parameter in
+one flat block, laid out by the layer plan (mnistnet.plan), and the kernels of either backend
+run over it. Each layer knows its output shape for an input shape (channels last, NHWC, as
+Keras), the shapes of its weights in Keras' order and layout, and how Keras initialises them.
+Shapes exclude the batch axis: (28, 28, 1) for an image, (784,) for a row of features.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mnistnet import reference
+from mnistnet.reference import window_geometry
+
+ACTIVATIONS = tuple(reference.ACTIVATIONS)
+PADDINGS = ("valid", "same")
+
+Shape = tuple[int, ...]
+
+
+def _choice(value: Any, valid: Sequence[str], what: str) -> str:
+    if not isinstance(value, str) or value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+    return value
+
+
+def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _pair(value: Any, name: str) -> tuple[int, int]:
+    """An int or a pair of ints (each >= 1) as a pair, as Keras takes kernel_size/strides."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        return _positive_int(value[0], name), _positive_int(value[1], name)
+    n = _positive_int(value, name)
+    return n, n
+
+
+class Layer:
+    """What every layer kind has: its config, its output shape, its weights' shapes."""
+
+    kind = ""  # the plan's name for the kind ("dense", "conv2d", ...)
+    activation = "linear"
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        raise NotImplementedError
+
+    def weight_shapes(self, input_shape: Shape) -> list[Shape]:
+        """Shapes of this layer's weights, in Keras' order (kernel, then bias)."""
+        return []
+
+    def initial_weights(self, rng: np.random.Generator, input_shape: Shape) -> list[np.ndarray]:
+        """Keras' defaults: Glorot-uniform kernel, zero bias."""
+        return []
+
+    def get_config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _repr_args(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._repr_args()})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
+
+
+def glorot_uniform(rng: np.random.Generator, shape: Shape, fan_in: int,
+                   fan_out: int) -> np.ndarray:
+    """Keras' default kernel initialiser: U(-a, a) with a = sqrt(6 / (fan_in + fan_out))."""
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=shape).astype(np.float32)
+
+
+class Dense(Layer):
+    """A fully connected layer: output = activation(input @ kernel + bias).
+
+    Args:
+        units: number of outputs.
+        activation: "linear", "sigmoid", "relu" or "softmax".
+
+    Its input must be a row of features, (n,): after a Conv2D or MaxPool2D put a Flatten()
+    first. The kernel has shape (inputs, units), as in Keras.
+    """
+
+    kind = "dense"
+
+    def __init__(self, units: int, activation: str = "linear") -> None:
+        self.units = _positive_int(units, "units")
+        self.activation = _choice(activation, ACTIVATIONS, "activation")
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        if len(input_shape) != 1:
+            raise ValueError(f"{self!r} gets an input of shape {input_shape}; Dense takes "
+                             "rows of features: add Flatten() before it")
+        return (self.units,)
+
+    def weight_shapes(self, input_shape: Shape) -> list[Shape]:
+        return [(int(input_shape[0]), self.units), (self.units,)]
+
+    def initial_weights(self, rng: np.random.Generator, input_shape: Shape) -> list[np.ndarray]:
+        kernel, bias = self.weight_shapes(input_shape)
+        return [glorot_uniform(rng, kernel, kernel[0], kernel[1]),
+                np.zeros(bias, dtype=np.float32)]
+
+    def get_config(self) -> dict[str, Any]:
+        return {"units": self.units, "activation": self.activation}
+
+    def __repr__(self) -> str:
+        return f"Dense({self.units}, activation={self.activation!r})"
+
+
+class Conv2D(Layer):
+    """A 2-D convolution over channels-last images (Keras' Conv2D, cross-correlation as there).
+
+    Args:
+        filters: number of output channels (>= 1).
+        kernel_size: an int or a pair (height, width).
+        strides: an int or a pair (default 1).
+        padding: "valid" (no padding; the kernel must fit in the input) or "same" (zeros
+            around, ceil(size / stride) outputs per axis, as Keras pads).
+        activation: "linear", "sigmoid", "relu" or "softmax" (over the channels).
+
+    The kernel has Keras' shape (kernel height, kernel width, input channels, filters), then
+    the bias (filters,).
+    """
+
+    kind = "conv2d"
+
+    def __init__(self, filters: int, kernel_size: int | Sequence[int],
+                 strides: int | Sequence[int] = 1, padding: str = "valid",
+                 activation: str = "linear") -> None:
+        self.filters = _positive_int(filters, "filters")
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.strides = _pair(strides, "strides")
+        self.padding = _choice(padding, PADDINGS, "padding")
+        self.activation = _choice(activation, ACTIVATIONS, "activation")
+
+    def geometry(self, input_shape: Shape) -> tuple[int, int, int, int]:
+        """(out height, out width, padding top, padding left) for an (h, w, c) input."""
+        _check_image(self, input_shape)
+        try:
+            oh, pt = window_geometry(input_shape[0], self.kernel_size[0], self.strides[0],
+                                     self.padding)
+            ow, pl = window_geometry(input_shape[1], self.kernel_size[1], self.strides[1],
+                                     self.padding)
+        except ValueError as exc:
+            raise ValueError(f"{self!r} on an input of shape {input_shape}: the kernel "
+                             f"{self.kernel_size} does not fit ({exc})") from None
+        return oh, ow, pt, pl
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        oh, ow, _, _ = self.geometry(input_shape)
+        return (oh, ow, self.filters)
+
+    def weight_shapes(self, input_shape: Shape) -> list[Shape]:
+        kh, kw = self.kernel_size
+        return [(kh, kw, int(input_shape[2]), self.filters), (self.filters,)]
+
+    def initial_weights(self, rng: np.random.Generator, input_shape: Shape) -> list[np.ndarray]:
+        kernel, bias = self.weight_shapes(input_shape)
+        field = kernel[0] * kernel[1]  # Keras: fans are channels times the receptive field
+        return [glorot_uniform(rng, kernel, field * kernel[2], field * kernel[3]),
+                np.zeros(bias, dtype=np.float32)]
+
+    def get_config(self) -> dict[str, Any]:
+        return {"filters": self.filters, "kernel_size": list(self.kernel_size),
+                "strides": list(self.strides), "padding": self.padding,
+                "activation": self.activation}
+
+
+class MaxPool2D(Layer):
+    """Max pooling over windows of channels-last images (Keras' MaxPooling2D).
+
+    Args:
+        pool_size: an int or a pair (default 2).
+        strides: an int, a pair, or None for pool_size (Keras' default).
+        padding: "valid" (windows inside the input; a remainder is dropped) or "same"
+            (ceil(size / stride) outputs; the padding never wins the max).
+    """
+
+    kind = "maxpool2d"
+
+    def __init__(self, pool_size: int | Sequence[int] = 2,
+                 strides: int | Sequence[int] | None = None, padding: str = "valid") -> None:
+        self.pool_size = _pair(pool_size, "pool_size")
+        self.strides = self.pool_size if strides is None else _pair(strides, "strides")
+        self.padding = _choice(padding, PADDINGS, "padding")
+
+    def geometry(self, input_shape: Shape) -> tuple[int, int, int, int]:
+        """(out height, out width, padding top, padding left) for an (h, w, c) input."""
+        _check_image(self, input_shape)
+        try:
+            oh, pt = window_geometry(input_shape[0], self.pool_size[0], self.strides[0],
+                                     self.padding)
+            ow, pl = window_geometry(input_shape[1], self.pool_size[1], self.strides[1],
+                                     self.padding)
+        except ValueError as exc:
+            raise ValueError(f"{self!r} on an input of shape {input_shape}: the pool window "
+                             f"{self.pool_size} does not fit ({exc})") from None
+        return oh, ow, pt, pl
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        oh, ow, _, _ = self.geometry(input_shape)
+        return (oh, ow, int(input_shape[2]))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"pool_size": list(self.pool_size), "strides": list(self.strides),
+                "padding": self.padding}
+
+
+class Flatten(Layer):
+    """(h, w, c) -> (h * w * c,), in channels-last order (Keras' Flatten). Costs nothing: its
+    output is the same memory as its input."""
+
+    kind = "flatten"
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        return (int(np.prod(input_shape)),)
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
+
+class Dropout(Layer):
+    """Inverted dropout (Keras' Dropout): in fit, each input is zeroed with probability
+    `rate` and the others are scaled by 1 / (1 - rate); in predict and evaluate it passes its
+    input through. The masks come from a counter-based generator keyed by the model's seed,
+    the epoch, the step and the element, so they are the same in both backends and however
+    the batch is split across threads.
+
+    Args:
+        rate: the fraction to drop, in [0, 1).
+    """
+
+    kind = "dropout"
+
+    def __init__(self, rate: float) -> None:
+        if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)):
+            raise TypeError(f"Dropout rate must be a number, got {type(rate).__name__}")
+        if not 0 <= rate < 1:  # also refuses NaN
+            raise ValueError(f"Dropout rate must lie in [0, 1), got {rate}")
+        self.rate = float(rate)
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        return tuple(input_shape)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"rate": self.rate}
+
+    def __repr__(self) -> str:
+        return f"Dropout({self.rate})"
+
+
+def _check_image(layer: Layer, input_shape: Shape) -> None:
+    if len(input_shape) != 3:
+        raise ValueError(f"{layer!r} takes images (height, width, channels), got an input of "
+                         f"shape {input_shape}; give the model input_shape=(28, 28, 1)")
+
+
+LAYER_CLASSES: dict[str, type[Layer]] = {
+    cls.__name__: cls for cls in (Dense, Conv2D, MaxPool2D, Flatten, Dropout)}
+
+
+def layer_to_config(layer: Layer) -> dict[str, Any]:
+    """{"class": name, **config}: what a model file records of a layer."""
+    return {"class": type(layer).__name__, **layer.get_config()}
+
+
+def layer_from_config(config: dict[str, Any]) -> Layer:
+    """The inverse of layer_to_config; a config without "class" is a Dense (format 1)."""
+    config = dict(config)
+    name = config.pop("class", "Dense")
+    if name not in LAYER_CLASSES:
+        raise ValueError(f"unknown layer class {name!r}; valid: {', '.join(LAYER_CLASSES)}")
+    return LAYER_CLASSES[name](**config)
