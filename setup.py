@@ -41,7 +41,7 @@ from setuptools.command.build_ext import build_ext
 from setuptools.modified import newer_group
 
 CSRC = "csrc"
-COMMON_C = ["mn_dispatch.c", "mn_dense.c", "mn_gemm_scalar.c"]
+COMMON_C = ["mn_dispatch.c", "mn_dense.c", "mn_window.c", "mn_gemm_scalar.c"]
 KERNELS = "mnistnet._kernels"
 PUBLIC_HEADER = "mn_kernels.h"
 STATIC_LIB = "mn_kernels"  # libmn_kernels.a, or mn_kernels.lib with MSVC

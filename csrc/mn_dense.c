@@ -155,6 +155,21 @@ void mn_sigmoid_forward(float *out, const float *inp, ptrdiff_t n)
     mn_active_gemm()->sigmoid_forward(out, inp, n);
 }
 
+void mn_relu_forward(float *out, const float *inp, ptrdiff_t n)
+{
+    mn_active_gemm()->relu_forward(out, inp, n);
+}
+
+void mn_relu_backward(float *dinp, const float *out, const float *dout, ptrdiff_t n)
+{
+    mn_active_gemm()->relu_backward(dinp, out, dout, n);
+}
+
+void mn_sigmoid_backward(float *dinp, const float *out, const float *dout, ptrdiff_t n)
+{
+    mn_active_gemm()->sigmoid_backward(dinp, out, dout, n);
+}
+
 void mn_softmax_forward(float *out, const float *inp, ptrdiff_t B, ptrdiff_t C)
 {
     mn_active_gemm()->softmax_forward(out, inp, B, C);

@@ -390,6 +390,35 @@ static void softmax_forward(float *out, const float *inp, ptrdiff_t B, ptrdiff_t
     }
 }
 
+/* ---- relu, and the activations' backward (from the forward output) --------------------- */
+
+static void relu_forward(float *out, const float *inp, ptrdiff_t n)
+{
+    /* x <= 0 ? 0 : x, so that NaN propagates (NaN <= 0 is false), as np.maximum does */
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const float x = inp[i];
+        out[i] = x <= 0.0f ? 0.0f : x;
+    }
+}
+
+static void relu_backward(float *dinp, const float *out, const float *dout, ptrdiff_t n)
+{
+    /* dout read unconditionally, then selected: the compiler vectorises it (dinp may be
+     * dout) */
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const float g = dout[i];
+        dinp[i] = out[i] > 0.0f ? g : 0.0f;
+    }
+}
+
+static void sigmoid_backward(float *dinp, const float *out, const float *dout, ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const float s = out[i];
+        dinp[i] = dout[i] * (s * (1.0f - s));
+    }
+}
+
 /* ---- 1 if no element is NaN or Inf ------------------------------------------------------ */
 
 /* 1 if the float at p is NaN or Inf: its exponent bits are all ones. */
@@ -420,6 +449,47 @@ static int copy_finite(float *restrict dst, const float *restrict src, ptrdiff_t
     return !bad;
 }
 
-const mn_gemm_table MN_TABLE = {MN_TABLE_NAME,   gemm_block,      gemm_nt_rows,
-                                 sgd_update,      all_finite,      sigmoid_forward,
-                                 softmax_forward, copy_finite};
+/* ---- max pooling ---------------------------------------------------------------------------
+ * Channels last: each window cell is a run of C channels, compared and selected lane by lane
+ * (no branch), which the compiler vectorises. The first cell inside the image is taken first;
+ * later cells replace it only where strictly larger: the first maximum, as np.argmax. */
+static void maxpool2d_forward(float *restrict out, int *restrict argmax,
+                              const float *restrict inp, const mn_window *g, ptrdiff_t B)
+{
+    const ptrdiff_t C = g->C, n_img = g->H * g->W * C, n_out = g->OH * g->OW * C;
+    for (ptrdiff_t b = 0; b < B; b++) {
+        const float *img = inp + b * n_img;
+        for (ptrdiff_t oh = 0; oh < g->OH; oh++) {
+            const ptrdiff_t h0 = oh * g->SH - g->PT;
+            const ptrdiff_t i0 = h0 >= 0 ? 0 : -h0, i1 = h0 + g->KH <= g->H ? g->KH : g->H - h0;
+            for (ptrdiff_t ow = 0; ow < g->OW; ow++) {
+                const ptrdiff_t w0 = ow * g->SW - g->PL;
+                const ptrdiff_t j0 = w0 >= 0 ? 0 : -w0, j1 = w0 + g->KW <= g->W ? g->KW : g->W - w0;
+                float *restrict o = out + b * n_out + (oh * g->OW + ow) * C;
+                int *restrict am = argmax + b * n_out + (oh * g->OW + ow) * C;
+                const int first = (int)(((h0 + i0) * g->W + w0 + j0) * C);
+                /* int indices in the channel loop: the same width as the floats' lanes */
+                for (int c = 0; c < (int)C; c++) {
+                    o[c] = img[first + c];
+                    am[c] = first + c;
+                }
+                for (ptrdiff_t di = i0; di < i1; di++)
+                    for (ptrdiff_t dj = j0; dj < j1; dj++) {
+                        const int at = (int)(((h0 + di) * g->W + w0 + dj) * C);
+                        const float *restrict src = img + at;
+                        for (int c = 0; c < (int)C; c++) {
+                            const float v = src[c];
+                            const int take = v > o[c];
+                            o[c] = take ? v : o[c];
+                            am[c] = take ? at + c : am[c];
+                        }
+                    }
+            }
+        }
+    }
+}
+
+const mn_gemm_table MN_TABLE = {MN_TABLE_NAME,     gemm_block,       gemm_nt_rows,
+                                 sgd_update,        all_finite,       sigmoid_forward,
+                                 softmax_forward,   copy_finite,      maxpool2d_forward,
+                                 relu_forward,      relu_backward,    sigmoid_backward};

@@ -4,6 +4,8 @@
 
 #include <stddef.h>
 
+#include "mn_kernels.h"
+
 #if defined(_MSC_VER)
 #define MN_ALWAYS_INLINE static __forceinline
 #else
@@ -88,6 +90,14 @@ typedef struct {
     void (*softmax_forward)(float *out, const float *inp, ptrdiff_t B, ptrdiff_t C);
     /* dst = src (n floats, not overlapping); 1 if none of them is NaN or Inf, else 0. */
     int (*copy_finite)(float *dst, const float *src, ptrdiff_t n);
+    /* mn_maxpool2d_forward (the channel loop vectorised for this instruction set) */
+    void (*maxpool2d_forward)(float *out, int *argmax, const float *inp, const mn_window *g,
+                              ptrdiff_t B);
+    /* out = max(inp, 0) (NaN stays NaN); dinp = dout where out > 0, else 0; dinp = dout *
+     * out * (1 - out). Elementwise, in place allowed.                          (n) each */
+    void (*relu_forward)(float *out, const float *inp, ptrdiff_t n);
+    void (*relu_backward)(float *dinp, const float *out, const float *dout, ptrdiff_t n);
+    void (*sigmoid_backward)(float *dinp, const float *out, const float *dout, ptrdiff_t n);
 } mn_gemm_table;
 
 extern const mn_gemm_table mn_gemm_scalar;

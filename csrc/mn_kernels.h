@@ -43,9 +43,36 @@ void mn_dense_backward(float *dinp, float *dweight, float *dbias, const float *d
                        const float *inp, const float *weight,
                        ptrdiff_t B, ptrdiff_t C, ptrdiff_t OC);
 
+/* ---- windows over channels-last images (conv2d's patches, max pooling) ------------------- */
+/* The geometry of a KH x KW window sliding by (SH, SW) over B images of (H, W, C), with
+ * padding PT rows above and PL columns left (and whatever the output needs below and right):
+ * an (OH, OW) output. mnistnet computes it as Keras does for "valid" and "same". */
+typedef struct {
+    ptrdiff_t H, W, C, OH, OW, KH, KW, SH, SW, PT, PL;
+} mn_window;
+/* patches[b, oh, ow, :] = the KH x KW x C inputs of that output's window, in Keras' kernel
+ * order (row, column, channel), zero outside the image.  patches (B, OH*OW, KH*KW*C) */
+void mn_im2col(float *patches, const float *inp, const mn_window *g, ptrdiff_t B);
+/* The adjoint: dinp = 0, then each patch's gradient added to the pixels it was read from. */
+void mn_col2im(float *dinp, const float *dpatches, const mn_window *g, ptrdiff_t B);
+/* out = the max of each window over its cells inside the image; argmax = its index
+ * (h * W + w) * C + c in the image, the first maximum in row-major window order.
+ * out, argmax (B, OH, OW, C), inp (B, H, W, C) */
+void mn_maxpool2d_forward(float *out, int *argmax, const float *inp, const mn_window *g,
+                          ptrdiff_t B);
+/* dinp = 0, then dout added at each output's argmax, in output order.  dinp (B, H, W, C) */
+void mn_maxpool2d_backward(float *dinp, const float *dout, const int *argmax,
+                           const mn_window *g, ptrdiff_t B);
+
 /* ---- activations ------------------------------------------------------------------------- */
 /* out = 1 / (1 + e^-x), elementwise; out may be inp.                       out, inp (n) */
 void mn_sigmoid_forward(float *out, const float *inp, ptrdiff_t n);
+/* out = max(inp, 0) elementwise (NaN stays NaN); out may be inp.          out, inp (n) */
+void mn_relu_forward(float *out, const float *inp, ptrdiff_t n);
+/* dinp = dout where out > 0, else 0; dinp may be dout.            dinp, out, dout (n) */
+void mn_relu_backward(float *dinp, const float *out, const float *dout, ptrdiff_t n);
+/* dinp = dout * out * (1 - out), out the sigmoid's output; dinp may be dout.        (n) */
+void mn_sigmoid_backward(float *dinp, const float *out, const float *dout, ptrdiff_t n);
 /* out = softmax of each row of inp (shifted by the row max); out may be inp.   (B, C) */
 void mn_softmax_forward(float *out, const float *inp, ptrdiff_t B, ptrdiff_t C);
 

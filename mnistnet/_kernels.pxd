@@ -75,6 +75,11 @@ cdef void conv2d_forward(float* out,               # OUT (B, OH, OW, OC)
                          const float* weight,      # IN  (KH, KW, C, OC)
                          const float* bias,        # IN  (OC,)
                          const Window* g, Py_ssize_t B, Py_ssize_t OC) noexcept nogil
+cdef void conv2d_input_grad(float* dinp,           # OUT (B, H, W, C)
+                            float* dpatches,       # scratch (OH*OW, KH*KW*C): one image's
+                            const float* dout,     # IN  (B, OH, OW, OC)
+                            const float* weight_t, # IN  (OC, KH*KW*C): the kernel transposed
+                            const Window* g, Py_ssize_t B, Py_ssize_t OC) noexcept nogil
 cdef void conv2d_backward(float* dinp,             # OUT (B, H, W, C), or NULL to skip
                           float* dweight,          # OUT (KH, KW, C, OC)
                           float* dbias,            # OUT (OC,)
@@ -166,6 +171,7 @@ cdef struct LayerPlan:
     Py_ssize_t act_in, act_out      # activation block
     Py_ssize_t scratch, n_scratch   # activation block: patches, argmax or mask (-1: none)
     Py_ssize_t dact_in, dact_out    # gradient block (-1: none)
+    Py_ssize_t wt                   # a thread's workspace: the kernel transposed (-1: none)
     double rate
 
 cdef struct OptimizerSettings:
@@ -183,7 +189,8 @@ cdef struct Net:
     Py_ssize_t dacts_row    # floats per sample in the gradient regions (the workspace follows)
     Py_ssize_t targets      # per-sample offset of the targets region
     Py_ssize_t n_outputs
-    Py_ssize_t thread_ws    # floats of each thread's workspace (nets that are not dense_only)
+    Py_ssize_t thread_ws    # floats of each thread's workspace (nets that are not dense_only):
+                            # one image's patch gradient, then the kernels transposed (wt)
     bint dense_only         # every layer is dense: the dense fast paths may apply
     float* params           # the parameter block (mnistnet.plan)
     float* grads            # same layout as params

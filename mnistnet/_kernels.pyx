@@ -40,12 +40,24 @@ cdef extern from "mn_kernels.h" nogil:
                      float learning_rate, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N)
     void mn_sgemm_tn(float *c, const float *a, const float *b, Py_ssize_t M, Py_ssize_t K,
                      Py_ssize_t N)
+    # The same fields as Window (_kernels.pxd), checked at import.
+    ctypedef struct mn_window:
+        pass
+    void mn_im2col(float *patches, const float *inp, const mn_window *g, Py_ssize_t B)
+    void mn_col2im(float *dinp, const float *dpatches, const mn_window *g, Py_ssize_t B)
+    void mn_maxpool2d_forward(float *out, int *argmax, const float *inp, const mn_window *g,
+                              Py_ssize_t B)
+    void mn_maxpool2d_backward(float *dinp, const float *dout, const int *argmax,
+                               const mn_window *g, Py_ssize_t B)
     void mn_column_sums(float *sums, const float *x, Py_ssize_t B, Py_ssize_t C)
     void mn_column_sums_block(float *sums, const float *x, Py_ssize_t c0, Py_ssize_t c1,
                               Py_ssize_t B, Py_ssize_t C)
     int mn_all_finite(const float *x, Py_ssize_t n)
     int mn_copy_finite(float *dst, const float *src, Py_ssize_t n)
     void mn_sigmoid_forward(float *out, const float *inp, Py_ssize_t n)
+    void mn_sigmoid_backward(float *dinp, const float *out, const float *dout, Py_ssize_t n)
+    void mn_relu_forward(float *out, const float *inp, Py_ssize_t n)
+    void mn_relu_backward(float *dinp, const float *out, const float *dout, Py_ssize_t n)
     void mn_softmax_forward(float *out, const float *inp, Py_ssize_t B, Py_ssize_t C)
     void mn_prefetch_rows(const float *x, const long long *rows, Py_ssize_t n,
                           Py_ssize_t width)
@@ -81,6 +93,9 @@ cdef extern from *:
     }
     """
     unsigned long long mn_mix64(unsigned long long z) nogil
+
+if sizeof(Window) != sizeof(mn_window):
+    raise ImportError("mnistnet._kernels: Window and mn_window differ (a build mismatch)")
 
 # Names of the codes in _kernels.pxd, for the Python side.
 ACTIVATIONS = {"linear": ACT_LINEAR, "sigmoid": ACT_SIGMOID, "relu": ACT_RELU,
@@ -127,7 +142,7 @@ def plan_layout():
     names = ("kind", "act", "in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "k_h", "k_w",
              "s_h", "s_w", "pad_top", "pad_left", "n_in", "n_out", "gemm_rows", "fan_in",
              "param", "n_param", "act_in", "act_out", "scratch", "n_scratch", "dact_in",
-             "dact_out", "rate")
+             "dact_out", "wt", "rate")
     offsets = (<char*>&p.kind - base, <char*>&p.act - base, <char*>&p.in_h - base,
                <char*>&p.in_w - base, <char*>&p.in_c - base, <char*>&p.out_h - base,
                <char*>&p.out_w - base, <char*>&p.out_c - base, <char*>&p.k_h - base,
@@ -137,7 +152,7 @@ def plan_layout():
                <char*>&p.param - base, <char*>&p.n_param - base, <char*>&p.act_in - base,
                <char*>&p.act_out - base, <char*>&p.scratch - base,
                <char*>&p.n_scratch - base, <char*>&p.dact_in - base,
-               <char*>&p.dact_out - base, <char*>&p.rate - base)
+               <char*>&p.dact_out - base, <char*>&p.wt - base, <char*>&p.rate - base)
     return names, offsets, sizeof(LayerPlan)
 
 
@@ -218,3 +233,10 @@ def sgemm(float[:, ::1] c, const float[:, ::1] a, const float[:, ::1] b):
         raise ValueError("sgemm needs c (M, N) = a (M, K) @ b (K, N), all non-empty")
     with nogil:
         mn_sgemm_nn(&c[0, 0], &a[0, 0], &b[0, 0], NULL, M, K, N)
+
+
+def _set_chunk_floats(Py_ssize_t n) -> None:
+    """Tuning hook: the activation floats forward_backward_rows takes through the layers at
+    a time."""
+    global CHUNK_FLOATS
+    CHUNK_FLOATS = n

@@ -32,23 +32,17 @@ cdef void sigmoid_forward(float* out, const float* inp, Py_ssize_t N) noexcept n
 
 cdef void sigmoid_backward(float* dinp, const float* out, const float* dout,
                            Py_ssize_t N) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(N):
-        dinp[i] = dout[i] * (out[i] * (1.0 - out[i]))
+    mn_sigmoid_backward(dinp, out, dout, N)
 
 
 cdef void relu_forward(float* out, const float* inp, Py_ssize_t N) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(N):
-        # Written so that NaN propagates (NaN <= 0 is false), as np.maximum does.
-        out[i] = 0.0 if inp[i] <= 0 else inp[i]
+    # max(inp, 0) with NaN propagated, as np.maximum.
+    mn_relu_forward(out, inp, N)
 
 
 cdef void relu_backward(float* dinp, const float* out, const float* dout,
                         Py_ssize_t N) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(N):
-        dinp[i] = dout[i] if out[i] > 0 else 0.0
+    mn_relu_backward(dinp, out, dout, N)
 
 
 cdef void softmax_forward(float* out, const float* inp, Py_ssize_t B, Py_ssize_t C) noexcept nogil:
@@ -80,82 +74,16 @@ cdef inline void window_of(Window* g, const LayerPlan* p) noexcept nogil:
     g.PT, g.PL = p.pad_top, p.pad_left
 
 
-cdef inline void columns_inside(const Window* g, Py_ssize_t w0, Py_ssize_t* j0,
-                                Py_ssize_t* j1) noexcept nogil:
-    # The kernel columns j0..j1 of a window starting at image column w0 that fall inside the
-    # image (j1 <= j0: none).
-    j0[0] = 0 if w0 >= 0 else -w0
-    j1[0] = g.KW if w0 + g.KW <= g.W else g.W - w0
-
-
-cdef inline void copy_floats(float* dst, const float* src, Py_ssize_t n) noexcept nogil:
-    # memcpy, but a plain loop for the short runs of a thin image (a call would cost more).
-    cdef Py_ssize_t i
-    if n >= 16:
-        memcpy(dst, src, n * sizeof(float))
-    else:
-        for i in range(n):
-            dst[i] = src[i]
-
-
-cdef inline void zero_floats(float* dst, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        dst[i] = 0
-
-
 cdef void im2col(float* patches, const float* inp, const Window* g,
                  Py_ssize_t B) noexcept nogil:
-    """patches[b, oh * OW + ow] = the KH x KW x C inputs of that output pixel's window, in
-    Keras' kernel order (row, column, channel), zero outside the image. A window row is one
-    contiguous run of the image row (channels last), so it is copied whole."""
-    cdef Py_ssize_t b, oh, ow, di, h, w0, j0, j1, C = g.C, run = g.KW * g.C
-    cdef Py_ssize_t K = g.KH * run
-    cdef const float* img
-    cdef float* seg
-    for b in range(B):
-        img = inp + b * g.H * g.W * C
-        for oh in range(g.OH):
-            for ow in range(g.OW):
-                w0 = ow * g.SW - g.PL
-                columns_inside(g, w0, &j0, &j1)
-                seg = patches + ((b * g.OH + oh) * g.OW + ow) * K
-                for di in range(g.KH):
-                    h = oh * g.SH - g.PT + di
-                    if h < 0 or h >= g.H or j1 <= j0:
-                        zero_floats(seg, run)
-                    else:
-                        zero_floats(seg, j0 * C)
-                        copy_floats(seg + j0 * C, img + (h * g.W + w0 + j0) * C, (j1 - j0) * C)
-                        zero_floats(seg + j1 * C, (g.KW - j1) * C)
-                    seg += run
+    # The patches of each output pixel, zero outside the image (csrc/mn_window.c).
+    mn_im2col(patches, inp, <const mn_window*>g, B)
 
 
 cdef void col2im(float* dinp, const float* dpatches, const Window* g,
                  Py_ssize_t B) noexcept nogil:
-    """The adjoint of im2col: dinp = 0, then each patch's gradient added to the pixels it
-    was read from, pixel by pixel in output order (the same order for any block of images)."""
-    cdef Py_ssize_t b, oh, ow, di, h, w0, j0, j1, i, C = g.C, run = g.KW * g.C
-    cdef Py_ssize_t K = g.KH * run, n
-    cdef float* img
-    cdef float* dst
-    cdef const float* seg
-    zero_floats(dinp, B * g.H * g.W * C)
-    for b in range(B):
-        img = dinp + b * g.H * g.W * C
-        for oh in range(g.OH):
-            for ow in range(g.OW):
-                w0 = ow * g.SW - g.PL
-                columns_inside(g, w0, &j0, &j1)
-                seg = dpatches + ((b * g.OH + oh) * g.OW + ow) * K
-                for di in range(g.KH):
-                    h = oh * g.SH - g.PT + di
-                    if h >= 0 and h < g.H and j1 > j0:
-                        dst = img + (h * g.W + w0 + j0) * C
-                        n = (j1 - j0) * C
-                        for i in range(n):
-                            dst[i] += seg[j0 * C + i]
-                    seg += run
+    # dinp = 0, then each patch's gradient added back to the pixels it was read from.
+    mn_col2im(dinp, dpatches, <const mn_window*>g, B)
 
 
 cdef void conv2d_forward(float* out, float* patches, const float* inp, const float* weight,
@@ -168,86 +96,48 @@ cdef void conv2d_forward(float* out, float* patches, const float* inp, const flo
     dense_forward(out, patches, weight, bias, B * g.OH * g.OW, g.KH * g.KW * g.C, OC)
 
 
-cdef void conv2d_input_grad(float* dinp, float* scratch, const float* dout,
-                            const float* weight, const Window* g, Py_ssize_t B,
+cdef void conv2d_input_grad(float* dinp, float* dpatches, const float* dout,
+                            const float* weight_t, const Window* g, Py_ssize_t B,
                             Py_ssize_t OC) noexcept nogil:
-    """dinp = col2im(dout @ weight^T), image by image: weight transposed to scratch first
-    (so the product is a row-major GEMM along the patch, not dot products over OC), then one
-    image's patch gradient after it. scratch: OC*K + OH*OW*K floats, K = KH*KW*C."""
+    """dinp = col2im(dout @ weight^T), image by image, from the kernel already transposed
+    (so the product is a row-major GEMM along the patch, not dot products over OC); each
+    image's patch gradient goes to dpatches (OH*OW x KH*KW*C floats) first."""
     cdef Py_ssize_t b, K = g.KH * g.KW * g.C, P = g.OH * g.OW, n_img = g.H * g.W * g.C
-    cdef float* wt = scratch
-    cdef float* dp = scratch + OC * K
-    transpose(wt, weight, K, OC)
     for b in range(B):
         if g.KH == 1 and g.KW == 1 and g.SH == 1 and g.SW == 1:  # 1x1: patches are pixels
-            mn_sgemm_nn(dinp + b * n_img, dout + b * P * OC, wt, NULL, P, OC, K)
+            mn_sgemm_nn(dinp + b * n_img, dout + b * P * OC, weight_t, NULL, P, OC, K)
         else:
-            mn_sgemm_nn(dp, dout + b * P * OC, wt, NULL, P, OC, K)
-            col2im(dinp + b * n_img, dp, g, 1)
+            mn_sgemm_nn(dpatches, dout + b * P * OC, weight_t, NULL, P, OC, K)
+            col2im(dinp + b * n_img, dpatches, g, 1)
 
 
 cdef void conv2d_backward(float* dinp, float* dweight, float* dbias, float* scratch,
                           const float* dout, const float* patches, const float* weight,
                           const Window* g, Py_ssize_t B, Py_ssize_t OC) noexcept nogil:
     # dweight = patches^T @ dout and dbias = column sums of dout, over the B*OH*OW pixel
-    # rows; dinp (unless NULL) = col2im(dout @ weight^T).
+    # rows; dinp (unless NULL) = col2im(dout @ weight^T). scratch: OC*K + OH*OW*K floats
+    # (the kernel transposed, one image's patch gradient), K = KH*KW*C.
     cdef Py_ssize_t M = B * g.OH * g.OW, K = g.KH * g.KW * g.C
     mn_sgemm_tn(dweight, patches, dout, K, M, OC)
     mn_column_sums(dbias, dout, M, OC)
     if dinp != NULL:
-        conv2d_input_grad(dinp, scratch, dout, weight, g, B, OC)
+        transpose(scratch, weight, K, OC)
+        conv2d_input_grad(dinp, scratch + OC * K, dout, scratch, g, B, OC)
 
 
 # ---- maxpool2d -------------------------------------------------------------------------------
 
 cdef void maxpool2d_forward(float* out, int* argmax, const float* inp, const Window* g,
                             Py_ssize_t B) noexcept nogil:
-    """out = the max of each window over the cells inside the image, argmax = its index
-    (h * W + w) * C + c in the image: the first maximum in row-major window order (the
-    first cell is taken first, then only a strictly larger value replaces it)."""
-    cdef Py_ssize_t b, oh, ow, di, dj, c, h0, w0, i0, i1, j0, j1, at, C = g.C
-    cdef Py_ssize_t n_img = g.H * g.W * C, n_out = g.OH * g.OW * C
-    cdef const float* img
-    cdef const float* src
-    cdef float* o
-    cdef int* am
-    cdef float v
-    for b in range(B):
-        img = inp + b * n_img
-        for oh in range(g.OH):
-            h0 = oh * g.SH - g.PT
-            i0 = 0 if h0 >= 0 else -h0
-            i1 = g.KH if h0 + g.KH <= g.H else g.H - h0
-            for ow in range(g.OW):
-                w0 = ow * g.SW - g.PL
-                columns_inside(g, w0, &j0, &j1)
-                o = out + b * n_out + (oh * g.OW + ow) * C
-                am = argmax + b * n_out + (oh * g.OW + ow) * C
-                at = ((h0 + i0) * g.W + w0 + j0) * C
-                for c in range(C):
-                    o[c] = img[at + c]
-                    am[c] = <int>(at + c)
-                for di in range(i0, i1):
-                    for dj in range(j0, j1):
-                        at = ((h0 + di) * g.W + w0 + dj) * C
-                        src = img + at
-                        for c in range(C):
-                            v = src[c]
-                            if v > o[c]:
-                                o[c] = v
-                                am[c] = <int>(at + c)
+    # The max of each window over its cells inside the image, and where it is (the first
+    # maximum in row-major window order); vectorised per SIMD path in csrc/mn_gemm_impl.h.
+    mn_maxpool2d_forward(out, argmax, inp, <const mn_window*>g, B)
 
 
 cdef void maxpool2d_backward(float* dinp, const float* dout, const int* argmax,
                              const Window* g, Py_ssize_t B) noexcept nogil:
     # dinp = 0, then each output's gradient added at its argmax, in output order.
-    cdef Py_ssize_t b, e, n_img = g.H * g.W * g.C, n_out = g.OH * g.OW * g.C
-    cdef float* img
-    zero_floats(dinp, B * n_img)
-    for b in range(B):
-        img = dinp + b * n_img
-        for e in range(n_out):
-            img[argmax[b * n_out + e]] += dout[b * n_out + e]
+    mn_maxpool2d_backward(dinp, dout, argmax, <const mn_window*>g, B)
 
 
 # ---- dropout ---------------------------------------------------------------------------------

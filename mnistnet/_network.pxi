@@ -207,15 +207,20 @@ cdef void deltas_rows(const Net* net, const float* target, Py_ssize_t r0, Py_ssi
 
 cdef void layer_input_grad(const Net* net, Py_ssize_t l, float* dinp, const float* dout,
                            Py_ssize_t r0, Py_ssize_t n, float* ws) noexcept nogil:
-    # d(loss)/d(layer l's input) from d(loss)/d(its pre-activation output), n samples.
+    """d(loss)/d(layer l's input) from d(loss)/d(its pre-activation output), n samples. ws:
+    the calling thread's workspace, with the kernels transposed (transpose_kernels), except
+    in dense-only nets, whose input gradients are dot products with the kernel's rows."""
     cdef const LayerPlan* p = &net.plan[l]
     cdef const float* scratch = act_at(net, p.scratch) + r0 * p.n_scratch
     cdef Window g
     if p.kind == KIND_DENSE:
-        mn_sgemm_nt(dinp, dout, net.params + p.param, n, p.n_out, p.n_in)
+        if p.wt >= 0:
+            mn_sgemm_nn(dinp, dout, ws + p.wt, NULL, n, p.n_out, p.n_in)
+        else:
+            mn_sgemm_nt(dinp, dout, net.params + p.param, n, p.n_out, p.n_in)
     elif p.kind == KIND_CONV2D:
         window_of(&g, p)
-        conv2d_input_grad(dinp, ws, dout, net.params + p.param, &g, n, p.out_c)
+        conv2d_input_grad(dinp, ws, dout, ws + p.wt, &g, n, p.out_c)
     elif p.kind == KIND_MAXPOOL2D:
         window_of(&g, p)
         maxpool2d_backward(dinp, dout, <const int*>scratch, &g, n)
@@ -241,7 +246,7 @@ cdef inline void output_deltas(const Net* net, float* dz, const float* probs,
 
 # The samples forward_backward_rows takes through every layer at a time: a few hundred KB of
 # activations, so that a block's backward finds its forward's outputs still in cache.
-cdef Py_ssize_t CHUNK_FLOATS = 1 << 17
+cdef Py_ssize_t CHUNK_FLOATS = 1 << 19
 
 
 cdef double forward_backward_rows(const Net* net, const Step* s, Py_ssize_t r0,
@@ -254,6 +259,7 @@ cdef double forward_backward_rows(const Net* net, const Step* s, Py_ssize_t r0,
     cdef float* probs = net_acts(net, L)
     cdef const float* targets = net_acts(net, L + 1)
     cdef double total = 0
+    transpose_kernels(net, ws)
     c = r0
     while c < r1:
         m = min(chunk, r1 - c)
@@ -264,6 +270,17 @@ cdef double forward_backward_rows(const Net* net, const Step* s, Py_ssize_t r0,
         deltas_rows(net, targets, c, c + m, n, ws)
         c += m
     return total
+
+
+cdef void transpose_kernels(const Net* net, float* ws) noexcept nogil:
+    # The kernels whose input gradients the deltas compute, transposed into this thread's
+    # workspace (once a step: the weights change only between steps).
+    cdef Py_ssize_t l
+    cdef const LayerPlan* p
+    for l in range(net.n_layers):
+        p = &net.plan[l]
+        if p.wt >= 0:
+            transpose(ws + p.wt, net.params + p.param, p.fan_in, p.out_c)
 
 
 # ---- weight gradients and the update, by blocks of kernel rows -------------------------------

@@ -43,6 +43,7 @@ PLAN_FIELDS = (
     "act_in", "act_out",      # per-sample offsets in the activation block
     "scratch", "n_scratch",   # forward scratch in the activation block (per sample)
     "dact_in", "dact_out",    # per-sample offsets in the gradient block, -1: none
+    "wt",                     # a thread's workspace: the kernel transposed, -1: none
     "rate",                   # Dropout's rate
 )
 PLAN_DTYPE = np.dtype([(name, np.float64 if name == "rate" else np.int64)
@@ -149,6 +150,26 @@ class Plan:
         self.targets = act
         self.acts_per_row = act + self.n_outputs
         self.dacts_per_row = dact
+        self._fill_thread_workspace()
+
+    def _fill_thread_workspace(self) -> None:
+        """Per thread (nets that are not dense-only): one sample's patch gradient (the
+        largest over the conv layers), then the transposed kernel of every dense or conv
+        layer whose input gradient is computed (made once a step, so that the input gradient
+        is a row-major GEMM along the kernel's rows)."""
+        t = self.table
+        t["wt"] = -1
+        self.patch_grad_floats = max([int(r["gemm_rows"] * r["fan_in"]) for r in t
+                                      if r["kind"] == KINDS["conv2d"] and r["dact_in"] >= 0],
+                                     default=0)
+        ws = self.patch_grad_floats
+        if not all(isinstance(layer, Dense) for layer in self.layers):
+            for row in t:
+                if row["kind"] in (KINDS["dense"], KINDS["conv2d"]) and row["dact_in"] >= 0:
+                    row["wt"] = ws
+                    ws += int(row["fan_in"] * row["out_c"])
+        # A multiple of a cache line, so threads never share one.
+        self._thread_ws = -(-ws // CACHE_LINE_FLOATS) * CACHE_LINE_FLOATS
 
     @staticmethod
     def _scratch_floats(layer: Layer, row: np.void) -> int:
@@ -192,16 +213,9 @@ class Plan:
         return max(threads, 1) * self.thread_workspace_floats()
 
     def thread_workspace_floats(self) -> int:
-        """Floats of one thread's workspace in a net that is not dense-only (a multiple of a
-        cache line, so threads never share one)."""
-        need = 0
-        for row in self.table:
-            if row["kind"] == KINDS["conv2d"]:
-                weights = int(row["fan_in"] * row["out_c"])
-                need = max(need, weights + int(row["gemm_rows"] * row["fan_in"]))
-            elif row["kind"] == KINDS["dense"]:
-                need = max(need, int(row["n_in"] * row["n_out"]))
-        return -(-need // CACHE_LINE_FLOATS) * CACHE_LINE_FLOATS
+        """Floats of one thread's workspace in a net that is not dense-only (see
+        _fill_thread_workspace)."""
+        return self._thread_ws
 
     def team_threads(self, rows: int, n_dacts: int) -> int:
         """Threads an activation-gradient block of n_dacts floats has workspace for (at

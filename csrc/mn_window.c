@@ -1,0 +1,91 @@
+/* mn_window.c — windows over channels-last images: conv2d's patches (im2col) and their
+ * adjoint, and max pooling's entry points. The patch copies move runs of KW*C contiguous
+ * floats (a window row is one run of an image row, channels last). */
+#include <string.h>
+
+#include "mn_internal.h"
+#include "mn_kernels.h"
+
+/* The kernel columns [j0, j1) of a window starting at image column w0 inside the image. */
+static inline void columns_inside(const mn_window *g, ptrdiff_t w0, ptrdiff_t *j0,
+                                  ptrdiff_t *j1)
+{
+    *j0 = w0 >= 0 ? 0 : -w0;
+    *j1 = w0 + g->KW <= g->W ? g->KW : g->W - w0;
+}
+
+static inline void copy_run(float *restrict dst, const float *restrict src, ptrdiff_t n)
+{
+    /* a loop, not memcpy: the runs of a thin image are a few floats, shorter than a call */
+    for (ptrdiff_t i = 0; i < n; i++) dst[i] = src[i];
+}
+
+static inline void zero_run(float *dst, ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; i++) dst[i] = 0.0f;
+}
+
+void mn_im2col(float *patches, const float *inp, const mn_window *g, ptrdiff_t B)
+{
+    const ptrdiff_t C = g->C, run = g->KW * C, K = g->KH * run, n_img = g->H * g->W * C;
+    for (ptrdiff_t b = 0; b < B; b++) {
+        const float *img = inp + b * n_img;
+        for (ptrdiff_t oh = 0; oh < g->OH; oh++)
+            for (ptrdiff_t ow = 0; ow < g->OW; ow++) {
+                const ptrdiff_t w0 = ow * g->SW - g->PL;
+                ptrdiff_t j0, j1;
+                columns_inside(g, w0, &j0, &j1);
+                float *seg = patches + ((b * g->OH + oh) * g->OW + ow) * K;
+                for (ptrdiff_t di = 0; di < g->KH; di++, seg += run) {
+                    const ptrdiff_t h = oh * g->SH - g->PT + di;
+                    if (h < 0 || h >= g->H || j1 <= j0) {
+                        zero_run(seg, run);
+                        continue;
+                    }
+                    zero_run(seg, j0 * C);
+                    copy_run(seg + j0 * C, img + (h * g->W + w0 + j0) * C, (j1 - j0) * C);
+                    zero_run(seg + j1 * C, (g->KW - j1) * C);
+                }
+            }
+    }
+}
+
+void mn_col2im(float *dinp, const float *dpatches, const mn_window *g, ptrdiff_t B)
+{
+    const ptrdiff_t C = g->C, run = g->KW * C, K = g->KH * run, n_img = g->H * g->W * C;
+    zero_run(dinp, B * n_img);
+    for (ptrdiff_t b = 0; b < B; b++) {
+        float *img = dinp + b * n_img;
+        for (ptrdiff_t oh = 0; oh < g->OH; oh++)
+            for (ptrdiff_t ow = 0; ow < g->OW; ow++) {
+                const ptrdiff_t w0 = ow * g->SW - g->PL;
+                ptrdiff_t j0, j1;
+                columns_inside(g, w0, &j0, &j1);
+                const float *seg = dpatches + ((b * g->OH + oh) * g->OW + ow) * K;
+                for (ptrdiff_t di = 0; di < g->KH; di++, seg += run) {
+                    const ptrdiff_t h = oh * g->SH - g->PT + di;
+                    if (h < 0 || h >= g->H || j1 <= j0) continue;
+                    float *restrict dst = img + (h * g->W + w0 + j0) * C;
+                    const float *restrict src = seg + j0 * C;
+                    for (ptrdiff_t i = 0; i < (j1 - j0) * C; i++) dst[i] += src[i];
+                }
+            }
+    }
+}
+
+void mn_maxpool2d_forward(float *out, int *argmax, const float *inp, const mn_window *g,
+                          ptrdiff_t B)
+{
+    mn_active_gemm()->maxpool2d_forward(out, argmax, inp, g, B);
+}
+
+void mn_maxpool2d_backward(float *dinp, const float *dout, const int *argmax,
+                           const mn_window *g, ptrdiff_t B)
+{
+    const ptrdiff_t n_img = g->H * g->W * g->C, n_out = g->OH * g->OW * g->C;
+    zero_run(dinp, B * n_img);
+    for (ptrdiff_t b = 0; b < B; b++) {
+        float *img = dinp + b * n_img;
+        for (ptrdiff_t e = 0; e < n_out; e++) img[argmax[b * n_out + e]] += dout[b * n_out + e];
+    }
+}
