@@ -1,7 +1,8 @@
 """Training and inference benchmarks: compiled ("fast") vs NumPy ("reference") backend.
 
-* train_step <preset>: one SGD step on a batch of 32 (synthetic rows; the cost does not
-  depend on the values), through fast/reference.train_step on the model's own buffers.
+* train_step <preset>: one optimizer step on a batch of the preset's recipe (32; 128 for the
+  convnet; synthetic rows: the cost does not depend on the values), through
+  fast/reference.train_step on the model's own buffers.
 * epoch fit <preset>: model.fit(epochs=1) on the 60,000 MNIST training images with
   validation on the 10,000 test images, from a fresh model each round (needs MNISTNET_DATA).
 * train_epoch <preset>: the epoch kernel alone (fast/reference.train_epoch), without fit's
@@ -17,12 +18,15 @@ import pytest
 
 import mnistnet as mn
 from mnistnet import fast, reference
-from mnistnet.model import PRESETS, shuffle_order
+from mnistnet.model import PRESETS, RECIPES, shuffle_order
 
 PRESET_NAMES = list(PRESETS)
 BACKENDS = ["fast", "reference"]
-BATCH = 32
-EPOCH_ROUNDS = 3  # a reference epoch takes about a second
+EPOCH_ROUNDS = 3  # a reference epoch of a dense preset takes about a second
+
+
+def _batch(name):
+    return RECIPES[name]["batch_size"]
 
 
 def _label(benchmark, group, backend):
@@ -38,13 +42,16 @@ def _buffers(model, rows):
 @pytest.mark.parametrize("name", PRESET_NAMES)
 def test_train_step(benchmark, rng, name, backend):
     model = mn.preset(name, seed=0, backend=backend)
-    acts, dacts = _buffers(model, BATCH)
-    x = rng.random((BATCH, 784), dtype=np.float32)
-    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, BATCH)]
+    batch = _batch(name)
+    acts, dacts = _buffers(model, batch)
+    x = rng.random((batch, 784), dtype=np.float32)
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, batch)]
     kernels = fast if backend == "fast" else reference
-    _label(benchmark, f"train_step {name} (batch {BATCH})", backend)
-    loss = benchmark(kernels.train_step, model.params, model.grads, acts, dacts, model.sizes,
-                     model.act_codes, model._loss_code, x, y, model.optimizer.learning_rate)
+    _label(benchmark, f"train_step {name} (batch {batch})", backend)
+    loss = benchmark(kernels.train_step, model.plan, model.params, model.grads,
+                     model.optimizer_state, acts, dacts, model._loss_code, x, y,
+                     model.optimizer.kernel_settings(), model.optimizer.learning_rate, 0,
+                     (0, 0, 0))
     assert np.isfinite(loss)
 
 
@@ -57,7 +64,7 @@ def test_epoch_fit(benchmark, mnist, name, backend):
         return (mn.preset(name, seed=0, backend=backend),), {}
 
     def one_epoch(model):
-        return model.fit(x_train, y_train, epochs=1, batch_size=BATCH,
+        return model.fit(x_train, y_train, epochs=1, batch_size=_batch(name),
                          validation_data=(x_test, y_test), verbose=0)
 
     _label(benchmark, f"epoch fit {name} (60k rows + 10k validation)", backend)
@@ -77,10 +84,8 @@ def test_train_epoch_kernel(benchmark, mnist, name, backend):
 
     def setup():
         model = mn.preset(name, seed=0, backend=backend)
-        acts, dacts = _buffers(model, BATCH)
-        return (model.params, model.grads, acts, dacts, model.sizes, model.act_codes,
-                model._loss_code, x_train, targets, order, BATCH,
-                model.optimizer.learning_rate), {}
+        acts, dacts = _buffers(model, _batch(name))
+        return model._epoch_arguments(acts, dacts, x_train, targets, order, _batch(name), 0), {}
 
     _label(benchmark, f"train_epoch {name} (kernel only, no validation)", backend)
     result = benchmark.pedantic(kernels.train_epoch, setup=setup, rounds=EPOCH_ROUNDS,

@@ -227,7 +227,8 @@ static void gemm_block(float *c, ptrdiff_t ldc, const float *a, ptrdiff_t a_rs, 
         const int nv = (int)((nc + VW - 1) / VW);
         const int tail = (int)(nc - (ptrdiff_t)(nv - 1) * VW);
         const float *pbias = bias ? bias + j0 : NULL;
-        for (ptrdiff_t k0 = 0; k0 < K; k0 += kb) {
+        ptrdiff_t k0 = 0;
+        do { /* at least one block, so that K = 0 still writes c = bias (or 0) */
             const ptrdiff_t kc = K - k0 < kb ? K - k0 : kb;
             const float *bk = b + k0 * ldb + j0;
             ptrdiff_t ldbk = ldb;
@@ -241,7 +242,8 @@ static void gemm_block(float *c, ptrdiff_t ldc, const float *a, ptrdiff_t a_rs, 
             const int last_block = k0 + kc == K; /* the sums are complete: bias, then SGD */
             rows_panel(c + j0, a + k0 * a_cs, bk, last_block ? pbias : NULL, m0, m1, kc, ldbk,
                        ldc, a_rs, a_cs, nv, tail, k0 > 0, last_block ? sgd : NULL, j0);
-        }
+            k0 += kc;
+        } while (k0 < K);
     }
 }
 

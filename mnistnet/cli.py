@@ -27,7 +27,9 @@ import numpy as np
 import mnistnet as mn
 from mnistnet import bench
 from mnistnet.data import read_idx
-from mnistnet.model import ACTIVATIONS, BACKENDS, LOSSES, PRESETS
+from mnistnet.layers import Conv2D, Layer, MaxPool2D
+from mnistnet.model import ACTIVATIONS, BACKENDS, LOSSES, PRESETS, RECIPES
+from mnistnet.optimizers import Optimizer
 
 EXIT_OK = 0
 EXIT_ERROR = 2
@@ -101,20 +103,80 @@ def _learning_rate(text: str) -> float:
     return value
 
 
-def _layers(text: str) -> list[mn.Dense]:
-    """Parse "256:relu,10:softmax" into Dense layers (the library validates the names)."""
+def _momentum(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text!r}")
+    return value
+
+
+LAYERS_GRAMMAR = ("UNITS:ACT (dense), conv:FILTERS:KERNEL[:ACT][:stride=S][:padding=same], "
+                  "pool:SIZE[:stride=S][:padding=same], flatten, dropout:RATE; KERNEL, SIZE "
+                  "and S an int or HxW")
+
+
+def _layers(text: str) -> list[Layer]:
+    """Parse "conv:32:3:relu,pool:2,flatten,dropout:0.5,10:softmax" into layers (the library
+    validates the values; see LAYERS_GRAMMAR)."""
     layers = []
     for item in text.split(","):
-        units, sep, activation = item.strip().partition(":")
-        if not sep or not units.strip() or not activation.strip():
-            raise argparse.ArgumentTypeError(
-                f"expected UNITS:ACTIVATION[,UNITS:ACTIVATION...] (e.g. 128:relu,10:softmax), "
-                f"got {item.strip()!r}")
+        item = item.strip()
         try:
-            layers.append(mn.Dense(_positive_int(units.strip()), activation=activation.strip()))
+            layers.append(_layer(item))
         except (ValueError, TypeError) as exc:
-            raise argparse.ArgumentTypeError(f"{item.strip()!r}: {exc}") from None
+            raise argparse.ArgumentTypeError(f"{item!r}: {exc}") from None
     return layers
+
+
+def _layer(item: str) -> Layer:
+    kind, *fields = [f.strip() for f in item.split(":")]
+    options = dict(f.split("=", 1) for f in fields if "=" in f)
+    fields = [f for f in fields if "=" not in f]
+    if kind.isdigit() or kind.lstrip("+-").isdigit():  # UNITS:ACT, the dense layer
+        if len(fields) != 1 or not fields[0] or options:
+            raise ValueError(f"expected {LAYERS_GRAMMAR}")
+        return mn.Dense(int(kind), activation=fields[0])
+    if kind == "conv" and len(fields) in (2, 3):
+        return mn.Conv2D(_int(fields[0]), _size(fields[1]), activation=_get(fields, 2, "linear"),
+                         **_window_options(options))
+    if kind == "pool" and len(fields) == 1:
+        return mn.MaxPool2D(_size(fields[0]), **_window_options(options))
+    if kind == "flatten" and not fields and not options:
+        return mn.Flatten()
+    if kind == "dropout" and len(fields) == 1 and not options:
+        try:
+            return mn.Dropout(float(fields[0]))
+        except ValueError:
+            raise ValueError(
+                f"dropout rate must be a number in [0, 1), got {fields[0]!r}") from None
+    raise ValueError(f"expected {LAYERS_GRAMMAR}")
+
+
+def _get(fields: list[str], i: int, default: str) -> str:
+    return fields[i] if len(fields) > i else default
+
+
+def _size(text: str) -> int | tuple[int, int]:
+    """"3" or "3x5"."""
+    if "x" in text:
+        h, _, w = text.partition("x")
+        return _int(h), _int(w)
+    return _int(text)
+
+
+def _window_options(options: dict[str, str]) -> dict[str, Any]:
+    unknown = set(options) - {"stride", "padding"}
+    if unknown:
+        raise ValueError(f"unknown option {sorted(unknown)[0]!r} (stride=S, padding=valid|same)")
+    out: dict[str, Any] = {}
+    if "stride" in options:
+        out["strides"] = _size(options["stride"])
+    if "padding" in options:
+        out["padding"] = options["padding"]
+    return out
 
 
 # --------------------------------------------------------------------------- the parser
@@ -154,28 +216,38 @@ def _add_data_and_backend(sub: argparse.ArgumentParser) -> None:
 def _add_train(commands: Any) -> None:
     sub = commands.add_parser(
         "train", help="train a network on MNIST and report its test accuracy",
-        description="Train a network with minibatch SGD, validating on the test set after "
-                    "every epoch (Keras-style log), then print the final test accuracy. "
+        description="Train a network by minibatch gradient descent, validating on the test "
+                    "set after every epoch (Keras-style log), then print the final test "
+                    "accuracy. "
                     "Ctrl-C stops between two steps; with --save the weights so far are kept.")
     arch = sub.add_mutually_exclusive_group(required=True)
     arch.add_argument("--preset", choices=tuple(PRESETS),
                       help="one of the tutorial's networks: perceptron (784-10 sigmoid, MSE), "
                            "hidden-relu (784-128-64-10, relu/sigmoid, MSE), cross-entropy "
-                           "(the same with softmax and categorical cross-entropy)")
-    arch.add_argument("--layers", type=_layers, metavar="UNITS:ACT,...",
-                      help="a custom stack, input side first, e.g. 128:relu,64:relu,10:softmax;"
-                           f" activations: {', '.join(ACTIVATIONS)}")
+                           "(the same with softmax and categorical cross-entropy); or convnet "
+                           "(Keras' simple MNIST convnet, trained with Adam 0.001, batch 128, "
+                           "15 epochs)")
+    arch.add_argument("--layers", type=_layers, metavar="LAYER,...",
+                      help="a custom stack, input side first, e.g. 128:relu,64:relu,10:softmax "
+                           "or conv:32:3:relu,pool:2,flatten,dropout:0.5,10:softmax; "
+                           f"{LAYERS_GRAMMAR}; activations: {', '.join(ACTIVATIONS)}")
     sub.add_argument("--loss", choices=LOSSES,
                      help="loss of a --layers network (default: mse; a preset has its own)")
-    sub.add_argument("--epochs", type=_positive_int, default=DEFAULT_PRESET_EPOCHS,
-                     help="epochs to train (default: %(default)s)")
-    sub.add_argument("--batch-size", type=_positive_int, default=32,
-                     help="rows per SGD step (default: %(default)s)")
-    sub.add_argument("--lr", type=_learning_rate, default=0.01,
-                     help="SGD learning rate (default: %(default)s)")
+    sub.add_argument("--epochs", type=_positive_int,
+                     help="epochs to train (default: the preset's, 30 for the tutorial's and "
+                          "--layers, 15 for convnet)")
+    sub.add_argument("--batch-size", type=_positive_int,
+                     help="rows per step (default: the preset's, 32; 128 for convnet)")
+    sub.add_argument("--optimizer", choices=("sgd", "adam"),
+                     help="default: the preset's (sgd; adam for convnet), sgd for --layers")
+    sub.add_argument("--lr", type=_learning_rate,
+                     help="learning rate (default: the preset's, else 0.01 for sgd and 0.001 "
+                          "for adam)")
+    sub.add_argument("--momentum", type=_momentum,
+                     help="SGD's momentum in [0, 1) (default 0; --optimizer sgd only)")
     sub.add_argument("--seed", type=_non_negative_int, default=0,
-                     help="seeds the initial weights and every epoch's shuffle "
-                          "(default: %(default)s)")
+                     help="seeds the initial weights, every epoch's shuffle and the dropout "
+                          "masks (default: %(default)s)")
     _add_data_and_backend(sub)
     sub.add_argument("--save", metavar="FILE.npz", help="write the trained model here")
     sub.add_argument("--history", metavar="FILE.json",
@@ -217,6 +289,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.preset is not None and args.loss is not None:
         raise CLIError(f"--loss applies to --layers only (preset {args.preset!r} has its "
                        "own loss)")
+    _resolve_recipe(args)
     for option, path in (("--save", args.save), ("--history", args.history)):
         if path is not None:
             _check_output_path(option, path)
@@ -261,12 +334,41 @@ def _check_output_path(option: str, path: str) -> None:
         raise CLIError(f"{option} {path}: folder {folder} is not writable")
 
 
+def _resolve_recipe(args: argparse.Namespace) -> None:
+    """Fill in the settings left unset: the preset's recipe, or --layers' defaults (SGD
+    0.01, batch 32, 30 epochs); --lr defaults to the chosen optimizer's rate."""
+    recipe = dict(RECIPES[args.preset]) if args.preset is not None else {
+        "optimizer": "sgd", "learning_rate": 0.01, "batch_size": 32,
+        "epochs": DEFAULT_PRESET_EPOCHS}
+    if args.optimizer is None:
+        args.optimizer = recipe["optimizer"]
+    if args.momentum is not None and args.optimizer != "sgd":
+        raise CLIError("--momentum applies to --optimizer sgd only")
+    if args.lr is None:
+        args.lr = (recipe["learning_rate"] if args.optimizer == recipe["optimizer"]
+                   else {"sgd": 0.01, "adam": 0.001}[args.optimizer])
+    if args.epochs is None:
+        args.epochs = recipe["epochs"]
+    if args.batch_size is None:
+        args.batch_size = recipe["batch_size"]
+
+
+def _optimizer(args: argparse.Namespace) -> Optimizer:
+    if args.optimizer == "adam":
+        return mn.Adam(args.lr)
+    return mn.SGD(args.lr, momentum=args.momentum or 0.0)
+
+
 def _build_model(args: argparse.Namespace, input_dim: int) -> mn.Model:
     if args.preset is not None:
         return mn.preset(args.preset, seed=args.seed, backend=args.backend,
-                         learning_rate=args.lr)
-    return mn.Model(args.layers, input_dim=input_dim, loss=args.loss or "mse",
-                    optimizer=mn.SGD(args.lr), seed=args.seed, backend=args.backend)
+                         optimizer=_optimizer(args))
+    images = isinstance(args.layers[0], (Conv2D, MaxPool2D))
+    side = math.isqrt(input_dim)
+    shape = {"input_shape": (side, side, 1)} if images and side * side == input_dim else {
+        "input_dim": input_dim}
+    return mn.Model(args.layers, loss=args.loss or "mse", optimizer=_optimizer(args),
+                    seed=args.seed, backend=args.backend, **shape)
 
 
 def _fit(model: mn.Model, args: argparse.Namespace, x: np.ndarray, y: np.ndarray,
@@ -312,7 +414,9 @@ def _write_history(path: str, history: mn.History, model: mn.Model,
         "epoch": [int(e) for e in history.epoch],
         "preset": args.preset,
         "layers": config["layers"],
+        "input_shape": config["input_shape"],
         "loss": config["loss"],
+        "optimizer": config["optimizer"],
         "seed": args.seed,
         "backend": args.backend,
         "epochs": args.epochs,

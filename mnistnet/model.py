@@ -38,8 +38,8 @@ from mnistnet.layers import (
 from mnistnet.optimizers import SGD, Adam, Optimizer, optimizer_from_config, optimizer_to_config
 from mnistnet.plan import Plan
 
-__all__ = ["Adam", "Conv2D", "Dense", "Dropout", "Flatten", "History", "MaxPool2D", "Model",
-           "SGD", "preset"]
+__all__ = ["SGD", "Adam", "Conv2D", "Dense", "Dropout", "Flatten", "History", "MaxPool2D",
+           "Model", "preset"]
 
 BACKENDS = {"fast": fast, "reference": reference}
 ACTIVATIONS = tuple(reference.ACTIVATIONS)

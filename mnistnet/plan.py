@@ -79,8 +79,8 @@ class Plan:
         if len(self.shapes[-1]) != 1:
             raise ValueError(f"the last layer's output has shape {self.shapes[-1]}; the model "
                              "needs rows of class scores: end with Flatten() and Dense(10)")
-        if not any(layer.weight_shapes(shape) for layer, shape in zip(self.layers,
-                                                                       self.shapes)):
+        if not any(layer.weight_shapes(shape)
+                   for layer, shape in zip(self.layers, self.shapes, strict=False)):
             raise ValueError("the model has no layer with weights (Dense or Conv2D)")
         self.n_outputs = self.shapes[-1][0]
         self.table = np.zeros(len(self.layers), dtype=PLAN_DTYPE)

@@ -231,7 +231,7 @@ def im2col(patches, inp, kernel_size, strides, padding):
     windows = np.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(1, 2))
     windows = windows[:, :: strides[0], :: strides[1]]       # (B, OH, OW, C, KH, KW)
     patches = _out(patches, (inp.shape[0], oh, ow, kh * kw * inp.shape[3]))
-    patches.reshape(windows.shape[:3] + (kh, kw, inp.shape[3]))[...] = (
+    patches.reshape((*windows.shape[:3], kh, kw, inp.shape[3]))[...] = (
         windows.transpose(0, 1, 2, 4, 5, 3))
     return patches
 
@@ -241,7 +241,7 @@ def col2im(dinp, dpatches, kernel_size, strides, padding):
     from.   dinp (B, H, W, C) (its shape is required), dpatches (B, OH, OW, KH*KW*C)"""
     (oh, ow), pads, span = _windows(dinp.shape[1:], kernel_size, strides, padding)
     (kh, kw), (sh, sw), c = kernel_size, strides, dinp.shape[3]
-    grad = np.zeros((dinp.shape[0],) + span + (c,), dtype=dinp.dtype)
+    grad = np.zeros((dinp.shape[0], *span, c), dtype=dinp.dtype)
     dp = dpatches.reshape(dinp.shape[0], oh, ow, kh, kw, c)
     for i in range(kh):
         for j in range(kw):
@@ -259,7 +259,7 @@ def conv2d_forward(out, patches, inp, weight, bias, strides=(1, 1), padding="val
     weight (KH, KW, C, OC), bias (OC,)"""
     kh, kw, c, oc = weight.shape
     patches = im2col(patches, inp, (kh, kw), strides, padding)
-    out = _out(out, patches.shape[:3] + (oc,))
+    out = _out(out, (*patches.shape[:3], oc))
     np.matmul(patches.reshape(-1, kh * kw * c), weight.reshape(-1, oc), out=out.reshape(-1, oc))
     out += bias
     return out
@@ -292,7 +292,7 @@ def maxpool2d_forward(out, argmax, inp, pool_size=(2, 2), strides=None, padding=
     out (B, OH, OW, C), argmax int32 (B, OH, OW, C), inp (B, H, W, C)"""
     strides = pool_size if strides is None else strides
     (oh, ow), (pt, pl), span = _windows(inp.shape[1:], pool_size, strides, padding)
-    b, h, w, c = inp.shape
+    b, _, w, c = inp.shape
     padded = _padded(inp, (pt, pl), span, -np.inf)
     windows = np.lib.stride_tricks.sliding_window_view(padded, pool_size, axis=(1, 2))
     windows = windows[:, :: strides[0], :: strides[1]].reshape(b, oh, ow, c, -1)

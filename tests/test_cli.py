@@ -183,7 +183,20 @@ BAD_ARGUMENTS = {
     "nan lr": ["train", "--preset", "perceptron", "--lr", "nan"],
     "negative seed": ["train", "--preset", "perceptron", "--seed", "-1"],
     "unknown backend": ["train", "--preset", "perceptron", "--backend", "gpu"],
-    "unknown option": ["train", "--preset", "perceptron", "--momentum", "0.9"],
+    "unknown option": ["train", "--preset", "perceptron", "--frobnicate", "0.9"],
+    "momentum with adam": ["train", "--preset", "convnet", "--momentum", "0.9"],
+    "momentum of 1": ["train", "--preset", "perceptron", "--momentum", "1"],
+    "negative momentum": ["train", "--preset", "perceptron", "--momentum", "-0.5"],
+    "unknown optimizer": ["train", "--preset", "perceptron", "--optimizer", "rmsprop"],
+    "conv without kernel size": ["train", "--layers", "conv:32,flatten,10:softmax"],
+    "conv with zero filters": ["train", "--layers", "conv:0:3,flatten,10:softmax"],
+    "conv with a bad kernel": ["train", "--layers", "conv:8:3y3,flatten,10:softmax"],
+    "pool with an unknown option": ["train", "--layers", "pool:2:size=3,flatten,10:softmax"],
+    "pool with a bad padding": ["train", "--layers", "pool:2:padding=full,flatten,10:softmax"],
+    "dropout of 1": ["train", "--layers", "dropout:1,10:softmax"],
+    "dropout not a number": ["train", "--layers", "dropout:half,10:softmax"],
+    "flatten with a value": ["train", "--layers", "flatten:2,10:softmax"],
+    "unknown layer": ["train", "--layers", "lstm:32,10:softmax"],
     "evaluate without model": ["evaluate"],
     "predict without files": ["predict", "model.npz"],
 }
@@ -262,8 +275,9 @@ def test_train_synthetic_log_history_and_evaluate(tiny_data: Path, tmp_path: Pat
     assert sorted(record["history"]) == ["accuracy", "loss", "val_accuracy", "val_loss"]
     assert all(len(values) == 2 for values in record["history"].values())
     assert f"{record['history']['val_accuracy'][-1]:.4f}" == f"{accuracy:.4f}"
-    assert record["layers"] == [{"units": 16, "activation": "relu"},
-                                {"units": 10, "activation": "softmax"}]
+    assert record["layers"] == [{"class": "Dense", "units": 16, "activation": "relu"},
+                                {"class": "Dense", "units": 10, "activation": "softmax"}]
+    assert record["optimizer"] == {"class": "SGD", "learning_rate": 0.01}
     assert record["preset"] is None
     assert record["loss"] == "categorical_crossentropy"
     assert (record["seed"], record["backend"], record["epochs"]) == (0, "fast", 2)

@@ -19,6 +19,7 @@ import zlib
 
 import numpy as np
 import pytest
+from networks import NO_DROPOUT_KEY, SGD, dense_plan, net_buffers, no_state
 from tolerances import (
     FLOAT32_GRAD_RTOL,
     FORWARD_RTOL,
@@ -205,7 +206,9 @@ BATCH = 4
 
 
 def layers_of(flat, sizes):
-    return reference.layer_views(flat, sizes)
+    """[(W, b), ...] as views into a dense net's flat block (its plan's layout)."""
+    views = dense_plan(sizes, [0] * (len(sizes) - 1)).weight_views(flat)
+    return list(zip(views[::2], views[1::2], strict=True))
 
 
 def loss64(flat, x, y, sizes, acts, loss):
@@ -286,13 +289,11 @@ def test_train_step_float32_gradient_matches_central_differences(simd_path, back
     numeric = central_differences(
         lambda p: loss64(p, x.astype(np.float64), y.astype(np.float64), sizes, acts, loss),
         params.astype(np.float64))
-    sizes_i = np.array(sizes, dtype=np.int32)
-    codes = np.array([CODES[a] for a in acts], dtype=np.int32)
-    n_p, n_a, n_d = backend.buffer_sizes(sizes_i, BATCH)
-    grads = np.zeros(n_p, np.float32)
-    acts_buf, dacts = np.zeros(n_a, np.float32), np.zeros(n_d, np.float32)
+    plan = dense_plan(sizes, [CODES[a] for a in acts])
+    grads, acts_buf, dacts = net_buffers(plan, BATCH)
     before, lr = params.copy(), np.float32(0.25)
-    value = backend.train_step(params, grads, acts_buf, dacts, sizes_i, codes, loss, x, y, lr)
+    value = backend.train_step(plan, params, grads, no_state(), acts_buf, dacts, loss, x, y,
+                               SGD, lr, 0, NO_DROPOUT_KEY)
     what = f"{backend.__name__}.train_step[{simd_path}] {net}"
     assert_close(value, loss64(before.astype(np.float64), x.astype(np.float64),
                                y.astype(np.float64), sizes, acts, loss), FORWARD_RTOL,
@@ -306,16 +307,15 @@ def test_train_step_float32_gradient_matches_central_differences(simd_path, back
 def one_layer_step(backend, w, b, x, y, act, loss, lr):
     """One train_step of a single dense layer; returns (prediction before the step, loss,
     gradient block, W after, b after)."""
-    sizes = np.array(w.shape, dtype=np.int32)
-    codes = np.array([CODES[act]], dtype=np.int32)
+    sizes = list(w.shape)
+    plan = dense_plan(sizes, [CODES[act]])
     params = np.concatenate([w.ravel(), b]).astype(np.float32)
-    n_p, n_a, n_d = fast.buffer_sizes(sizes, x.shape[0])
-    grads = np.zeros(n_p, np.float32)
-    acts, dacts = np.zeros(n_a, np.float32), np.zeros(n_d, np.float32)
+    grads, acts, dacts = net_buffers(plan, x.shape[0])
     x32, y32 = np.asarray(x, np.float32), np.asarray(y, np.float32)
-    scratch = np.zeros(n_a, np.float32)
-    pred = backend.predict(params, scratch, sizes, codes, x32, None, x.shape[0])
-    value = backend.train_step(params, grads, acts, dacts, sizes, codes, loss, x32, y32, lr)
+    scratch = np.zeros(acts.shape[0], np.float32)
+    pred = backend.predict(plan, params, scratch, x32, None, x.shape[0])
+    value = backend.train_step(plan, params, grads, no_state(), acts, dacts, loss, x32, y32,
+                               SGD, lr, 0, NO_DROPOUT_KEY)
     (w_after, b_after), = layers_of(params, sizes)
     return pred, value, grads, w_after, b_after
 

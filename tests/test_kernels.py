@@ -14,9 +14,11 @@ import zlib
 
 import numpy as np
 import pytest
+from networks import NO_DROPOUT_KEY, SGD, dense_plan, net_buffers, no_state
 from tolerances import BACKWARD_RTOL, FORWARD_RTOL, assert_close
 
-from mnistnet import fast, reference
+from mnistnet import _kernels, fast, reference
+from mnistnet.plan import PLAN_DTYPE, PLAN_FIELDS
 
 BATCHES = (1, 7, 32, 1000)
 WIDTHS = (1, 10, 33, 128, 785)
@@ -122,9 +124,19 @@ def test_both_backends_use_the_same_codes():
     # whose codes are the enums of _kernels.pxd: the two tables must not drift apart.
     assert fast.ACTIVATIONS == reference.ACTIVATIONS
     assert fast.LOSSES == reference.LOSSES
+    assert fast.KINDS == reference.KINDS
+    assert fast.OPTIMIZERS == reference.OPTIMIZERS
     assert (fast.EPOCH_DONE, fast.EPOCH_NONFINITE_LOSS, fast.EPOCH_INTERRUPTED) == (
         reference.EPOCH_DONE, reference.EPOCH_NONFINITE_LOSS, reference.EPOCH_INTERRUPTED)
-    assert fast.buffer_sizes is reference.buffer_sizes
+
+
+def test_the_plan_table_has_the_layout_of_the_kernels_struct():
+    """mnistnet.plan's table is read by the compiled side as an array of LayerPlan structs:
+    the same fields at the same byte offsets, and the same size."""
+    names, offsets, size = _kernels.plan_layout()
+    assert names == PLAN_FIELDS
+    assert offsets == tuple(PLAN_DTYPE.fields[n][1] for n in PLAN_FIELDS)
+    assert size == PLAN_DTYPE.itemsize
 
 
 @pytest.mark.parametrize("pair", DENSE_PAIRS, ids=[f"{c}x{oc}" for c, oc in DENSE_PAIRS])
@@ -165,13 +177,13 @@ def test_dense_on_mnist_matches_reference(simd_path, mnist):
     (_, _), (x_test, _) = mnist
     x = np.ascontiguousarray(x_test[:1000])
     rng = rng_for("mnist")
-    sizes = np.array([784, 128, 64, 10], dtype=np.int32)
-    acts = np.array([2, 2, 3], dtype=np.int32)
+    sizes = [784, 128, 64, 10]
+    plan = dense_plan(sizes, [2, 2, 3])
     params = glorot_params(rng, sizes)
     chunk = 1000
-    scratch = np.empty(fast.buffer_sizes(sizes, chunk)[1], np.float32)
-    got = fast.predict(params, scratch, sizes, acts, x, None, chunk)
-    want = reference.predict(params, None, sizes, acts, x, None, chunk)
+    scratch = np.empty(plan.buffer_sizes(chunk)[1], np.float32)
+    got = fast.predict(plan, params, scratch, x, None, chunk)
+    want = reference.predict(plan, params, None, x, None, chunk)
     assert_close(got, want, FORWARD_RTOL, f"predict[{simd_path}] on 1000 MNIST test images")
 
 
@@ -396,35 +408,34 @@ NETS = {
 }
 
 
-def net_buffers(backend, sizes, rows):
-    n_p, n_a, n_d = backend.buffer_sizes(sizes, rows)
-    return (np.zeros(n_p, np.float32), np.zeros(n_a, np.float32), np.zeros(n_d, np.float32))
+def train_step(backend, plan, params, grads, acts, dacts, loss, x, y, lr):
+    """One plain-SGD step of backend's train_step (no dropout: dense nets)."""
+    return backend.train_step(plan, params, grads, no_state(), acts, dacts, loss, x, y, SGD,
+                              lr, 0, NO_DROPOUT_KEY)
 
 
 @pytest.mark.parametrize("batch", (1, 7, 32))
 @pytest.mark.parametrize("net", NETS)
 def test_train_step_matches_reference(simd_path, net, batch):
     sizes, acts, loss = NETS[net]
-    sizes, acts = np.array(sizes, np.int32), np.array(acts, np.int32)
+    plan = dense_plan(sizes, acts)
     rng = rng_for("train_step", net, batch)
     start = glorot_params(rng, sizes)
     p_fast, p_ref = start.copy(), start.copy()
-    g_fast, a_fast, d_fast = net_buffers(fast, sizes, batch)
-    g_ref, a_ref, d_ref = net_buffers(reference, sizes, batch)
+    g_fast, a_fast, d_fast = net_buffers(plan, batch)
+    g_ref, a_ref, d_ref = net_buffers(plan, batch)
     for step in range(3):
         x = rng.random((batch, sizes[0])).astype(np.float32)
         y = one_hot(rng, batch, sizes[-1])
         what = f"train_step[{simd_path}] {net} batch {batch} step {step}"
         before = p_ref.copy()
-        loss_ref = reference.train_step(p_ref, g_ref, a_ref, d_ref, sizes, acts, loss, x, y, 0.1)
-        loss_fast = fast.train_step(p_fast, g_fast, a_fast, d_fast, sizes, acts, loss, x, y, 0.1)
+        loss_ref = train_step(reference, plan, p_ref, g_ref, a_ref, d_ref, loss, x, y, 0.1)
+        loss_fast = train_step(fast, plan, p_fast, g_fast, a_fast, d_fast, loss, x, y, 0.1)
         assert np.isfinite(loss_fast), what
         assert_close(loss_fast, loss_ref, FORWARD_RTOL, what + " loss")
-        layers = zip(reference.layer_views(g_fast, sizes), reference.layer_views(g_ref, sizes),
-                     strict=True)
-        for i, ((gw_f, gb_f), (gw_r, gb_r)) in enumerate(layers):
-            assert_close(gw_f, gw_r, BACKWARD_RTOL, f"{what} dW{i}")
-            assert_close(gb_f, gb_r, BACKWARD_RTOL, f"{what} db{i}")
+        views = zip(plan.weight_views(g_fast), plan.weight_views(g_ref), strict=True)
+        for i, (g_f, g_r) in enumerate(views):
+            assert_close(g_f, g_r, BACKWARD_RTOL, f"{what} {'dW' if i % 2 == 0 else 'db'}{i // 2}")
         assert_close(p_fast - before, p_ref - before, BACKWARD_RTOL, what + " param change")
         assert_close(p_fast, p_ref, FORWARD_RTOL, what + " params")
         np.testing.assert_array_equal(p_fast, before - np.float32(0.1) * g_fast,
@@ -435,16 +446,16 @@ def test_train_step_matches_reference(simd_path, net, batch):
 def nonfinite_step(backend, net, bad):
     """(loss, params before, params after) of one train_step on a batch holding `bad`."""
     sizes, acts, loss = NETS[net]
-    sizes, acts = np.array(sizes, np.int32), np.array(acts, np.int32)
+    plan = dense_plan(sizes, acts)
     rng = rng_for("nonfinite", net)
     params = glorot_params(rng, sizes)
     before = params.copy()
-    grads, a, d = net_buffers(backend, sizes, 4)
+    grads, a, d = net_buffers(plan, 4)
     x = rng.random((4, sizes[0])).astype(np.float32)
     x[2, 5] = bad
     with np.errstate(invalid="ignore", over="ignore"):
-        value = backend.train_step(params, grads, a, d, sizes, acts, loss, x,
-                                   one_hot(rng, 4, sizes[-1]), 0.1)
+        value = train_step(backend, plan, params, grads, a, d, loss, x,
+                           one_hot(rng, 4, sizes[-1]), 0.1)
     return value, before, params
 
 
@@ -479,19 +490,19 @@ def test_relu_forward_propagates_nan_like_the_reference():
 @pytest.mark.parametrize("net", NETS)
 def test_predict_matches_reference(simd_path, net, chunk):
     sizes, acts, _ = NETS[net]
-    sizes, acts = np.array(sizes, np.int32), np.array(acts, np.int32)
+    plan = dense_plan(sizes, acts)
     rng = rng_for("predict", net, chunk)
     params = glorot_params(rng, sizes)
     x = varied(rng, (50, sizes[0]), -1, 0.5)
-    scratch = np.empty(fast.buffer_sizes(sizes, chunk)[1], np.float32)
+    scratch = np.empty(plan.buffer_sizes(chunk)[1], np.float32)
     out_buf, out = guarded(np.zeros((50, sizes[-1]), np.float32))
-    got = fast.predict(params, scratch, sizes, acts, x, out, chunk)
-    want = reference.predict(params, None, sizes, acts, x, None, chunk)
+    got = fast.predict(plan, params, scratch, x, out, chunk)
+    want = reference.predict(plan, params, None, x, None, chunk)
     what = f"predict[{simd_path}] {net} chunk {chunk}"
     assert got is out, what
     assert_guard_intact(out_buf, what)
     assert_close(got, want, FORWARD_RTOL, what)
-    assert_close(fast.predict(params, scratch, sizes, acts, x, None, chunk), want,
+    assert_close(fast.predict(plan, params, scratch, x, None, chunk), want,
                  FORWARD_RTOL, what + " (out=None)")
 
 
@@ -585,11 +596,11 @@ def test_activations_work_in_place(backend, act):
 
 
 def test_predict_out_none_allocates():
-    sizes, acts = np.array([33, 10], np.int32), np.array([1], np.int32)
+    plan = dense_plan([33, 10], [1])
     rng = rng_for("predict_out")
-    params, x = glorot_params(rng, sizes), _f32(rng, 9, 33)
-    scratch = np.empty(fast.buffer_sizes(sizes, 4)[1], np.float32)
-    got = fast.predict(params, scratch, sizes, acts, x, None, 4)
+    params, x = glorot_params(rng, [33, 10]), _f32(rng, 9, 33)
+    scratch = np.empty(plan.buffer_sizes(4)[1], np.float32)
+    got = fast.predict(plan, params, scratch, x, None, 4)
     assert got.shape == (9, 10) and got.dtype == np.float32
     assert not any(np.shares_memory(got, a) for a in (params, scratch, x))
 

@@ -33,8 +33,7 @@ def test_the_compiled_epoch_allocates_nothing(schedule):
     model = mn.preset("cross-entropy")
     acts, dacts = model._training_buffers(32)  # with the team's workspace, as fit has them
     order = shuffle_order(0, 0, 4000)
-    args = (model.params, model.grads, acts, dacts, model.sizes, model.act_codes,
-            model._loss_code, x, targets, order, 32, 0.01)
+    args = model._epoch_arguments(acts, dacts, x, targets, order, 32, 0)
     fast.train_epoch(*args)  # warm up (first-call caches of the Cython module)
     tracemalloc.start()
     try:

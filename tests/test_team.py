@@ -141,11 +141,10 @@ def test_the_epoch_stops_before_a_batch_holding_nan_input(arch, name, column, sc
     order = np.arange(ROWS)
 
     def run(kernels):
-        model = _model(arch, features=features)
+        model = _model(arch, features=features, lr=0.05)
         acts, dacts = model._training_buffers(16)
-        result = kernels.train_epoch(model.params, model.grads, acts, dacts, model.sizes,
-                                     model.act_codes, model._loss_code, x, targets, order, 16,
-                                     0.05)
+        result = kernels.train_epoch(*model._epoch_arguments(acts, dacts, x, targets, order,
+                                                             16, 0))
         return result, model.params
 
     schedule("serial", 1)
@@ -174,9 +173,9 @@ for layers in ([128, 64], [100], [128]):
                      + [mn.Dense(10, activation="softmax")], input_dim=40,
                      loss="categorical_crossentropy")
     acts, dacts = model._training_buffers(8)
+    args = model._epoch_arguments(acts, dacts, x, targets, order, 8, 0)
     for _ in range(1500):
-        r = fast.train_epoch(model.params, model.grads, acts, dacts, model.sizes,
-                             model.act_codes, model._loss_code, x, targets, order, 8, 0.01)
+        r = fast.train_epoch(*args)
         assert r[3:] == (5, fast.EPOCH_NONFINITE_INPUT), r
     assert _kernels._last_team() == "columns"
 print("ok")
