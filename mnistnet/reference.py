@@ -307,13 +307,12 @@ def maxpool2d_forward(out, argmax, inp, pool_size=(2, 2), strides=None, padding=
 
 
 def maxpool2d_backward(dinp, dout, argmax, input_shape):
-    """dinp = dout added at each window's argmax (zero elsewhere), in the order of the
-    outputs.   dinp (B, H, W, C) = input_shape, dout and argmax (B, OH, OW, C)"""
+    """dinp = dout added at each window's argmax (zero elsewhere): a scatter-add, summed
+    where windows overlap.   dinp (B, H, W, C) = input_shape, dout and argmax (B, OH, OW, C)"""
     dinp = _out(dinp, tuple(input_shape))
-    dinp[...] = 0
-    b = dinp.shape[0]
-    flat = dinp.reshape(b, -1)
-    np.add.at(flat, (np.arange(b)[:, None], argmax.reshape(b, -1)), dout.reshape(b, -1))
+    b, n_img = dinp.shape[0], dinp[0].size
+    where = (np.arange(b)[:, None] * n_img + argmax.reshape(b, -1)).reshape(-1)
+    dinp.reshape(-1)[...] = np.bincount(where, weights=dout.reshape(-1), minlength=b * n_img)
     return dinp
 
 
@@ -388,9 +387,10 @@ def _momentum(params, grads, velocity, learning_rate, momentum, nesterov) -> boo
 
 
 def adam_alpha(learning_rate, beta_1, beta_2, step) -> np.float32:
-    """Adam's step size at step `step` (from 1): lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)."""
-    return np.float32(learning_rate * np.sqrt(1.0 - float(beta_2) ** step)
-                      / (1.0 - float(beta_1) ** step))
+    """Adam's step size at step `step` (from 1): lr * sqrt(1 - beta_2^t) / (1 - beta_1^t),
+    from the float32 learning rate the kernels take, in float64, rounded once to float32."""
+    lr = float(np.float32(learning_rate))
+    return np.float32(lr * np.sqrt(1.0 - float(beta_2) ** step) / (1.0 - float(beta_1) ** step))
 
 
 def _adam(params, grads, m, v, learning_rate, beta_1, beta_2, epsilon, step) -> bool:

@@ -19,15 +19,9 @@ import zlib
 
 import numpy as np
 import pytest
+from gradcheck import central_differences, check_gradient
 from networks import NO_DROPOUT_KEY, SGD, dense_plan, net_buffers, no_state
-from tolerances import (
-    FLOAT32_GRAD_RTOL,
-    FORWARD_RTOL,
-    GRAD_FLOOR,
-    GRADCHECK_EPS,
-    GRADCHECK_RTOL,
-    assert_close,
-)
+from tolerances import FLOAT32_GRAD_RTOL, FORWARD_RTOL, GRADCHECK_RTOL, assert_close
 
 from mnistnet import fast, reference
 
@@ -68,30 +62,6 @@ def crossentropy(p, y):
 
 
 LOSS_MATH = {MSE: mse, CE: crossentropy}
-
-
-def central_differences(f, x, eps=GRADCHECK_EPS):
-    """d f / d x for scalar f(x), x float64, by (f(x + eps) - f(x - eps)) / (2 eps)."""
-    x = np.array(x, dtype=np.float64)
-    grad = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        up = f(x)
-        flat[i] = old - eps
-        down = f(x)
-        flat[i] = old
-        gflat[i] = (up - down) / (2 * eps)
-    return grad
-
-
-def check_gradient(analytic, numeric, rtol, what):
-    """analytic == numeric to a norm-relative rtol, after refusing a (nearly) zero gradient."""
-    analytic = np.asarray(analytic, dtype=np.float64)
-    peak = float(np.max(np.abs(analytic)))
-    assert peak > GRAD_FLOOR, f"{what}: analytic gradient is ~0 (max |g| = {peak:.3g})"
-    assert_close(analytic, numeric, rtol, what)
 
 
 def rng_for(*key) -> np.random.Generator:
