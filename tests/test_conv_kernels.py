@@ -80,7 +80,7 @@ def test_conv2d_forward_matches_reference(simd_path, case, batch):
 def test_conv2d_backward_matches_reference(simd_path, case, batch):
     inp, weight, _, strides, padding = conv_arrays(case, batch)
     patches = reference.im2col(None, inp, weight.shape[:2], strides, padding)
-    dout = normal(rng_for("dout", case, batch), patches.shape[:3] + (weight.shape[3],))
+    dout = normal(rng_for("dout", case, batch), (*patches.shape[:3], weight.shape[3]))
     want = reference.conv2d_backward(None, None, None, dout, patches, inp, weight, strides,
                                      padding)
     got = fast.conv2d_backward(None, None, None, dout, patches, inp, weight, strides, padding)

@@ -95,7 +95,7 @@ def test_dropout_is_on_in_fit(images):
     def trained(rate):
         layers = [mn.Flatten(), mn.Dense(16, activation="relu")]
         layers += [mn.Dropout(rate)] if rate is not None else []
-        model = mn.Model(layers + [mn.Dense(10, activation="softmax")], input_shape=(12, 12, 1),
+        model = mn.Model([*layers, mn.Dense(10, activation="softmax")], input_shape=(12, 12, 1),
                          loss=CE, optimizer=mn.SGD(0.1))
         model.fit(x, labels, epochs=1, batch_size=32, verbose=0)
         return model.params
@@ -110,7 +110,7 @@ def test_set_weights_round_trip_and_shapes(images):
     np.testing.assert_array_equal(other.params, model.params)
     with pytest.raises(ValueError, match=r"weights\[0\] has shape \(3, 3, 4, 1\), expected "
                                          r"\(3, 3, 1, 4\)"):
-        other.set_weights([np.zeros((3, 3, 4, 1))] + model.get_weights()[1:])
+        other.set_weights([np.zeros((3, 3, 4, 1)), *model.get_weights()[1:]])
 
 
 # ---- both backends, seeds and threads ----------------------------------------------------------
