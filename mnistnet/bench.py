@@ -1,14 +1,19 @@
 """Reference-vs-fast comparison behind ``mnistnet bench``.
 
 For each preset the same epoch(s) are trained from the same seed on both backends (``fit`` on
-the full training set, validated on the test set, ``verbose=0``) and timed; the table gives
-seconds per epoch, the speed-up (reference / fast), how far apart the weights ended up, each
-backend's accuracies, and the fast epoch's achieved GFLOP/s as a share of what ``np.matmul``
-reaches on a large GEMM measured in the same run::
+the full training set with the preset's recipe, validated on the test set, ``verbose=0``) and
+timed; the table gives seconds per epoch, the speed-up (reference / fast), how far apart the
+weights ended up, each backend's accuracies, the fast epoch's achieved GFLOP/s as a share of
+what ``np.matmul`` reaches on a large GEMM measured in the same run, and how much slower a
+fast epoch started right after a reference epoch is than one started after a pause::
 
-    mnistnet bench                                  # all three presets, one epoch each
+    mnistnet bench                                  # the tutorial's three presets
+    mnistnet bench --presets convnet                # the convnet (a reference epoch: minutes)
     mnistnet bench --presets perceptron --json      # machine-readable
     mnistnet bench --gemm --peers                   # + per-layer GEMMs, PyTorch/Keras epochs
+
+The peers (--peers) each train in a process of their own (mnistnet/peers.py), so that their
+thread pools never slow down the timing of mnistnet's own epochs.
 
 The machine is usually shared: compare the ratios within one run, not the seconds across runs.
 For a fair NumPy baseline run with ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` unset
@@ -23,7 +28,9 @@ import argparse
 import itertools
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -33,13 +40,13 @@ import numpy as np
 
 import mnistnet as mn
 from mnistnet import fast, reference
-from mnistnet.model import PRESETS
+from mnistnet.model import PRESETS, RECIPES
 
 __all__ = ["epoch_flops", "machine_context", "main", "run_comparison"]
 
 DEFAULT_PRESETS = ("perceptron", "hidden-relu", "cross-entropy")
-BATCH_SIZE = 32
-LEARNING_RATE = 0.01
+BATCH_SIZE = 32  # the tutorial's; the per-layer GEMMs of --gemm are a step of it
+PEER_TIMEOUT = 3600  # seconds for one peer's training
 CONTEXT_GEMM_SIZE = 2048
 CONTEXT_GEMM_REPEATS = 3
 SETTLE_SECONDS = 0.3  # pause before each timed run (see _fit_timed)
@@ -51,9 +58,11 @@ Data = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 # ---- helpers -----------------------------------------------------------------------------
 
-def _layer_sizes(name: str) -> list[int]:
-    """Layer widths of a preset, input first: [784, 10] or [784, 128, 64, 10]."""
-    return [784] + [units for units, _ in PRESETS[name]["layers"]]
+def preset_flops(name: str, n_train: int, n_val: int = 0) -> int:
+    """epoch_flops for any preset, from its layer plan (conv layers count as their GEMMs
+    over the patches)."""
+    forward, train_row = mn.preset(name).plan.flops_per_sample()
+    return n_train * train_row + n_val * forward
 
 
 def epoch_flops(sizes: Sequence[int], n_train: int, n_val: int = 0) -> int:
@@ -143,40 +152,49 @@ def _load_data(data: Any) -> Data:
 
 # ---- the comparison ------------------------------------------------------------------------
 
-def _fit_timed(name: str, backend: str, data: Data, epochs: int) -> tuple[float, mn.Model,
-                                                                          mn.History]:
+def _fit_timed(name: str, backend: str, data: Data, epochs: int,
+               settle: bool = True) -> tuple[float, mn.Model, mn.History]:
+    """Seconds of `epochs` epochs of the preset's recipe (fit with validation), and the
+    model and History. settle: pause first, so that the previous run's BLAS threads go idle
+    (OpenBLAS workers spin for about 0.1 s after their last call, and would take a core
+    from whichever run comes next)."""
     (x_train, y_train), (x_test, y_test) = data
-    model = mn.preset(name, seed=0, backend=backend, learning_rate=LEARNING_RATE)
-    # Let the previous run's BLAS threads go idle first: OpenBLAS workers spin for about
-    # 0.1 s after their last call, and would take a core from whichever run comes next.
-    time.sleep(SETTLE_SECONDS)
+    model = mn.preset(name, seed=0, backend=backend)
+    if settle:
+        time.sleep(SETTLE_SECONDS)
     start = time.perf_counter()
-    history = model.fit(x_train, y_train, epochs=epochs, batch_size=BATCH_SIZE,
+    history = model.fit(x_train, y_train, epochs=epochs, batch_size=RECIPES[name]["batch_size"],
                         validation_data=(x_test, y_test), verbose=0)
     return time.perf_counter() - start, model, history
 
 
 def _compare_preset(name: str, data: Data, epochs: int, repeats: int,
                     matmul_gflops: float) -> dict[str, Any]:
-    seconds = {"reference": float("inf"), "fast": float("inf")}
+    seconds = {"reference": float("inf"), "fast": float("inf"), "after": float("inf")}
     models: dict[str, mn.Model] = {}
     histories: dict[str, mn.History] = {}
     for _ in range(repeats):  # interleaved, so drift in machine load hits both backends
-        for backend in ("reference", "fast"):
-            elapsed, models[backend], histories[backend] = _fit_timed(name, backend, data,
-                                                                      epochs)
-            seconds[backend] = min(seconds[backend], elapsed / epochs)
+        elapsed, models["reference"], histories["reference"] = _fit_timed(
+            name, "reference", data, epochs)
+        seconds["reference"] = min(seconds["reference"], elapsed / epochs)
+        # Right after the reference epoch, with no pause: NumPy's BLAS threads still spin.
+        elapsed, _, _ = _fit_timed(name, "fast", data, epochs, settle=False)
+        seconds["after"] = min(seconds["after"], elapsed / epochs)
+        elapsed, models["fast"], histories["fast"] = _fit_timed(name, "fast", data, epochs)
+        seconds["fast"] = min(seconds["fast"], elapsed / epochs)
     diff = float(np.max(np.abs(models["fast"].params - models["reference"].params)))
     scale = float(np.max(np.abs(models["reference"].params)))
-    sizes = _layer_sizes(name)
-    flops = epoch_flops(sizes, data[0][0].shape[0], data[1][0].shape[0])
+    flops = preset_flops(name, data[0][0].shape[0], data[1][0].shape[0])
     gflops = flops / seconds["fast"] / 1e9
     row: dict[str, Any] = {
         "preset": name,
-        "sizes": sizes,
+        "layers": [type(layer).__name__ for layer in models["fast"].layers],
+        "recipe": RECIPES[name],
         "epochs": epochs,
         "reference_seconds_per_epoch": seconds["reference"],
         "fast_seconds_per_epoch": seconds["fast"],
+        "fast_after_reference_seconds_per_epoch": seconds["after"],
+        "after_reference_over_after_pause": seconds["after"] / seconds["fast"],
         "speedup": seconds["reference"] / seconds["fast"],
         "max_abs_weight_diff": diff,
         "max_abs_weight": scale,
@@ -195,7 +213,7 @@ def _compare_preset(name: str, data: Data, epochs: int, repeats: int,
 
 def run_comparison(presets: Sequence[str] = DEFAULT_PRESETS, *, epochs: int = 1,
                    data: Any = None, repeats: int = 1, peers: bool = False,
-                   gemm: bool = False) -> dict[str, Any]:
+                   gemm: bool = False, peers_python: str | None = None) -> dict[str, Any]:
     """Time the same training on the reference and fast backends, preset by preset.
 
     Args:
@@ -204,7 +222,9 @@ def run_comparison(presets: Sequence[str] = DEFAULT_PRESETS, *, epochs: int = 1,
         data: None (load MNIST the usual way), a folder holding the four MNIST files, or
             load_mnist's ((x_train, y_train), (x_test, y_test)).
         repeats: each timing is the best of this many runs (fresh model, same seed).
-        peers: also time PyTorch and Keras 3 on the same training, if they are importable.
+        peers: also time PyTorch and Keras 3 on the same training, each in a process of its
+            own run by the interpreter `peers_python` (default: this one), if it can import
+            them.
         gemm: also time the GEMMs of one batch-32 step of 784-128-64-10, per layer.
 
     Returns a JSON-serialisable dict: "context" (machine_context), "presets" (one dict per
@@ -220,8 +240,8 @@ def run_comparison(presets: Sequence[str] = DEFAULT_PRESETS, *, epochs: int = 1,
     context = machine_context()
     result: dict[str, Any] = {
         "context": context,
-        "setup": {"epochs": epochs, "repeats": repeats, "batch_size": BATCH_SIZE,
-                  "learning_rate": LEARNING_RATE, "train_rows": int(loaded[0][0].shape[0]),
+        "setup": {"epochs": epochs, "repeats": repeats,
+                  "train_rows": int(loaded[0][0].shape[0]),
                   "val_rows": int(loaded[1][0].shape[0])},
         "presets": [_compare_preset(name, loaded, epochs, repeats,
                                     context["numpy_matmul_gflops"]) for name in presets],
@@ -229,7 +249,8 @@ def run_comparison(presets: Sequence[str] = DEFAULT_PRESETS, *, epochs: int = 1,
     if gemm:
         result["gemm"] = gemm_comparison()
     if peers:
-        result["peers"] = peer_comparison(presets, loaded, epochs, repeats, result["presets"])
+        result["peers"] = peer_comparison(presets, loaded, epochs, repeats, result["presets"],
+                                          peers_python or sys.executable)
     context["load_average_end"] = _load_average()
     return result
 
@@ -290,117 +311,68 @@ def gemm_comparison(number: int = 200, repeat: int = 7) -> list[dict[str, Any]]:
 # ---- peers (--peers) -----------------------------------------------------------------------
 
 def peer_comparison(presets: Sequence[str], data: Data, epochs: int, repeats: int,
-                    rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Seconds per epoch of the same training in PyTorch (hand-written loop) and Keras 3, for
-    whichever of them imports; "message" says so when neither does. PyTorch runs with as many
-    threads as the compiled kernels (all cores by default, 2 on a 2-core machine), so
-    MNISTNET_NUM_THREADS=1 compares single-threaded runs."""
+                    rows: Sequence[dict[str, Any]], python: str) -> dict[str, Any]:
+    """Seconds per epoch (training plus the validation forward) of the same architecture,
+    optimizer and batch size in PyTorch (a hand-written loop) and Keras 3 (model.fit), each
+    run in a process of its own by `python` (mnistnet/peers.py), for whichever framework
+    that interpreter imports; "message" says so when it imports neither. The peers use as
+    many threads as the compiled kernels (all cores by default), so MNISTNET_NUM_THREADS=1
+    compares single-threaded runs."""
     fast_seconds = {row["preset"]: row["fast_seconds_per_epoch"] for row in rows}
-    out: dict[str, Any] = {"frameworks": {}, "message": None}
-    for label, runner in (("pytorch", _torch_epoch), ("keras", _keras_epoch)):
-        try:
-            version = runner(None, data, epochs)  # import check: returns the version
-        except Exception as exc:  # ImportError, or a Keras without a usable backend
-            out["frameworks"][label] = {"available": False,
-                                        "reason": f"{type(exc).__name__}: {exc}"}
-            continue
-        timings = {}
-        for name in presets:
-            best, accs = float("inf"), None
-            for _ in range(repeats):
-                elapsed, accs = runner(name, data, epochs)
-                best = min(best, elapsed / epochs)
-            timings[name] = {"seconds_per_epoch": best, "accuracy": accs[0],
-                             "val_accuracy": accs[1],
-                             "over_fast": best / fast_seconds[name]}
-        out["frameworks"][label] = {"available": True, "version": version,
-                                    "presets": timings}
+    out: dict[str, Any] = {"frameworks": {}, "message": None, "python": python}
+    with tempfile.TemporaryDirectory(prefix="mnistnet-peers-") as folder:
+        data_path = os.path.join(folder, "mnist.npz")
+        (x_train, y_train), (x_test, y_test) = data
+        np.savez(data_path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+        for label in ("torch", "keras"):
+            out["frameworks"][label] = _peer_timings(label, presets, data_path, epochs,
+                                                     repeats, python, fast_seconds, folder)
     if not any(f["available"] for f in out["frameworks"].values()):
         out["message"] = PEERS_MISSING
     return out
 
 
-def _torch_epoch(name: str | None, data: Data, epochs: int) -> Any:
-    """With name None: import torch and return its version (ImportError if missing).
-    Else: (seconds for `epochs` epochs incl. validation, (train acc, val acc))."""
-    import torch  # lazily: an optional peer, never a dependency
-
-    if name is None:
-        return f"torch {torch.__version__} (threads={fast.get_num_threads()})"
-    torch.set_num_threads(fast.get_num_threads())
-    torch.manual_seed(0)
-    spec = PRESETS[name]
-    (x_train, y_train), (x_test, y_test) = data
-    layers: list[Any] = []
-    fan_in = 784
-    for units, act in spec["layers"]:
-        lin = torch.nn.Linear(fan_in, units)
-        torch.nn.init.xavier_uniform_(lin.weight)
-        torch.nn.init.zeros_(lin.bias)
-        layers.append(lin)
-        if act == "relu":
-            layers.append(torch.nn.ReLU())
-        elif act == "sigmoid":
-            layers.append(torch.nn.Sigmoid())
-        # softmax: folded into CrossEntropyLoss on the logits (same maths, same argmax)
-        fan_in = units
-    net = torch.nn.Sequential(*layers)
-    x = torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32))
-    xv = torch.from_numpy(np.ascontiguousarray(x_test, dtype=np.float32))
-    labels = torch.from_numpy(y_train.astype(np.int64))
-    val_labels = torch.from_numpy(y_test.astype(np.int64))
-    if spec["loss"] == "categorical_crossentropy":
-        loss_fn: Any = torch.nn.CrossEntropyLoss()
-        target, val_target = labels, val_labels
-    else:
-        loss_fn = torch.nn.MSELoss()  # mean over B x C, as Keras' MSE
-        target = torch.nn.functional.one_hot(labels, 10).float()
-        val_target = torch.nn.functional.one_hot(val_labels, 10).float()
-    opt = torch.optim.SGD(net.parameters(), lr=LEARNING_RATE)
-    gen = torch.Generator().manual_seed(0)
-    n = x.shape[0]
-    start = time.perf_counter()
-    for _ in range(epochs):
-        correct = torch.zeros((), dtype=torch.int64)
-        perm = torch.randperm(n, generator=gen)
-        for i in range(0, n, BATCH_SIZE):
-            idx = perm[i: i + BATCH_SIZE]
-            out = net(x[idx])
-            loss = loss_fn(out, target[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            correct += (out.detach().argmax(1) == labels[idx]).sum()
-        with torch.no_grad():
-            val_out = net(xv)
-            loss_fn(val_out, val_target).item()
-            val_correct = int((val_out.argmax(1) == val_labels).sum())
-    elapsed = time.perf_counter() - start
-    return elapsed, (int(correct) / n, val_correct / xv.shape[0])
+def _peer_timings(label: str, presets: Sequence[str], data_path: str, epochs: int,
+                  repeats: int, python: str, fast_seconds: dict[str, float],
+                  folder: str) -> dict[str, Any]:
+    timings, version = {}, None
+    for name in presets:
+        config_path = os.path.join(folder, f"{name}.json")
+        with open(config_path, "w", encoding="utf-8") as f:
+            json.dump(mn.preset(name).get_config(), f)
+        best, run = float("inf"), {}
+        for _ in range(repeats):
+            run = _run_peer(label, config_path, data_path, epochs, RECIPES[name]["batch_size"],
+                            python)
+            if "unavailable" in run:
+                return {"available": False, "reason": run["unavailable"]}
+            seconds = min(t + e for t, e in zip(run["train_seconds"], run["eval_seconds"],
+                                                strict=True))
+            best = min(best, seconds)
+        version = run["version"]
+        timings[name] = {"seconds_per_epoch": best, "accuracy": run["accuracy"],
+                         "val_accuracy": run["val_accuracy"],
+                         "over_fast": best / fast_seconds[name]}
+    return {"available": True, "version": version, "presets": timings}
 
 
-def _keras_epoch(name: str | None, data: Data, epochs: int) -> Any:
-    """Keras 3's model.fit on the same training; like _torch_epoch."""
-    import keras  # lazily: an optional peer, never a dependency
-
-    if not keras.__version__.startswith("3"):
-        raise ImportError(f"Keras 3 needed, found {keras.__version__}")
-    if name is None:
-        return f"keras {keras.__version__} ({keras.backend.backend()} backend)"
-    spec = PRESETS[name]
-    (x_train, y_train), (x_test, y_test) = data
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((784,))] + [
-        keras.layers.Dense(units, activation=act) for units, act in spec["layers"]])
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=LEARNING_RATE),
-                  loss=spec["loss"],
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
-    eye = np.eye(10, dtype=np.float32)
-    start = time.perf_counter()
-    history = model.fit(x_train, eye[y_train], epochs=epochs, batch_size=BATCH_SIZE,
-                        validation_data=(x_test, eye[y_test]), verbose=0, shuffle=True)
-    elapsed = time.perf_counter() - start
-    return elapsed, (history.history["accuracy"][-1], history.history["val_accuracy"][-1])
+def _run_peer(label: str, config_path: str, data_path: str, epochs: int, batch_size: int,
+              python: str) -> dict[str, Any]:
+    """One run of mnistnet/peers.py; its JSON result, or {"unavailable": reason}."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers.py")
+    command = [python, script, "--framework", label, "--config", config_path, "--data",
+               data_path, "--epochs", str(epochs), "--batch-size", str(batch_size),
+               "--threads", str(fast.get_num_threads())]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=PEER_TIMEOUT,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"unavailable": f"{type(exc).__name__}: {exc}"}
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"unavailable": f"exit code {done.returncode}: {tail}"}
+    return json.loads(lines[-1])
 
 
 # ---- output --------------------------------------------------------------------------------
@@ -414,9 +386,8 @@ def format_report(result: dict[str, Any]) -> str:
     """The comparison as an aligned plain-text table (what `mnistnet bench` prints)."""
     ctx, setup = result["context"], result["setup"]
     lines = [f"mnistnet bench: {setup['epochs']} epoch(s) per timing, best of "
-             f"{setup['repeats']}; {setup['train_rows']} training rows in batches of "
-             f"{setup['batch_size']}, SGD {setup['learning_rate']}, validation on "
-             f"{setup['val_rows']} rows"]
+             f"{setup['repeats']}; {setup['train_rows']} training rows, each preset's recipe "
+             f"(optimizer, rate, batch), validation on {setup['val_rows']} rows"]
     blas = ", ".join(f"{b['internal_api']} {b['version']} {b['architecture']} kernel, "
                      f"{b['num_threads']} threads" for b in ctx["blas"]) or (
         "BLAS kernel unknown (pip install threadpoolctl to see it)")
@@ -438,7 +409,8 @@ def format_report(result: dict[str, Any]) -> str:
                  f"({ctx['sgemm_vs_matmul']:.2f}x np.matmul)")
     lines.append("")
     header = ["preset", "reference s/ep", "fast s/ep", "speed-up", "max|dW|", "rel",
-              "reference acc/val", "fast acc/val", "fast GFLOP/s", "of matmul"]
+              "reference acc/val", "fast acc/val", "fast GFLOP/s", "of matmul",
+              "after ref"]
     table = [header]
     for row in result["presets"]:
         table.append([
@@ -447,10 +419,13 @@ def format_report(result: dict[str, Any]) -> str:
             f"{row['max_abs_weight_diff']:.1e}", f"{row['relative_weight_diff']:.1e}",
             _fmt_acc(row, "reference"), _fmt_acc(row, "fast"),
             f"{row['fast_gflops']:.1f}", f"{100 * row['fast_share_of_matmul']:.1f}%",
+            f"{row['after_reference_over_after_pause']:.2f}x",
         ])
     lines += _align(table)
     lines.append("speed-up = reference / fast; GFLOP/s counts the epoch's GEMMs (forward, "
-                 "weight and input gradients, validation forward) over the fast fit time")
+                 "weight and input gradients, validation forward; conv layers as GEMMs over "
+                 "their patches) over the fast fit time; after ref = a fast epoch started "
+                 "right after a reference epoch / one started after a pause")
     if "gemm" in result:
         lines.append("")
         table = [["GEMM (batch 32 step)", "shape", "fast us", "numpy us", "numpy/fast"]]
@@ -468,7 +443,7 @@ def _format_peers(peers: dict[str, Any]) -> list[str]:
     if peers["message"]:
         return [peers["message"]]
     lines = []
-    table = [["peer", "preset", "s/epoch", "x fast", "acc/val"]]
+    table = [["peer (own process)", "preset", "s/epoch", "x fast", "acc/val"]]
     for label, info in peers["frameworks"].items():
         if not info["available"]:
             lines.append(f"peers: {label} not available ({info['reason']})")
@@ -504,7 +479,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="report the best of this many runs (default 1)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--peers", action="store_true",
-                        help="also time PyTorch and Keras 3 on the same training, if installed")
+                        help="also time PyTorch and Keras 3 on the same training, each in a "
+                        "process of its own, if installed")
+    parser.add_argument("--peers-python", metavar="PYTHON", default=None,
+                        help="the interpreter that runs the peers (one with torch and/or "
+                        "keras installed; default: this one)")
     parser.add_argument("--gemm", action="store_true",
                         help="also time the per-layer GEMMs of one batch-32 step")
     return parser
@@ -530,7 +509,8 @@ def run(args: argparse.Namespace) -> int:
     if args.epochs < 1 or args.repeats < 1:
         raise ValueError("--epochs and --repeats must be >= 1")
     result = run_comparison(presets, epochs=args.epochs, data=args.data,
-                            repeats=args.repeats, peers=args.peers, gemm=args.gemm)
+                            repeats=args.repeats, peers=args.peers, gemm=args.gemm,
+                            peers_python=args.peers_python)
     if args.json:
         message = result.get("peers", {}).get("message")
         if message:  # keep stdout valid JSON

@@ -1,0 +1,69 @@
+"""`mnistnet bench` on a few synthetic rows: the comparison runs for a dense preset and the
+convnet, its figures are consistent, and the peers run in processes of their own (or say why
+they cannot)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+import mnistnet as mn
+from mnistnet import bench, peers
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    rng = np.random.default_rng(0)
+    x = rng.random((256, 784), dtype=np.float32)
+    xt = rng.random((64, 784), dtype=np.float32)
+    return (x, rng.integers(0, 10, 256)), (xt, rng.integers(0, 10, 64))
+
+
+def test_comparison_of_a_dense_preset_and_the_convnet(tiny, monkeypatch):
+    monkeypatch.setattr(bench, "SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(bench, "CONTEXT_GEMM_SIZE", 256)
+    result = bench.run_comparison(["perceptron", "convnet"], data=tiny)
+    rows = {row["preset"]: row for row in result["presets"]}
+    conv = rows["convnet"]
+    assert conv["recipe"]["batch_size"] == 128 and conv["layers"][0] == "Conv2D"
+    assert conv["relative_weight_diff"] < 1e-3
+    forward, train = mn.preset("convnet").plan.flops_per_sample()
+    assert conv["epoch_gflop"] == pytest.approx((256 * train + 64 * forward) / 1e9)
+    # About 4.9 MFLOP forward and 14 MFLOP forward + backward per image (design notes).
+    assert 4.8e6 < forward < 5.0e6 and 13.5e6 < train < 14.5e6
+    for row in rows.values():
+        assert row["speedup"] == pytest.approx(row["reference_seconds_per_epoch"]
+                                               / row["fast_seconds_per_epoch"])
+        assert row["after_reference_over_after_pause"] > 0
+    report = bench.format_report(result)
+    assert "convnet" in report and "after ref" in report
+    json.dumps(result)  # JSON-serialisable, as --json prints it
+
+
+def test_a_peer_that_cannot_import_its_framework_says_so(tiny, tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(mn.preset("perceptron").get_config()))
+    (x, y), (xt, yt) = tiny
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
+    out = bench._run_peer("torch", str(config), str(tmp_path / "d.npz"), 1, 32,
+                          sys.executable)
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        assert "unavailable" in out and "torch" in out["unavailable"]
+    else:
+        assert out["framework"] == "pytorch" and len(out["train_seconds"]) == 1
+
+
+def test_a_peer_interpreter_that_does_not_exist(tiny, tmp_path):
+    out = bench._run_peer("keras", "c.json", "d.npz", 1, 32, str(tmp_path / "no-python"))
+    assert "unavailable" in out and "FileNotFoundError" in out["unavailable"]
+
+
+def test_keras_same_padding_is_keras():
+    assert peers.keras_same_padding(28, 3, 1) == (1, 1)
+    assert peers.keras_same_padding(7, 2, 2) == (0, 1)
+    assert peers.keras_same_padding(8, 4, 1) == (1, 2)
