@@ -293,12 +293,14 @@ cdef Py_ssize_t FUSED_SGD_MIN_WIDTH = 32
 
 
 cdef bint weight_grads_update_rows(const Net* net, const Step* s, Py_ssize_t l, Py_ssize_t c0,
-                                   Py_ssize_t c1, Py_ssize_t n, bint with_bias) noexcept nogil:
+                                   Py_ssize_t c1, Py_ssize_t n, Py_ssize_t b0,
+                                   Py_ssize_t b1) noexcept nogil:
     """Rows c0..c1 of layer l's kernel gradient (its GEMM inputs^T @ deltas over the n
-    samples' rows: a dense layer's input rows, a conv layer's patches), and its bias gradient
-    if with_bias, each applied by the optimizer as soon as computed; plain SGD is fused into
-    the GEMM's tiles for wide layers. Returns whether every updated value stayed finite.
-    Threads may each take a block of rows: each element is the same sum in the same order."""
+    samples' rows: a dense layer's input rows, a conv layer's patches), and elements b0..b1
+    of its bias gradient, each applied by the optimizer as soon as computed; plain SGD is
+    fused into the GEMM's tiles for wide layers. Returns whether every updated value stayed
+    finite. Threads may each take a block of rows and of bias elements: each element is the
+    same sum in the same order."""
     cdef const LayerPlan* p = &net.plan[l]
     cdef Py_ssize_t K = p.fan_in, OC = p.out_c, M = n * p.gemm_rows
     cdef float* gw = net.grads + p.param
@@ -317,27 +319,35 @@ cdef bint weight_grads_update_rows(const Net* net, const Step* s, Py_ssize_t l, 
     else:
         mn_sgemm_strided(gw + c0 * OC, OC, inp + c0, 1, K, dz, OC, NULL, c1 - c0, M, OC)
         finite = update_block(net, s, p.param + c0 * OC, (c1 - c0) * OC)
-    if with_bias:
-        mn_column_sums(gw + K * OC, dz, M, OC)
-        finite &= update_block(net, s, p.param + K * OC, OC)
+    if b1 > b0:
+        mn_column_sums_block(gw + K * OC, dz, b0, b1, M, OC)
+        finite &= update_block(net, s, p.param + K * OC + b0, b1 - b0)
     return finite
 
 
 cdef bint row_blocks_update(const Net* net, const Step* s, Py_ssize_t first, int rank,
                             int size, Py_ssize_t n) noexcept nogil:
     """This thread's block of kernel-gradient rows of the layers first.. with weights, and
-    the biases of the layers l with l % size == rank: computed, then applied. With size 1,
-    all of them. Returns whether every updated value stayed finite."""
-    cdef Py_ssize_t l, c0, c1
+    its part of their biases, computed, then applied: in a dense-only net the whole bias of
+    the layers l with l % size == rank (they are short), else a block of each bias (a conv
+    layer's sums over every pixel of the batch are long). With size 1, all of them. Returns
+    whether every updated value stayed finite."""
+    cdef Py_ssize_t l, c0, c1, b0, b1, OC
     cdef bint finite = True
     for l in range(first, net.n_layers):
         if net.plan[l].param < 0:
             continue
+        OC = net.plan[l].out_c
         if l == 0 and net.w0t != NULL:
             column_block(width(net, 0), rank, size, &c0, &c1)  # columns of w0t's rows
         else:
             block_of(net.plan[l].fan_in, rank, size, &c0, &c1)
-        finite &= weight_grads_update_rows(net, s, l, c0, c1, n, l % size == rank)
+        if net.dense_only:
+            b0 = 0
+            b1 = OC if l % size == rank else 0
+        else:
+            column_block(OC, rank, size, &b0, &b1)
+        finite &= weight_grads_update_rows(net, s, l, c0, c1, n, b0, b1)
     return finite
 
 

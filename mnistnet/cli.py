@@ -3,6 +3,8 @@
     mnistnet train --preset cross-entropy --epochs 20 --save model.npz
     mnistnet evaluate model.npz
     mnistnet predict model.npz digit.pgm more.npy t10k-images-idx3-ubyte.gz
+    mnistnet plot model.npz --out pictures
+    mnistnet demo model.npz
 
 Exit codes: 0 success; 2 bad arguments or any other error a user can cause (missing or
 corrupt files, unknown names, ...), reported as one line ``mnistnet: error: ...`` on stderr;
@@ -25,7 +27,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 import mnistnet as mn
-from mnistnet import bench
+from mnistnet import bench, demo, plot
 from mnistnet.data import read_idx
 from mnistnet.layers import Conv2D, Layer, MaxPool2D
 from mnistnet.model import ACTIVATIONS, BACKENDS, LOSSES, PRESETS, RECIPES
@@ -199,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_arguments(commands.add_parser(
         "bench", help="time the fast backend against the NumPy reference, preset by preset",
         description=bench.DESCRIPTION))
+    plot.add_arguments(commands.add_parser(
+        "plot", help="draw a model's first-layer weights, confusion matrix and mistakes, or "
+                     "a training history", description=plot.DESCRIPTION))
+    demo.add_arguments(commands.add_parser(
+        "demo", help="serve a page to draw digits on and watch the model read them",
+        description=demo.DESCRIPTION))
     commands.add_parser("info", help="show the version, SIMD code path and thread settings",
                         description="Show the version, the compiled SIMD code path and the "
                                     "OpenMP thread settings (mnistnet.show_config()).")
@@ -628,7 +636,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "info": cmd_info,
-    "bench": bench.run,
+    "bench": bench.run, "plot": plot.run, "demo": demo.run,
 }
 
 
