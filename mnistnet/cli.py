@@ -4,6 +4,7 @@
     mnistnet evaluate model.npz
     mnistnet predict model.npz digit.pgm more.npy t10k-images-idx3-ubyte.gz
     mnistnet plot model.npz --out pictures
+    mnistnet export model.npz --onnx model.onnx --c firmware/ --name digits
     mnistnet demo model.npz
 
 Exit codes: 0 success; 2 bad arguments or any other error a user can cause (missing or
@@ -27,7 +28,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 import mnistnet as mn
-from mnistnet import bench, demo, plot
+from mnistnet import bench, demo, export, plot
 from mnistnet.data import read_idx
 from mnistnet.layers import Conv2D, Layer, MaxPool2D
 from mnistnet.model import ACTIVATIONS, BACKENDS, LOSSES, PRESETS, RECIPES
@@ -201,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_arguments(commands.add_parser(
         "bench", help="time the fast backend against the NumPy reference, preset by preset",
         description=bench.DESCRIPTION))
+    export.add_arguments(commands.add_parser("export", help=export.HELP,
+                                             description=export.DESCRIPTION))
     plot.add_arguments(commands.add_parser(
         "plot", help="draw a model's first-layer weights, confusion matrix and mistakes, or "
                      "a training history", description=plot.DESCRIPTION))
@@ -636,7 +639,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "info": cmd_info,
-    "bench": bench.run, "plot": plot.run, "demo": demo.run,
+    "bench": bench.run, "export": export.run, "plot": plot.run, "demo": demo.run,
 }
 
 

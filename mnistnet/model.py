@@ -17,6 +17,7 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -584,6 +585,21 @@ class Model:
         from mnistnet import saving
 
         saving.save_model(self, path)
+
+    def export_onnx(self, path: str | os.PathLike, opset: int = 13) -> Path:
+        """Write the model as an ONNX graph of standard operators, dynamic batch (see
+        mnistnet.export.export_onnx); needs the optional extra mnistnet[onnx]."""
+        from mnistnet import export
+
+        return export.export_onnx(self, path, opset)
+
+    def export_c(self, directory: str | os.PathLike, name: str = "model") -> tuple[Path, Path]:
+        """Write DIR/<name>.h and DIR/<name>.c: the model as dependency-free C99 with one
+        function, `int <name>_predict(const float *input, float *output)` (see
+        mnistnet.export.export_c)."""
+        from mnistnet import export
+
+        return export.export_c(self, directory, name)
 
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str = "fast") -> Model:

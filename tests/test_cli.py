@@ -147,7 +147,8 @@ def test_version_as_module(tmp_path: Path) -> None:
     assert result.stdout == f"mnistnet {mn.__version__}\n"
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "info"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "info", "bench", "export",
+                                     "plot", "demo"])
 def test_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([command, "--help"]) == 0
     out = capsys.readouterr().out
