@@ -170,6 +170,14 @@ void mn_sigmoid_backward(float *dinp, const float *out, const float *dout, ptrdi
     mn_active_gemm()->sigmoid_backward(dinp, out, dout, n);
 }
 
+void mn_dropout_forward(float *out, float *mask, const float *inp, double rate,
+                        unsigned long long key, ptrdiff_t first, ptrdiff_t n)
+{
+    const uint64_t threshold = (uint64_t)(rate * 4294967296.0);
+    const float one = 1.0f, scale = one / (one - (float)rate);
+    mn_active_gemm()->dropout_forward(out, mask, inp, threshold, scale, key, first, n);
+}
+
 void mn_softmax_forward(float *out, const float *inp, ptrdiff_t B, ptrdiff_t C)
 {
     mn_active_gemm()->softmax_forward(out, inp, B, C);

@@ -421,6 +421,29 @@ static void sigmoid_backward(float *dinp, const float *out, const float *dout, p
     }
 }
 
+/* ---- dropout --------------------------------------------------------------------------------
+ * SplitMix64's output function of the element's counter, compared with the threshold: plain
+ * 64-bit integer C, no branch, which the compiler vectorises (emulating the 64-bit multiply
+ * where the ISA lacks one). */
+static inline uint64_t mix64(uint64_t z)
+{
+    z += 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static void dropout_forward(float *restrict out, float *restrict mask,
+                            const float *restrict inp, uint64_t threshold, float scale,
+                            uint64_t key, ptrdiff_t first, ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const float m = (mix64(key + (uint64_t)(first + i)) >> 32) >= threshold ? scale : 0.0f;
+        mask[i] = m;
+        out[i] = inp[i] * m;
+    }
+}
+
 /* ---- 1 if no element is NaN or Inf ------------------------------------------------------ */
 
 /* 1 if the float at p is NaN or Inf: its exponent bits are all ones. */
@@ -494,4 +517,5 @@ static void maxpool2d_forward(float *restrict out, int *restrict argmax,
 const mn_gemm_table MN_TABLE = {MN_TABLE_NAME,     gemm_block,       gemm_nt_rows,
                                  sgd_update,        all_finite,       sigmoid_forward,
                                  softmax_forward,   copy_finite,      maxpool2d_forward,
-                                 relu_forward,      relu_backward,    sigmoid_backward};
+                                 relu_forward,      relu_backward,    sigmoid_backward,
+                                 dropout_forward};

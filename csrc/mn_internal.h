@@ -3,6 +3,7 @@
 #define MN_INTERNAL_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "mn_kernels.h"
 
@@ -98,6 +99,9 @@ typedef struct {
     void (*relu_forward)(float *out, const float *inp, ptrdiff_t n);
     void (*relu_backward)(float *dinp, const float *out, const float *dout, ptrdiff_t n);
     void (*sigmoid_backward)(float *dinp, const float *out, const float *dout, ptrdiff_t n);
+    /* mn_dropout_forward with its threshold and scale worked out */
+    void (*dropout_forward)(float *out, float *mask, const float *inp, uint64_t threshold,
+                            float scale, uint64_t key, ptrdiff_t first, ptrdiff_t n);
 } mn_gemm_table;
 
 extern const mn_gemm_table mn_gemm_scalar;

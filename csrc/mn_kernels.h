@@ -64,6 +64,13 @@ void mn_maxpool2d_forward(float *out, int *argmax, const float *inp, const mn_wi
 void mn_maxpool2d_backward(float *dinp, const float *dout, const int *argmax,
                            const mn_window *g, ptrdiff_t B);
 
+/* ---- dropout ------------------------------------------------------------------------------ */
+/* out = inp * mask, mask[i] = 0 or 1 / (1 - rate): element first + i is kept when the top 32
+ * bits of SplitMix64's output function of key + first + i are at least rate * 2^32 (the
+ * counter makes a block of a batch's elements get the mask the whole batch would). */
+void mn_dropout_forward(float *out, float *mask, const float *inp, double rate,
+                        unsigned long long key, ptrdiff_t first, ptrdiff_t n);
+
 /* ---- activations ------------------------------------------------------------------------- */
 /* out = 1 / (1 + e^-x), elementwise; out may be inp.                       out, inp (n) */
 void mn_sigmoid_forward(float *out, const float *inp, ptrdiff_t n);

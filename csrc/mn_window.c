@@ -6,6 +6,12 @@
 #include "mn_internal.h"
 #include "mn_kernels.h"
 
+#if defined(__GNUC__) && !defined(__clang__)
+/* Keep the short copy and zero loops loops: gcc would turn them into calls to memcpy and
+ * memset, which cost more than copying the 3 floats of a thin image's window row. */
+#pragma GCC optimize("no-tree-loop-distribute-patterns")
+#endif
+
 /* The kernel columns [j0, j1) of a window starting at image column w0 inside the image. */
 static inline void columns_inside(const mn_window *g, ptrdiff_t w0, ptrdiff_t *j0,
                                   ptrdiff_t *j1)

@@ -91,7 +91,19 @@ cdef struct TeamBoard:
     int finite[MAX_TEAM]           # whether each thread's weight updates stayed finite
     int inputs_finite[MAX_TEAM]    # whether the input rows each thread gathered were finite
                                    # (rows and inputs teams)
-    int stop                       # set by thread 0: an EPOCH_* status to stop with, or -1
+    int stop                       # set by thread 0: an EPOCH_* status to stop with,
+                                   # STOP_SLOW to end the stretch early, or -1
+    double slow_per_batch          # thread 0 ends the stretch once its batches average more
+                                   # seconds than this (0: never) ...
+    Py_ssize_t slow_min            # ... over at least this many batches,
+    double deadline                # or once mn_seconds() passes this (0: never)
+    double started                 # when the stretch started
+    Py_ssize_t done                # batches the stretch has completed
+
+
+# board.stop when a team stretch ends early because its steps became slow (the machine got
+# busy): not an error; the epoch probes again.
+cdef int STOP_SLOW = 100
 
 
 cdef inline bint splits_first_layer(const Net* net, int threads) noexcept nogil:
@@ -198,9 +210,16 @@ cdef inline bint update_stops_team(const TeamBoard* board, EpochResult* res, int
 
 cdef inline void after_step(TeamBoard* board, EpochResult* res, double total,
                             Py_ssize_t correct, Py_ssize_t n, double* last_check) noexcept nogil:
-    # Thread 0, once a step is complete: count it, and now and then look for Ctrl-C (the
-    # others see board.stop after the step's next barrier).
+    # Thread 0, once a step is complete: count it, end the stretch if its steps have become
+    # slow, and now and then look for Ctrl-C (the others see board.stop after the step's
+    # next barrier).
     count_step(res, total, correct, n)
+    board.done += 1
+    cdef double now = mn_seconds()
+    if ((board.slow_per_batch > 0 and board.done >= board.slow_min
+            and now - board.started > board.slow_per_batch * board.done)
+            or 0 < board.deadline < now):
+        board.stop = STOP_SLOW
     if time_to_check_signals(last_check):
         with gil:
             if PyErr_CheckSignals() != 0:
@@ -210,7 +229,7 @@ cdef inline void after_step(TeamBoard* board, EpochResult* res, double total,
 cdef inline void finish_team(const TeamBoard* board, EpochResult* res, Py_ssize_t start,
                              Py_ssize_t* next_start) noexcept nogil:
     # Thread 0, after the loop.
-    if board.stop >= 0:
+    if board.stop >= 0 and board.stop != STOP_SLOW:
         res.status = board.stop
     next_start[0] = start
 
@@ -474,15 +493,23 @@ cdef int last_team = TEAM_NONE
 
 
 cdef Py_ssize_t team_stretch(const Net* net, const EpochArgs* args, Py_ssize_t start,
-                             Py_ssize_t end, int threads, EpochResult* res,
+                             Py_ssize_t end, int threads, double slow_per_batch,
+                             Py_ssize_t slow_min, double seconds, EpochResult* res,
                              double* last_check) noexcept nogil:
-    """The batches starting at rows start.. < end on a team of threads. Returns the next
+    """The batches starting at rows start.. < end on a team of threads, ended early when,
+    after at least slow_min of them, they average more than slow_per_batch seconds (0:
+    never), or when they have taken more than `seconds` (0: no limit). Returns the next
     start."""
     cdef TeamBoard board
     cdef Py_ssize_t next_start = start
     cdef TeamMember member = rows_team_member
     global last_team
     board.stop = -1
+    board.slow_per_batch = slow_per_batch
+    board.slow_min = slow_min
+    board.started = mn_seconds()
+    board.deadline = board.started + seconds if seconds > 0 else 0
+    board.done = 0
     threads = min(threads, MAX_TEAM)
     last_team = TEAM_ROWS
     if splits_inputs(net, threads):
@@ -498,12 +525,20 @@ cdef Py_ssize_t team_stretch(const Net* net, const EpochArgs* args, Py_ssize_t s
 # The epoch times PROBE_BATCHES steps on one thread and as many on the team, then runs a
 # stretch the faster way, and probes again: on a busy machine a team waits for descheduled
 # threads at every barrier, and load comes and goes (another library's thread pool spinning
-# for a while after its last call, say). After a team win the stretch is RUN_BATCHES; after a
-# loss it starts at SHORT_RUN_BATCHES and doubles with each further loss, so a passing load
-# costs little more than itself. The weights are the same bits either way.
+# for a while after its last call, say: NumPy's OpenBLAS workers spin for ~0.1 s, and 32
+# batches of a team probe then took 18 ms instead of 0.9 on one thread). So the team's
+# stretches end early once they fall behind: a probe as soon as it has taken as long as the
+# whole one-thread probe (it cannot win any more), a run of RUN_BATCHES after a won probe
+# once it averages SLOW_FACTOR times slower than that probe (after RUN_MIN_BATCHES). After a
+# lost
+# probe the one-thread stretch starts at SHORT_RUN_BATCHES and doubles with each further
+# loss, up to RUN_BATCHES, so a passing load costs little more than itself. The weights are
+# the same bits every way.
 cdef Py_ssize_t PROBE_BATCHES = 32
 cdef Py_ssize_t RUN_BATCHES = 1024
+cdef Py_ssize_t RUN_MIN_BATCHES = 16
 cdef Py_ssize_t SHORT_RUN_BATCHES = 64
+cdef double SLOW_FACTOR = 3.0
 # How train_epoch schedules its batches: SCHEDULE_AUTO (the probes decide), or always on one
 # thread, or always on the team. Results are the same bits every way; tests force each.
 cdef enum:
@@ -517,32 +552,35 @@ cdef Py_ssize_t probed_stretch(const Net* net, const EpochArgs* args, Py_ssize_t
                                int threads, Py_ssize_t* serial_run, EpochResult* res,
                                double* last_check) noexcept nogil:
     """Probe both ways from row start, then run a stretch (or the rest of the epoch) the
-    faster way; serial_run carries the stretch after a team loss from one call to the next.
-    Returns the next start."""
-    cdef Py_ssize_t N = args.N, probe = PROBE_BATCHES * args.batch_size, end
-    cdef double t0 = mn_seconds(), serial_time, team_time
-    cdef int attempt
+    faster way; serial_run carries the one-thread stretch after a team loss from one call
+    to the next. Returns the next start."""
+    cdef Py_ssize_t N = args.N, bs = args.batch_size, probe = PROBE_BATCHES * bs, end, first
+    cdef double t0 = mn_seconds(), serial_time, team_time, team_per_batch
+    cdef Py_ssize_t run
+    first = start
     start = serial_stretch(net, args, start, min(N, start + probe), res, last_check)
     serial_time = mn_seconds() - t0
     if res.status != EPOCH_DONE or start >= N:
         return start
-    # A second team probe when the first loses: one hiccup (an interrupt, the other core
-    # busy for a moment) can lose a probe of a few ms.
-    for attempt in range(2):
-        t0 = mn_seconds()
-        start = team_stretch(net, args, start, min(N, start + probe), threads, res, last_check)
-        team_time = mn_seconds() - t0
-        if res.status != EPOCH_DONE or start >= N:
-            return start
-        if team_time < serial_time:
-            break
-    if team_time < serial_time:
+    t0 = mn_seconds()
+    first = start
+    start = team_stretch(net, args, start, min(N, start + probe), threads, 0, 0, serial_time,
+                         res, last_check)
+    team_time = mn_seconds() - t0
+    team_per_batch = team_time / max(1, (start - first) // bs)
+    if res.status != EPOCH_DONE or start >= N:
+        return start
+    if team_per_batch * PROBE_BATCHES < serial_time:
         serial_run[0] = SHORT_RUN_BATCHES
-        end = min(N, start + RUN_BATCHES * args.batch_size)
-        return team_stretch(net, args, start, end, threads, res, last_check)
-    end = min(N, start + serial_run[0] * args.batch_size)
+        return team_stretch(net, args, start, min(N, start + RUN_BATCHES * bs), threads,
+                            SLOW_FACTOR * team_per_batch, RUN_MIN_BATCHES, 0, res,
+                            last_check)
+    # A lost probe may have waited long for a descheduled thread: run one thread long
+    # enough that probing costs at most a fifth of the time.
+    run = max(serial_run[0], <Py_ssize_t>(4 * team_time / serial_time * PROBE_BATCHES))
     serial_run[0] = min(2 * serial_run[0], RUN_BATCHES)
-    return serial_stretch(net, args, start, end, res, last_check)
+    return serial_stretch(net, args, start, min(N, start + min(run, RUN_BATCHES) * bs), res,
+                          last_check)
 
 
 cdef EpochResult train_epoch(const Net* net, const EpochArgs* args) noexcept nogil:
@@ -566,7 +604,7 @@ cdef EpochResult train_epoch(const Net* net, const EpochArgs* args) noexcept nog
     if threads < 2 or batch_size < threads or epoch_schedule == SCHEDULE_SERIAL:
         serial_stretch(net, args, 0, N, &res, &last_check)
     elif epoch_schedule == SCHEDULE_TEAM:
-        team_stretch(net, args, 0, N, threads, &res, &last_check)
+        team_stretch(net, args, 0, N, threads, 0, 0, 0, &res, &last_check)
     elif batch_size < 2 * threads or N < 4 * PROBE_BATCHES * batch_size:
         serial_stretch(net, args, 0, N, &res, &last_check)
     else:

@@ -57,6 +57,8 @@ cdef extern from "mn_kernels.h" nogil:
     void mn_sigmoid_forward(float *out, const float *inp, Py_ssize_t n)
     void mn_sigmoid_backward(float *dinp, const float *out, const float *dout, Py_ssize_t n)
     void mn_relu_forward(float *out, const float *inp, Py_ssize_t n)
+    void mn_dropout_forward(float *out, float *mask, const float *inp, double rate,
+                            unsigned long long key, Py_ssize_t first, Py_ssize_t n)
     void mn_relu_backward(float *dinp, const float *out, const float *dout, Py_ssize_t n)
     void mn_softmax_forward(float *out, const float *inp, Py_ssize_t B, Py_ssize_t C)
     void mn_prefetch_rows(const float *x, const long long *rows, Py_ssize_t n,
@@ -234,9 +236,3 @@ def sgemm(float[:, ::1] c, const float[:, ::1] a, const float[:, ::1] b):
     with nogil:
         mn_sgemm_nn(&c[0, 0], &a[0, 0], &b[0, 0], NULL, M, K, N)
 
-
-def _set_chunk_floats(Py_ssize_t n) -> None:
-    """Tuning hook: the activation floats forward_backward_rows takes through the layers at
-    a time."""
-    global CHUNK_FLOATS
-    CHUNK_FLOATS = n

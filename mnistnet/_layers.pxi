@@ -155,16 +155,9 @@ cdef void dropout_forward(float* out, float* mask, const float* inp, double rate
                           unsigned long long key, Py_ssize_t first,
                           Py_ssize_t N) noexcept nogil:
     # Element first + i of the batch is kept when the top 32 bits of mix64(key + first + i)
-    # are at least rate * 2^32; kept elements are scaled by 1 / (1 - rate).
-    cdef unsigned long long threshold = <unsigned long long>(rate * 4294967296.0)
-    cdef float one = 1
-    cdef float scale = one / (one - <float>rate)
-    cdef float m
-    cdef Py_ssize_t i
-    for i in range(N):
-        m = scale if (mn_mix64(key + <unsigned long long>(first + i)) >> 32) >= threshold else 0
-        mask[i] = m
-        out[i] = inp[i] * m
+    # are at least rate * 2^32; kept elements are scaled by 1 / (1 - rate) (csrc/, per SIMD
+    # path).
+    mn_dropout_forward(out, mask, inp, rate, key, first, N)
 
 
 cdef void dropout_backward(float* dinp, const float* dout, const float* mask,

@@ -18,6 +18,7 @@ from mnistnet._kernels import (  # noqa: F401  (re-exported: runtime configurati
     ACTIVATIONS, KINDS, LOSSES, OPTIMIZERS, SIMD_PATHS, get_num_threads, openmp_enabled,
     select_simd, set_num_threads, sgemm, simd_path, simd_supported,
 )
+from mnistnet.plan import PLAN_DTYPE, Plan
 from mnistnet.reference import (  # noqa: F401  (the geometry both backends compute alike)
     dropout_threshold, optimizer_slots, window_geometry,
 )
@@ -491,8 +492,6 @@ cdef Net _net(plan, params, grads, state, acts, dacts, int loss, Py_ssize_t rows
               optimizer) except *:
     """A Net over the caller's buffers and the plan (a mnistnet.plan.Plan), after checking
     that they fit it."""
-    from mnistnet.plan import PLAN_DTYPE, Plan
-
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be a mnistnet.plan.Plan, got {type(plan).__name__}")
     table = plan.table
@@ -559,7 +558,7 @@ cdef Net _net(plan, params, grads, state, acts, dacts, int loss, Py_ssize_t rows
 
 def _check_data(x, y, plan):
     _check(x, "x", 2)
-    n_in = int(plan.table[0]["n_in"])
+    n_in = plan.n_inputs
     if x.shape[1] != n_in:
         raise ValueError(f"x has {x.shape[1]} columns but the network takes {n_in}")
     if y is not None:

@@ -11,6 +11,7 @@ shared, so both backends see identical batches from identical weights.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -109,7 +110,7 @@ def as_features(x: Any, input_shape: Shape | int, name: str = "x",
     a caller whose kernels check the rows as they read them)."""
     input_shape = (input_shape,) if isinstance(input_shape, (int, np.integer)) else input_shape
     input_shape = tuple(int(v) for v in input_shape)
-    dim = int(np.prod(input_shape))
+    dim = math.prod(input_shape)
     if not isinstance(x, np.ndarray):
         if isinstance(x, (list, tuple)):
             try:
@@ -314,7 +315,7 @@ class Model:
     @property
     def input_dim(self) -> int:
         """Floats per sample (784 for MNIST, images flattened)."""
-        return int(np.prod(self.input_shape))
+        return math.prod(self.input_shape)
 
     @property
     def n_outputs(self) -> int:
@@ -558,8 +559,7 @@ class Model:
         if x.shape[0] == 0:
             return out
         chunk = min(batch_size, x.shape[0])
-        _, n_acts, _ = self.plan.buffer_sizes(chunk)
-        acts = np.empty(n_acts, dtype=np.float32)
+        acts = np.empty(chunk * self.plan.acts_per_row, dtype=np.float32)
         return self._kernels.predict(self.plan, self.params, acts, x, out, chunk)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:

@@ -86,6 +86,7 @@ class Plan:
         self.table = np.zeros(len(self.layers), dtype=PLAN_DTYPE)
         self._fill_table()
         self.dense_only = all(isinstance(layer, Dense) for layer in self.layers)
+        self.n_inputs = int(self.table[0]["n_in"])
 
     # -- construction ----------------------------------------------------------------------
     def _fill_table(self) -> None:
@@ -185,7 +186,7 @@ class Plan:
     @property
     def widths(self) -> list[int]:
         """Layer widths, input first, for a dense-only plan: [784, 128, 64, 10]."""
-        return [int(self.table[0]["n_in"])] + [int(r["n_out"]) for r in self.table]
+        return [self.n_inputs] + [int(r["n_out"]) for r in self.table]
 
     # -- block sizes -----------------------------------------------------------------------
     def buffer_sizes(self, rows: int, threads: int = 1) -> tuple[int, int, int]:
