@@ -29,7 +29,7 @@ import numpy as np
 
 import mnistnet as mn
 from mnistnet import bench, demo, export, plot
-from mnistnet.data import read_idx
+from mnistnet.data import DownloadError, load_mnist_test, read_idx
 from mnistnet.layers import Conv2D, Layer, MaxPool2D
 from mnistnet.model import ACTIVATIONS, BACKENDS, LOSSES, PRESETS, RECIPES
 from mnistnet.optimizers import Optimizer
@@ -304,7 +304,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     for option, path in (("--save", args.save), ("--history", args.history)):
         if path is not None:
             _check_output_path(option, path)
-    (x_train, y_train), (x_test, y_test) = mn.load_mnist(args.data)
+    (x_train, y_train), (x_test, y_test) = load_data(mn.load_mnist, args.data)
     model = _build_model(args, input_dim=x_train.shape[1])
     try:
         history = _fit(model, args, x_train, y_train, (x_test, y_test))
@@ -460,6 +460,16 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 # --------------------------------------------------------------------------- evaluate
 
 
+def load_data(loader: Callable[..., Any], data: str | None) -> Any:
+    """loader(data) (mn.load_mnist or load_mnist_test), its failure to find or download the
+    files said in the command line's terms."""
+    try:
+        return loader(data)
+    except DownloadError as exc:
+        raise CLIError(f"{_one_line(str(exc))} On the command line: --data DIR names a folder "
+                       "holding the files.") from None
+
+
 def load_model(path: str, backend: str) -> mn.Model:
     """mn.Model.load, refusing up front a file that is not even a zip archive (np.load would
     take it for a pickle and suggest allow_pickle=True, which is no advice to give)."""
@@ -473,7 +483,7 @@ def load_model(path: str, backend: str) -> mn.Model:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Print a saved model's loss and accuracy on the test set."""
     model = load_model(args.model, args.backend)
-    _, (x_test, y_test) = mn.load_mnist(args.data)
+    x_test, y_test = load_data(load_mnist_test, args.data)
     scores = model.evaluate(x_test, y_test)
     print(f"loss: {scores['loss']:.4f} - accuracy: {scores['accuracy']:.4f}")
     return EXIT_OK

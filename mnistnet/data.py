@@ -29,7 +29,7 @@ import urllib.error
 import urllib.request
 import warnings
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import BinaryIO, TextIO
@@ -45,6 +45,7 @@ __all__ = [
     "cache_dir",
     "download_mnist",
     "load_mnist",
+    "load_mnist_test",
     "read_idx",
 ]
 
@@ -88,6 +89,7 @@ _TRAIN_LABELS = "train-labels-idx1-ubyte"
 _TEST_IMAGES = "t10k-images-idx3-ubyte"
 _TEST_LABELS = "t10k-labels-idx1-ubyte"
 _DATASET_STEMS = (_TRAIN_IMAGES, _TRAIN_LABELS, _TEST_IMAGES, _TEST_LABELS)
+_TEST_STEMS = (_TEST_IMAGES, _TEST_LABELS)
 
 _IDX_DTYPES = {
     0x08: np.dtype(np.uint8),
@@ -300,13 +302,28 @@ def load_mnist(
     return (x_train, train_labels), (x_test, test_labels)
 
 
-def _locate_dataset(path: PathLike | None, download: bool) -> dict[str, Path]:
-    """Find the four files, following the search order documented in :func:`load_mnist`."""
+def load_mnist_test(
+    path: PathLike | None = None, *, normalize: bool = True, download: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """The test split only, ``(x_test, y_test)``, as :func:`load_mnist` returns it: a folder
+    needs only ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte`` (raw or ``.gz``).
+    Looked for in the same places as :func:`load_mnist`; a download fetches all four."""
+    files = _locate_dataset(path, download, _TEST_STEMS)
+    images, labels = read_idx(files[_TEST_IMAGES]), read_idx(files[_TEST_LABELS])
+    _check_split(images, labels, files[_TEST_IMAGES], files[_TEST_LABELS])
+    return _flatten_images(images, normalize), labels
+
+
+def _locate_dataset(
+    path: PathLike | None, download: bool, stems: Sequence[str] = _DATASET_STEMS
+) -> dict[str, Path]:
+    """Find the files of `stems`, following the search order documented in
+    :func:`load_mnist`."""
     if path is not None:
-        return _dataset_files_or_raise(Path(path))
+        return _dataset_files_or_raise(Path(path), stems)
     env_folder = os.environ.get(DATA_ENV_VAR)
     if env_folder:
-        files, missing = _dataset_files(Path(env_folder))
+        files, missing = _dataset_files(Path(env_folder), stems)
         if not missing:
             return files
         warnings.warn(
@@ -314,7 +331,7 @@ def _locate_dataset(path: PathLike | None, download: bool) -> dict[str, Path]:
             f"looking in {cache_dir()} instead",
             stacklevel=3,
         )
-    files, missing = _dataset_files(cache_dir())
+    files, missing = _dataset_files(cache_dir(), stems)
     if not missing:
         return files
     if not download:
@@ -323,13 +340,16 @@ def _locate_dataset(path: PathLike | None, download: bool) -> dict[str, Path]:
             f"MNIST files not found in {searched}{cache_dir()}, and download=False. "
             + _manual_install_hint()
         )
-    return _dataset_files_or_raise(download_mnist(cache_dir(), mirrors=MIRRORS, files=FILES))
+    return _dataset_files_or_raise(download_mnist(cache_dir(), mirrors=MIRRORS, files=FILES),
+                                   stems)
 
 
-def _dataset_files(folder: Path) -> tuple[dict[str, Path], list[str]]:
-    """Map each of the four stems to its file in ``folder``; also list the stems not found."""
+def _dataset_files(
+    folder: Path, stems: Sequence[str] = _DATASET_STEMS
+) -> tuple[dict[str, Path], list[str]]:
+    """Map each stem to its file in ``folder``; also list the stems not found."""
     found, missing = {}, []
-    for stem in _DATASET_STEMS:
+    for stem in stems:
         candidates = (folder / stem, folder / f"{stem}.gz")
         existing = [candidate for candidate in candidates if candidate.is_file()]
         if existing:
@@ -339,15 +359,19 @@ def _dataset_files(folder: Path) -> tuple[dict[str, Path], list[str]]:
     return found, missing
 
 
-def _dataset_files_or_raise(folder: Path) -> dict[str, Path]:
+def _dataset_files_or_raise(
+    folder: Path, stems: Sequence[str] = _DATASET_STEMS
+) -> dict[str, Path]:
+    what = "the four MNIST files" if len(stems) == 4 else "the MNIST test files"
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder (expected the four MNIST files there)")
-    files, missing = _dataset_files(folder)
+        raise FileNotFoundError(f"{folder}: no such folder (expected {what} there)")
+    files, missing = _dataset_files(folder, stems)
     if missing:
         raise FileNotFoundError(
             f"{folder}: missing "
             + ", ".join(f"{stem}[.gz]" for stem in missing)
-            + f" (expected the four files {', '.join(_DATASET_STEMS)}, raw or .gz)"
+            + f" (expected {'the four' if len(stems) == 4 else 'the'} files "
+            + f"{', '.join(stems)}, raw or .gz)"
         )
     return files
 

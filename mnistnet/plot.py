@@ -510,9 +510,10 @@ def _model_figures(model: Model, what: str, data: str | None) -> dict[str, Figur
     if "weights" in names:
         figures["weights"] = weights(model)
     if "confusion" in names or "mistakes" in names:
-        from mnistnet.data import load_mnist
+        from mnistnet.cli import load_data
+        from mnistnet.data import load_mnist_test
 
-        _, (x_test, y_test) = load_mnist(data)
+        x_test, y_test = load_data(load_mnist_test, data)
         if "confusion" in names:
             figures["confusion"] = confusion(model, x_test, y_test)
         if "mistakes" in names:

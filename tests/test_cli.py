@@ -16,6 +16,7 @@ import signal
 import struct
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -616,3 +617,27 @@ def test_closed_stdout_is_not_an_error_message(n_images: int, model_file: Path,
         os.close(write_end)
     assert result.stderr == ""
     assert result.returncode == 141
+
+
+@pytest.mark.parametrize("how", [["-c", "import mnistnet"], ["-m", "mnistnet", "--version"]])
+def test_a_source_folder_without_extensions_says_what_to_do(tmp_path: Path, how) -> None:
+    """Python started in a checkout (before building in place): its mnistnet/ folder comes
+    first on sys.path. The error says so plainly, not "circular import". (An editable
+    install's import hook comes before the current folder: nothing is shadowed then.)"""
+    source = Path(mn.__file__).parent
+    site = {Path(sysconfig.get_paths()[key]).resolve() for key in ("purelib", "platlib")}
+    if source.resolve().parent not in site:
+        pytest.skip(f"mnistnet is imported from {source} (an editable or in-place build)")
+    copy = tmp_path / "mnistnet"
+    copy.mkdir()
+    for path in source.glob("*.py"):
+        (copy / path.name).write_bytes(path.read_bytes())
+    done = subprocess.run([sys.executable, *how], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=60)
+    assert done.returncode != 0
+    message = done.stderr.strip().splitlines()[-1]
+    assert "circular" not in message
+    assert str(copy) in message
+    assert ("shadows the installed mnistnet" in message
+            or "compiled extensions are missing" in message), message
+    assert "pip install" in message
