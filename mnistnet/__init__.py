@@ -22,31 +22,12 @@ from mnistnet._version import __version__
 _os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 _os.environ.setdefault("KMP_BLOCKTIME", "1")
 
-def _missing_extensions() -> ImportError:
-    """What to say when this folder has no compiled extensions: most often it is the source
-    tree, found first on sys.path (Python run from the repository's root), shadowing an
-    installed mnistnet."""
-    import importlib.machinery
-    import sys
-
-    here = _os.path.dirname(_os.path.abspath(__file__))
-    parent = _os.path.dirname(here)
-    others = [p for p in sys.path if _os.path.abspath(p or ".") != parent]
-    installed = importlib.machinery.PathFinder.find_spec("mnistnet", others)
-    if installed is not None and installed.origin:
-        return ImportError(
-            f"the folder {here} (mnistnet's source, which has no compiled extensions) "
-            f"shadows the installed mnistnet in {_os.path.dirname(installed.origin)}: run "
-            "Python from another folder (e.g. cd ..), or install in place with pip install -e .")
-    return ImportError(
-        f"mnistnet's compiled extensions are missing next to {__file__}: install the package "
-        "(pip install .) and run from another folder, or build in place (pip install -e .)")
-
-
 try:
     from mnistnet import fast
 except ImportError:  # the source folder without its compiled extensions
-    raise _missing_extensions() from None
+    from mnistnet._source_tree import missing_extensions
+
+    raise missing_extensions() from None
 from mnistnet import reference
 from mnistnet.data import load_mnist
 from mnistnet.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D
