@@ -28,17 +28,50 @@ except ImportError:  # the source folder without its compiled extensions
     from mnistnet._source_tree import missing_extensions
 
     raise missing_extensions() from None
-from mnistnet import reference
+from mnistnet import callbacks, reference, regularizers, schedules
 from mnistnet.data import load_mnist
-from mnistnet.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D
+from mnistnet.layers import (
+    Activation,
+    BatchNormalization,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    MaxPool2D,
+    RandomTranslation,
+)
 from mnistnet.model import History, Model, preset
-from mnistnet.optimizers import SGD, Adam
+from mnistnet.optimizers import SGD, Adam, AdamW, RMSprop
 
 __all__ = [
-    "SGD", "Adam", "Conv2D", "Dense", "Dropout", "Flatten", "History", "MaxPool2D", "Model",
-    "__version__", "fast", "get_include",
-    "get_library_dir", "get_num_threads",
-    "load_mnist", "preset", "reference", "set_num_threads", "show_config", "simd_path",
+    "SGD",
+    "Activation",
+    "Adam",
+    "AdamW",
+    "BatchNormalization",
+    "Conv2D",
+    "Dense",
+    "Dropout",
+    "Flatten",
+    "History",
+    "MaxPool2D",
+    "Model",
+    "RMSprop",
+    "RandomTranslation",
+    "__version__",
+    "callbacks",
+    "fast",
+    "get_include",
+    "get_library_dir",
+    "get_num_threads",
+    "load_mnist",
+    "preset",
+    "reference",
+    "regularizers",
+    "schedules",
+    "set_num_threads",
+    "show_config",
+    "simd_path",
 ]
 
 simd_path = fast.simd_path

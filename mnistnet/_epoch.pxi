@@ -266,10 +266,14 @@ cdef void rows_team_member(const Net* net, const EpochArgs* args, Py_ssize_t sta
             if start + n < args.N:
                 block_of(min(args.batch_size, args.N - start - n), rank, size, &c0, &c1)
                 mn_prefetch_rows_later(args.x, args.perm + start + n + c0, c1 - c0, C0)
-            if board.inputs_finite[rank]:
-                board.loss[rank] = forward_backward_rows(net, &s, r0, r1, n, ws)
-                board.correct[rank] = count_correct(net_acts(net, L) + r0 * OC,
-                                                    targets + r0 * OC, nr, OC)
+        # A net with batch statistics has barriers inside its forward and backward: every
+        # thread goes through them (a non-finite input then stops the step after them).
+        if (nr > 0 and board.inputs_finite[rank]) or net.batch_statistics:
+            board.loss[rank] = forward_backward_rows(net, &s, r0, r1, n, ws)
+            board.correct[rank] = count_correct(net_acts(net, L) + r0 * OC,
+                                                targets + r0 * OC, nr, OC)
+        if rank == 0 and net.has_l2:
+            board.loss[0] += l2_penalty(net) * n  # params are only read until the barrier
         mn_team_barrier()
         board_totals(board, size, &total, &correct)
         if loss_stops_team(board, res, rank, board_inputs_finite(board, size), total):
@@ -349,7 +353,7 @@ cdef void columns_team_member(const Net* net, const EpochArgs* args, Py_ssize_t 
                                             targets + r0 * OC, nr, OC) * nr
             board.correct[rank] = count_correct(net_acts(net, L) + r0 * OC,
                                                 targets + r0 * OC, nr, OC)
-            deltas_rows(&mine, targets, r0, r1, n, NULL)
+            deltas_rows(&mine, &s, targets, r0, r1, n, NULL)
         mn_team_barrier()  # every row's deltas are there
         board_totals(board, size, &total, &correct)
         if loss_stops_team(board, res, rank, inputs_finite, total):

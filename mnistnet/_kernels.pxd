@@ -113,6 +113,52 @@ cdef void dropout_backward(float* dinp,            # OUT (N,)
                            const float* mask,      # IN  (N,)
                            Py_ssize_t N) noexcept nogil
 
+# ---- translate (RandomTranslation): whole-pixel shifts of each image ----------------------
+# out[b, h, w] = inp[b, h - dy[b], w - dx[b]], fill outside; backward the adjoint.
+cdef void translate_forward(float* out,            # OUT (B, H, W, C)
+                            const float* inp,      # IN  (B, H, W, C)
+                            const long long* dy, const long long* dx,   # IN (B,) each
+                            float fill, Py_ssize_t B, Py_ssize_t H, Py_ssize_t W,
+                            Py_ssize_t C) noexcept nogil
+cdef void translate_backward(float* dinp,          # OUT (B, H, W, C)
+                             const float* dout,    # IN  (B, H, W, C)
+                             const long long* dy, const long long* dx,
+                             Py_ssize_t B, Py_ssize_t H, Py_ssize_t W,
+                             Py_ssize_t C) noexcept nogil
+# Images first..first+B of a batch: dy in [h0, h1], dx in [w0, w1] from the counter-based bits.
+cdef void translate_shifts(long long* dy, long long* dx,   # OUT (B,) each
+                           unsigned long long key, Py_ssize_t first, Py_ssize_t B,
+                           Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t w0,
+                           Py_ssize_t w1) noexcept nogil
+
+# ---- batchnorm over M rows of C channels ------------------------------------------------
+# Channels c0..c1 of the batch statistics: mean, var (biased), invstd = 1 / sqrt(var + eps).
+cdef void batchnorm_stats(float* mean, float* var, float* invstd,   # OUT (C,), c0..c1
+                          const float* inp,        # IN (M, C)
+                          double epsilon, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t M,
+                          Py_ssize_t C) noexcept nogil
+cdef void batchnorm_normalize(float* out, float* xhat,   # OUT (M, C) each
+                              const float* inp,    # IN (M, C)
+                              const float* gamma, const float* beta,
+                              const float* mean, const float* invstd,   # IN (C,) each
+                              Py_ssize_t M, Py_ssize_t C) noexcept nogil
+cdef void batchnorm_inference(float* out,          # OUT (M, C)
+                              const float* inp,    # IN (M, C)
+                              const float* gamma, const float* beta,
+                              const float* moving_mean, const float* moving_variance,
+                              double epsilon, Py_ssize_t M, Py_ssize_t C) noexcept nogil
+# Channels c0..c1: dgamma = sum(dout * xhat), dbeta = sum(dout) over the M rows.
+cdef void batchnorm_backward_sums(float* dgamma, float* dbeta,   # OUT (C,), c0..c1
+                                  const float* dout, const float* xhat,   # IN (M, C)
+                                  Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t M,
+                                  Py_ssize_t C) noexcept nogil
+# Rows of dinp from the sums of the whole batch of M rows: rows (of the M) at a time.
+cdef void batchnorm_input_grad(float* dinp,        # OUT (rows, C)
+                               const float* dout, const float* xhat,   # IN (rows, C)
+                               const float* gamma, const float* invstd,
+                               const float* dgamma, const float* dbeta,   # IN (C,) each
+                               Py_ssize_t rows, Py_ssize_t M, Py_ssize_t C) noexcept nogil
+
 # ---- optimizers and metrics -----------------------------------------------------------------
 # Each returns False if some new value would be NaN/Inf; those elements keep their old value.
 cdef bint sgd_update(float* params,                # IN/OUT (N,)
@@ -123,6 +169,18 @@ cdef bint momentum_update(float* params,           # IN/OUT (N,)
                           float* velocity,         # IN/OUT (N,)
                           float learning_rate, float momentum, bint nesterov,
                           Py_ssize_t N) noexcept nogil
+cdef bint adamw_update(float* params,              # IN/OUT (N,)
+                       const float* grads,         # IN     (N,)
+                       float* m, float* v,         # IN/OUT (N,) each
+                       float learning_rate, double beta_1, double beta_2, float epsilon,
+                       long long step, float weight_decay, Py_ssize_t N) noexcept nogil
+cdef bint rmsprop_update(float* params,            # IN/OUT (N,)
+                         const float* grads,       # IN     (N,)
+                         float* velocity,          # IN/OUT (N,)
+                         float* average,           # IN/OUT (N,), or NULL (not centered)
+                         float* moment,            # IN/OUT (N,), or NULL (no momentum)
+                         float learning_rate, float rho, float momentum, float epsilon,
+                         Py_ssize_t N) noexcept nogil
 cdef bint adam_update(float* params,               # IN/OUT (N,)
                       const float* grads,          # IN     (N,)
                       float* m, float* v,          # IN/OUT (N,) each
@@ -148,9 +206,14 @@ cdef enum:
     KIND_MAXPOOL2D = 2
     KIND_FLATTEN = 3
     KIND_DROPOUT = 4
+    KIND_ACTIVATION = 5
+    KIND_TRANSLATE = 6
+    KIND_BATCHNORM = 7
     OPT_SGD = 0
     OPT_MOMENTUM = 1
     OPT_ADAM = 2
+    OPT_ADAMW = 3
+    OPT_RMSPROP = 4
 
 # Why train_epoch stopped.
 cdef enum:
@@ -172,13 +235,23 @@ cdef struct LayerPlan:
     Py_ssize_t scratch, n_scratch   # activation block: patches, argmax or mask (-1: none)
     Py_ssize_t dact_in, dact_out    # gradient block (-1: none)
     Py_ssize_t wt                   # a thread's workspace: the kernel transposed (-1: none)
-    double rate
+    Py_ssize_t n_train              # the optimizer's part of n_param (from its start)
+    Py_ssize_t stats                # BatchNormalization: mean, var, invstd (3 * out_c) in the
+                                    # shared statistics area (-1: none)
+    Py_ssize_t shift_h0, shift_h1, shift_w0, shift_w1   # RandomTranslation's shifts
+    double rate                     # Dropout's
+    double l2                       # the kernel's L2 factor (0: none)
+    double fill                     # RandomTranslation's fill value
+    double momentum, epsilon        # BatchNormalization's
 
 cdef struct OptimizerSettings:
     int code                # OPT_*
     double momentum
     bint nesterov
     double beta_1, beta_2, epsilon
+    double rho              # RMSprop's
+    bint centered           # RMSprop's
+    double weight_decay     # AdamW's
 
 cdef struct Net:
     const LayerPlan* plan   # (n_layers,)
@@ -192,6 +265,9 @@ cdef struct Net:
     Py_ssize_t thread_ws    # floats of each thread's workspace (nets that are not dense_only):
                             # one image's patch gradient, then the kernels transposed (wt)
     bint dense_only         # every layer is dense: the dense fast paths may apply
+    bint has_l2             # some kernel is L2-regularised
+    bint batch_statistics   # some layer (BatchNormalization) reduces over the batch
+    Py_ssize_t shared       # floats of the shared statistics area (the workspace's start)
     float* params           # the parameter block (mnistnet.plan)
     float* grads            # same layout as params
     float* state            # the optimizer's slots, each with params' layout
@@ -212,6 +288,7 @@ cdef struct Step:
     long long t                     # optimizer step number, from 1 (Adam's bias correction)
     unsigned long long seed         # dropout keys: dropout_key(seed, epoch, step, layer)
     long long epoch, index
+    Py_ssize_t batch                # rows of the whole batch (BatchNormalization's statistics)
 
 # What an epoch is given, besides the net.
 cdef struct EpochArgs:

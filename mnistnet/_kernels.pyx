@@ -1,7 +1,7 @@
 # cython: language_level=3
-"""Compiled kernels: the layers (dense, conv2d, maxpool2d, dropout, activations), losses,
-optimizers (SGD, momentum, Adam), the network over its layer plan, one step and the epoch loop
-with its thread teams.
+"""Compiled kernels: the layers (dense, conv2d, maxpool2d, dropout, activations, translation,
+batch normalisation), losses, optimizers (SGD, momentum, Adam, AdamW, RMSprop), the network
+over its layer plan, one step and the epoch loop with its thread teams.
 
 Every kernel is a `cdef ... noexcept nogil` function over raw float32 pointers, declared in
 _kernels.pxd so other Cython code can `cimport` it. The Python-facing wrappers (same names,
@@ -104,8 +104,10 @@ ACTIVATIONS = {"linear": ACT_LINEAR, "sigmoid": ACT_SIGMOID, "relu": ACT_RELU,
                "softmax": ACT_SOFTMAX}
 LOSSES = {"mse": LOSS_MSE, "categorical_crossentropy": LOSS_CE}
 KINDS = {"dense": KIND_DENSE, "conv2d": KIND_CONV2D, "maxpool2d": KIND_MAXPOOL2D,
-         "flatten": KIND_FLATTEN, "dropout": KIND_DROPOUT}
-OPTIMIZERS = {"sgd": OPT_SGD, "momentum": OPT_MOMENTUM, "adam": OPT_ADAM}
+         "flatten": KIND_FLATTEN, "dropout": KIND_DROPOUT, "activation": KIND_ACTIVATION,
+         "translate": KIND_TRANSLATE, "batchnorm": KIND_BATCHNORM}
+OPTIMIZERS = {"sgd": OPT_SGD, "momentum": OPT_MOMENTUM, "adam": OPT_ADAM, "adamw": OPT_ADAMW,
+              "rmsprop": OPT_RMSPROP}
 
 # Keras' clip for cross-entropy: probabilities are kept in [EPS, 1 - EPS] before the log.
 cdef float CE_EPSILON = 1e-7
@@ -144,7 +146,8 @@ def plan_layout():
     names = ("kind", "act", "in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "k_h", "k_w",
              "s_h", "s_w", "pad_top", "pad_left", "n_in", "n_out", "gemm_rows", "fan_in",
              "param", "n_param", "act_in", "act_out", "scratch", "n_scratch", "dact_in",
-             "dact_out", "wt", "rate")
+             "dact_out", "wt", "n_train", "stats", "shift_h0", "shift_h1", "shift_w0",
+             "shift_w1", "rate", "l2", "fill", "momentum", "epsilon")
     offsets = (<char*>&p.kind - base, <char*>&p.act - base, <char*>&p.in_h - base,
                <char*>&p.in_w - base, <char*>&p.in_c - base, <char*>&p.out_h - base,
                <char*>&p.out_w - base, <char*>&p.out_c - base, <char*>&p.k_h - base,
@@ -152,9 +155,12 @@ def plan_layout():
                <char*>&p.pad_top - base, <char*>&p.pad_left - base, <char*>&p.n_in - base,
                <char*>&p.n_out - base, <char*>&p.gemm_rows - base, <char*>&p.fan_in - base,
                <char*>&p.param - base, <char*>&p.n_param - base, <char*>&p.act_in - base,
-               <char*>&p.act_out - base, <char*>&p.scratch - base,
-               <char*>&p.n_scratch - base, <char*>&p.dact_in - base,
-               <char*>&p.dact_out - base, <char*>&p.wt - base, <char*>&p.rate - base)
+               <char*>&p.act_out - base, <char*>&p.scratch - base, <char*>&p.n_scratch - base,
+               <char*>&p.dact_in - base, <char*>&p.dact_out - base, <char*>&p.wt - base,
+               <char*>&p.n_train - base, <char*>&p.stats - base, <char*>&p.shift_h0 - base,
+               <char*>&p.shift_h1 - base, <char*>&p.shift_w0 - base,
+               <char*>&p.shift_w1 - base, <char*>&p.rate - base, <char*>&p.l2 - base,
+               <char*>&p.fill - base, <char*>&p.momentum - base, <char*>&p.epsilon - base)
     return names, offsets, sizeof(LayerPlan)
 
 

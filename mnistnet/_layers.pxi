@@ -167,6 +167,176 @@ cdef void dropout_backward(float* dinp, const float* dout, const float* mask,
         dinp[i] = dout[i] * mask[i]
 
 
+# ---- translate (RandomTranslation) ------------------------------------------------------
+
+cdef inline void image_shift(unsigned long long key, Py_ssize_t index, Py_ssize_t h0,
+                             Py_ssize_t h1, Py_ssize_t w0, Py_ssize_t w1, long long* dy,
+                             long long* dx) noexcept nogil:
+    # Image `index` of a batch moves by dy in [h0, h1], dx in [w0, w1]: the top and low 32
+    # bits of mix64(key + index) (reference.translate_shifts).
+    cdef unsigned long long bits = mn_mix64(key + <unsigned long long>index)
+    dy[0] = h0 + <long long>((bits >> 32) % <unsigned long long>(h1 - h0 + 1))
+    dx[0] = w0 + <long long>((bits & 0xFFFFFFFFULL) % <unsigned long long>(w1 - w0 + 1))
+
+
+cdef void translate_shifts(long long* dy, long long* dx, unsigned long long key,
+                           Py_ssize_t first, Py_ssize_t B, Py_ssize_t h0, Py_ssize_t h1,
+                           Py_ssize_t w0, Py_ssize_t w1) noexcept nogil:
+    cdef Py_ssize_t b
+    for b in range(B):
+        image_shift(key, first + b, h0, h1, w0, w1, &dy[b], &dx[b])
+
+
+cdef inline void fill_floats(float* x, float value, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        x[i] = value
+
+
+cdef void shift_image(float* out, const float* src, long long dy, long long dx, float fill,
+                      Py_ssize_t H, Py_ssize_t W, Py_ssize_t C) noexcept nogil:
+    # out[h, w] = src[h - dy, w - dx] where that is inside the image, else fill: one image
+    # (H, W, C), a row span at a time.
+    cdef Py_ssize_t h, sh, lo, hi, row = W * C
+    lo = min(max(<Py_ssize_t>dx, 0), W)        # the first and last + 1 output columns ...
+    hi = max(min(W + <Py_ssize_t>dx, W), 0)    # ... that read a source column
+    for h in range(H):
+        sh = h - <Py_ssize_t>dy
+        if sh < 0 or sh >= H or lo >= hi:
+            fill_floats(out + h * row, fill, row)
+            continue
+        fill_floats(out + h * row, fill, lo * C)
+        memcpy(out + h * row + lo * C, src + sh * row + (lo - dx) * C,
+               (hi - lo) * C * sizeof(float))
+        fill_floats(out + h * row + hi * C, fill, (W - hi) * C)
+
+
+cdef void translate_forward(float* out, const float* inp, const long long* dy,
+                            const long long* dx, float fill, Py_ssize_t B, Py_ssize_t H,
+                            Py_ssize_t W, Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t b, n_img = H * W * C
+    for b in range(B):
+        shift_image(out + b * n_img, inp + b * n_img, dy[b], dx[b], fill, H, W, C)
+
+
+cdef void translate_backward(float* dinp, const float* dout, const long long* dy,
+                             const long long* dx, Py_ssize_t B, Py_ssize_t H, Py_ssize_t W,
+                             Py_ssize_t C) noexcept nogil:
+    # The adjoint of a shift is the opposite shift, zero-filled.
+    cdef Py_ssize_t b, n_img = H * W * C
+    for b in range(B):
+        shift_image(dinp + b * n_img, dout + b * n_img, -dy[b], -dx[b], 0, H, W, C)
+
+
+# ---- batchnorm -----------------------------------------------------------------------------
+# Rows of C channels, M of them (a conv output's pixels are rows). Per-channel sums run in
+# double over the rows in order, BN_GROUP channels at a time (a row's group is contiguous),
+# so a channel's sum is the same whichever thread takes it.
+
+DEF BN_GROUP = 64
+
+
+cdef void batchnorm_stats(float* mean, float* var, float* invstd, const float* inp,
+                          double epsilon, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t M,
+                          Py_ssize_t C) noexcept nogil:
+    cdef double acc[BN_GROUP]
+    cdef Py_ssize_t g0, g, r, j
+    cdef const float* row
+    cdef float d
+    cdef double v
+    for g0 in range(c0, c1, BN_GROUP):
+        g = min(BN_GROUP, c1 - g0)
+        for j in range(g):
+            acc[j] = 0
+        for r in range(M):
+            row = inp + r * C + g0
+            for j in range(g):
+                acc[j] += row[j]
+        for j in range(g):
+            mean[g0 + j] = <float>(acc[j] / M)
+            acc[j] = 0
+        for r in range(M):
+            row = inp + r * C + g0
+            for j in range(g):
+                d = row[j] - mean[g0 + j]
+                acc[j] += <double>d * <double>d
+        for j in range(g):
+            v = acc[j] / M
+            var[g0 + j] = <float>v
+            invstd[g0 + j] = <float>(1.0 / sqrt(v + epsilon))
+
+
+cdef void batchnorm_normalize(float* out, float* xhat, const float* inp, const float* gamma,
+                              const float* beta, const float* mean, const float* invstd,
+                              Py_ssize_t M, Py_ssize_t C) noexcept nogil:
+    # xhat = (x - mean) * invstd; out = gamma * xhat + beta.
+    cdef Py_ssize_t r, c
+    cdef float h
+    for r in range(M):
+        for c in range(C):
+            h = (inp[r * C + c] - mean[c]) * invstd[c]
+            xhat[r * C + c] = h
+            out[r * C + c] = gamma[c] * h + beta[c]
+
+
+cdef void batchnorm_inference(float* out, const float* inp, const float* gamma,
+                              const float* beta, const float* moving_mean,
+                              const float* moving_variance, double epsilon, Py_ssize_t M,
+                              Py_ssize_t C) noexcept nogil:
+    # out = gamma * ((x - moving_mean) * invstd) + beta, invstd from the moving variance.
+    cdef float inv[BN_GROUP]
+    cdef Py_ssize_t g0, g, r, j
+    for g0 in range(0, C, BN_GROUP):
+        g = min(BN_GROUP, C - g0)
+        for j in range(g):
+            inv[j] = <float>(1.0 / sqrt(<double>moving_variance[g0 + j] + epsilon))
+        for r in range(M):
+            for j in range(g):
+                out[r * C + g0 + j] = (gamma[g0 + j] * ((inp[r * C + g0 + j]
+                                                         - moving_mean[g0 + j]) * inv[j])
+                                       + beta[g0 + j])
+
+
+cdef void batchnorm_backward_sums(float* dgamma, float* dbeta, const float* dout,
+                                  const float* xhat, Py_ssize_t c0, Py_ssize_t c1,
+                                  Py_ssize_t M, Py_ssize_t C) noexcept nogil:
+    cdef double sx[BN_GROUP]
+    cdef double sy[BN_GROUP]
+    cdef Py_ssize_t g0, g, r, j, i
+    for g0 in range(c0, c1, BN_GROUP):
+        g = min(BN_GROUP, c1 - g0)
+        for j in range(g):
+            sx[j] = 0
+            sy[j] = 0
+        for r in range(M):
+            for j in range(g):
+                i = r * C + g0 + j
+                sy[j] += dout[i]
+                sx[j] += <double>dout[i] * <double>xhat[i]
+        for j in range(g):
+            dgamma[g0 + j] = <float>sx[j]
+            dbeta[g0 + j] = <float>sy[j]
+
+
+cdef void batchnorm_input_grad(float* dinp, const float* dout, const float* xhat,
+                               const float* gamma, const float* invstd, const float* dgamma,
+                               const float* dbeta, Py_ssize_t rows, Py_ssize_t M,
+                               Py_ssize_t C) noexcept nogil:
+    # dinp = (gamma * invstd / M) * ((M * dout - dbeta) - xhat * dgamma), the factor in
+    # double then rounded once.
+    cdef float k[BN_GROUP]
+    cdef float m = <float>M
+    cdef Py_ssize_t g0, g, r, j, i
+    for g0 in range(0, C, BN_GROUP):
+        g = min(BN_GROUP, C - g0)
+        for j in range(g):
+            k[j] = <float>(<double>gamma[g0 + j] * <double>invstd[g0 + j] / M)
+        for r in range(rows):
+            for j in range(g):
+                i = r * C + g0 + j
+                dinp[i] = k[j] * ((m * dout[i] - dbeta[g0 + j]) - xhat[i] * dgamma[g0 + j])
+
+
 # ---- losses and metrics ----------------------------------------------------------------------
 
 cdef double mse_forward(const float* pred, const float* target,

@@ -42,8 +42,14 @@ cdef inline float* workspace(const Net* net) noexcept nogil:
 
 cdef inline float* thread_workspace(const Net* net, int rank) noexcept nogil:
     # Thread rank's scratch in a net that is not dense_only (conv weights transposed, one
-    # image's patch gradient).
-    return workspace(net) + rank * net.thread_ws
+    # image's patch gradient), after the shared statistics area.
+    return workspace(net) + net.shared + rank * net.thread_ws
+
+
+cdef inline float* batch_stats(const Net* net, const LayerPlan* p) noexcept nogil:
+    # A BatchNormalization layer's mean, var and invstd (3 x out_c) of the step's batch, in
+    # the shared area at the workspace's start (every thread of a team reads them).
+    return workspace(net) + p.stats
 
 
 cdef inline const float* layer_inputs(const Net* net, const LayerPlan* p) noexcept nogil:
@@ -60,6 +66,7 @@ cdef inline void step_for(const EpochArgs* args, Py_ssize_t start, Step* s) noex
     s.seed = args.seed
     s.epoch = args.epoch
     s.index = args.first_step + b
+    s.batch = min(args.batch_size, args.N - start)
 
 
 # ---- activations -----------------------------------------------------------------------------
@@ -121,12 +128,22 @@ cdef void forward_rows(const Net* net, const Step* s, Py_ssize_t first, const fl
 
 cdef void layer_forward(const Net* net, const Step* s, Py_ssize_t l, float* o,
                         const float* inp, Py_ssize_t r0, Py_ssize_t n) noexcept nogil:
-    # Layer l on n samples (rows r0.. of the batch): inp (n, n_in) -> o (n, n_out).
+    # Layer l on n samples (rows r0.. of the batch): inp (n, n_in) -> o (n, n_out). s: the
+    # training step, or NULL (inference: dropout and translation pass their input through,
+    # batch normalisation uses its moving statistics).
     cdef const LayerPlan* p = &net.plan[l]
     cdef const float* w = net.params + p.param
     cdef float* scratch = act_at(net, p.scratch) + r0 * p.n_scratch
     cdef Window g
-    if p.kind == KIND_DENSE:
+    if p.kind == KIND_BATCHNORM:
+        if s != NULL:  # every thread of a team comes here, rows or not: it has barriers
+            batchnorm_train_forward(net, s, p, o, inp, r0, n)
+        else:
+            batchnorm_inference(o, inp, w, w + p.out_c, w + 2 * p.out_c, w + 3 * p.out_c,
+                                p.epsilon, n * p.out_h * p.out_w, p.out_c)
+    elif n == 0:
+        return
+    elif p.kind == KIND_DENSE:
         if l == 0 and net.w0t != NULL:
             # The first layer's delta region is free until the backward pass.
             transposed_first_layer_forward(net, o, grad_region(net, 0) + r0 * p.n_out, inp, n)
@@ -139,12 +156,49 @@ cdef void layer_forward(const Net* net, const Step* s, Py_ssize_t l, float* o,
     elif p.kind == KIND_MAXPOOL2D:
         window_of(&g, p)
         maxpool2d_forward(o, <int*>scratch, inp, &g, n)
-    elif s != NULL and p.rate > 0:  # dropout, training
+    elif p.kind == KIND_DROPOUT and s != NULL and p.rate > 0:
         dropout_forward(o, scratch, inp, p.rate, dropout_key(s.seed, s.epoch, s.index, l),
                         r0 * p.n_out, n * p.n_out)
-    elif o != inp:  # dropout, inference
+    elif p.kind == KIND_TRANSLATE and s != NULL:
+        translate_rows(p, o, inp, dropout_key(s.seed, s.epoch, s.index, l), r0, n, False)
+    elif o != inp:  # Activation; dropout and translation in inference
         memcpy(o, inp, n * p.n_out * sizeof(float))
     activation_forward_of(p, o, n)
+
+
+cdef void translate_rows(const LayerPlan* p, float* o, const float* inp,
+                         unsigned long long key, Py_ssize_t r0, Py_ssize_t n,
+                         bint adjoint) noexcept nogil:
+    # RandomTranslation on images r0..r0+n of the batch (their shifts come from the key and
+    # their index in the batch, so any block of rows gets the same ones), or its adjoint.
+    cdef Py_ssize_t b
+    cdef long long dy, dx
+    for b in range(n):
+        image_shift(key, r0 + b, p.shift_h0, p.shift_h1, p.shift_w0, p.shift_w1, &dy, &dx)
+        if adjoint:
+            dy, dx = -dy, -dx
+        shift_image(o + b * p.n_out, inp + b * p.n_in, dy, dx,
+                    0 if adjoint else <float>p.fill, p.out_h, p.out_w, p.out_c)
+
+
+cdef void batchnorm_train_forward(const Net* net, const Step* s, const LayerPlan* p,
+                                  float* o, const float* inp, Py_ssize_t r0,
+                                  Py_ssize_t n) noexcept nogil:
+    """BatchNormalization in training on rows r0..r0+n of the batch, with the statistics of
+    the whole batch: once every thread of the team has its rows of the input, each computes
+    the statistics of its block of channels over all the rows (in row order: the same bits
+    at any thread count), then each normalises its own rows. Outside a team (one thread) the
+    barriers do nothing."""
+    cdef Py_ssize_t C = p.out_c, pixels = p.out_h * p.out_w, c0, c1
+    cdef float* st = batch_stats(net, p)
+    cdef const float* w = net.params + p.param
+    block_of(C, mn_team_rank(), mn_team_size(), &c0, &c1)
+    mn_team_barrier()  # every row of the input is there
+    batchnorm_stats(st, st + C, st + 2 * C, act_at(net, p.act_in), p.epsilon, c0, c1,
+                    s.batch * pixels, C)
+    mn_team_barrier()  # every channel's statistics are there
+    batchnorm_normalize(o, act_at(net, p.scratch) + r0 * p.n_scratch, inp, w, w + C, st,
+                        st + 2 * C, n * pixels, C)
 
 
 cdef void transposed_first_layer_forward(const Net* net, float* out, float* scratch,
@@ -183,52 +237,82 @@ cdef inline double loss_forward(int loss, const float* pred, const float* target
 
 # ---- backward: the deltas of every layer, rows apart -----------------------------------------
 
-cdef void deltas_rows(const Net* net, const float* target, Py_ssize_t r0, Py_ssize_t r1,
-                      Py_ssize_t n, float* ws) noexcept nogil:
+cdef void deltas_rows(const Net* net, const Step* s, const float* target, Py_ssize_t r0,
+                      Py_ssize_t r1, Py_ssize_t n, float* ws) noexcept nogil:
     """d(loss)/d(each layer's output), rows r0..r1 of a batch of n, back to the first layer
     with weights (nothing before it needs one). Rows are independent (the weights are only
-    read), so threads may each take a block; ws is the calling thread's workspace."""
+    read) but for BatchNormalization's sums over the batch, so threads may each take a block
+    (every thread of a team must call this when the net has batch statistics: it has
+    barriers); ws is the calling thread's workspace."""
     cdef Py_ssize_t l, L = net.n_layers, OC = net.n_outputs, nr = r1 - r0
     cdef const LayerPlan* p = &net.plan[L - 1]
     cdef const LayerPlan* q
     cdef float* dinp
     output_deltas(net, dact_at(net, p.dact_out) + r0 * OC, act_at(net, p.act_out) + r0 * OC,
                   target + r0 * OC, nr, n)
-    for l in range(L - 1, 0, -1):
+    for l in range(L - 1, -1, -1):
         p = &net.plan[l]
-        if p.dact_in < 0:
+        if p.kind == KIND_BATCHNORM:
+            batchnorm_sums_team(net, p, n)
+        if l == 0 or p.dact_in < 0:
             break
         dinp = dact_at(net, p.dact_in) + r0 * p.n_in
-        layer_input_grad(net, l, dinp, dact_at(net, p.dact_out) + r0 * p.n_out, r0, nr, ws)
+        layer_input_grad(net, s, l, dinp, dact_at(net, p.dact_out) + r0 * p.n_out, r0, nr, n,
+                         ws)
         q = &net.plan[l - 1]
         activation_backward(<int>q.act, dinp, act_at(net, q.act_out) + r0 * q.n_out,
                             nr * q.out_h * q.out_w, q.out_c)
 
 
-cdef void layer_input_grad(const Net* net, Py_ssize_t l, float* dinp, const float* dout,
-                           Py_ssize_t r0, Py_ssize_t n, float* ws) noexcept nogil:
-    """d(loss)/d(layer l's input) from d(loss)/d(its pre-activation output), n samples. ws:
-    the calling thread's workspace, with the kernels transposed (transpose_kernels), except
-    in dense-only nets, whose input gradients are dot products with the kernel's rows."""
+cdef void batchnorm_sums_team(const Net* net, const LayerPlan* p, Py_ssize_t n) noexcept nogil:
+    """BatchNormalization's gradient sums over the whole batch of n: dgamma and dbeta, in
+    the gradient block, each thread of a team a block of channels once every row's delta is
+    there; then (if its input gradient follows) a barrier, as that needs all of them."""
+    cdef Py_ssize_t C = p.out_c, c0, c1
+    cdef float* g = net.grads + p.param
+    block_of(C, mn_team_rank(), mn_team_size(), &c0, &c1)
+    mn_team_barrier()  # every row's delta is there
+    batchnorm_backward_sums(g, g + C, dact_at(net, p.dact_out), act_at(net, p.scratch), c0, c1,
+                            n * p.out_h * p.out_w, C)
+    if p.dact_in >= 0:
+        mn_team_barrier()  # every channel's sums are there
+
+
+cdef void layer_input_grad(const Net* net, const Step* s, Py_ssize_t l, float* dinp,
+                           const float* dout, Py_ssize_t r0, Py_ssize_t n, Py_ssize_t batch,
+                           float* ws) noexcept nogil:
+    """d(loss)/d(layer l's input) from d(loss)/d(its pre-activation output), n samples (rows
+    r0.. of a batch of `batch`). ws: the calling thread's workspace, with the kernels
+    transposed (transpose_kernels), except in dense-only nets, whose input gradients are dot
+    products with the kernel's rows."""
     cdef const LayerPlan* p = &net.plan[l]
     cdef const float* scratch = act_at(net, p.scratch) + r0 * p.n_scratch
-    cdef Window g
+    cdef const float* w = net.params + p.param
+    cdef const float* g = net.grads + p.param
+    cdef Window win
+    if n == 0:
+        return
     if p.kind == KIND_DENSE:
         if p.wt >= 0:
             mn_sgemm_nn(dinp, dout, ws + p.wt, NULL, n, p.n_out, p.n_in)
         else:
-            mn_sgemm_nt(dinp, dout, net.params + p.param, n, p.n_out, p.n_in)
+            mn_sgemm_nt(dinp, dout, w, n, p.n_out, p.n_in)
     elif p.kind == KIND_CONV2D:
-        window_of(&g, p)
-        conv2d_input_grad(dinp, ws, dout, ws + p.wt, &g, n, p.out_c)
+        window_of(&win, p)
+        conv2d_input_grad(dinp, ws, dout, ws + p.wt, &win, n, p.out_c)
     elif p.kind == KIND_MAXPOOL2D:
-        window_of(&g, p)
-        maxpool2d_backward(dinp, dout, <const int*>scratch, &g, n)
-    elif p.kind == KIND_DROPOUT:
-        if p.rate > 0:
-            dropout_backward(dinp, dout, scratch, n * p.n_out)
-        elif dinp != dout:
-            memcpy(dinp, dout, n * p.n_out * sizeof(float))
+        window_of(&win, p)
+        maxpool2d_backward(dinp, dout, <const int*>scratch, &win, n)
+    elif p.kind == KIND_DROPOUT and p.rate > 0:
+        dropout_backward(dinp, dout, scratch, n * p.n_out)
+    elif p.kind == KIND_TRANSLATE:
+        translate_rows(p, dinp, dout, dropout_key(s.seed, s.epoch, s.index, l), r0, n, True)
+    elif p.kind == KIND_BATCHNORM:
+        batchnorm_input_grad(dinp, dout, scratch, w, batch_stats(net, p) + 2 * p.out_c, g,
+                             g + p.out_c, n * p.out_h * p.out_w, batch * p.out_h * p.out_w,
+                             p.out_c)
+    elif p.kind != KIND_FLATTEN and dinp != dout:  # Activation, dropout at rate 0
+        memcpy(dinp, dout, n * p.n_out * sizeof(float))
     # Flatten: its gradient region is its input's.
 
 
@@ -260,6 +344,16 @@ cdef double forward_backward_rows(const Net* net, const Step* s, Py_ssize_t r0,
     cdef const float* targets = net_acts(net, L + 1)
     cdef double total = 0
     transpose_kernels(net, ws)
+    if net.batch_statistics:
+        # BatchNormalization reduces over the whole batch: the rows in one block, and every
+        # barrier of the forward and backward passed even with no rows or a non-finite loss
+        # (the step then stops before its update, all threads together).
+        m = r1 - r0
+        forward_rows(net, s, 0, net.a + r0 * n_in, probs + r0 * OC, r0, m)
+        if m > 0:
+            total = loss_forward(net.loss, probs + r0 * OC, targets + r0 * OC, m, OC) * m
+        deltas_rows(net, s, targets, r0, r1, n, ws)
+        return total
     c = r0
     while c < r1:
         m = min(chunk, r1 - c)
@@ -267,7 +361,7 @@ cdef double forward_backward_rows(const Net* net, const Step* s, Py_ssize_t r0,
         total += loss_forward(net.loss, probs + c * OC, targets + c * OC, m, OC) * m
         if not isfinite(total):
             return total
-        deltas_rows(net, targets, c, c + m, n, ws)
+        deltas_rows(net, s, targets, c, c + m, n, ws)
         c += m
     return total
 
@@ -313,15 +407,62 @@ cdef bint weight_grads_update_rows(const Net* net, const Step* s, Py_ssize_t l, 
         # multiply-adds over the batch rows, so the same bits as the row-major one.
         finite = mn_sgemm_sgd(net.g0t + c0, K, dz, 1, OC, inp + c0, K, net.w0t + c0, K,
                               s.learning_rate, OC, M, c1 - c0)
-    elif net.opt.code == OPT_SGD and OC >= FUSED_SGD_MIN_WIDTH:
+    elif net.opt.code == OPT_SGD and OC >= FUSED_SGD_MIN_WIDTH and p.l2 == 0:
         finite = mn_sgemm_sgd(gw + c0 * OC, OC, inp + c0, 1, K, dz, OC, w + c0 * OC, OC,
                               s.learning_rate, c1 - c0, M, OC)
     else:
         mn_sgemm_strided(gw + c0 * OC, OC, inp + c0, 1, K, dz, OC, NULL, c1 - c0, M, OC)
+        if p.l2 > 0:
+            add_l2_gradient(gw + c0 * OC, w + c0 * OC, <float>(2 * p.l2), (c1 - c0) * OC)
         finite = update_block(net, s, p.param + c0 * OC, (c1 - c0) * OC)
     if b1 > b0:
         mn_column_sums_block(gw + K * OC, dz, b0, b1, M, OC)
         finite &= update_block(net, s, p.param + K * OC + b0, b1 - b0)
+    return finite
+
+
+cdef inline void add_l2_gradient(float* g, const float* w, float factor,
+                                 Py_ssize_t n) noexcept nogil:
+    # g += (2 l2) w: the gradient of l2 * sum(w^2), from the weights before the update.
+    cdef Py_ssize_t i
+    for i in range(n):
+        g[i] = g[i] + factor * w[i]
+
+
+cdef double l2_penalty(const Net* net) noexcept nogil:
+    # sum over the L2-regularised kernels of l2 * sum(w^2), in double (reference.l2_penalty).
+    cdef Py_ssize_t l, i
+    cdef const LayerPlan* p
+    cdef const float* w
+    cdef double total = 0, squares
+    for l in range(net.n_layers):
+        p = &net.plan[l]
+        if p.l2 > 0:
+            w = net.params + p.param
+            squares = 0
+            for i in range(p.fan_in * p.out_c):
+                squares += <double>w[i] * <double>w[i]
+            total += p.l2 * squares
+    return total
+
+
+cdef bint batchnorm_update(const Net* net, const Step* s, const LayerPlan* p, Py_ssize_t c0,
+                           Py_ssize_t c1) noexcept nogil:
+    """Channels c0..c1 of a BatchNormalization layer: the optimizer on gamma and beta (their
+    gradient sums are already there), then the moving averages from the batch's statistics,
+    moving = moving * momentum + batch * (1 - momentum). Their gradient is 0."""
+    cdef Py_ssize_t C = p.out_c, c
+    cdef float* w = net.params + p.param
+    cdef float* g = net.grads + p.param
+    cdef const float* st = batch_stats(net, p)
+    cdef float momentum = <float>p.momentum, rest = 1 - momentum
+    cdef bint finite = (update_block(net, s, p.param + c0, c1 - c0)
+                        & update_block(net, s, p.param + C + c0, c1 - c0))
+    for c in range(c0, c1):
+        w[2 * C + c] = w[2 * C + c] * momentum + st[c] * rest
+        w[3 * C + c] = w[3 * C + c] * momentum + st[C + c] * rest
+        g[2 * C + c] = 0
+        g[3 * C + c] = 0
     return finite
 
 
@@ -338,6 +479,10 @@ cdef bint row_blocks_update(const Net* net, const Step* s, Py_ssize_t first, int
         if net.plan[l].param < 0:
             continue
         OC = net.plan[l].out_c
+        if net.plan[l].kind == KIND_BATCHNORM:
+            block_of(OC, rank, size, &b0, &b1)
+            finite &= batchnorm_update(net, s, &net.plan[l], b0, b1)
+            continue
         if l == 0 and net.w0t != NULL:
             column_block(width(net, 0), rank, size, &c0, &c1)  # columns of w0t's rows
         else:
@@ -364,7 +509,7 @@ cdef Py_ssize_t NARROW_WIDTH = 32
 cdef inline bint dense_fast_paths(const Net* net) noexcept nogil:
     # The dense nets' special layouts and teams (transposed first layer, column and input
     # teams) fuse plain SGD into their own loops.
-    return net.dense_only and net.opt.code == OPT_SGD
+    return net.dense_only and net.opt.code == OPT_SGD and not net.has_l2
 
 
 cdef inline bint trains_transposed(const Net* net) noexcept nogil:
@@ -401,7 +546,9 @@ cdef double train_step(const Net* net, Py_ssize_t n, const Step* step) noexcept 
     update would make some weight NaN or Inf, those weights keep their values and the step
     returns Inf. The gradient is left in net.grads."""
     cdef Net t = for_training(net)
-    cdef double loss = net_step(&t, step, n)
+    cdef Step s = step[0]
+    s.batch = n  # whatever the caller's Step says
+    cdef double loss = net_step(&t, &s, n)
     end_training(&t)
     return loss
 
@@ -409,6 +556,8 @@ cdef double train_step(const Net* net, Py_ssize_t n, const Step* step) noexcept 
 cdef double net_step(const Net* net, const Step* s, Py_ssize_t n) noexcept nogil:
     # train_step on a net already set up by for_training, on the calling thread.
     cdef double total = forward_backward_rows(net, s, 0, n, n, thread_workspace(net, 0))
+    if net.has_l2:
+        total += l2_penalty(net) * n  # Keras reports the penalty in the loss
     if not isfinite(total):
         return total
     # Every delta first (they need the weights as they were), then each layer's gradient,

@@ -1,7 +1,8 @@
-# Optimizer updates (included by _kernels.pyx; declared in _kernels.pxd). Keras 3's rules,
-# stated in mnistnet/reference.py with their NumPy twins. Elementwise, so any split of a block
-# across threads gives the same bits. Every one keeps an element whose new weight would be NaN
-# or Inf at its old value and returns False (the epoch then stops).
+# Optimizer updates: SGD, momentum, Adam, AdamW and RMSprop (included by _kernels.pyx; declared
+# in _kernels.pxd). Keras 3's rules, stated in mnistnet/reference.py with their NumPy twins.
+# Elementwise, so any split of a block across threads gives the same bits. Every one keeps an
+# element whose new weight would be NaN or Inf at its old value and returns False (the epoch
+# then stops).
 
 cdef inline bint keep_finite(float* w, float new) noexcept nogil:
     # w = new if new is finite; whether it was. (v - v is 0 for finite v, NaN otherwise.)
@@ -62,17 +63,74 @@ cdef bint adam_update(float* params, const float* grads, float* m, float* v,
                      <float>beta_1, <float>beta_2, epsilon, N)
 
 
+cdef bint adamw_update(float* params, const float* grads, float* m, float* v,
+                       float learning_rate, double beta_1, double beta_2, float epsilon,
+                       long long step, float weight_decay, Py_ssize_t N) noexcept nogil:
+    # Decoupled weight decay first (w -= (w * weight_decay) * lr), then Adam's step.
+    cdef Py_ssize_t i
+    cdef bint finite = True
+    for i in range(N):
+        finite &= keep_finite(&params[i], params[i] - (params[i] * weight_decay) * learning_rate)
+    return finite & adam_update(params, grads, m, v, learning_rate, beta_1, beta_2, epsilon,
+                                step, N)
+
+
+cdef bint rmsprop_update(float* params, const float* grads, float* velocity, float* average,
+                         float* moment, float learning_rate, float rho, float momentum,
+                         float epsilon, Py_ssize_t N) noexcept nogil:
+    # velocity = rho v + (1 - rho) g^2; step = lr g / sqrt(velocity [- average^2] + eps),
+    # average (centered) = rho a + (1 - rho) g; with momentum, moment = momentum m + step and
+    # the weight moves by moment.
+    cdef Py_ssize_t i
+    cdef bint finite = True
+    cdef float one = 1, g, den, step
+    cdef float rest = one - rho
+    for i in range(N):
+        g = grads[i]
+        velocity[i] = rho * velocity[i] + rest * (g * g)
+        if average != NULL:
+            average[i] = rho * average[i] + rest * g
+            den = velocity[i] - average[i] * average[i] + epsilon
+        else:
+            den = velocity[i] + epsilon
+        step = (learning_rate * g) / sqrtf(den)
+        if moment != NULL:
+            moment[i] = momentum * moment[i] + step
+            step = moment[i]
+        finite &= keep_finite(&params[i], params[i] - step)
+    return finite
+
+
+cdef inline float* slot(const Net* net, Py_ssize_t i, Py_ssize_t offset) noexcept nogil:
+    # Element `offset` of the optimizer's state block i.
+    return net.state + i * net.n_params + offset
+
+
 cdef bint update_block(const Net* net, const Step* s, Py_ssize_t offset,
                        Py_ssize_t n) noexcept nogil:
     """The net's optimizer on params[offset: offset + n] from the same elements of grads
-    and of each slot of optimizer state."""
+    and of each slot of optimizer state (RMSprop's: the average of squares, then the momentum
+    if any, then the centered average if centered; reference.apply_update)."""
     cdef const OptimizerSettings* o = &net.opt
     cdef float* w = net.params + offset
     cdef const float* g = net.grads + offset
+    cdef float* moment = NULL
+    cdef float* average = NULL
     if o.code == OPT_SGD:
         return sgd_update(w, g, s.learning_rate, n)
     if o.code == OPT_MOMENTUM:
-        return momentum_update(w, g, net.state + offset, s.learning_rate, <float>o.momentum,
+        return momentum_update(w, g, slot(net, 0, offset), s.learning_rate, <float>o.momentum,
                                o.nesterov, n)
-    return adam_update(w, g, net.state + offset, net.state + net.n_params + offset,
-                       s.learning_rate, o.beta_1, o.beta_2, <float>o.epsilon, s.t, n)
+    if o.code == OPT_RMSPROP:
+        if o.momentum > 0:
+            moment = slot(net, 1, offset)
+        if o.centered:
+            average = slot(net, 2 if o.momentum > 0 else 1, offset)
+        return rmsprop_update(w, g, slot(net, 0, offset), average, moment, s.learning_rate,
+                              <float>o.rho, <float>o.momentum, <float>o.epsilon, n)
+    if o.code == OPT_ADAMW:
+        return adamw_update(w, g, slot(net, 0, offset), slot(net, 1, offset), s.learning_rate,
+                            o.beta_1, o.beta_2, <float>o.epsilon, s.t, <float>o.weight_decay,
+                            n)
+    return adam_update(w, g, slot(net, 0, offset), slot(net, 1, offset), s.learning_rate,
+                       o.beta_1, o.beta_2, <float>o.epsilon, s.t, n)

@@ -322,6 +322,49 @@ def adam_update(params, grads, m, v, float learning_rate, double beta_1, double 
         k.adam_update(pp, pg, pm, pv, learning_rate, beta_1, beta_2, epsilon, step, N)
     return params
 
+def adamw_update(params, grads, m, v, float learning_rate, double beta_1, double beta_2,
+                 float epsilon, long long step, float weight_decay):
+    """Keras' AdamW, in place: params -= (params * weight_decay) * learning_rate, then Adam's
+    step. Returns params."""
+    _check(params, "params"); _check(grads, "grads"); _check(m, "m"); _check(v, "v")
+    _same(grads, "grads", params, "params"); _same(m, "m", params, "params")
+    _same(v, "v", params, "params")
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    cdef float* pp = _io(params)
+    cdef const float* pg = _in(grads)
+    cdef float* pm = _io(m)
+    cdef float* pv = _io(v)
+    cdef Py_ssize_t N = params.size
+    with nogil:
+        k.adamw_update(pp, pg, pm, pv, learning_rate, beta_1, beta_2, epsilon, step,
+                       weight_decay, N)
+    return params
+
+
+def rmsprop_update(params, grads, velocity, average, momentum_buf, float learning_rate,
+                   float rho, float momentum, float epsilon):
+    """Keras' RMSprop, in place; average (centered) and momentum_buf (momentum > 0) may be
+    None. Returns params."""
+    _check(params, "params"); _check(grads, "grads"); _check(velocity, "velocity")
+    _same(grads, "grads", params, "params"); _same(velocity, "velocity", params, "params")
+    cdef float* pa = NULL
+    cdef float* pm = NULL
+    if average is not None:
+        _check(average, "average"); _same(average, "average", params, "params")
+        pa = _io(average)
+    if momentum_buf is not None:
+        _check(momentum_buf, "momentum_buf"); _same(momentum_buf, "momentum_buf", params,
+                                                    "params")
+        pm = _io(momentum_buf)
+    cdef float* pp = _io(params)
+    cdef const float* pg = _in(grads)
+    cdef float* pv = _io(velocity)
+    cdef Py_ssize_t N = params.size
+    with nogil:
+        k.rmsprop_update(pp, pg, pv, pa, pm, learning_rate, rho, momentum, epsilon, N)
+    return params
+
 # ---- conv2d, maxpool2d, dropout ------------------------------------------------------------
 
 cdef tuple _two(object value, str name):
@@ -486,6 +529,150 @@ def dropout_backward(dinp, dout, mask):
         k.dropout_backward(pd, pg, pm, N)
     return dinp
 
+# ---- translate (RandomTranslation) and batchnorm ------------------------------------------
+
+def translate_shifts(unsigned long long key, Py_ssize_t n, Py_ssize_t shift_h0,
+                     Py_ssize_t shift_h1, Py_ssize_t shift_w0, Py_ssize_t shift_w1):
+    """(dy, dx): int64 (n,) shifts down and right of the n images of a batch, in
+    [shift_h0, shift_h1] and [shift_w0, shift_w1]."""
+    if n < 0 or shift_h1 < shift_h0 or shift_w1 < shift_w0:
+        raise ValueError(f"need n >= 0 and ordered shift ranges, got n={n}, "
+                         f"[{shift_h0}, {shift_h1}], [{shift_w0}, {shift_w1}]")
+    dy = np.empty(n, dtype=np.int64)
+    dx = np.empty(n, dtype=np.int64)
+    cdef long long[::1] vy = dy
+    cdef long long[::1] vx = dx
+    if n:
+        k.translate_shifts(&vy[0], &vx[0], key, 0, n, shift_h0, shift_h1, shift_w0, shift_w1)
+    return dy, dx
+
+
+cdef tuple _shifts(object dy, object dx, Py_ssize_t B):
+    dy = np.ascontiguousarray(dy, dtype=np.int64)
+    dx = np.ascontiguousarray(dx, dtype=np.int64)
+    if dy.shape != (B,) or dx.shape != (B,):
+        raise ValueError(f"dy and dx must have shape ({B},), got {dy.shape} and {dx.shape}")
+    return dy, dx
+
+
+def translate_forward(out, inp, dy, dx, float fill=0.0):
+    """out[b, h, w] = inp[b, h - dy[b], w - dx[b]], fill where that is outside the image.
+    out, inp (B, H, W, C); dy, dx (B,) integers. Returns out."""
+    _check(inp, "inp", 4)
+    cdef Py_ssize_t B = inp.shape[0], H = inp.shape[1], W = inp.shape[2], C = inp.shape[3]
+    dy, dx = _shifts(dy, dx, B)
+    out = _out(out, "out", inp.shape)
+    cdef const long long[::1] vy = dy
+    cdef const long long[::1] vx = dx
+    cdef float* po = _io(out)
+    cdef const float* pi = _in(inp)
+    with nogil:
+        k.translate_forward(po, pi, &vy[0], &vx[0], fill, B, H, W, C)
+    return out
+
+
+def translate_backward(dinp, dout, dy, dx):
+    """The adjoint of translate_forward: dinp[b, h, w] = dout[b, h + dy[b], w + dx[b]], 0
+    outside. Returns dinp."""
+    _check(dout, "dout", 4)
+    cdef Py_ssize_t B = dout.shape[0], H = dout.shape[1], W = dout.shape[2]
+    cdef Py_ssize_t C = dout.shape[3]
+    dy, dx = _shifts(dy, dx, B)
+    dinp = _out(dinp, "dinp", dout.shape)
+    cdef const long long[::1] vy = dy
+    cdef const long long[::1] vx = dx
+    cdef float* pd = _io(dinp)
+    cdef const float* pg = _in(dout)
+    with nogil:
+        k.translate_backward(pd, pg, &vy[0], &vx[0], B, H, W, C)
+    return dinp
+
+
+cdef tuple _channels(object inp, str name, tuple params):
+    """(M, C) of inp (..., C), after checking the per-channel arrays params: (name, array)."""
+    _check(inp, name)
+    if inp.ndim < 1:
+        raise ValueError(f"{name} must have a channel axis")
+    cdef Py_ssize_t C = inp.shape[inp.ndim - 1]
+    for pname, a in params:
+        _check(a, pname, 1)
+        if a.shape[0] != C:
+            raise ValueError(f"{pname} has shape {a.shape}, expected ({C},) for {name} "
+                             f"{inp.shape}")
+    return inp.size // C, C
+
+
+def batchnorm_forward(out, xhat, mean, var, invstd, inp, gamma, beta, double epsilon):
+    """Training: each channel (the last axis) normalised by the statistics of all of inp;
+    out = gamma * xhat + beta. out, xhat like inp; mean, var (biased) and invstd (C,) are
+    outputs too. Returns (out, xhat, mean, var, invstd)."""
+    M, C = _channels(inp, "inp", (("gamma", gamma), ("beta", beta)))
+    if not epsilon > 0:
+        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    out = _out(out, "out", inp.shape)
+    xhat = _out(xhat, "xhat", inp.shape)
+    mean = _out(mean, "mean", (C,))
+    var = _out(var, "var", (C,))
+    invstd = _out(invstd, "invstd", (C,))
+    cdef float* po = _io(out)
+    cdef float* ph = _io(xhat)
+    cdef float* pm = _io(mean)
+    cdef float* pv = _io(var)
+    cdef float* ps = _io(invstd)
+    cdef const float* pi = _in(inp)
+    cdef const float* pgm = _in(gamma)
+    cdef const float* pb = _in(beta)
+    cdef Py_ssize_t m = M, c = C
+    with nogil:
+        k.batchnorm_stats(pm, pv, ps, pi, epsilon, 0, c, m, c)
+        k.batchnorm_normalize(po, ph, pi, pgm, pb, pm, ps, m, c)
+    return out, xhat, mean, var, invstd
+
+
+def batchnorm_inference(out, inp, gamma, beta, moving_mean, moving_variance, double epsilon):
+    """Predict: out = gamma * ((inp - moving_mean) * invstd) + beta, invstd =
+    1 / sqrt(moving_variance + epsilon). Returns out."""
+    M, C = _channels(inp, "inp", (("gamma", gamma), ("beta", beta),
+                                  ("moving_mean", moving_mean),
+                                  ("moving_variance", moving_variance)))
+    if not epsilon > 0:
+        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    out = _out(out, "out", inp.shape)
+    cdef float* po = _io(out)
+    cdef const float* pi = _in(inp)
+    cdef const float* pgm = _in(gamma)
+    cdef const float* pb = _in(beta)
+    cdef const float* pmm = _in(moving_mean)
+    cdef const float* pmv = _in(moving_variance)
+    cdef Py_ssize_t m = M, c = C
+    with nogil:
+        k.batchnorm_inference(po, pi, pgm, pb, pmm, pmv, epsilon, m, c)
+    return out
+
+
+def batchnorm_backward(dinp, dgamma, dbeta, dout, xhat, gamma, invstd):
+    """dbeta = sum(dout), dgamma = sum(dout * xhat) per channel, dinp = (gamma * invstd / M)
+    * ((M * dout - dbeta) - xhat * dgamma), from batchnorm_forward's xhat and invstd.
+    Returns (dinp, dgamma, dbeta)."""
+    M, C = _channels(dout, "dout", (("gamma", gamma), ("invstd", invstd)))
+    _check(xhat, "xhat")
+    _same(xhat, "xhat", dout, "dout")
+    dinp = _out(dinp, "dinp", dout.shape)
+    dgamma = _out(dgamma, "dgamma", (C,))
+    dbeta = _out(dbeta, "dbeta", (C,))
+    cdef float* pd = _io(dinp)
+    cdef float* pdg = _io(dgamma)
+    cdef float* pdb = _io(dbeta)
+    cdef const float* pg = _in(dout)
+    cdef const float* ph = _in(xhat)
+    cdef const float* pgm = _in(gamma)
+    cdef const float* ps = _in(invstd)
+    cdef Py_ssize_t m = M, c = C
+    with nogil:
+        k.batchnorm_backward_sums(pdg, pdb, pg, ph, 0, c, m, c)
+        k.batchnorm_input_grad(pd, pg, ph, pgm, ps, pdg, pdb, m, m, c)
+    return dinp, dgamma, dbeta
+
 # ---- the network ---------------------------------------------------------------------------
 
 cdef Net _net(plan, params, grads, state, acts, dacts, int loss, Py_ssize_t rows,
@@ -519,6 +706,9 @@ cdef Net _net(plan, params, grads, state, acts, dacts, int loss, Py_ssize_t rows
     net.n_outputs = plan.n_outputs
     net.thread_ws = 0 if plan.dense_only else plan.thread_workspace_floats()
     net.dense_only = plan.dense_only
+    net.has_l2 = plan.has_l2
+    net.batch_statistics = plan.batch_statistics
+    net.shared = 0 if plan.dense_only else plan.shared_floats
     net.params = _io(params)
     net.a = _io(acts)
     net.rows = rows
@@ -537,7 +727,7 @@ cdef Net _net(plan, params, grads, state, acts, dacts, int loss, Py_ssize_t rows
     net.grads = _io(grads)
     net.d = _io(dacts)
     net.team_threads = plan.team_threads(rows, dacts.shape[0])
-    code, momentum, nesterov, beta_1, beta_2, epsilon = optimizer
+    code, momentum, nesterov, beta_1, beta_2, epsilon, rho, centered, decay = optimizer
     if code not in OPTIMIZERS.values():
         raise ValueError(f"unknown optimizer code {code}")
     net.opt.code = code
@@ -546,7 +736,10 @@ cdef Net _net(plan, params, grads, state, acts, dacts, int loss, Py_ssize_t rows
     net.opt.beta_1 = beta_1
     net.opt.beta_2 = beta_2
     net.opt.epsilon = epsilon
-    cdef Py_ssize_t n_state = optimizer_slots(code) * n_p
+    net.opt.rho = rho
+    net.opt.centered = centered
+    net.opt.weight_decay = decay
+    cdef Py_ssize_t n_state = optimizer_slots(optimizer) * n_p
     if n_state:
         _check(state, "state", 1)
         if state.shape[0] != n_state:
@@ -574,6 +767,7 @@ cdef void _set_step(Step* s, float learning_rate, long long iterations, key) exc
     s.seed = seed
     s.epoch = epoch
     s.index = step
+    s.batch = 0  # set by the kernel from its row count
 
 
 def train_step(plan, params, grads, state, acts, dacts, int loss, x, y, optimizer,

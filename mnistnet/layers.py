@@ -18,6 +18,7 @@ import numpy as np
 
 from mnistnet import reference
 from mnistnet.reference import window_geometry
+from mnistnet.regularizers import L2, regularizer_from_config, regularizer_to_config
 
 ACTIVATIONS = tuple(reference.ACTIVATIONS)
 PADDINGS = ("valid", "same")
@@ -54,6 +55,8 @@ class Layer:
 
     kind = ""  # the plan's name for the kind ("dense", "conv2d", ...)
     activation = "linear"
+    trainable_weights = 2  # how many of weight_shapes the optimizer updates
+    l2 = 0.0  # the kernel's L2 regularisation factor
 
     def output_shape(self, input_shape: Shape) -> Shape:
         raise NotImplementedError
@@ -79,7 +82,7 @@ class Layer:
         return type(self) is type(other) and self.get_config() == other.get_config()
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
+        return hash((type(self).__name__, repr(self.get_config())))
 
 
 def glorot_uniform(rng: np.random.Generator, shape: Shape, fan_in: int,
@@ -95,6 +98,7 @@ class Dense(Layer):
     Args:
         units: number of outputs.
         activation: "linear", "sigmoid", "relu" or "softmax".
+        kernel_regularizer: None, or mn.regularizers.L2(l2).
 
     Its input must be a row of features, (n,): after a Conv2D or MaxPool2D put a Flatten()
     first. The kernel has shape (inputs, units), as in Keras.
@@ -102,9 +106,11 @@ class Dense(Layer):
 
     kind = "dense"
 
-    def __init__(self, units: int, activation: str = "linear") -> None:
+    def __init__(self, units: int, activation: str = "linear",
+                 kernel_regularizer: L2 | None = None) -> None:
         self.units = _positive_int(units, "units")
         self.activation = _choice(activation, ACTIVATIONS, "activation")
+        self.kernel_regularizer = regularizer_from_config(kernel_regularizer)
 
     def output_shape(self, input_shape: Shape) -> Shape:
         if len(input_shape) != 1:
@@ -120,11 +126,20 @@ class Dense(Layer):
         return [glorot_uniform(rng, kernel, kernel[0], kernel[1]),
                 np.zeros(bias, dtype=np.float32)]
 
+    @property
+    def l2(self) -> float:
+        return self.kernel_regularizer.l2 if self.kernel_regularizer else 0.0
+
     def get_config(self) -> dict[str, Any]:
-        return {"units": self.units, "activation": self.activation}
+        config = {"units": self.units, "activation": self.activation}
+        if self.kernel_regularizer is not None:
+            config["kernel_regularizer"] = regularizer_to_config(self.kernel_regularizer)
+        return config
 
     def __repr__(self) -> str:
-        return f"Dense({self.units}, activation={self.activation!r})"
+        extra = (f", kernel_regularizer={self.kernel_regularizer!r}"
+                 if self.kernel_regularizer else "")
+        return f"Dense({self.units}, activation={self.activation!r}{extra})"
 
 
 class Conv2D(Layer):
@@ -137,6 +152,7 @@ class Conv2D(Layer):
         padding: "valid" (no padding; the kernel must fit in the input) or "same" (zeros
             around, ceil(size / stride) outputs per axis, as Keras pads).
         activation: "linear", "sigmoid", "relu" or "softmax" (over the channels).
+        kernel_regularizer: None, or mn.regularizers.L2(l2).
 
     The kernel has Keras' shape (kernel height, kernel width, input channels, filters), then
     the bias (filters,).
@@ -146,12 +162,17 @@ class Conv2D(Layer):
 
     def __init__(self, filters: int, kernel_size: int | Sequence[int],
                  strides: int | Sequence[int] = 1, padding: str = "valid",
-                 activation: str = "linear") -> None:
+                 activation: str = "linear", kernel_regularizer: L2 | None = None) -> None:
         self.filters = _positive_int(filters, "filters")
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.strides = _pair(strides, "strides")
         self.padding = _choice(padding, PADDINGS, "padding")
         self.activation = _choice(activation, ACTIVATIONS, "activation")
+        self.kernel_regularizer = regularizer_from_config(kernel_regularizer)
+
+    @property
+    def l2(self) -> float:
+        return self.kernel_regularizer.l2 if self.kernel_regularizer else 0.0
 
     def geometry(self, input_shape: Shape) -> tuple[int, int, int, int]:
         """(out height, out width, padding top, padding left) for an (h, w, c) input."""
@@ -181,9 +202,12 @@ class Conv2D(Layer):
                 np.zeros(bias, dtype=np.float32)]
 
     def get_config(self) -> dict[str, Any]:
-        return {"filters": self.filters, "kernel_size": list(self.kernel_size),
-                "strides": list(self.strides), "padding": self.padding,
-                "activation": self.activation}
+        config = {"filters": self.filters, "kernel_size": list(self.kernel_size),
+                  "strides": list(self.strides), "padding": self.padding,
+                  "activation": self.activation}
+        if self.kernel_regularizer is not None:
+            config["kernel_regularizer"] = regularizer_to_config(self.kernel_regularizer)
+        return config
 
 
 class MaxPool2D(Layer):
@@ -269,6 +293,137 @@ class Dropout(Layer):
         return f"Dropout({self.rate})"
 
 
+class Activation(Layer):
+    """An activation on its own (Keras' Activation layer): "linear", "sigmoid", "relu" or
+    "softmax" (over the last axis), e.g. after a BatchNormalization."""
+
+    kind = "activation"
+
+    def __init__(self, activation: str) -> None:
+        self.activation = _choice(activation, ACTIVATIONS, "activation")
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        return tuple(input_shape)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"activation": self.activation}
+
+    def __repr__(self) -> str:
+        return f"Activation({self.activation!r})"
+
+
+def _factor(value: Any, name: str) -> tuple[float, float]:
+    """A factor f (shifts in [-f, f]) or a pair (lower, upper) of fractions of the size."""
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (-value, value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float, np.floating))
+                             for v in pair):
+        raise TypeError(f"{name} must be a number or a pair of numbers, got {value!r}")
+    lower, upper = float(pair[0]), float(pair[1])
+    if not (-1 <= lower <= upper <= 1):
+        raise ValueError(f"{name} must give -1 <= lower <= upper <= 1, got {value!r}")
+    return lower, upper
+
+
+class RandomTranslation(Layer):
+    """Random shifts of each training image (Keras' RandomTranslation), off in predict and
+    evaluate.
+
+    Each image moves down by dy and right by dx whole pixels (negative: up, left), drawn
+    uniformly from the integers between round(lower * height) and round(upper * height)
+    (width likewise), where height_factor f means (lower, upper) = (-f, f); the pixels
+    uncovered are fill_value. Whole-pixel shifts with a constant fill, for speed: Keras'
+    defaults are a bilinear shift by fractions of a pixel with a reflected fill
+    (fill_mode="reflect"); only fill_mode="constant" and interpolation="nearest" are
+    offered here. The shifts come from a counter-based generator keyed by the model's seed,
+    the epoch, the step and the image, as Dropout's masks.
+
+    Args:
+        height_factor, width_factor: a fraction f in [0, 1], or a pair (lower, upper).
+        fill_mode: "constant" only.
+        interpolation: "nearest" only.
+        fill_value: the value of uncovered pixels (default 0).
+    """
+
+    kind = "translate"
+
+    def __init__(self, height_factor: float | Sequence[float], width_factor: float |
+                 Sequence[float], fill_mode: str = "constant", interpolation: str = "nearest",
+                 fill_value: float = 0.0) -> None:
+        self.height_factor = _factor(height_factor, "height_factor")
+        self.width_factor = _factor(width_factor, "width_factor")
+        if fill_mode != "constant" or interpolation != "nearest":
+            raise ValueError("RandomTranslation shifts by whole pixels with a constant fill: "
+                             "fill_mode='constant', interpolation='nearest' (got "
+                             f"fill_mode={fill_mode!r}, interpolation={interpolation!r})")
+        if isinstance(fill_value, bool) or not isinstance(fill_value,
+                                                          (int, float, np.floating)):
+            raise TypeError(f"fill_value must be a number, got {type(fill_value).__name__}")
+        if not np.isfinite(fill_value):
+            raise ValueError(f"fill_value must be finite, got {fill_value}")
+        self.fill_value = float(fill_value)
+
+    def shift_range(self, input_shape: Shape) -> tuple[int, int, int, int]:
+        """(lowest dy, highest dy, lowest dx, highest dx) in pixels for an (h, w, c) input."""
+        _check_image(self, input_shape)
+        h, w = input_shape[0], input_shape[1]
+        return (round(self.height_factor[0] * h), round(self.height_factor[1] * h),
+                round(self.width_factor[0] * w), round(self.width_factor[1] * w))
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        self.shift_range(input_shape)
+        return tuple(input_shape)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"height_factor": list(self.height_factor),
+                "width_factor": list(self.width_factor), "fill_mode": "constant",
+                "interpolation": "nearest", "fill_value": self.fill_value}
+
+
+class BatchNormalization(Layer):
+    """Batch normalisation over the last axis (Keras' BatchNormalization): in fit, each
+    channel is normalised by the batch's mean and (biased) variance, over every sample and
+    pixel, then scaled by gamma and shifted by beta; the moving averages are updated as
+    moving = moving * momentum + batch * (1 - momentum). In predict and evaluate the moving
+    averages normalise, so a sample's output never depends on the batch it comes in.
+
+    Args:
+        momentum: of the moving averages, in [0, 1) (Keras' 0.99).
+        epsilon: > 0, added to the variance (Keras' 1e-3).
+
+    Weights, in Keras' order: gamma (ones), beta (zeros), moving_mean (zeros),
+    moving_variance (ones), each (channels,); the optimizer trains gamma and beta.
+    """
+
+    kind = "batchnorm"
+
+    def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3) -> None:
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.floating)):
+            raise TypeError(f"momentum must be a number, got {type(momentum).__name__}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.floating)):
+            raise TypeError(f"epsilon must be a number, got {type(epsilon).__name__}")
+        if not (np.isfinite(epsilon) and epsilon > 0):
+            raise ValueError(f"epsilon must be a finite number > 0, got {epsilon}")
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        return tuple(input_shape)
+
+    def weight_shapes(self, input_shape: Shape) -> list[Shape]:
+        c = (int(input_shape[-1]),)
+        return [c, c, c, c]
+
+    def initial_weights(self, rng: np.random.Generator, input_shape: Shape) -> list[np.ndarray]:
+        c = int(input_shape[-1])
+        one, zero = np.ones(c, np.float32), np.zeros(c, np.float32)
+        return [one, zero, zero.copy(), one.copy()]
+
+    def get_config(self) -> dict[str, Any]:
+        return {"momentum": self.momentum, "epsilon": self.epsilon}
+
+
 def _check_image(layer: Layer, input_shape: Shape) -> None:
     if len(input_shape) != 3:
         raise ValueError(f"{layer!r} takes images (height, width, channels), got an input of "
@@ -276,7 +431,8 @@ def _check_image(layer: Layer, input_shape: Shape) -> None:
 
 
 LAYER_CLASSES: dict[str, type[Layer]] = {
-    cls.__name__: cls for cls in (Dense, Conv2D, MaxPool2D, Flatten, Dropout)}
+    cls.__name__: cls for cls in (Dense, Conv2D, MaxPool2D, Flatten, Dropout, Activation,
+                                  RandomTranslation, BatchNormalization)}
 
 
 def layer_to_config(layer: Layer) -> dict[str, Any]:

@@ -24,13 +24,17 @@ from typing import Any
 import numpy as np
 
 from mnistnet import fast, reference
+from mnistnet.callbacks import Callback, CallbackList
 from mnistnet.layers import (
+    Activation,
+    BatchNormalization,
     Conv2D,
     Dense,
     Dropout,
     Flatten,
     Layer,
     MaxPool2D,
+    RandomTranslation,
     Shape,
     _choice,
     _positive_int,
@@ -40,8 +44,8 @@ from mnistnet.layers import (
 from mnistnet.optimizers import SGD, Adam, Optimizer, optimizer_from_config, optimizer_to_config
 from mnistnet.plan import Plan
 
-__all__ = ["SGD", "Adam", "Conv2D", "Dense", "Dropout", "Flatten", "History", "MaxPool2D",
-           "Model", "preset"]
+__all__ = ["SGD", "Activation", "Adam", "BatchNormalization", "Conv2D", "Dense", "Dropout",
+           "Flatten", "History", "MaxPool2D", "Model", "RandomTranslation", "preset"]
 
 BACKENDS = {"fast": fast, "reference": reference}
 ACTIVATIONS = tuple(reference.ACTIVATIONS)
@@ -234,13 +238,38 @@ def _input_shape(layers: Sequence[Layer], input_dim: Any, input_shape: Any) -> S
     if input_dim is not None:
         return (_positive_int(input_dim, "input_dim"),)
     if input_shape is None:
-        return MNIST_IMAGE if isinstance(layers[0], (Conv2D, MaxPool2D)) else (784,)
+        images = (Conv2D, MaxPool2D, RandomTranslation)
+        return MNIST_IMAGE if isinstance(layers[0], images) else (784,)
     if isinstance(input_shape, (int, np.integer)) and not isinstance(input_shape, bool):
         input_shape = (input_shape,)
     if not isinstance(input_shape, (tuple, list)) or len(input_shape) not in (1, 3):
         raise ValueError(f"input_shape must be (features,) or (height, width, channels), got "
                          f"{input_shape!r}")
     return tuple(_positive_int(v, "input_shape") for v in input_shape)
+
+
+def _validation_split(value: Any, validation_data: Any) -> float:
+    """validation_split, checked: 0 (none) or in (0, 1), and not with validation_data."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"validation_split must be a number, got {type(value).__name__}")
+    if value == 0:
+        return 0.0
+    if not 0 < value < 1:
+        raise ValueError(f"validation_split must lie in (0, 1), got {value}")
+    if validation_data is not None:
+        raise ValueError("give validation_data or validation_split, not both")
+    return float(value)
+
+
+def _split_off(x: np.ndarray, targets: np.ndarray, split: float):
+    """(x, targets, (x_val, targets_val)): the last `split` of the rows held out, as Keras
+    (before any shuffling)."""
+    n = x.shape[0]
+    at = math.floor(n * (1.0 - split))
+    if at == 0 or at == n:
+        raise ValueError(f"x has {n} rows, too few to split into training and validation "
+                         f"rows with validation_split={split}")
+    return x[:at], targets[:at], (x[at:], targets[at:])
 
 
 class Model:
@@ -267,7 +296,7 @@ class Model:
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"layers[{i}] must be a layer (Dense, Conv2D, MaxPool2D, "
-                                f"Flatten, Dropout), got {type(layer).__name__}")
+                                f"Flatten, Dropout, ...), got {type(layer).__name__}")
         self.layers = list(layers)
         self.input_shape = _input_shape(self.layers, input_dim, input_shape)
         self.loss = _choice(loss, LOSSES, "loss")
@@ -277,7 +306,8 @@ class Model:
         if optimizer is None:
             optimizer = SGD()
         if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer must be an SGD or Adam, got {type(optimizer).__name__}")
+            raise TypeError(f"optimizer must be an SGD, Adam, AdamW or RMSprop, got "
+                            f"{type(optimizer).__name__}")
         self.optimizer = optimizer
         self.seed = _positive_int(seed, "seed", minimum=0)
         self.backend = backend
@@ -290,6 +320,7 @@ class Model:
         self._views = self.plan.weight_views(self.params)
         self._epochs_done = 0
         self.history: History | None = None  # the running or last fit's History
+        self.stop_training = False  # a callback sets it to end fit after this epoch
         self._training = threading.Lock()
         self._initialise()
 
@@ -426,7 +457,8 @@ class Model:
     # -- training --------------------------------------------------------------------------
     def fit(self, x: np.ndarray, y: np.ndarray, epochs: int = 1, batch_size: int = 32,
             validation_data: tuple[np.ndarray, np.ndarray] | None = None, verbose: int = 1,
-            shuffle: bool = True) -> History:
+            shuffle: bool = True, callbacks: Sequence[Callback] | None = None,
+            validation_split: float = 0.0) -> History:
         """Train for `epochs` epochs of minibatch gradient descent; returns a History.
 
         x: float samples of input_shape (or flattened); float64 is converted to float32 once.
@@ -438,23 +470,38 @@ class Model:
         RuntimeWarning, before that batch's update. NaN or Inf in x is a ValueError, and the
         model is left as it was: the epoch checks each batch's rows as it reads them (one
         pass over x fewer than a check up front).
+
+        validation_split: in (0, 1), Keras' meaning: the last fraction of the rows of x and
+        y, taken before shuffling, is held out and scored after each epoch as val_loss and
+        val_accuracy (not with validation_data). callbacks: mnistnet.callbacks.Callback
+        objects, run between epochs (the epoch itself stays one native call); one may stop
+        training with `model.stop_training = True`. An exception raised by a callback
+        reaches the caller, the model holding the last completed epoch.
         """
         epochs = _positive_int(epochs, "epochs", minimum=0)
         batch_size = _positive_int(batch_size, "batch_size")
         if verbose not in (0, 1, 2):
             raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+        split = _validation_split(validation_split, validation_data)
         # Unless no epoch will read them, the epoch checks x's rows (see _fit).
         x = as_features(x, self.input_shape, check_finite=epochs == 0)
         targets = as_targets(y, x.shape[0], self.n_outputs)
         if x.shape[0] == 0:
             raise ValueError("x has no rows")
+        if split:
+            x, targets, validation_data = _split_off(x, targets, split)
         val = self._validation_arrays(validation_data)
+        batch_size = min(batch_size, x.shape[0])
+        metrics = ["loss", "accuracy"] + (["val_loss", "val_accuracy"] if val else [])
+        hooks = CallbackList(callbacks, self, {
+            "epochs": epochs, "steps": -(-x.shape[0] // batch_size), "verbose": verbose,
+            "metrics": metrics})
         if not self._training.acquire(blocking=False):
             raise RuntimeError("this model is already training (fit is running in another "
                                "thread); wait for it or train a copy")
         try:
-            return self._fit(x, targets, epochs, min(batch_size, x.shape[0]), val,
-                             _ProgressLog(verbose), shuffle)
+            return self._fit(x, targets, epochs, batch_size, val, _ProgressLog(verbose),
+                             shuffle, hooks)
         finally:
             self._training.release()
 
@@ -480,13 +527,13 @@ class Model:
         """train_epoch's arguments for the batches of `order`, the first being step
         first_step of the epoch."""
         steps = -(-len(order) // batch_size)
-        rates = np.full(steps, self.optimizer.learning_rate, dtype=np.float32)
+        rates = self.optimizer.rates(self.optimizer.iterations, steps)
         return (self.plan, self.params, self.grads, self.optimizer_state, acts, dacts,
                 self._loss_code, x, targets, order, batch_size,
                 self.optimizer.kernel_settings(), rates, self.optimizer.iterations,
                 (self.seed, self._epochs_done, first_step))
 
-    def _fit(self, x, targets, epochs, batch_size, val, log, shuffle) -> History:
+    def _fit(self, x, targets, epochs, batch_size, val, log, shuffle, hooks) -> History:
         # What a ValueError for NaN/Inf in x puts back.
         before = (self._training_state(), self.grads.copy(), self.history)
         # Kept on the model as it grows, so after Ctrl-C `model.history` holds the
@@ -495,7 +542,12 @@ class Model:
         acts, dacts = self._training_buffers(batch_size)
         n = x.shape[0]
         steps = -(-n // batch_size)
+        self.stop_training = False
+        hooks.on_train_begin()
         for epoch in range(epochs):
+            if self.stop_training:
+                break
+            hooks.on_epoch_begin(self._epochs_done)
             log.epoch_start(epoch + 1, epochs)
             order = (shuffle_order(self.seed, self._epochs_done, n) if shuffle
                      else np.arange(n, dtype=np.int64))
@@ -536,8 +588,10 @@ class Model:
                 scores = self._evaluate_arrays(*val)
                 logs["val_loss"] = scores["loss"]
                 logs["val_accuracy"] = scores["accuracy"]
-            history.append(epoch, logs)
             log.epoch_end(steps, time.perf_counter() - start, logs)
+            hooks.on_epoch_end(self._epochs_done - 1, logs)
+            history.append(epoch, logs)
+        hooks.on_train_end()
         return history
 
     @staticmethod
@@ -575,6 +629,7 @@ class Model:
         k = self._kernels
         loss = (k.crossentropy_forward(pred, targets) if self.loss == "categorical_crossentropy"
                 else k.mse_forward(pred, targets))
+        loss += reference.l2_penalty(self.plan, self.params)  # Keras reports it in the loss
         return {"loss": float(loss), "accuracy": k.count_correct(pred, targets) / x.shape[0]}
 
     # -- files -----------------------------------------------------------------------------

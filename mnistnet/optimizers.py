@@ -1,10 +1,12 @@
-"""Optimizers: SGD (with optional momentum) and Adam, Keras 3's update rules and defaults.
+"""Optimizers: SGD (with optional momentum), Adam, AdamW and RMSprop, Keras 3's update rules
+and defaults.
 
-An optimizer here holds its hyperparameters and its step count (`iterations`, as in Keras);
-its per-weight state (momentum's velocity, Adam's two moments) lives in the model, in blocks
-with the parameters' layout (see mnistnet.plan), so the kernels update an element and its
-state at the same offset. The update rules are stated in mnistnet.reference, whose functions
-are the NumPy twins of the compiled updates.
+An optimizer here holds its hyperparameters, its learning rate (a number or a schedule from
+mnistnet.schedules) and its step count (`iterations`, as in Keras); its per-weight state
+(momentum's velocity, Adam's two moments, RMSprop's average of squares) lives in the model, in
+blocks with the parameters' layout (see mnistnet.plan), so the kernels update an element and
+its state at the same offset. The update rules are stated in mnistnet.reference, whose
+functions are the NumPy twins of the compiled updates.
 """
 
 from __future__ import annotations
@@ -15,9 +17,16 @@ from typing import Any
 import numpy as np
 
 from mnistnet import reference
+from mnistnet.schedules import LearningRateSchedule, schedule_from_config, schedule_to_config
+
+# (code, momentum, nesterov, beta_1, beta_2, epsilon, rho, centered, weight_decay): what the
+# kernels take (reference.apply_update and the compiled update_block read it).
+KernelSettings = tuple[int, float, bool, float, float, float, float, bool, float]
 
 
-def _learning_rate(value: Any) -> float:
+def _learning_rate(value: Any) -> float | LearningRateSchedule:
+    if isinstance(value, LearningRateSchedule):
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
         raise TypeError(f"learning_rate must be a number, got {type(value).__name__}")
     if not math.isfinite(value) or value <= 0:
@@ -37,23 +46,47 @@ def _unit_interval(value: Any, name: str) -> float:
     return float(value)
 
 
+def _epsilon(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+        raise TypeError(f"epsilon must be a number, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"epsilon must be a finite number > 0, got {value}")
+    return float(value)
+
+
 class Optimizer:
-    """What the model asks of an optimizer: its state's size, its kernel settings and its
-    config."""
+    """What the model asks of an optimizer: its state's size, its kernel settings, the
+    learning rate of each step, and its config."""
 
     #: blocks of per-weight state, each with the parameters' layout
     slots = 0
 
-    def __init__(self, learning_rate: float) -> None:
+    def __init__(self, learning_rate: float | LearningRateSchedule) -> None:
         self.learning_rate = _learning_rate(learning_rate)
         self.iterations = 0  # optimizer steps taken (Adam's bias correction counts them)
 
-    def kernel_settings(self) -> tuple[int, float, bool, float, float, float]:
-        """(code, momentum, nesterov, beta_1, beta_2, epsilon) for the kernels."""
+    def rates(self, first_step: int, steps: int) -> np.ndarray:
+        """float32 learning rates of steps first_step .. first_step + steps - 1."""
+        if isinstance(self.learning_rate, LearningRateSchedule):
+            return self.learning_rate.rates(first_step, steps)
+        return np.full(steps, self.learning_rate, dtype=np.float32)
+
+    def current_learning_rate(self) -> float:
+        """The rate of the next step."""
+        return float(self.rates(self.iterations, 1)[0])
+
+    def kernel_settings(self) -> KernelSettings:
+        """(code, momentum, nesterov, beta_1, beta_2, epsilon, rho, centered, weight_decay)
+        for the kernels."""
         raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    def _rate_config(self) -> Any:
+        if isinstance(self.learning_rate, LearningRateSchedule):
+            return schedule_to_config(self.learning_rate)
+        return self.learning_rate
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -69,13 +102,13 @@ class SGD(Optimizer):
                         (nesterov: w = w + momentum * velocity - learning_rate * g)
 
     Args:
-        learning_rate: step size (Keras' default 0.01).
+        learning_rate: step size (Keras' default 0.01), or a schedule (mnistnet.schedules).
         momentum: in [0, 1) (default 0: plain SGD, no state).
         nesterov: Nesterov momentum (only with momentum > 0).
     """
 
-    def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0,
-                 nesterov: bool = False) -> None:
+    def __init__(self, learning_rate: float | LearningRateSchedule = 0.01,
+                 momentum: float = 0.0, nesterov: bool = False) -> None:
         super().__init__(learning_rate)
         self.momentum = _unit_interval(momentum, "momentum")
         if not isinstance(nesterov, (bool, np.bool_)):
@@ -83,12 +116,12 @@ class SGD(Optimizer):
         self.nesterov = bool(nesterov)
         self.slots = 1 if self.momentum > 0 else 0
 
-    def kernel_settings(self) -> tuple[int, float, bool, float, float, float]:
+    def kernel_settings(self) -> KernelSettings:
         code = reference.OPTIMIZERS["momentum" if self.momentum > 0 else "sgd"]
-        return (code, self.momentum, self.nesterov, 0.0, 0.0, 0.0)
+        return (code, self.momentum, self.nesterov, 0.0, 0.0, 0.0, 0.0, False, 0.0)
 
     def get_config(self) -> dict[str, Any]:
-        config: dict[str, Any] = {"learning_rate": self.learning_rate}
+        config: dict[str, Any] = {"learning_rate": self._rate_config()}
         if self.momentum > 0 or self.nesterov:
             config.update(momentum=self.momentum, nesterov=self.nesterov)
         return config
@@ -103,34 +136,98 @@ class Adam(Optimizer):
         w = w - (m * alpha) / (sqrt(v) + epsilon)
 
     Args:
-        learning_rate: step size (default 0.001).
+        learning_rate: step size (default 0.001), or a schedule (mnistnet.schedules).
         beta_1, beta_2: decay rates of the moment estimates, in [0, 1) (0.9, 0.999).
         epsilon: > 0, added to sqrt(v) (Keras' default 1e-7).
     """
 
     slots = 2
 
-    def __init__(self, learning_rate: float = 0.001, beta_1: float = 0.9,
-                 beta_2: float = 0.999, epsilon: float = 1e-7) -> None:
+    def __init__(self, learning_rate: float | LearningRateSchedule = 0.001,
+                 beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7) -> None:
         super().__init__(learning_rate)
         self.beta_1 = _unit_interval(beta_1, "beta_1")
         self.beta_2 = _unit_interval(beta_2, "beta_2")
-        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.floating)):
-            raise TypeError(f"epsilon must be a number, got {type(epsilon).__name__}")
-        if not (math.isfinite(epsilon) and epsilon > 0):
-            raise ValueError(f"epsilon must be a finite number > 0, got {epsilon}")
-        self.epsilon = float(epsilon)
+        self.epsilon = _epsilon(epsilon)
 
-    def kernel_settings(self) -> tuple[int, float, bool, float, float, float]:
+    def kernel_settings(self) -> KernelSettings:
         return (reference.OPTIMIZERS["adam"], 0.0, False, self.beta_1, self.beta_2,
-                self.epsilon)
+                self.epsilon, 0.0, False, 0.0)
 
     def get_config(self) -> dict[str, Any]:
-        return {"learning_rate": self.learning_rate, "beta_1": self.beta_1,
+        return {"learning_rate": self._rate_config(), "beta_1": self.beta_1,
                 "beta_2": self.beta_2, "epsilon": self.epsilon}
 
 
-OPTIMIZER_CLASSES: dict[str, type[Optimizer]] = {"SGD": SGD, "Adam": Adam}
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Keras 3's AdamW): before each Adam step, every
+    weight (biases too, as in Keras) shrinks by w = w - w * weight_decay * learning_rate.
+
+    Args:
+        learning_rate: step size (default 0.001), or a schedule.
+        weight_decay: >= 0 (Keras' default 0.004).
+        beta_1, beta_2, epsilon: as Adam's.
+    """
+
+    def __init__(self, learning_rate: float | LearningRateSchedule = 0.001,
+                 weight_decay: float = 0.004, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-7) -> None:
+        super().__init__(learning_rate, beta_1, beta_2, epsilon)
+        if isinstance(weight_decay, bool) or not isinstance(weight_decay,
+                                                            (int, float, np.floating)):
+            raise TypeError(f"weight_decay must be a number, got {type(weight_decay).__name__}")
+        if not (math.isfinite(weight_decay) and weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
+        self.weight_decay = float(weight_decay)
+
+    def kernel_settings(self) -> KernelSettings:
+        return (reference.OPTIMIZERS["adamw"], 0.0, False, self.beta_1, self.beta_2,
+                self.epsilon, 0.0, False, self.weight_decay)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "weight_decay": self.weight_decay}
+
+
+class RMSprop(Optimizer):
+    """RMSprop (Keras 3's update rule and defaults):
+
+        velocity = rho * velocity + (1 - rho) * g^2
+        denominator = velocity + epsilon                  (centered: minus average_grad^2,
+        average_grad = rho * average_grad + (1 - rho) * g  kept alongside)
+        increment = learning_rate * g / sqrt(denominator)
+        w = w - increment     (momentum > 0: m = momentum * m + increment; w = w - m)
+
+    Args:
+        learning_rate: step size (default 0.001), or a schedule.
+        rho: decay of the average of squares, in [0, 1) (0.9).
+        momentum: in [0, 1) (0).
+        epsilon: > 0 (1e-7).
+        centered: normalise by the variance rather than the second moment.
+    """
+
+    def __init__(self, learning_rate: float | LearningRateSchedule = 0.001, rho: float = 0.9,
+                 momentum: float = 0.0, epsilon: float = 1e-7, centered: bool = False) -> None:
+        super().__init__(learning_rate)
+        self.rho = _unit_interval(rho, "rho")
+        self.momentum = _unit_interval(momentum, "momentum")
+        self.epsilon = _epsilon(epsilon)
+        if not isinstance(centered, (bool, np.bool_)):
+            raise TypeError(f"centered must be True or False, got {centered!r}")
+        self.centered = bool(centered)
+        self.slots = 1 + (self.momentum > 0) + self.centered
+
+    def kernel_settings(self) -> KernelSettings:
+        return (reference.OPTIMIZERS["rmsprop"], self.momentum, False, 0.0, 0.0, self.epsilon,
+                self.rho, self.centered, 0.0)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"learning_rate": self._rate_config(), "rho": self.rho,
+                "momentum": self.momentum, "epsilon": self.epsilon,
+                "centered": self.centered}
+
+
+OPTIMIZER_CLASSES: dict[str, type[Optimizer]] = {
+    "SGD": SGD, "Adam": Adam, "AdamW": AdamW, "RMSprop": RMSprop}
 
 
 def optimizer_to_config(optimizer: Optimizer) -> dict[str, Any]:
@@ -143,4 +240,6 @@ def optimizer_from_config(config: dict[str, Any]) -> Optimizer:
     name = config.pop("class", "SGD")
     if name not in OPTIMIZER_CLASSES:
         raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZER_CLASSES)}")
+    if isinstance(config.get("learning_rate"), dict):
+        config["learning_rate"] = schedule_from_config(config["learning_rate"])
     return OPTIMIZER_CLASSES[name](**config)

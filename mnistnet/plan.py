@@ -28,7 +28,17 @@ from typing import Any
 import numpy as np
 
 from mnistnet import reference
-from mnistnet.layers import Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, Shape
+from mnistnet.layers import (
+    BatchNormalization,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    Layer,
+    MaxPool2D,
+    RandomTranslation,
+    Shape,
+)
 
 KINDS = reference.KINDS
 # One row of the plan table per layer: the C struct LayerPlan in _kernels.pxd has these
@@ -44,9 +54,18 @@ PLAN_FIELDS = (
     "scratch", "n_scratch",   # forward scratch in the activation block (per sample)
     "dact_in", "dact_out",    # per-sample offsets in the gradient block, -1: none
     "wt",                     # a thread's workspace: the kernel transposed, -1: none
+    "n_train",                # trainable parameters: the optimizer's part of n_param
+    "stats",                  # BatchNormalization: its mean, variance and 1/std in the
+                              # shared statistics area, 3 * out_c floats (-1: none)
+    "shift_h0", "shift_h1",   # RandomTranslation: the lowest and highest shift down ...
+    "shift_w0", "shift_w1",   # ... and right, in pixels
     "rate",                   # Dropout's rate
+    "l2",                     # the kernel's L2 regularisation factor (0: none)
+    "fill",                   # RandomTranslation's fill value
+    "momentum", "epsilon",    # BatchNormalization's
 )
-PLAN_DTYPE = np.dtype([(name, np.float64 if name == "rate" else np.int64)
+FLOAT_FIELDS = ("rate", "l2", "fill", "momentum", "epsilon")
+PLAN_DTYPE = np.dtype([(name, np.float64 if name in FLOAT_FIELDS else np.int64)
                        for name in PLAN_FIELDS])
 CACHE_LINE_FLOATS = 16
 # A dense net this narrow or narrower in its first layer keeps transposed copies of it (see
@@ -87,6 +106,7 @@ class Plan:
         self._fill_table()
         self.dense_only = all(isinstance(layer, Dense) for layer in self.layers)
         self.n_inputs = int(self.table[0]["n_in"])
+        self.has_l2 = bool(np.any(self.table["l2"] > 0))
 
     # -- construction ----------------------------------------------------------------------
     def _fill_table(self) -> None:
@@ -96,6 +116,7 @@ class Plan:
         dact = 0
         prev_act, prev_dact = 0, -1
         has_weights_before = False
+        stats = 0  # floats of the shared statistics area (BatchNormalization)
         for i, layer in enumerate(self.layers):
             row = t[i]
             ins, outs = self.shapes[i], self.shapes[i + 1]
@@ -121,10 +142,21 @@ class Plan:
                 row["pad_top"], row["pad_left"] = pt, pl
             elif isinstance(layer, Dropout):
                 row["rate"] = layer.rate
+            elif isinstance(layer, RandomTranslation):
+                (row["shift_h0"], row["shift_h1"], row["shift_w0"],
+                 row["shift_w1"]) = layer.shift_range(ins)
+                row["fill"] = layer.fill_value
+            row["stats"] = -1
+            if isinstance(layer, BatchNormalization):
+                row["momentum"], row["epsilon"] = layer.momentum, layer.epsilon
+                row["stats"] = stats
+                stats += 3 * int(row["out_c"])
             shapes = layer.weight_shapes(ins)
             if shapes:
                 row["param"] = param
                 row["n_param"] = sum(_size(s) for s in shapes)
+                row["n_train"] = sum(_size(s) for s in shapes[: layer.trainable_weights])
+                row["l2"] = layer.l2
                 param += int(row["n_param"])
             # Activations: Flatten's output is its input's region.
             row["act_in"] = prev_act
@@ -151,6 +183,8 @@ class Plan:
         self.targets = act
         self.acts_per_row = act + self.n_outputs
         self.dacts_per_row = dact
+        self.shared_floats = -(-stats // CACHE_LINE_FLOATS) * CACHE_LINE_FLOATS
+        self.batch_statistics = stats > 0
         self._fill_thread_workspace()
 
     def _fill_thread_workspace(self) -> None:
@@ -178,8 +212,8 @@ class Plan:
             if conv_reads_input_as_patches(row):
                 return 0
             return int(row["gemm_rows"] * row["fan_in"])
-        if isinstance(layer, (MaxPool2D, Dropout)):
-            return int(row["n_out"])  # argmax (int32) or mask
+        if isinstance(layer, (MaxPool2D, Dropout, BatchNormalization)):
+            return int(row["n_out"])  # argmax (int32), mask, or the normalised input
         return 0
 
     # -- the dense nets' view of it --------------------------------------------------------
@@ -203,15 +237,15 @@ class Plan:
         first layer trains on transposed copies there, a team splitting the first layer keeps
         each thread's columns there), then for each thread after the first, room for all
         the input rows of a batch and a copy of the parameter and gradient blocks.
-        Other nets: per thread, one conv layer's weights transposed plus one sample's patch
-        gradient (the largest over the conv layers), rounded up to a cache line."""
+        Other nets: the shared statistics area (the batch's BatchNormalization statistics),
+        then per thread its own area (thread_workspace_floats)."""
         if self.dense_only:
             w = self.widths
             ws = 2 * w[0] * w[1]
             if threads > 1:
                 ws += (threads - 1) * (rows * w[0] + 2 * self.n_params)
             return ws
-        return max(threads, 1) * self.thread_workspace_floats()
+        return self.shared_floats + max(threads, 1) * self.thread_workspace_floats()
 
     def thread_workspace_floats(self) -> int:
         """Floats of one thread's workspace in a net that is not dense-only (see
@@ -226,7 +260,8 @@ class Plan:
             w = self.widths
             return 1 + max(0, n_dacts - one) // (rows * w[0] + 2 * self.n_params)
         per = self.thread_workspace_floats()
-        return max(1, (n_dacts - rows * self.dacts_per_row) // per) if per else 64
+        room = n_dacts - rows * self.dacts_per_row - self.shared_floats
+        return max(1, room // per) if per else 64
 
     # -- views -----------------------------------------------------------------------------
     def weight_views(self, flat: np.ndarray) -> list[np.ndarray]:

@@ -15,6 +15,17 @@ compiled kernels; losses are accumulated in float64, as there. Derivations:
   dropout); dinp = dout * mask. The mask bits come from a counter-based generator:
   element e of a layer's batch is kept when the top 32 bits of mix64(key + e) are at least
   rate * 2^32, key = dropout_key(seed, epoch, step, layer); mix64 is SplitMix64's finaliser.
+* translate (RandomTranslation): out[b, h, w] = inp[b, h - dy_b, w - dx_b], fill outside;
+  dinp[b, h, w] = dout[b, h + dy_b, w + dx_b], 0 outside. Image b of a batch moves by
+  dy_b = h0 + (top 32 bits of mix64(key + b)) mod (h1 - h0 + 1), dx_b = w0 + (low 32 bits)
+  mod (w1 - w0 + 1), key = dropout_key(seed, epoch, step, layer).
+* batchnorm, over the last axis, M = rows x pixels per channel: mean = sum(x) / M and
+  var = sum((x - mean)^2) / M (sums in float64; x - mean in float32), invstd =
+  1 / sqrt(var + epsilon) (float64, then float32), xhat = (x - mean) * invstd, out =
+  gamma * xhat + beta; dbeta = sum(dout), dgamma = sum(dout * xhat) (float64 sums),
+  dinp = (gamma * invstd / M) * ((M * dout - dbeta) - xhat * dgamma). In predict the moving
+  averages stand in for mean and var; after a training step, moving = moving * momentum +
+  batch * (1 - momentum).
 * sigmoid: s = 1 / (1 + e^-x);  ds/dx = s (1 - s), written from the forward output.
 * relu:    ds/dx = 1 where the output is > 0, else 0.
 * softmax: J^T g = s * (g - <g, s>) per row (per pixel over the channels for conv outputs).
@@ -31,6 +42,12 @@ compiled kernels; losses are accumulated in float64, as there. Derivations:
               alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)  (t: the step, from 1;
               computed in float64, then rounded to float32);
               w -= (m * alpha) / (sqrt(v) + epsilon)
+  - AdamW:    w -= (w * weight_decay) * lr, then Adam's step (decoupled weight decay)
+  - RMSprop:  v = rho * v + (1 - rho) * g^2;  d = v + epsilon (centered: a = rho * a +
+              (1 - rho) * g, d = v - a^2 + epsilon);  step = (lr * g) / sqrt(d);
+              w -= step (momentum: u = momentum * u + step, w -= u)
+  L2 regularisation (kernel_regularizer) adds 2 * l2 * w to a kernel's gradient before the
+  update (and l2 * sum(w^2) to the reported loss).
   An element whose new weight would be NaN or Inf keeps its old value, and the update
   reports it (the epoch then stops).
 """
@@ -41,8 +58,9 @@ import numpy as np
 
 ACTIVATIONS = {"linear": 0, "sigmoid": 1, "relu": 2, "softmax": 3}
 LOSSES = {"mse": 0, "categorical_crossentropy": 1}
-KINDS = {"dense": 0, "conv2d": 1, "maxpool2d": 2, "flatten": 3, "dropout": 4}
-OPTIMIZERS = {"sgd": 0, "momentum": 1, "adam": 2}
+KINDS = {"dense": 0, "conv2d": 1, "maxpool2d": 2, "flatten": 3, "dropout": 4,
+         "activation": 5, "translate": 6, "batchnorm": 7}
+OPTIMIZERS = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 3, "rmsprop": 4}
 EPOCH_DONE, EPOCH_NONFINITE_LOSS, EPOCH_INTERRUPTED, EPOCH_NONFINITE_INPUT = 0, 1, 2, 3
 CE_EPSILON = np.float32(1e-7)
 
@@ -363,6 +381,99 @@ def dropout_backward(dinp, dout, mask):
     return dinp
 
 
+# ---- translate (RandomTranslation) ------------------------------------------------------------
+
+def translate_shifts(key, n, shift_h0, shift_h1, shift_w0, shift_w1):
+    """(dy, dx): int64 (n,) shifts down and right of the n images of a batch."""
+    bits = mix64(np.uint64(key) + np.arange(n, dtype=np.uint64))
+    dy = shift_h0 + ((bits >> np.uint64(32)) % np.uint64(shift_h1 - shift_h0 + 1)).astype(
+        np.int64)
+    dx = shift_w0 + ((bits & np.uint64(0xFFFFFFFF)) % np.uint64(shift_w1 - shift_w0 + 1)).astype(
+        np.int64)
+    return dy, dx
+
+
+def _shifted(src, dy, dx, fill):
+    """src (B, H, W, C) with image b moved down dy[b] and right dx[b], fill around."""
+    out = np.full(src.shape, fill, dtype=src.dtype)
+    h, w = src.shape[1:3]
+    for b in range(src.shape[0]):
+        y, x = int(dy[b]), int(dx[b])
+        if abs(y) < h and abs(x) < w:
+            out[b, max(y, 0): h + min(y, 0), max(x, 0): w + min(x, 0)] = (
+                src[b, max(-y, 0): h - max(y, 0), max(-x, 0): w - max(x, 0)])
+    return out
+
+
+def translate_forward(out, inp, dy, dx, fill=0.0):
+    """out[b, h, w] = inp[b, h - dy[b], w - dx[b]], fill where that is outside the image.
+    out, inp (B, H, W, C)"""
+    out = _out(out, inp.shape)
+    out[...] = _shifted(inp, dy, dx, np.float32(fill))
+    return out
+
+
+def translate_backward(dinp, dout, dy, dx):
+    """The adjoint: dinp[b, h, w] = dout[b, h + dy[b], w + dx[b]], 0 outside."""
+    dinp = _out(dinp, dout.shape)
+    dinp[...] = _shifted(dout, -np.asarray(dy), -np.asarray(dx), np.float32(0))
+    return dinp
+
+
+# ---- batchnorm -----------------------------------------------------------------------------------
+
+def batchnorm_forward(out, xhat, mean, var, invstd, inp, gamma, beta, epsilon):
+    """Training: normalise each channel (the last axis) by the statistics of all of inp.
+    out, xhat like inp (..., C); mean, var, invstd (C,) are outputs too. Returns (out, xhat,
+    mean, var, invstd)."""
+    c = inp.shape[-1]
+    x = inp.reshape(-1, c)
+    m = np.float32(np.sum(x, axis=0, dtype=np.float64) / x.shape[0])
+    d = x - m
+    v64 = np.sum(d.astype(np.float64) ** 2, axis=0) / x.shape[0]
+    inv = np.float32(1.0 / np.sqrt(v64 + float(epsilon)))
+    xhat = _out(xhat, inp.shape)
+    xhat.reshape(-1, c)[...] = d * inv
+    out = _out(out, inp.shape)
+    out.reshape(-1, c)[...] = gamma * xhat.reshape(-1, c) + beta
+    mean, var, invstd = _out(mean, (c,)), _out(var, (c,)), _out(invstd, (c,))
+    mean[...], var[...], invstd[...] = m, v64, inv
+    return out, xhat, mean, var, invstd
+
+
+def batchnorm_inference(out, inp, gamma, beta, moving_mean, moving_variance, epsilon):
+    """Predict: out = gamma * ((inp - moving_mean) * invstd) + beta, invstd from the moving
+    variance."""
+    invstd = np.float32(1.0 / np.sqrt(moving_variance.astype(np.float64) + float(epsilon)))
+    out = _out(out, inp.shape)
+    out[...] = gamma * ((inp - moving_mean) * invstd) + beta
+    return out
+
+
+def batchnorm_backward(dinp, dgamma, dbeta, dout, xhat, gamma, invstd):
+    """dbeta = sum(dout), dgamma = sum(dout * xhat) per channel, dinp = (gamma * invstd / M)
+    * ((M * dout - dbeta) - xhat * dgamma), invstd from batchnorm_forward. Returns (dinp,
+    dgamma, dbeta)."""
+    c = dout.shape[-1]
+    g, xh = dout.reshape(-1, c), xhat.reshape(-1, c)
+    n = g.shape[0]
+    sdy = np.sum(g, axis=0, dtype=np.float64)
+    sdx = np.sum(g.astype(np.float64) * xh.astype(np.float64), axis=0)
+    dgamma, dbeta = _out(dgamma, (c,)), _out(dbeta, (c,))
+    dgamma[...], dbeta[...] = sdx, sdy
+    k = (gamma.astype(np.float64) * invstd.astype(np.float64) / n).astype(np.float32)
+    dinp = _out(dinp, dout.shape)
+    dinp.reshape(-1, c)[...] = k * ((np.float32(n) * g - dbeta) - xh * dgamma)
+    return dinp, dgamma, dbeta
+
+
+def moving_average_update(moving, batch, momentum):
+    """moving = moving * momentum + batch * (1 - momentum), in place (float32)."""
+    mom = np.float32(momentum)
+    moving[...] = moving * mom + batch * (np.float32(1) - mom)
+    return moving
+
+
 # ---- optimizers ----------------------------------------------------------------------------
 
 def _keep_finite(params, new) -> bool:
@@ -423,23 +534,83 @@ def adam_update(params, grads, m, v, learning_rate, beta_1, beta_2, epsilon, ste
     return params
 
 
-def optimizer_slots(code) -> int:
-    """Blocks of optimizer state, each with the parameters' layout."""
-    return {OPTIMIZERS["sgd"]: 0, OPTIMIZERS["momentum"]: 1, OPTIMIZERS["adam"]: 2}[int(code)]
+def _weight_decay(params, learning_rate, weight_decay) -> bool:
+    with np.errstate(over="ignore", invalid="ignore"):
+        new = params - (params * np.float32(weight_decay)) * np.float32(learning_rate)
+    return _keep_finite(params, new)
 
 
-def apply_update(optimizer, params, grads, state, learning_rate, step) -> bool:
-    """One optimizer step on the whole parameter block; optimizer is
-    (code, momentum, nesterov, beta_1, beta_2, epsilon); state holds its slots. Returns
-    whether every new weight is finite."""
-    code, momentum, nesterov, beta_1, beta_2, epsilon = optimizer
+def adamw_update(params, grads, m, v, learning_rate, beta_1, beta_2, epsilon, step,
+                 weight_decay):
+    """Keras' AdamW, in place: the decoupled weight decay, then Adam's step."""
+    _weight_decay(params, learning_rate, weight_decay)
+    _adam(params, grads, m, v, learning_rate, beta_1, beta_2, epsilon, step)
+    return params
+
+
+def _rmsprop(params, grads, velocity, average, momentum_buf, learning_rate, rho, momentum,
+             epsilon) -> bool:
+    one, r = np.float32(1), np.float32(rho)
+    with np.errstate(over="ignore", invalid="ignore"):
+        velocity[...] = r * velocity + (one - r) * (grads * grads)
+        if average is not None:
+            average[...] = r * average + (one - r) * grads
+            denominator = velocity - average * average + np.float32(epsilon)
+        else:
+            denominator = velocity + np.float32(epsilon)
+        step = (np.float32(learning_rate) * grads) / np.sqrt(denominator)
+        if momentum_buf is not None:
+            momentum_buf[...] = np.float32(momentum) * momentum_buf + step
+            step = momentum_buf
+        new = params - step
+    return _keep_finite(params, new)
+
+
+def rmsprop_update(params, grads, velocity, average, momentum_buf, learning_rate, rho,
+                   momentum, epsilon):
+    """Keras' RMSprop, in place; average (centered) and momentum_buf (momentum > 0) may be
+    None: see the module docstring."""
+    _rmsprop(params, grads, velocity, average, momentum_buf, learning_rate, rho, momentum,
+             epsilon)
+    return params
+
+
+def optimizer_slots(optimizer) -> int:
+    """Blocks of optimizer state, each with the parameters' layout, for the kernel settings
+    (code, momentum, nesterov, beta_1, beta_2, epsilon, rho, centered, weight_decay)."""
+    code, momentum, _, _, _, _, _, centered, _ = optimizer
+    if code == OPTIMIZERS["rmsprop"]:
+        return 1 + (momentum > 0) + bool(centered)
+    return {OPTIMIZERS["sgd"]: 0, OPTIMIZERS["momentum"]: 1, OPTIMIZERS["adam"]: 2,
+            OPTIMIZERS["adamw"]: 2}[int(code)]
+
+
+def apply_update(optimizer, params, grads, state, learning_rate, step, start=0,
+                 stop=None) -> bool:
+    """One optimizer step on params[start:stop] (default: all) from the same elements of
+    grads and of each slot of state; optimizer is the kernel settings (code, momentum,
+    nesterov, beta_1, beta_2, epsilon, rho, centered, weight_decay); state holds its slots,
+    each with the layout of params (RMSprop: the average of squares, then the momentum if
+    any, then the centered average). Returns whether every new weight is finite."""
+    code, momentum, nesterov, beta_1, beta_2, epsilon, rho, centered, decay = optimizer
     n = params.shape[0]
+    stop = n if stop is None else stop
+    slot = [state[i * n + start: i * n + stop] for i in range(optimizer_slots(optimizer))]
+    params, grads = params[start:stop], grads[start:stop]
     if code == OPTIMIZERS["sgd"]:
         return _sgd(params, grads, learning_rate)
     if code == OPTIMIZERS["momentum"]:
-        return _momentum(params, grads, state[:n], learning_rate, momentum, nesterov)
-    return _adam(params, grads, state[:n], state[n: 2 * n], learning_rate, beta_1, beta_2,
-                 epsilon, step)
+        return _momentum(params, grads, slot[0], learning_rate, momentum, nesterov)
+    if code == OPTIMIZERS["rmsprop"]:
+        moment = slot[1] if momentum > 0 else None
+        average = slot[-1] if centered else None
+        return _rmsprop(params, grads, slot[0], average, moment, learning_rate, rho, momentum,
+                        epsilon)
+    finite = True
+    if code == OPTIMIZERS["adamw"]:
+        finite = _weight_decay(params, learning_rate, decay)
+    return finite & _adam(params, grads, slot[0], slot[1], learning_rate, beta_1, beta_2,
+                          epsilon, step)
 
 
 # ---- the network ---------------------------------------------------------------------------
@@ -467,10 +638,17 @@ def _kernel(plan, params, i):
     return w.reshape(plan.layers[i].weight_shapes(plan.shapes[i])[0]), b
 
 
+def _bn_weights(plan, params, i):
+    """(gamma, beta, moving_mean, moving_variance) of BatchNormalization layer i."""
+    off, c = int(plan.table[i]["param"]), int(plan.table[i]["out_c"])
+    return tuple(params[off + j * c: off + (j + 1) * c] for j in range(4))
+
+
 def _forward_all(plan, params, x, training, keys=None):
     """Every layer's output for the rows of x (the input first), and what each layer keeps
-    for its backward pass (patches, argmax, dropout mask; None otherwise). In training,
-    keys[i] is dropout layer i's key."""
+    for its backward pass (patches, argmax, dropout mask, translation shifts, BatchNormalization's
+    (xhat, mean, var, invstd); None otherwise). In training, keys[i] is the random key of
+    layer i (Dropout, RandomTranslation)."""
     n = x.shape[0]
     outs, kept = [x.reshape((n,) + plan.shapes[0])], []
     for i, (layer, row) in enumerate(zip(plan.layers, plan.table, strict=True)):
@@ -487,9 +665,21 @@ def _forward_all(plan, params, x, training, keys=None):
                                         layer.padding)
         elif kind == KINDS["flatten"]:
             z = inp.reshape(n, -1)
-        elif training and layer.rate > 0:
+        elif kind == KINDS["dropout"] and training and layer.rate > 0:
             z, keep = dropout_forward(None, None, inp, layer.rate, keys[i])
-        else:
+        elif kind == KINDS["translate"] and training:
+            keep = translate_shifts(keys[i], n, *(int(row[f]) for f in (
+                "shift_h0", "shift_h1", "shift_w0", "shift_w1")))
+            z = translate_forward(None, inp, *keep, row["fill"])
+        elif kind == KINDS["batchnorm"]:
+            gamma, beta, moving_mean, moving_var = _bn_weights(plan, params, i)
+            if training:
+                z, *keep = batchnorm_forward(None, None, None, None, None, inp, gamma, beta,
+                                             row["epsilon"])
+            else:
+                z = batchnorm_inference(None, inp, gamma, beta, moving_mean, moving_var,
+                                        row["epsilon"])
+        else:  # dropout in predict, translate in predict, activation
             z = inp.copy()
         outs.append(_activation_forward(row["act"], z))
         kept.append(keep)
@@ -497,7 +687,8 @@ def _forward_all(plan, params, x, training, keys=None):
 
 
 def _backward_all(plan, params, grads, outs, kept, loss, target):
-    """Gradients of the batch-mean loss into grads, from what _forward_all returned."""
+    """Gradients of the batch-mean loss into grads, from what _forward_all returned (the
+    L2 terms of regularised kernels included)."""
     table, probs = plan.table, outs[-1]
     if loss == LOSSES["categorical_crossentropy"] and table[-1]["act"] == ACTIVATIONS["softmax"]:
         dz = crossentropy_softmax_backward(None, probs, target)
@@ -519,13 +710,34 @@ def _backward_all(plan, params, grads, outs, kept, loss, target):
             dinp = maxpool2d_backward(None, dz, kept[i], inp.shape)
         elif kind == KINDS["flatten"]:
             dinp = dz.reshape(inp.shape)
-        elif kept[i] is not None:
+        elif kind == KINDS["dropout"] and kept[i] is not None:
             dinp = dropout_backward(None, dz, kept[i])
+        elif kind == KINDS["translate"] and kept[i] is not None:
+            dinp = translate_backward(None, dz, *kept[i])
+        elif kind == KINDS["batchnorm"]:
+            gamma = _bn_weights(plan, params, i)[0]
+            dgamma, dbeta, dmean, dvar = _bn_weights(plan, grads, i)
+            xhat, _, _, invstd = kept[i]
+            dinp, _, _ = batchnorm_backward(None, dgamma, dbeta, dz, xhat, gamma, invstd)
+            dmean[...] = dvar[...] = 0
         else:
             dinp = dz
+        if row["l2"] > 0:  # d(l2 * sum(w^2)) / dw
+            gw, _ = plan.layer_weights(grads, i)
+            gw += np.float32(2 * row["l2"]) * plan.layer_weights(params, i)[0]
         if row["dact_in"] < 0:  # no layer before this one has weights
             return
         dz = _activation_backward(table[i - 1]["act"], dinp, inp)
+
+
+def l2_penalty(plan, params) -> float:
+    """sum over the regularised kernels of l2 * sum(w^2) (float64, kernel after kernel)."""
+    total = 0.0
+    for i, row in enumerate(plan.table):
+        if row["l2"] > 0:
+            w = plan.layer_weights(params, i)[0].astype(np.float64)
+            total += float(row["l2"]) * float(np.sum(w * w))
+    return total
 
 
 def _loss(loss, pred, target):
@@ -534,22 +746,41 @@ def _loss(loss, pred, target):
     return mse_forward(pred, target)
 
 
-def dropout_keys(plan, key, step):
-    """Each dropout layer's key for step `step` of the epoch key = (seed, epoch, first
-    step): the layer's index is part of it, so two dropout layers never share a mask."""
+def random_keys(plan, key, step):
+    """Each Dropout and RandomTranslation layer's key for step `step` of the epoch key =
+    (seed, epoch, first step): the layer's index is part of it, so no two layers share
+    their random numbers."""
     seed, epoch, first = key
-    return [dropout_key(seed, epoch, first + step, i) if layer.kind == "dropout" else None
+    return [dropout_key(seed, epoch, first + step, i)
+            if layer.kind in ("dropout", "translate") else None
             for i, layer in enumerate(plan.layers)]
+
+
+def _update(plan, params, grads, state, kept, optimizer, learning_rate, step) -> bool:
+    """The optimizer on every layer's trainable weights, then BatchNormalization's moving
+    averages from the step's batch statistics."""
+    finite = True
+    for i, row in enumerate(plan.table):
+        if row["param"] >= 0:
+            off = int(row["param"])
+            finite &= apply_update(optimizer, params, grads, state, learning_rate, step, off,
+                                   off + int(row["n_train"]))
+        if row["kind"] == KINDS["batchnorm"]:
+            _, _, moving_mean, moving_var = _bn_weights(plan, params, i)
+            _, mean, var, _ = kept[i]
+            moving_average_update(moving_mean, mean, row["momentum"])
+            moving_average_update(moving_var, var, row["momentum"])
+    return finite
 
 
 def _step(plan, params, grads, state, loss, xb, yb, optimizer, learning_rate, step, keys):
     """Forward, loss, backward and update on one batch: (loss, outputs, updated finite)."""
     outs, kept = _forward_all(plan, params, xb, True, keys)
-    value = _loss(loss, outs[-1], yb)
+    value = _loss(loss, outs[-1], yb) + l2_penalty(plan, params)
     if not np.isfinite(value):
         return value, outs[-1], False
     _backward_all(plan, params, grads, outs, kept, loss, yb)
-    finite = apply_update(optimizer, params, grads, state, learning_rate, step)
+    finite = _update(plan, params, grads, state, kept, optimizer, learning_rate, step)
     return value, outs[-1], finite
 
 
@@ -560,7 +791,7 @@ def train_step(plan, params, grads, state, acts, dacts, loss, x, y, optimizer, l
     update would have made some weight NaN or Inf (those keep their values), and updates
     nothing if the loss itself is NaN or Inf. acts and dacts are accepted for the compiled
     twin's signature; NumPy allocates its own."""
-    keys = dropout_keys(plan, key, 0)
+    keys = random_keys(plan, key, 0)
     value, _, finite = _step(plan, params, grads, state, loss, x, y, optimizer,
                              learning_rate, iterations + 1, keys)
     return value if finite or not np.isfinite(value) else np.inf
@@ -586,7 +817,7 @@ def train_epoch(plan, params, grads, state, acts, dacts, loss, x, y, perm, batch
             return loss_sum, correct, seen, batches, EPOCH_NONFINITE_INPUT
         value, probs, finite = _step(plan, params, grads, state, loss, xb, yb, optimizer,
                                      learning_rates[batches], iterations + batches + 1,
-                                     dropout_keys(plan, key, batches))
+                                     random_keys(plan, key, batches))
         if not (np.isfinite(value) and finite):
             return loss_sum, correct, seen, batches, EPOCH_NONFINITE_LOSS
         loss_sum += value * len(rows)

@@ -476,11 +476,12 @@ def test_crossentropy_needs_a_softmax_output(out):
     ({"layers": []}, TypeError, "layers must be a non-empty list of layers"),
     ({"layers": mn.Dense(3)}, TypeError, "layers must be a non-empty list of layers"),
     ({"layers": [mn.Dense(3), "relu"]}, TypeError,
-     r"layers\[1\] must be a layer \(Dense, Conv2D, MaxPool2D, Flatten, Dropout\), got str"),
+     r"layers\[1\] must be a layer \(Dense, Conv2D, MaxPool2D, Flatten, Dropout, \.\.\.\), "
+     r"got str"),
     ({"input_dim": 0}, ValueError, "input_dim must be >= 1, got 0"),
     ({"input_dim": 6.0}, TypeError, "input_dim must be an integer, got float"),
     ({"seed": -1}, ValueError, "seed must be >= 0, got -1"),
-    ({"optimizer": 0.1}, TypeError, "optimizer must be an SGD or Adam, got float"),
+    ({"optimizer": 0.1}, TypeError, "optimizer must be an SGD, Adam, AdamW or RMSprop, got float"),
 ])
 def test_bad_model_arguments(kwargs, error, message):
     args = {"layers": [mn.Dense(3)], "input_dim": IN, **kwargs}

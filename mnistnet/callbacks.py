@@ -1,0 +1,452 @@
+"""Callbacks: code that `Model.fit` runs between epochs, with Keras 3's names, arguments and
+`logs` keys.
+
+    model.fit(x, y, epochs=30, validation_split=0.1, callbacks=[
+        mn.callbacks.EarlyStopping(patience=3, restore_best_weights=True),
+        mn.callbacks.ModelCheckpoint("best.npz", save_best_only=True)])
+
+Each epoch runs in one native call, so callbacks see epochs, never batches: `on_train_begin`,
+`on_epoch_begin`, `on_epoch_end` and `on_train_end` are called (batch hooks are not). `logs`
+holds "loss" and "accuracy", and "val_loss" and "val_accuracy" with validation data. The
+`epoch` a callback receives counts the model's epochs (0 for its first ever), so a model that
+resumes from a file goes on counting where it stopped, as Keras does with `initial_epoch`.
+
+An exception raised by a callback reaches the caller of `fit`; the model then holds the last
+completed epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from mnistnet.model import Model
+
+__all__ = [
+    "CSVLogger",
+    "Callback",
+    "EarlyStopping",
+    "LearningRateScheduler",
+    "ModelCheckpoint",
+    "ReduceLROnPlateau",
+]
+
+
+class Callback:
+    """Base class: override the hooks you need. `model` is the model being trained and
+    `params` {"epochs", "steps", "verbose", "metrics"} (metrics: the keys `logs` will have
+    at the end of an epoch)."""
+
+    def __init__(self) -> None:
+        self.model: Model | None = None
+        self.params: dict[str, Any] = {}
+
+    def set_model(self, model: Model) -> None:
+        self.model = model
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        """Before the first epoch of a fit call."""
+
+    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
+        """After the last epoch of a fit call (not when an exception ends it)."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        """Before epoch `epoch` (the model's count, from 0)."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        """After epoch `epoch`; logs holds its metrics (callbacks may add keys, as
+        "learning_rate")."""
+
+
+class CallbackList:
+    """The callbacks of one fit call, called in order."""
+
+    def __init__(self, callbacks: Sequence[Callback] | None, model: Model,
+                 params: dict[str, Any]) -> None:
+        if callbacks is None:
+            callbacks = []
+        if isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
+            raise TypeError("callbacks must be a list of mnistnet.callbacks.Callback, got "
+                            f"{type(callbacks).__name__}")
+        for i, cb in enumerate(callbacks):
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks[{i}] must be a mnistnet.callbacks.Callback, got "
+                                f"{type(cb).__name__}")
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            cb.set_model(model)
+            cb.set_params(params)
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        for cb in self.callbacks:
+            cb.on_train_begin(logs)
+
+    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
+        for cb in self.callbacks:
+            cb.on_train_end(logs)
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        for cb in self.callbacks:
+            cb.on_epoch_begin(epoch, logs)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        for cb in self.callbacks:
+            cb.on_epoch_end(epoch, logs)
+
+
+# ---- monitoring a metric ------------------------------------------------------------------
+
+def _mode(mode: str, monitor: str) -> str:
+    """"min" or "max" for Keras' mode argument; "auto" maximises accuracies."""
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+    if mode == "auto":
+        return "max" if "acc" in monitor else "min"
+    return mode
+
+
+def _non_negative(value: Any, name: str, integer: bool = False) -> Any:
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise TypeError(f"{name} must be {'an int' if integer else 'a number'}, got "
+                        f"{type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return int(value) if integer else float(value)
+
+
+def _check_monitor(monitor: str, params: dict[str, Any], who: str) -> None:
+    """A clear error before the first epoch when `monitor` is not a key the logs will have."""
+    metrics = params.get("metrics")
+    if metrics is not None and monitor not in metrics:
+        hint = (" (val_ keys need validation_data or validation_split)"
+                if monitor.startswith("val_") else "")
+        raise ValueError(f"{who}: monitor {monitor!r} is not a key of the logs; they hold "
+                         f"{', '.join(metrics)}{hint}")
+
+
+def _monitored(logs: dict[str, float], monitor: str, who: str) -> float:
+    if monitor not in logs:
+        raise ValueError(f"{who}: monitor {monitor!r} is not a key of the logs; they hold "
+                         f"{', '.join(logs)}")
+    return float(logs[monitor])
+
+
+class EarlyStopping(Callback):
+    """Stop training when a monitored metric has stopped improving (Keras 3's rule).
+
+    After each epoch (from start_from_epoch on), the metric improves when it beats the best
+    so far by more than min_delta; after `patience` epochs without improvement, training
+    stops. With restore_best_weights, the model ends fit with the weights of the best epoch
+    (the last epoch's if none improved on the first).
+
+    Args:
+        monitor: a key of the logs ("val_loss", "val_accuracy", "loss", "accuracy").
+        min_delta: the least change that counts as an improvement (>= 0).
+        patience: epochs without improvement before stopping (>= 0).
+        verbose: 1 prints when it stops and restores.
+        mode: "min", "max" or "auto" (accuracies are maximised, the rest minimised).
+        baseline: training stops unless the metric beats this within patience epochs.
+        restore_best_weights: end with the best epoch's weights.
+        start_from_epoch: epochs to wait before watching.
+    """
+
+    def __init__(self, monitor: str = "val_loss", min_delta: float = 0.0, patience: int = 0,
+                 verbose: int = 0, mode: str = "auto", baseline: float | None = None,
+                 restore_best_weights: bool = False, start_from_epoch: int = 0) -> None:
+        super().__init__()
+        self.monitor = str(monitor)
+        self.min_delta = abs(_non_negative(min_delta, "min_delta"))
+        self.patience = _non_negative(patience, "patience", integer=True)
+        self.verbose = verbose
+        self.mode = _mode(mode, self.monitor)
+        self.baseline = None if baseline is None else float(baseline)
+        self.restore_best_weights = bool(restore_best_weights)
+        self.start_from_epoch = _non_negative(start_from_epoch, "start_from_epoch",
+                                              integer=True)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best: float | None = None
+        self.best_weights: list[np.ndarray] | None = None
+        self.best_epoch = 0
+
+    def _is_improvement(self, value: float, reference: float | None) -> bool:
+        if reference is None:
+            return True
+        if self.mode == "min":
+            return value + self.min_delta < reference
+        return value - self.min_delta > reference
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        _check_monitor(self.monitor, self.params, "EarlyStopping")
+        self._reset()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if epoch < self.start_from_epoch:
+            return
+        current = _monitored(logs or {}, self.monitor, "EarlyStopping")
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights = self.model.get_weights()  # so far, the best there is
+            self.best_epoch = epoch
+        self.wait += 1
+        if self._is_improvement(current, self.best):
+            self.best, self.best_epoch = current, epoch
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+            if self.baseline is None or self._is_improvement(current, self.baseline):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
+        if self.stopped_epoch > 0 and self.verbose > 0:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose > 0:
+                print(f"Restoring model weights from the end of the best epoch: "
+                      f"{self.best_epoch + 1}.")
+            self.model.set_weights(self.best_weights)
+
+
+class ModelCheckpoint(Callback):
+    """Save the model (Model.save: weights, optimizer state and training position, written
+    atomically) after each epoch, or only when the monitored metric improves.
+
+    Args:
+        filepath: where to write; "{epoch}" (from 1) and any logs key with a format spec,
+            "{val_loss:.4f}", are filled in (str.format).
+        monitor: the logs key that save_best_only compares.
+        verbose: 1 prints each save.
+        save_best_only: write only when the metric beats the best so far.
+        mode: "min", "max" or "auto".
+        initial_value_threshold: the value to beat first (save_best_only).
+    """
+
+    def __init__(self, filepath: str | os.PathLike, monitor: str = "val_loss",
+                 verbose: int = 0, save_best_only: bool = False, mode: str = "auto",
+                 initial_value_threshold: float | None = None) -> None:
+        super().__init__()
+        self.filepath = os.fspath(filepath)
+        if not self.filepath:
+            raise ValueError("filepath must not be empty")
+        self.monitor = str(monitor)
+        self.verbose = verbose
+        self.save_best_only = bool(save_best_only)
+        self.mode = _mode(mode, self.monitor)
+        self.initial_value_threshold = initial_value_threshold
+        self.best = self._initial_best()
+        self.last_saved: str | None = None  # the path of the latest write
+
+    def _initial_best(self) -> float:
+        if self.initial_value_threshold is not None:
+            return float(self.initial_value_threshold)
+        return math.inf if self.mode == "min" else -math.inf
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        if self.save_best_only:
+            _check_monitor(self.monitor, self.params, "ModelCheckpoint")
+        self._check_format()
+
+    def _check_format(self) -> None:
+        # A misspelt key in the file name fails here, before any epoch, not after one.
+        sample = {key: 0.0 for key in self.params.get("metrics", ())}
+        try:
+            self.filepath.format(epoch=1, **sample)
+        except (KeyError, IndexError, ValueError) as exc:
+            if "metrics" in self.params:
+                raise ValueError(f"ModelCheckpoint: filepath {self.filepath!r} cannot be "
+                                 f"filled from the epoch and the logs' keys "
+                                 f"({', '.join(sample)}): {exc!r}") from None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        logs = logs or {}
+        if self.save_best_only:
+            current = _monitored(logs, self.monitor, "ModelCheckpoint")
+            better = current < self.best if self.mode == "min" else current > self.best
+            if not better:
+                return
+            self.best = current
+        path = self.filepath.format(epoch=epoch + 1, **logs)
+        self.model.save(path)
+        self.last_saved = path
+        if self.verbose > 0:
+            print(f"Epoch {epoch + 1}: saved the model to {path}")
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by `factor` when a metric has stopped improving for
+    `patience` epochs (Keras 3's rule); the optimizer's learning rate must be a number, not
+    a schedule.
+
+    Args:
+        monitor: the logs key to watch.
+        factor: in (0, 1): new_lr = max(lr * factor, min_lr).
+        patience: epochs without improvement before a reduction.
+        verbose: 1 prints each reduction.
+        mode: "min", "max" or "auto".
+        min_delta: the least change that counts as an improvement.
+        cooldown: epochs to wait after a reduction before counting again.
+        min_lr: the lowest learning rate.
+    """
+
+    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10,
+                 verbose: int = 0, mode: str = "auto", min_delta: float = 1e-4,
+                 cooldown: int = 0, min_lr: float = 0.0) -> None:
+        super().__init__()
+        self.monitor = str(monitor)
+        self.factor = _non_negative(factor, "factor")
+        if not 0 < self.factor < 1:
+            raise ValueError(f"factor must lie in (0, 1), got {factor}")
+        self.patience = _non_negative(patience, "patience", integer=True)
+        self.verbose = verbose
+        self.mode = _mode(mode, self.monitor)
+        self.min_delta = _non_negative(min_delta, "min_delta")
+        self.cooldown = _non_negative(cooldown, "cooldown", integer=True)
+        self.min_lr = _non_negative(min_lr, "min_lr")
+        self._reset()
+
+    def _reset(self) -> None:
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.wait = 0
+        self.cooldown_counter = 0
+
+    def _better(self, value: float) -> bool:
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        _check_monitor(self.monitor, self.params, "ReduceLROnPlateau")
+        _numeric_rate(self.model, "ReduceLROnPlateau")
+        self._reset()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        logs = logs if logs is not None else {}
+        optimizer = self.model.optimizer
+        logs["learning_rate"] = float(optimizer.learning_rate)
+        current = _monitored(logs, self.monitor, "ReduceLROnPlateau")
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._better(current):
+            self.best = current
+            self.wait = 0
+        elif self.cooldown_counter <= 0:
+            self.wait += 1
+            if self.wait >= self.patience:
+                old = float(optimizer.learning_rate)
+                if old > self.min_lr:
+                    new = max(old * self.factor, self.min_lr)
+                    _set_rate(optimizer, new)
+                    if self.verbose > 0:
+                        print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning "
+                              f"rate to {new}.")
+                    self.cooldown_counter = self.cooldown
+                    self.wait = 0
+
+
+class LearningRateScheduler(Callback):
+    """Set the learning rate before each epoch to schedule(epoch, lr) (Keras 3): `epoch`
+    counts the model's epochs from 0 and lr is the current rate. For a rate that changes at
+    every step, give the optimizer a schedule from mnistnet.schedules instead.
+
+    Args:
+        schedule: a function (epoch: int, lr: float) -> float > 0.
+        verbose: 1 prints each new rate.
+    """
+
+    def __init__(self, schedule: Callable[[int, float], float], verbose: int = 0) -> None:
+        super().__init__()
+        if not callable(schedule):
+            raise TypeError(f"schedule must be callable (epoch, lr) -> lr, got "
+                            f"{type(schedule).__name__}")
+        self.schedule = schedule
+        self.verbose = verbose
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        _numeric_rate(self.model, "LearningRateScheduler")
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        optimizer = self.model.optimizer
+        rate = self.schedule(epoch, float(optimizer.learning_rate))
+        if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)):
+            raise TypeError(f"LearningRateScheduler: schedule({epoch}, lr) returned "
+                            f"{type(rate).__name__}, not a number")
+        _set_rate(optimizer, float(rate))
+        if self.verbose > 0:
+            print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to "
+                  f"{float(rate)}.")
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if logs is not None:
+            logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+
+
+def _numeric_rate(model: Model, who: str) -> None:
+    from mnistnet.schedules import LearningRateSchedule
+
+    if isinstance(model.optimizer.learning_rate, LearningRateSchedule):
+        raise ValueError(f"{who} sets the learning rate, but the optimizer's is a schedule "
+                         f"({type(model.optimizer.learning_rate).__name__}); use one or the "
+                         "other")
+
+
+def _set_rate(optimizer: Any, rate: float) -> None:
+    from mnistnet.optimizers import _learning_rate
+
+    optimizer.learning_rate = _learning_rate(rate)  # the optimizer's own checks
+
+
+class CSVLogger(Callback):
+    """Write each epoch's logs as a row of a CSV file: a header "epoch" and the logs' keys
+    (sorted), then one row per epoch (epoch from 0, as Keras). Each row is appended and the
+    file closed, so it is complete after every epoch, whatever happens next.
+
+    Args:
+        filename: the CSV file.
+        separator: the field separator.
+        append: add to an existing file (no second header) instead of overwriting it.
+    """
+
+    def __init__(self, filename: str | os.PathLike, separator: str = ",",
+                 append: bool = False) -> None:
+        super().__init__()
+        self.filename = os.fspath(filename)
+        if not isinstance(separator, str) or len(separator) != 1:
+            raise ValueError(f"separator must be one character, got {separator!r}")
+        self.sep = separator
+        self.append = bool(append)
+        self.keys: list[str] | None = None
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        self.keys = None
+        self._header_written = self.append and os.path.exists(self.filename) and (
+            os.path.getsize(self.filename) > 0)
+        if not self.append:
+            with open(self.filename, "w", newline=""):
+                pass  # truncated now: a failure to write shows before the first epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        logs = logs or {}
+        if self.keys is None:
+            self.keys = sorted(logs)
+        with open(self.filename, "a", newline="") as f:
+            writer = csv.writer(f, delimiter=self.sep)
+            if not self._header_written:
+                writer.writerow(["epoch", *self.keys])
+                self._header_written = True
+            writer.writerow([epoch, *(logs.get(key, "NA") for key in self.keys)])
