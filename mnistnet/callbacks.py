@@ -414,7 +414,8 @@ def _set_rate(optimizer: Any, rate: float) -> None:
 class CSVLogger(Callback):
     """Write each epoch's logs as a row of a CSV file: a header "epoch" and the logs' keys
     (sorted), then one row per epoch (epoch from 0, as Keras). Each row is appended and the
-    file closed, so it is complete after every epoch, whatever happens next.
+    file closed, so it is complete after every epoch, whatever happens next. Appending to a
+    file keeps its columns ("NA" where a log lacks one).
 
     Args:
         filename: the CSV file.
@@ -436,6 +437,10 @@ class CSVLogger(Callback):
         self.keys = None
         self._header_written = self.append and os.path.exists(self.filename) and (
             os.path.getsize(self.filename) > 0)
+        if self._header_written:  # the file's columns, so appended rows line up with them
+            with open(self.filename, newline="") as f:
+                header = next(csv.reader(f, delimiter=self.sep), [])
+            self.keys = header[1:] if header[:1] == ["epoch"] else None
         if not self.append:
             with open(self.filename, "w", newline=""):
                 pass  # truncated now: a failure to write shows before the first epoch

@@ -1,6 +1,8 @@
 """The ``mnistnet`` command (also ``python -m mnistnet``): train, evaluate, predict, info.
 
     mnistnet train --preset cross-entropy --epochs 20 --save model.npz
+    mnistnet train --preset convnet --epochs 5 --checkpoint ckpt.npz --save model.npz
+    mnistnet train --resume model.npz --epochs 5 --save model.npz
     mnistnet evaluate model.npz
     mnistnet predict model.npz digit.pgm more.npy t10k-images-idx3-ubyte.gz
     mnistnet plot model.npz --out pictures
@@ -29,10 +31,18 @@ import numpy as np
 
 import mnistnet as mn
 from mnistnet import bench, demo, export, plot
+from mnistnet.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from mnistnet.data import DownloadError, load_mnist_test, read_idx
-from mnistnet.layers import Conv2D, Layer, MaxPool2D
+from mnistnet.layers import Conv2D, Dense, Layer, MaxPool2D, RandomTranslation
 from mnistnet.model import ACTIVATIONS, BACKENDS, LOSSES, PRESETS, RECIPES
 from mnistnet.optimizers import Optimizer
+from mnistnet.schedules import (
+    CosineDecay,
+    ExponentialDecay,
+    LearningRateSchedule,
+    OneCycle,
+    PiecewiseConstantDecay,
+)
 
 EXIT_OK = 0
 EXIT_ERROR = 2
@@ -106,6 +116,41 @@ def _learning_rate(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1), got {text!r}")
+    return value
+
+
+def _l2(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+SCHEDULE_GRAMMAR = ("cosine[:WARMUP_EPOCHS], exponential:RATE[:EVERY_EPOCHS], "
+                    "piecewise:EPOCH=LR[,EPOCH=LR...], onecycle")
+
+
+def _schedule_spec(text: str) -> tuple[str, list[str]]:
+    """Check the form of a --schedule value now; the schedule is built once the number of
+    steps is known (_schedule)."""
+    kind, _, rest = text.partition(":")
+    fields = rest.split(":") if rest else []
+    shapes = {"cosine": (0, 1), "exponential": (1, 2), "piecewise": (1, 1), "onecycle": (0, 0)}
+    if kind not in shapes or not shapes[kind][0] <= len(fields) <= shapes[kind][1]:
+        raise argparse.ArgumentTypeError(f"expected {SCHEDULE_GRAMMAR}, got {text!r}")
+    return kind, fields
+
+
 def _momentum(text: str) -> float:
     try:
         value = float(text)
@@ -117,8 +162,9 @@ def _momentum(text: str) -> float:
 
 
 LAYERS_GRAMMAR = ("UNITS:ACT (dense), conv:FILTERS:KERNEL[:ACT][:stride=S][:padding=same], "
-                  "pool:SIZE[:stride=S][:padding=same], flatten, dropout:RATE; KERNEL, SIZE "
-                  "and S an int or HxW")
+                  "pool:SIZE[:stride=S][:padding=same], flatten, dropout:RATE, bn "
+                  "(BatchNormalization), act:ACT (an Activation layer), translate:FRACTION "
+                  "(RandomTranslation); KERNEL, SIZE and S an int or HxW")
 
 
 def _layers(text: str) -> list[Layer]:
@@ -149,6 +195,15 @@ def _layer(item: str) -> Layer:
         return mn.MaxPool2D(_size(fields[0]), **_window_options(options))
     if kind == "flatten" and not fields and not options:
         return mn.Flatten()
+    if kind == "bn" and not fields and not options:
+        return mn.BatchNormalization()
+    if kind == "act" and len(fields) == 1 and not options:
+        return mn.Activation(fields[0])
+    if kind == "translate" and len(fields) == 1 and not options:
+        try:
+            return mn.RandomTranslation(float(fields[0]), float(fields[0]))
+        except ValueError:
+            raise ValueError(f"translate takes a fraction in [0, 1], got {fields[0]!r}") from None
     if kind == "dropout" and len(fields) == 1 and not options:
         try:
             return mn.Dropout(float(fields[0]))
@@ -230,18 +285,25 @@ def _add_train(commands: Any) -> None:
         description="Train a network by minibatch gradient descent, validating on the test "
                     "set after every epoch (Keras-style log), then print the final test "
                     "accuracy. "
-                    "Ctrl-C stops between two steps; with --save the weights so far are kept.")
+                    "Ctrl-C stops between two steps; with --save the weights so far are kept, "
+                    "and a --checkpoint file keeps the last completed epoch.")
     arch = sub.add_mutually_exclusive_group(required=True)
     arch.add_argument("--preset", choices=tuple(PRESETS),
                       help="one of the tutorial's networks: perceptron (784-10 sigmoid, MSE), "
                            "hidden-relu (784-128-64-10, relu/sigmoid, MSE), cross-entropy "
-                           "(the same with softmax and categorical cross-entropy); or convnet "
+                           "(the same with softmax and categorical cross-entropy); convnet "
                            "(Keras' simple MNIST convnet, trained with Adam 0.001, batch 128, "
-                           "15 epochs)")
+                           "15 epochs); or convnet-plus (the convnet with BatchNormalization, "
+                           "RandomTranslation and a one-cycle schedule)")
     arch.add_argument("--layers", type=_layers, metavar="LAYER,...",
                       help="a custom stack, input side first, e.g. 128:relu,64:relu,10:softmax "
                            "or conv:32:3:relu,pool:2,flatten,dropout:0.5,10:softmax; "
                            f"{LAYERS_GRAMMAR}; activations: {', '.join(ACTIVATIONS)}")
+    arch.add_argument("--resume", metavar="MODEL.npz",
+                      help="continue training a model written by --save or --checkpoint: "
+                           "its architecture, optimizer state and position (the next "
+                           "epoch's shuffle and masks), so that 5 epochs, then 5 more, give "
+                           "the same weights as 10 straight; needs --epochs (how many more)")
     sub.add_argument("--loss", choices=LOSSES,
                      help="loss of a --layers network (default: mse; a preset has its own)")
     sub.add_argument("--epochs", type=_positive_int,
@@ -249,16 +311,36 @@ def _add_train(commands: Any) -> None:
                           "--layers, 15 for convnet)")
     sub.add_argument("--batch-size", type=_positive_int,
                      help="rows per step (default: the preset's, 32; 128 for convnet)")
-    sub.add_argument("--optimizer", choices=("sgd", "adam"),
-                     help="default: the preset's (sgd; adam for convnet), sgd for --layers")
+    sub.add_argument("--optimizer", choices=tuple(OPTIMIZER_RATES),
+                     help="default: the preset's (sgd; adam for the convnets), sgd for "
+                          "--layers")
     sub.add_argument("--lr", type=_learning_rate,
-                     help="learning rate (default: the preset's, else 0.01 for sgd and 0.001 "
-                          "for adam)")
+                     help="learning rate, or a schedule's peak (default: the preset's, else "
+                          "0.01 for sgd and 0.001 for the others)")
+    sub.add_argument("--schedule", type=_schedule_spec, metavar="SCHEDULE",
+                     help="the learning rate step by step: cosine (to 0 over the training, "
+                          "after a linear warmup from lr/10 over WARMUP_EPOCHS), exponential "
+                          "(times RATE every EVERY_EPOCHS, default 1), piecewise (lr, then "
+                          "each LR from the end of its EPOCH on), onecycle (up to lr and down "
+                          f"again); {SCHEDULE_GRAMMAR}")
+    sub.add_argument("--l2", type=_l2, metavar="L2",
+                     help="L2 regularisation of every Dense and Conv2D kernel (adds "
+                          "L2 * sum(w^2) to the loss)")
     sub.add_argument("--momentum", type=_momentum,
                      help="SGD's momentum in [0, 1) (default 0; --optimizer sgd only)")
-    sub.add_argument("--seed", type=_non_negative_int, default=0,
+    sub.add_argument("--seed", type=_non_negative_int,
                      help="seeds the initial weights, every epoch's shuffle and the dropout "
-                          "masks (default: %(default)s)")
+                          "masks (default: 0)")
+    sub.add_argument("--validation-split", type=_fraction, metavar="FRACTION",
+                     help="hold out the last FRACTION of the training images (as Keras) and "
+                          "validate on them after every epoch, instead of on the test set")
+    sub.add_argument("--early-stopping", type=_non_negative_int, metavar="PATIENCE",
+                     help="stop once val_loss has not improved for PATIENCE epochs, and keep "
+                          "the best epoch's weights")
+    sub.add_argument("--checkpoint", metavar="FILE.npz",
+                     help="save the model after every epoch (atomically: Ctrl-C leaves the "
+                          "last completed epoch's file intact); {epoch} in the name numbers "
+                          "the files")
     _add_data_and_backend(sub)
     sub.add_argument("--save", metavar="FILE.npz", help="write the trained model here")
     sub.add_argument("--history", metavar="FILE.json",
@@ -300,12 +382,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.preset is not None and args.loss is not None:
         raise CLIError(f"--loss applies to --layers only (preset {args.preset!r} has its "
                        "own loss)")
-    _resolve_recipe(args)
-    for option, path in (("--save", args.save), ("--history", args.history)):
+    resumed = _resumed_model(args) if args.resume is not None else None
+    if resumed is None:
+        _resolve_recipe(args)
+    for option, path in (("--save", args.save), ("--history", args.history),
+                         ("--checkpoint", args.checkpoint)):
         if path is not None:
             _check_output_path(option, path)
     (x_train, y_train), (x_test, y_test) = load_data(mn.load_mnist, args.data)
-    model = _build_model(args, input_dim=x_train.shape[1])
+    model = resumed or _build_model(args, input_dim=x_train.shape[1],
+                                    steps=_steps_per_epoch(args, x_train.shape[0]))
     try:
         history = _fit(model, args, x_train, y_train, (x_test, y_test))
     except KeyboardInterrupt:
@@ -325,6 +411,73 @@ def cmd_train(args: argparse.Namespace) -> int:
         _say(args, f"saved history to {args.history}")
     print(f"test accuracy: {scores['accuracy']:.4f} (loss {scores['loss']:.4f})", flush=True)
     return EXIT_OK
+
+
+def _resumed_model(args: argparse.Namespace) -> mn.Model:
+    """The model of --resume, with the settings the file holds; refuses the options it
+    would override."""
+    given = [option for option, value in (
+        ("--loss", args.loss), ("--optimizer", args.optimizer), ("--lr", args.lr),
+        ("--momentum", args.momentum), ("--seed", args.seed), ("--schedule", args.schedule),
+        ("--l2", args.l2)) if value is not None]
+    if given:
+        raise CLIError(f"{', '.join(given)}: --resume continues with the model file's own "
+                       "settings")
+    if args.epochs is None:
+        raise CLIError("--resume needs --epochs: how many more epochs to train")
+    model = load_model(args.resume, args.backend)
+    if args.batch_size is None:
+        # The batch size of the training it continues (older files: the tutorial's 32).
+        args.batch_size = model.fit_batch_size or 32
+    args.seed, args.lr = model.seed, model.optimizer.current_learning_rate()
+    args.optimizer = type(model.optimizer).__name__.lower()
+    return model
+
+
+def _steps_per_epoch(args: argparse.Namespace, n_train: int) -> int:
+    if args.validation_split:
+        n_train = math.floor(n_train * (1.0 - args.validation_split))
+    return max(1, -(-n_train // args.batch_size))
+
+
+def _schedule(args: argparse.Namespace, steps: int) -> LearningRateSchedule | None:
+    """The --schedule over the training's epochs of `steps` steps, peaking at --lr."""
+    if args.schedule is None:
+        return None
+    kind, fields = args.schedule
+    total = args.epochs * steps
+    try:
+        if kind == "cosine":
+            warmup = int(fields[0]) * steps if fields else 0
+            if warmup >= total:
+                raise ValueError(f"the warmup ({fields[0]} epochs) must be shorter than "
+                                 f"the training ({args.epochs} epochs)")
+            if warmup:
+                return CosineDecay(args.lr / 10, total - warmup, warmup_target=args.lr,
+                                   warmup_steps=warmup)
+            return CosineDecay(args.lr, total)
+        if kind == "exponential":
+            every = int(fields[1]) if len(fields) > 1 else 1
+            return ExponentialDecay(args.lr, every * steps, float(fields[0]))
+        if kind == "piecewise":
+            pairs = [item.split("=") for item in fields[0].split(",")]
+            if any(len(pair) != 2 for pair in pairs):
+                raise ValueError("expected EPOCH=LR pairs")
+            return PiecewiseConstantDecay([int(e) * steps - 1 for e, _ in pairs],
+                                          [args.lr, *(float(v) for _, v in pairs)])
+        return OneCycle(args.lr, total)
+    except (ValueError, TypeError) as exc:
+        raise CLIError(f"--schedule {kind}:{':'.join(fields)}: {exc}") from None
+
+
+def _callbacks(args: argparse.Namespace) -> list[Callback]:
+    callbacks: list[Callback] = []
+    if args.early_stopping is not None:
+        callbacks.append(EarlyStopping(monitor="val_loss", patience=args.early_stopping,
+                                       restore_best_weights=True))
+    if args.checkpoint is not None:
+        callbacks.append(ModelCheckpoint(args.checkpoint))
+    return callbacks
 
 
 def _say(args: argparse.Namespace, message: str) -> None:
@@ -353,49 +506,76 @@ def _resolve_recipe(args: argparse.Namespace) -> None:
         "epochs": DEFAULT_PRESET_EPOCHS}
     if args.optimizer is None:
         args.optimizer = recipe["optimizer"]
-    if args.momentum is not None and args.optimizer != "sgd":
-        raise CLIError("--momentum applies to --optimizer sgd only")
+    if args.momentum is not None and args.optimizer not in ("sgd", "rmsprop"):
+        raise CLIError("--momentum applies to --optimizer sgd or rmsprop only")
     if args.lr is None:
         args.lr = (recipe["learning_rate"] if args.optimizer == recipe["optimizer"]
-                   else {"sgd": 0.01, "adam": 0.001}[args.optimizer])
+                   else OPTIMIZER_RATES[args.optimizer])
+    if args.seed is None:
+        args.seed = 0
+    if args.schedule is None and recipe.get("schedule") and args.optimizer == recipe[
+            "optimizer"]:
+        args.schedule = _schedule_spec(recipe["schedule"])
     if args.epochs is None:
         args.epochs = recipe["epochs"]
     if args.batch_size is None:
         args.batch_size = recipe["batch_size"]
 
 
-def _optimizer(args: argparse.Namespace) -> Optimizer:
+# Keras' default learning rates.
+OPTIMIZER_RATES = {"sgd": 0.01, "adam": 0.001, "adamw": 0.001, "rmsprop": 0.001}
+
+
+def _optimizer(args: argparse.Namespace, steps: int) -> Optimizer:
+    rate = _schedule(args, steps) or args.lr
     if args.optimizer == "adam":
-        return mn.Adam(args.lr)
-    return mn.SGD(args.lr, momentum=args.momentum or 0.0)
+        return mn.Adam(rate)
+    if args.optimizer == "adamw":
+        return mn.AdamW(rate)
+    if args.optimizer == "rmsprop":
+        return mn.RMSprop(rate, momentum=args.momentum or 0.0)
+    return mn.SGD(rate, momentum=args.momentum or 0.0)
 
 
-def _build_model(args: argparse.Namespace, input_dim: int) -> mn.Model:
+def _build_model(args: argparse.Namespace, input_dim: int, steps: int) -> mn.Model:
+    optimizer = _optimizer(args, steps)
     if args.preset is not None:
-        return mn.preset(args.preset, seed=args.seed, backend=args.backend,
-                         optimizer=_optimizer(args))
-    images = isinstance(args.layers[0], (Conv2D, MaxPool2D))
-    side = math.isqrt(input_dim)
-    shape = {"input_shape": (side, side, 1)} if images and side * side == input_dim else {
-        "input_dim": input_dim}
-    return mn.Model(args.layers, loss=args.loss or "mse", optimizer=_optimizer(args),
-                    seed=args.seed, backend=args.backend, **shape)
+        model = mn.preset(args.preset, seed=args.seed, backend=args.backend,
+                          optimizer=optimizer)
+        layers, shape = model.layers, {"input_shape": model.input_shape}
+        loss = model.loss
+    else:
+        layers, loss = args.layers, args.loss or "mse"
+        images = isinstance(layers[0], (Conv2D, MaxPool2D, RandomTranslation))
+        side = math.isqrt(input_dim)
+        shape = {"input_shape": (side, side, 1)} if images and side * side == input_dim else {
+            "input_dim": input_dim}
+    if args.l2:
+        for layer in layers:
+            if isinstance(layer, (Dense, Conv2D)):
+                layer.kernel_regularizer = mn.regularizers.L2(args.l2)
+    return mn.Model(layers, loss=loss, optimizer=optimizer, seed=args.seed,
+                    backend=args.backend, **shape)
 
 
 def _fit(model: mn.Model, args: argparse.Namespace, x: np.ndarray, y: np.ndarray,
          validation: tuple[np.ndarray, np.ndarray]) -> mn.History:
     """model.fit, re-showing its warnings one line each; raises TrainingDiverged when a NaN/Inf
     loss stopped it early."""
+    split = {"validation_split": args.validation_split} if args.validation_split else {
+        "validation_data": validation}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         history = model.fit(x, y, epochs=args.epochs, batch_size=args.batch_size,
-                            validation_data=validation, verbose=0 if args.quiet else 1)
+                            verbose=0 if args.quiet else 1, callbacks=_callbacks(args),
+                            **split)
     seen = set()
     for w in caught:
         if (w.category, str(w.message)) not in seen:
             seen.add((w.category, str(w.message)))
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    if len(history.epoch) < args.epochs:  # fit stops early only on a NaN/Inf loss
+    # Fewer epochs than asked for: early stopping, else a NaN/Inf loss.
+    if len(history.epoch) < args.epochs and not model.stop_training:
         raise TrainingDiverged(f"epoch {len(history.epoch) + 1}/{args.epochs}", history)
     return history
 
@@ -404,13 +584,15 @@ def _report_interrupt(model: mn.Model, args: argparse.Namespace) -> int:
     """After Ctrl-C in fit: save the weights of the last completed step if asked to."""
     done = len(model.history.epoch) if model.history is not None else 0
     where = f"interrupted during epoch {done + 1}/{args.epochs} ({done} completed)"
+    kept = (f"; {args.checkpoint} holds the last completed epoch"
+            if args.checkpoint is not None and done else "")
     if args.save is None:
-        outcome = "nothing saved (pass --save to keep the weights)"
+        outcome = f"nothing saved (pass --save to keep the weights){kept}"
     elif not all(np.isfinite(w).all() for w in model.get_weights()):
         outcome = f"weights are not finite, {args.save} not written"
     else:
         model.save(args.save)
-        outcome = f"saved the weights of the last completed step to {args.save}"
+        outcome = f"saved the weights of the last completed step to {args.save}{kept}"
     if args.history is not None and model.history is not None:
         _write_history(args.history, model.history, model, args, diverged=False)
     print(f"{PROG}: {where}; {outcome}", file=sys.stderr, flush=True)
@@ -433,6 +615,9 @@ def _write_history(path: str, history: mn.History, model: mn.Model,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "lr": args.lr,
+        "learning_rate": config["optimizer"].get("learning_rate"),
+        "validation_split": args.validation_split,
+        "resumed_from": args.resume,
         "diverged": diverged,
         "mnistnet_version": mn.__version__,
     }

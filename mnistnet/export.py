@@ -6,9 +6,10 @@
 
     mnistnet export model.npz --onnx model.onnx --c firmware/ --name digits
 
-ONNX: standard operators only (Gemm, Conv, MaxPool, Flatten, Transpose, Relu, Sigmoid,
-Softmax), opset 13 or later. The graph input "input" has the model's input shape, channels
-last, with a dynamic batch axis ("batch"); the output "output" is (batch, n_outputs).
+ONNX: standard operators only (Gemm, Conv, MaxPool, Flatten, Transpose, BatchNormalization,
+Relu, Sigmoid, Softmax), opset 13 or later. The graph input "input" has the model's input
+shape, channels last, with a dynamic batch axis ("batch"); the output "output" is (batch,
+n_outputs).
 Convolutions and pooling run channels first, as ONNX defines them: the image is transposed
 once before the first of them, and back to channels last before Flatten, so the flattened
 order (and the next Dense kernel) is Keras'.
@@ -20,8 +21,8 @@ generation time: no malloc, no writable global, thread-safe; it needs only libm 
 as C99 and as C++.
 
 Each exporter is one emitter per layer kind, in a table keyed by the layer's class name; a
-layer that is the identity at inference (Dropout) emits nothing, and a kind without an
-emitter is an error naming it.
+layer that is the identity at inference (Dropout, RandomTranslation) emits nothing, and a kind
+without an emitter is an error naming it.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ DEFAULT_OPSET = MIN_OPSET
 DEFAULT_C_NAME = "model"
 ONNX_MISSING = 'ONNX export needs the onnx package: pip install "mnistnet[onnx]"'
 # Layers that pass their input through at inference: no operator, no C code.
-IDENTITY_AT_INFERENCE = frozenset({"Dropout"})
+IDENTITY_AT_INFERENCE = frozenset({"Dropout", "RandomTranslation"})
 FLOATS_PER_LINE = 6  # in the generated C arrays
 
 # C and C++ keywords (C23 and C++23 included) and C++'s alternative operator names: none can
@@ -253,6 +254,19 @@ def _onnx_flatten(g: _OnnxGraph, step: LayerStep, name: str) -> None:
     g.apply("Flatten", name, axis=1, layout="flat")
 
 
+def _onnx_batchnorm(g: _OnnxGraph, step: LayerStep, name: str) -> None:
+    # Inference: the moving statistics. ONNX normalises axis 1, an image's channels in NCHW.
+    gamma, beta, mean, variance = step.weights
+    g.to_layout("NCHW", f"{name}_to_nchw") if g.layout == "NHWC" else None
+    g.apply("BatchNormalization", name, g.constant(f"{name}_gamma", gamma),
+            g.constant(f"{name}_beta", beta), g.constant(f"{name}_mean", mean),
+            g.constant(f"{name}_variance", variance), epsilon=step.layer.epsilon)
+
+
+def _onnx_activation_layer(g: _OnnxGraph, step: LayerStep, name: str) -> None:
+    """Nothing of its own: its activation follows, as every layer's does."""
+
+
 ONNX_ACTIVATIONS = {"linear": None, "relu": "Relu", "sigmoid": "Sigmoid", "softmax": "Softmax"}
 
 
@@ -269,6 +283,8 @@ ONNX_EMITTERS: dict[str, Callable[[_OnnxGraph, LayerStep, str], None]] = {
     "Conv2D": _onnx_conv2d,
     "MaxPool2D": _onnx_maxpool2d,
     "Flatten": _onnx_flatten,
+    "BatchNormalization": _onnx_batchnorm,
+    "Activation": _onnx_activation_layer,
 }
 
 
@@ -409,6 +425,35 @@ static void ${function}(const float *in, float *out)
 }
 """)
 
+# An Activation layer and BatchNormalization at inference (its moving statistics, with
+# invstd = 1 / sqrt(variance + epsilon) as the compiled kernel rounds it), pixel by pixel.
+C_ACTIVATION = Template("""\
+static void ${function}(const float *in, float *out)
+{
+    for (int p = 0; p < ${pixels}; ++p) {
+        float sum[${channels}];
+        for (int c = 0; c < ${channels}; ++c)
+            sum[c] = in[p * ${channels} + c];
+${activate}        for (int c = 0; c < ${channels}; ++c)
+            out[p * ${channels} + c] = sum[c];
+    }
+}
+""")
+
+C_BATCHNORM = Template("""\
+static void ${function}(const float *in, float *out)
+{
+    for (int p = 0; p < ${pixels}; ++p) {
+        float sum[${channels}];
+        for (int c = 0; c < ${channels}; ++c)
+            sum[c] = ${name}_gamma[c] * ((in[p * ${channels} + c] - ${name}_mean[c])
+                                         * ${name}_invstd[c]) + ${name}_beta[c];
+${activate}        for (int c = 0; c < ${channels}; ++c)
+            out[p * ${channels} + c] = sum[c];
+    }
+}
+""")
+
 # The activations, applied to a layer's sums (a row of features, or one pixel's channels):
 # small static functions the compiler inlines, trip count included.
 C_ACTIVATIONS: dict[str, str] = {
@@ -535,11 +580,34 @@ def _c_flatten(step: LayerStep, name: str) -> CLayerCode:
     return CLayerCode(note="a channels-last image already is the flattened row")
 
 
+def _pixels_and_channels(step: LayerStep) -> dict[str, int]:
+    return {"pixels": math.prod(step.output_shape[:-1]), "channels": step.output_shape[-1]}
+
+
+def _c_activation_layer(step: LayerStep, name: str) -> CLayerCode:
+    return _c_function(step, name, C_ACTIVATION, 2, **_pixels_and_channels(step))
+
+
+def _c_batchnorm(step: LayerStep, name: str) -> CLayerCode:
+    gamma, beta, mean, variance = step.weights
+    invstd = (1.0 / np.sqrt(variance.astype(np.float64) + step.layer.epsilon)).astype(
+        np.float32)
+    what = f"layer {step.index}: BatchNormalization"
+    constants = [c_array(f"{name}_gamma", gamma, f"{what} gamma"),
+                 c_array(f"{name}_beta", beta, f"{what} beta"),
+                 c_array(f"{name}_mean", mean, f"{what} moving mean"),
+                 c_array(f"{name}_invstd", invstd,
+                         f"{what} 1 / sqrt(moving variance + {step.layer.epsilon})")]
+    return _c_function(step, name, C_BATCHNORM, 2, constants, **_pixels_and_channels(step))
+
+
 C_EMITTERS: dict[str, Callable[[LayerStep, str], CLayerCode]] = {
     "Dense": _c_dense,
     "Conv2D": _c_conv2d,
     "MaxPool2D": _c_maxpool2d,
     "Flatten": _c_flatten,
+    "BatchNormalization": _c_batchnorm,
+    "Activation": _c_activation_layer,
 }
 
 

@@ -321,6 +321,7 @@ class Model:
         self._epochs_done = 0
         self.history: History | None = None  # the running or last fit's History
         self.stop_training = False  # a callback sets it to end fit after this epoch
+        self.fit_batch_size: int | None = None  # the last fit's (saved: resume needs it)
         self._training = threading.Lock()
         self._initialise()
 
@@ -540,6 +541,7 @@ class Model:
         # completed epochs (as in Keras).
         history = self.history = History()
         acts, dacts = self._training_buffers(batch_size)
+        self.fit_batch_size = batch_size
         n = x.shape[0]
         steps = -(-n // batch_size)
         self.stop_training = False

@@ -9,6 +9,8 @@ Format 2 (this version writes it):
                       row-major, each followed by its bias), as mnistnet.plan lays it out
     optimizer_state   float32 (slots * n_params,): momentum's velocity, Adam's moments
     training          int64 [optimizer iterations, epochs trained]
+    fit_batch_size    int64, optional: the batch size of the last fit (what a resumed
+                      training needs to continue exactly: `mnistnet train --resume`)
     mnistnet_version  the writer's version
 Format 1 (mnistnet 0.1; still read): Dense layers only, config {"layers": [{"units",
 "activation"}], "input_dim", "loss", "optimizer": {"learning_rate"}, "seed"}, and params.
@@ -44,6 +46,8 @@ def save_model(model: Model, path: str | os.PathLike) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     config = {**model.get_config(),
               "output_shapes": [list(s) for s in model.plan.shapes[1:]]}
+    extra = ({} if model.fit_batch_size is None
+             else {"fit_batch_size": np.array(model.fit_batch_size, dtype=np.int64)})
     fd, tmp = tempfile.mkstemp(prefix=".mnistnet-", suffix=".npz.tmp", dir=folder)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
@@ -53,7 +57,7 @@ def save_model(model: Model, path: str | os.PathLike) -> None:
                      optimizer_state=model.optimizer_state,
                      training=np.array([model.optimizer.iterations, model.epochs_trained],
                                        dtype=np.int64),
-                     mnistnet_version=np.array(__version__))
+                     mnistnet_version=np.array(__version__), **extra)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -165,6 +169,12 @@ def _restore_training(model: Model, arrays: dict[str, Any], path: str) -> None:
                              "iterations, epochs trained)")
         model.optimizer.iterations = int(training[0])
         model._epochs_done = int(training[1])
+    batch_size = arrays.get("fit_batch_size")
+    if batch_size is not None:
+        if (not isinstance(batch_size, np.ndarray) or batch_size.dtype.kind not in "iu"
+                or batch_size.shape != () or int(batch_size) < 1):
+            raise ValueError(f"{path}: fit_batch_size must be an integer >= 1")
+        model.fit_batch_size = int(batch_size)
 
 
 def _umask() -> int:

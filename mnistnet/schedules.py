@@ -45,10 +45,11 @@ class LearningRateSchedule:
         """float32 rates of steps first_step .. first_step + steps - 1."""
         step = np.arange(first_step, first_step + steps, dtype=np.float64)
         rates = self._rates(step)
-        if not np.all(np.isfinite(rates) & (rates > 0)):
-            bad = step[~(np.isfinite(rates) & (rates > 0))][0]
-            raise ValueError(f"{self!r} gives the learning rate {self(int(bad))} at step "
-                             f"{int(bad)}; a rate must be a finite number > 0")
+        # 0 is allowed (CosineDecay ends there, as in Keras): such steps move nothing.
+        if not np.all(np.isfinite(rates) & (rates >= 0)):
+            bad = int(step[~(np.isfinite(rates) & (rates >= 0))][0])
+            raise ValueError(f"{self!r} gives the learning rate {self._rates(np.array([bad]))[0]}"
+                             f" at step {bad}; a rate must be a finite number >= 0")
         return rates.astype(np.float32)
 
     def _rates(self, step: np.ndarray) -> np.ndarray:
@@ -92,7 +93,9 @@ class CosineDecay(LearningRateSchedule):
 
     def __init__(self, initial_learning_rate: float, decay_steps: int, alpha: float = 0.0,
                  warmup_target: float | None = None, warmup_steps: int = 0) -> None:
-        self.initial_learning_rate = _positive(initial_learning_rate, "initial_learning_rate")
+        # 0 is allowed: a warmup from 0 is the usual start (Keras' example).
+        self.initial_learning_rate = _non_negative(initial_learning_rate,
+                                                   "initial_learning_rate")
         self.decay_steps = _positive(decay_steps, "decay_steps", integer=True)
         self.alpha = _non_negative(alpha, "alpha")
         if self.alpha > 1:

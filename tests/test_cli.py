@@ -189,7 +189,7 @@ BAD_ARGUMENTS = {
     "momentum with adam": ["train", "--preset", "convnet", "--momentum", "0.9"],
     "momentum of 1": ["train", "--preset", "perceptron", "--momentum", "1"],
     "negative momentum": ["train", "--preset", "perceptron", "--momentum", "-0.5"],
-    "unknown optimizer": ["train", "--preset", "perceptron", "--optimizer", "rmsprop"],
+    "unknown optimizer": ["train", "--preset", "perceptron", "--optimizer", "lbfgs"],
     "conv without kernel size": ["train", "--layers", "conv:32,flatten,10:softmax"],
     "conv with zero filters": ["train", "--layers", "conv:0:3,flatten,10:softmax"],
     "conv with a bad kernel": ["train", "--layers", "conv:8:3y3,flatten,10:softmax"],

@@ -36,8 +36,8 @@ C_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2"]
 CXX_FLAGS = ["-x", "c++", "-std=c++11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2"]
 SANITIZE_FLAGS = ["-std=c99", "-O1", "-g", "-fno-omit-frame-pointer",
                   "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
-STANDARD_ONNX_OPS = {"Gemm", "Conv", "MaxPool", "Flatten", "Transpose", "Relu", "Sigmoid",
-                     "Softmax"}
+STANDARD_ONNX_OPS = {"Gemm", "Conv", "MaxPool", "Flatten", "Transpose", "BatchNormalization",
+                     "Relu", "Sigmoid", "Softmax"}
 WRITABLE_DATA_SYMBOLS = set("bBdDgGsSC")  # nm's letters for .bss, .data, small data, common
 
 
@@ -83,16 +83,35 @@ def flatten_first() -> mn.Model:
                     input_shape=(28, 28, 1), seed=7)
 
 
+def augmented() -> mn.Model:
+    """RandomTranslation (the identity at inference), BatchNormalization over a conv's
+    channels and over features, Activation layers (a softmax over the features last)."""
+    return mn.Model([mn.RandomTranslation(0.1, 0.1), mn.Conv2D(6, 3, padding="same"),
+                     mn.BatchNormalization(), mn.Activation("relu"), mn.MaxPool2D(2),
+                     mn.Flatten(), mn.Dense(12), mn.BatchNormalization(epsilon=0.01),
+                     mn.Activation("sigmoid"), mn.Dense(10), mn.Activation("softmax")],
+                    input_shape=(28, 28, 1), loss="categorical_crossentropy", seed=8)
+
+
 MODELS: dict[str, Callable[[], mn.Model]] = {
     **{name: functools.partial(mn.preset, name, seed=0) for name in mn.model.PRESETS},
     "odd-convnet": odd_convnet, "odd-channels": odd_channels, "flatten-first": flatten_first,
+    "augmented": augmented,
 }
 
 
 def with_random_biases(model: mn.Model, seed: int = 0) -> mn.Model:
+    """Every 1-D weight random (biases; BatchNormalization's beta and moving mean), and
+    BatchNormalization's gamma and moving variance random and scaling up (outputs that vary
+    from image to image)."""
     rng = np.random.default_rng(seed)
     model.set_weights([w if w.ndim > 1 else rng.uniform(-0.5, 0.5, w.shape).astype(np.float32)
                        for w in model.get_weights()])
+    for i, layer in enumerate(model.layers):
+        if isinstance(layer, mn.BatchNormalization):
+            off, c = int(model.plan.table[i]["param"]), int(model.plan.table[i]["out_c"])
+            model.params[off: off + c] = rng.uniform(1.0, 3.0, c)
+            model.params[off + 3 * c: off + 4 * c] = rng.uniform(0.05, 0.5, c)
     return model
 
 
