@@ -9,9 +9,15 @@
   input checks and without validation: the difference to "epoch fit" is fit's overhead.
 * predict 10k <preset>: model.predict on the 10,000 test images.
 * predict 1 row <preset>: model.predict on one (1, 784) row: the single-image latency.
+* epoch fit convnet, schedule + 2 callbacks: the convnet's epoch with a OneCycle schedule,
+  EarlyStopping and ModelCheckpoint against the same epoch without them, interleaved; their
+  cost must stay within 2% (they run between epochs, and the schedule is an array of rates
+  the native epoch reads).
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
@@ -20,7 +26,9 @@ import mnistnet as mn
 from mnistnet import fast, reference
 from mnistnet.model import PRESETS, RECIPES, shuffle_order
 
-PRESET_NAMES = list(PRESETS)
+# Not convnet-plus: its NumPy-twin epoch alone takes many minutes (test_schedule_and_callbacks
+# below times it on the fast backend).
+PRESET_NAMES = [name for name in PRESETS if name != "convnet-plus"]
 BACKENDS = ["fast", "reference"]
 EPOCH_ROUNDS = 3  # a reference epoch of a dense preset takes about a second
 
@@ -126,3 +134,39 @@ def test_predict_one_row(benchmark, mnist, trained, name, backend):
     _label(benchmark, f"predict 1 row {name} (latency)", backend)
     pred = benchmark(model.predict, row)
     assert pred.shape == (1, 10)
+
+
+CALLBACK_ROUNDS = 3
+CALLBACK_OVERHEAD = 1.02  # the target: at most 2% slower
+
+
+def test_schedule_and_callbacks(benchmark, mnist, tmp_path):
+    (x_train, y_train), (x_test, y_test) = mnist
+    steps = -(-x_train.shape[0] // _batch("convnet"))
+    times: dict[str, list[float]] = {"plain": [], "schedule+callbacks": []}
+
+    def epoch(kind):
+        if kind == "plain":
+            model, callbacks = mn.preset("convnet", seed=0), []
+        else:
+            model = mn.preset("convnet", seed=0,
+                              optimizer=mn.Adam(mn.schedules.OneCycle(0.001, steps)))
+            callbacks = [mn.callbacks.EarlyStopping(patience=2, restore_best_weights=True),
+                         mn.callbacks.ModelCheckpoint(tmp_path / "ckpt-{epoch}.npz")]
+        start = time.perf_counter()
+        model.fit(x_train, y_train, epochs=1, batch_size=_batch("convnet"),
+                  validation_data=(x_test, y_test), verbose=0, callbacks=callbacks)
+        times[kind].append(time.perf_counter() - start)
+
+    def pair():  # interleaved, so that a slow spell of the machine hits both alike
+        epoch("plain")
+        epoch("schedule+callbacks")
+
+    _label(benchmark, "epoch fit convnet: schedule + 2 callbacks vs none", "fast.pair")
+    benchmark.pedantic(pair, rounds=CALLBACK_ROUNDS, warmup_rounds=0)
+    ratio = min(times["schedule+callbacks"]) / min(times["plain"])
+    benchmark.extra_info.update({"plain_min_s": min(times["plain"]), "overhead": ratio,
+                                 "with_min_s": min(times["schedule+callbacks"])})
+    print(f"\nconvnet epoch: plain {min(times['plain']):.2f} s, with a schedule and two "
+          f"callbacks {min(times['schedule+callbacks']):.2f} s: {ratio:.3f}x")
+    assert ratio <= CALLBACK_OVERHEAD, f"schedule + callbacks cost {ratio:.3f}x the epoch"

@@ -134,7 +134,10 @@ def weight_images(model: Model) -> np.ndarray:
 def _first_layer_images(model: Model) -> tuple[np.ndarray, int, int, Dense | Conv2D]:
     """weight_images, the number of input channels averaged, the layer's index and itself."""
     index, layer = _first_weighted_layer(model)
-    kernel = model.get_weights()[0]
+    # Its kernel: after the weights of any layer before it (a BatchNormalization's, say).
+    before = sum(len(earlier.weight_shapes(shape))
+                 for earlier, shape in zip(model.layers[:index], model.plan.shapes, strict=False))
+    kernel = model.get_weights()[before]
     if isinstance(layer, Conv2D):
         per_unit = np.moveaxis(kernel, 3, 0)  # (filters, kh, kw, channels)
     else:

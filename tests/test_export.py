@@ -110,8 +110,8 @@ def with_random_biases(model: mn.Model, seed: int = 0) -> mn.Model:
     for i, layer in enumerate(model.layers):
         if isinstance(layer, mn.BatchNormalization):
             off, c = int(model.plan.table[i]["param"]), int(model.plan.table[i]["out_c"])
-            model.params[off: off + c] = rng.uniform(1.0, 3.0, c)
-            model.params[off + 3 * c: off + 4 * c] = rng.uniform(0.05, 0.5, c)
+            model.params[off: off + c] = rng.uniform(0.5, 1.5, c)
+            model.params[off + 3 * c: off + 4 * c] = rng.uniform(0.3, 1.0, c)
     return model
 
 
