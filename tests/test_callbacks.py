@@ -324,7 +324,8 @@ def test_resume_through_a_file_in_a_new_process_is_bit_identical(tmp_path):
         model.fit(x, y, epochs=5, batch_size=32, verbose=0)
         model.save({str(tmp_path / "resumed.npz")!r})
     """)
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    # From tmp_path: in the repository root the source folder would shadow the installed package.
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300, cwd=tmp_path)
     resumed = mn.Model.load(tmp_path / "resumed.npz")
     np.testing.assert_array_equal(resumed.params, straight.params)
     np.testing.assert_array_equal(resumed.optimizer_state, straight.optimizer_state)

@@ -431,7 +431,8 @@ UNKNOWN_NAMES = {
     "activation": (lambda v: mn.Dense(3, activation=v), "linear, sigmoid, relu, softmax"),
     "loss": (lambda v: mn.Model([mn.Dense(3)], input_dim=IN, loss=v),
              "mse, categorical_crossentropy"),
-    "preset": (lambda v: mn.preset(v), "perceptron, hidden-relu, cross-entropy, convnet"),
+    "preset": (lambda v: mn.preset(v),
+               "perceptron, hidden-relu, cross-entropy, convnet, convnet-plus"),
     "backend": (lambda v: mn.Model([mn.Dense(3)], input_dim=IN, backend=v), "fast, reference"),
 }
 
