@@ -535,13 +535,18 @@ cdef Py_ssize_t team_stretch(const Net* net, const EpochArgs* args, Py_ssize_t s
 # whole one-thread probe (it cannot win any more), a run of RUN_BATCHES after a won probe
 # once it averages SLOW_FACTOR times slower than that probe (after RUN_MIN_BATCHES). After a
 # lost
-# probe the one-thread stretch starts at SHORT_RUN_BATCHES and doubles with each further
-# loss, up to RUN_BATCHES, so a passing load costs little more than itself. The weights are
-# the same bits every way.
+# probe the one-thread stretch starts at SHORT_RUN_BATCHES (fewer if they would take more than
+# SHORT_RUN_SECONDS) and doubles with each further loss, up to RUN_BATCHES, so a passing load
+# costs little more than itself. A probe of long batches ends after PROBE_SECONDS (and at
+# least MIN_PROBE_BATCHES): 32 one-thread batches of the convnet took 1.0 s of its 9 s epoch,
+# 0.45 s more than on the team. The weights are the same bits every way.
 cdef Py_ssize_t PROBE_BATCHES = 32
+cdef Py_ssize_t MIN_PROBE_BATCHES = 4
+cdef double PROBE_SECONDS = 0.05
 cdef Py_ssize_t RUN_BATCHES = 1024
 cdef Py_ssize_t RUN_MIN_BATCHES = 16
 cdef Py_ssize_t SHORT_RUN_BATCHES = 64
+cdef double SHORT_RUN_SECONDS = 0.25
 cdef double SLOW_FACTOR = 3.0
 # How train_epoch schedules its batches: SCHEDULE_AUTO (the probes decide), or always on one
 # thread, or always on the team. Results are the same bits every way; tests force each.
@@ -552,36 +557,53 @@ cdef enum:
 cdef int epoch_schedule = SCHEDULE_AUTO
 
 
+cdef Py_ssize_t serial_probe(const Net* net, const EpochArgs* args, Py_ssize_t start,
+                             EpochResult* res, double* last_check) noexcept nogil:
+    """The one-thread probe from row start: PROBE_BATCHES batches, or fewer (at least
+    MIN_PROBE_BATCHES) once they have taken PROBE_SECONDS. Returns the next start."""
+    cdef Py_ssize_t N = args.N, bs = args.batch_size, end = min(N, start + PROBE_BATCHES * bs)
+    cdef double t0 = mn_seconds()
+    start = serial_stretch(net, args, start, min(end, start + MIN_PROBE_BATCHES * bs), res,
+                           last_check)
+    while start < end and res.status == EPOCH_DONE and mn_seconds() - t0 < PROBE_SECONDS:
+        start = serial_stretch(net, args, start, start + bs, res, last_check)
+    return start
+
+
 cdef Py_ssize_t probed_stretch(const Net* net, const EpochArgs* args, Py_ssize_t start,
                                int threads, Py_ssize_t* serial_run, EpochResult* res,
                                double* last_check) noexcept nogil:
     """Probe both ways from row start, then run a stretch (or the rest of the epoch) the
     faster way; serial_run carries the one-thread stretch after a team loss from one call
     to the next. Returns the next start."""
-    cdef Py_ssize_t N = args.N, bs = args.batch_size, probe = PROBE_BATCHES * bs, end, first
+    cdef Py_ssize_t N = args.N, bs = args.batch_size, probe, first
     cdef double t0 = mn_seconds(), serial_time, team_time, team_per_batch
     cdef Py_ssize_t run
     first = start
-    start = serial_stretch(net, args, start, min(N, start + probe), res, last_check)
+    start = serial_probe(net, args, start, res, last_check)
     serial_time = mn_seconds() - t0
+    probe = (start - first) // bs  # batches
     if res.status != EPOCH_DONE or start >= N:
         return start
     t0 = mn_seconds()
     first = start
-    start = team_stretch(net, args, start, min(N, start + probe), threads, 0, 0, serial_time,
-                         res, last_check)
+    start = team_stretch(net, args, start, min(N, start + probe * bs), threads, 0, 0,
+                         serial_time, res, last_check)
     team_time = mn_seconds() - t0
     team_per_batch = team_time / max(1, (start - first) // bs)
     if res.status != EPOCH_DONE or start >= N:
         return start
-    if team_per_batch * PROBE_BATCHES < serial_time:
-        serial_run[0] = SHORT_RUN_BATCHES
+    if team_per_batch * probe < serial_time:
+        serial_run[0] = 0  # the next loss starts short again
         return team_stretch(net, args, start, min(N, start + RUN_BATCHES * bs), threads,
                             SLOW_FACTOR * team_per_batch, RUN_MIN_BATCHES, 0, res,
                             last_check)
     # A lost probe may have waited long for a descheduled thread: run one thread long
     # enough that probing costs at most a fifth of the time.
-    run = max(serial_run[0], <Py_ssize_t>(4 * team_time / serial_time * PROBE_BATCHES))
+    if serial_run[0] == 0:
+        serial_run[0] = max(MIN_PROBE_BATCHES, min(
+            SHORT_RUN_BATCHES, <Py_ssize_t>(SHORT_RUN_SECONDS / serial_time * probe)))
+    run = max(serial_run[0], <Py_ssize_t>(4 * team_time / serial_time * probe))
     serial_run[0] = min(2 * serial_run[0], RUN_BATCHES)
     return serial_stretch(net, args, start, min(N, start + min(run, RUN_BATCHES) * bs), res,
                           last_check)
@@ -600,7 +622,7 @@ cdef EpochResult train_epoch(const Net* net, const EpochArgs* args) noexcept nog
     cdef double last_check = mn_seconds()
     cdef int threads = mn_get_num_threads()
     cdef Py_ssize_t start = 0, N = args.N, batch_size = args.batch_size
-    cdef Py_ssize_t serial_run = SHORT_RUN_BATCHES
+    cdef Py_ssize_t serial_run = 0  # not yet lost a probe
     cdef Net t = for_training(net)
     net = &t
     if not net.dense_only:  # each thread of a team needs its workspace

@@ -469,8 +469,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the options of `mnistnet bench` to `parser` (the CLI's subparser, or our own)."""
     parser.add_argument("--presets", nargs="+", default=list(DEFAULT_PRESETS),
                         metavar="PRESET",
-                        help=f"presets to compare, space- or comma-separated (default: all "
-                        f"of {', '.join(PRESETS)})")
+                        help=f"presets to compare, space- or comma-separated, of "
+                        f"{', '.join(PRESETS)} (default: {' '.join(DEFAULT_PRESETS)})")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per timing (default 1)")
     parser.add_argument("--data", metavar="DIR", default=None,
                         help="folder with the four MNIST files (default: $MNISTNET_DATA, the "
