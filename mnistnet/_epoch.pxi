@@ -55,6 +55,7 @@ cdef Py_ssize_t serial_stretch(const Net* net, const EpochArgs* args, Py_ssize_t
     cdef float* targets = net_acts(net, L + 1)
     cdef double loss
     cdef Step s
+    end = min(end, args.N)  # past N a batch would have no rows (and a NaN mean loss)
     mn_set_thread_cap(1)
     while start < end and res.status == EPOCH_DONE:
         n = batch_rows(args, start)
@@ -549,11 +550,14 @@ cdef Py_ssize_t SHORT_RUN_BATCHES = 64
 cdef double SHORT_RUN_SECONDS = 0.25
 cdef double SLOW_FACTOR = 3.0
 # How train_epoch schedules its batches: SCHEDULE_AUTO (the probes decide), or always on one
-# thread, or always on the team. Results are the same bits every way; tests force each.
+# thread, or always on the team, or nothing but probes (each pair's one-thread then team
+# probe, whatever they measure, however short the epoch). Results are the same bits every
+# way; tests force each.
 cdef enum:
     SCHEDULE_AUTO = 0
     SCHEDULE_SERIAL = 1
     SCHEDULE_TEAM = 2
+    SCHEDULE_PROBES = 3
 cdef int epoch_schedule = SCHEDULE_AUTO
 
 
@@ -566,16 +570,16 @@ cdef Py_ssize_t serial_probe(const Net* net, const EpochArgs* args, Py_ssize_t s
     start = serial_stretch(net, args, start, min(end, start + MIN_PROBE_BATCHES * bs), res,
                            last_check)
     while start < end and res.status == EPOCH_DONE and mn_seconds() - t0 < PROBE_SECONDS:
-        start = serial_stretch(net, args, start, start + bs, res, last_check)
+        start = serial_stretch(net, args, start, min(end, start + bs), res, last_check)
     return start
 
 
 cdef Py_ssize_t probed_stretch(const Net* net, const EpochArgs* args, Py_ssize_t start,
-                               int threads, Py_ssize_t* serial_run, EpochResult* res,
-                               double* last_check) noexcept nogil:
-    """Probe both ways from row start, then run a stretch (or the rest of the epoch) the
-    faster way; serial_run carries the one-thread stretch after a team loss from one call
-    to the next. Returns the next start."""
+                               int threads, Py_ssize_t* serial_run, bint probes_only,
+                               EpochResult* res, double* last_check) noexcept nogil:
+    """Probe both ways from row start, then (unless probes_only) run a stretch (or the
+    rest of the epoch) the faster way; serial_run carries the one-thread stretch after a
+    team loss from one call to the next. Returns the next start."""
     cdef Py_ssize_t N = args.N, bs = args.batch_size, probe, first
     cdef double t0 = mn_seconds(), serial_time, team_time, team_per_batch
     cdef Py_ssize_t run
@@ -591,7 +595,7 @@ cdef Py_ssize_t probed_stretch(const Net* net, const EpochArgs* args, Py_ssize_t
                          serial_time, res, last_check)
     team_time = mn_seconds() - t0
     team_per_batch = team_time / max(1, (start - first) // bs)
-    if res.status != EPOCH_DONE or start >= N:
+    if res.status != EPOCH_DONE or start >= N or probes_only:
         return start
     if team_per_batch * probe < serial_time:
         serial_run[0] = 0  # the next loss starts short again
@@ -631,10 +635,15 @@ cdef EpochResult train_epoch(const Net* net, const EpochArgs* args) noexcept nog
         serial_stretch(net, args, 0, N, &res, &last_check)
     elif epoch_schedule == SCHEDULE_TEAM:
         team_stretch(net, args, 0, N, threads, 0, 0, 0, &res, &last_check)
+    elif epoch_schedule == SCHEDULE_PROBES:
+        while start < N and res.status == EPOCH_DONE:
+            start = probed_stretch(net, args, start, threads, &serial_run, True, &res,
+                                   &last_check)
     elif batch_size < 2 * threads or N < 4 * PROBE_BATCHES * batch_size:
         serial_stretch(net, args, 0, N, &res, &last_check)
     else:
         while start < N and res.status == EPOCH_DONE:
-            start = probed_stretch(net, args, start, threads, &serial_run, &res, &last_check)
+            start = probed_stretch(net, args, start, threads, &serial_run, False, &res,
+                                   &last_check)
     end_training(net)
     return res

@@ -210,13 +210,16 @@ def get_num_threads() -> int:
     return mn_get_num_threads()
 
 
-_SCHEDULES = {"auto": SCHEDULE_AUTO, "serial": SCHEDULE_SERIAL, "team": SCHEDULE_TEAM}
+_SCHEDULES = {"auto": SCHEDULE_AUTO, "serial": SCHEDULE_SERIAL, "team": SCHEDULE_TEAM,
+              "probes": SCHEDULE_PROBES}
 
 
 def _set_epoch_schedule(str name) -> None:
     """Force how train_epoch runs its batches: "auto" (default: a timed probe picks),
-    "serial" (one thread) or "team" (all threads). For tests and benchmarks; results are
-    bit-identical every way. Process-wide: do not change it while an epoch runs."""
+    "serial" (one thread), "team" (all threads) or "probes" (nothing but the timed probes,
+    one-thread then team, back to back, even in short epochs). For tests and benchmarks;
+    results are bit-identical every way. Process-wide: do not change it while an epoch
+    runs."""
     global epoch_schedule
     if name not in _SCHEDULES:
         raise ValueError(f"unknown epoch schedule {name!r}; expected one of {sorted(_SCHEDULES)}")

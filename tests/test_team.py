@@ -110,6 +110,30 @@ def test_inputs_team_gives_the_weights_of_one_thread(arch, batch_size, threads, 
                                serial_history.history["accuracy"], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("arch", ["relu128-relu64-softmax", "relu33-sigmoid", "softmax"])
+@pytest.mark.parametrize("rows", [9, 16 * 5 + 3, 16 * 31 + 1, 16 * 40 + 15, 16 * 70 + 8])
+def test_probes_give_the_weights_of_one_thread(arch, rows, schedule):
+    """Nothing but probes (one thread, then the team, back to back), so the data's end, a
+    short last batch, falls inside a one-thread probe (5, 31, 70 batches in) or a team probe
+    (40): every batch runs once, none with no rows (whose mean loss would be NaN and stop
+    the epoch), and the weights are those of one thread."""
+    features = WIDE if arch == "softmax" else FEATURES
+    x, y = _data(rows, features)
+    trained = {}
+    for name, threads in (("serial", 1), ("probes", 2)):
+        schedule(name, threads)
+        model = _model(arch, features=features)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a NaN loss warns and stops the epoch
+            history = model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+        trained[name] = model, history
+    (serial, serial_history), (probed, probed_history) = trained["serial"], trained["probes"]
+    assert probed.optimizer.iterations == serial.optimizer.iterations == 2 * -(-rows // 16)
+    assert np.array_equal(probed.params, serial.params)
+    np.testing.assert_allclose(probed_history.history["loss"],
+                               serial_history.history["loss"], rtol=1e-5)
+
+
 @pytest.mark.parametrize(("arch", "features"), [("relu128-linear", FEATURES),
                                                 ("linear", FEATURES), ("linear", WIDE)])
 @pytest.mark.parametrize("lr", [100.0, 3e38])
