@@ -419,7 +419,8 @@ def _resumed_model(args: argparse.Namespace) -> mn.Model:
     given = [option for option, value in (
         ("--loss", args.loss), ("--optimizer", args.optimizer), ("--lr", args.lr),
         ("--momentum", args.momentum), ("--seed", args.seed), ("--schedule", args.schedule),
-        ("--l2", args.l2)) if value is not None]
+        ("--l2", args.l2), ("--validation-split", args.validation_split))
+        if value is not None]
     if given:
         raise CLIError(f"{', '.join(given)}: --resume continues with the model file's own "
                        "settings")
@@ -430,8 +431,27 @@ def _resumed_model(args: argparse.Namespace) -> mn.Model:
         # The batch size of the training it continues (older files: the tutorial's 32).
         args.batch_size = model.fit_batch_size or 32
     args.seed, args.lr = model.seed, model.optimizer.current_learning_rate()
+    args.validation_split = model.fit_validation_split  # the same rows held out
     args.optimizer = type(model.optimizer).__name__.lower()
+    _warn_if_schedule_ended(model)
     return model
+
+
+def _warn_if_schedule_ended(model: mn.Model) -> None:
+    """A resumed training past the end of its schedule trains at the schedule's last rate
+    (a one-cycle's is 1/10,000 of its start, a cosine's 0 by default): say so."""
+    rate = model.optimizer.learning_rate
+    if isinstance(rate, CosineDecay):
+        end = rate.warmup_steps + rate.decay_steps
+    elif isinstance(rate, OneCycle):
+        end = rate.total_steps
+    else:
+        return
+    if model.optimizer.iterations >= end:
+        warnings.warn(f"the model file's {type(rate).__name__} schedule ended at step {end} "
+                      f"(this model has taken {model.optimizer.iterations}): the new epochs "
+                      f"train at its final rate, {model.optimizer.current_learning_rate():.3g}",
+                      stacklevel=2)
 
 
 def _steps_per_epoch(args: argparse.Namespace, n_train: int) -> int:

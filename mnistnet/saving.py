@@ -11,6 +11,7 @@ Format 2 (this version writes it):
     training          int64 [optimizer iterations, epochs trained]
     fit_batch_size    int64, optional: the batch size of the last fit (what a resumed
                       training needs to continue exactly: `mnistnet train --resume`)
+    fit_validation_split  float64, optional: the last fit's validation_split, if any
     mnistnet_version  the writer's version
 Format 1 (mnistnet 0.1; still read): Dense layers only, config {"layers": [{"units",
 "activation"}], "input_dim", "loss", "optimizer": {"learning_rate"}, "seed"}, and params.
@@ -48,6 +49,8 @@ def save_model(model: Model, path: str | os.PathLike) -> None:
               "output_shapes": [list(s) for s in model.plan.shapes[1:]]}
     extra = ({} if model.fit_batch_size is None
              else {"fit_batch_size": np.array(model.fit_batch_size, dtype=np.int64)})
+    if model.fit_validation_split is not None:
+        extra["fit_validation_split"] = np.array(model.fit_validation_split, dtype=np.float64)
     fd, tmp = tempfile.mkstemp(prefix=".mnistnet-", suffix=".npz.tmp", dir=folder)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
@@ -175,6 +178,12 @@ def _restore_training(model: Model, arrays: dict[str, Any], path: str) -> None:
                 or batch_size.shape != () or int(batch_size) < 1):
             raise ValueError(f"{path}: fit_batch_size must be an integer >= 1")
         model.fit_batch_size = int(batch_size)
+    split = arrays.get("fit_validation_split")
+    if split is not None:
+        if (not isinstance(split, np.ndarray) or split.dtype.kind != "f" or split.shape != ()
+                or not 0 < float(split) < 1):
+            raise ValueError(f"{path}: fit_validation_split must be a number in (0, 1)")
+        model.fit_validation_split = float(split)
 
 
 def _umask() -> int:

@@ -18,7 +18,7 @@ import pytest
 from tolerances import assert_close
 
 import mnistnet as mn
-from mnistnet import schedules
+from mnistnet import saving, schedules
 from mnistnet.callbacks import (
     Callback,
     CSVLogger,
@@ -386,6 +386,14 @@ def test_validation_split_with_validation_data_is_an_error():
         _dense_model().fit(x[:1], y[:1], verbose=0, validation_split=0.1)
 
 
+def test_nan_in_the_held_out_rows_names_validation_split():
+    x, y = _data(100)
+    x[95, 3] = np.nan  # in the last 10%: a validation row
+    with pytest.raises(ValueError,
+                       match=r"^x's last 0.1 \(validation_split\) contains NaN or Inf$"):
+        _dense_model().fit(x, y, verbose=0, validation_split=0.1)
+
+
 def test_a_schedule_with_reduce_lr_on_plateau_is_an_error():
     x, y = _data(100)
     model = _dense_model(optimizer=mn.Adam(schedules.ExponentialDecay(0.01, 10, 0.9)))
@@ -403,19 +411,24 @@ def test_callbacks_must_be_callbacks():
 
 
 def test_checkpoint_file_is_written_atomically(tmp_path, monkeypatch):
-    # A failure while writing leaves the previous epoch's file as it was, and no stray files.
+    # A failure in the middle of writing the next epoch's checkpoint (here: np.savez raises
+    # after writing part of the file, as Ctrl-C or a full disk would) leaves the previous
+    # epoch's file as it was, and no stray files.
     x, y = _data(100)
     path = tmp_path / "ckpt.npz"
     model = _dense_model()
     model.fit(x, y, epochs=1, batch_size=50, verbose=0, callbacks=[ModelCheckpoint(path)])
     before = path.read_bytes()
+    writes = []
 
-    class Broken(Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            raise KeyboardInterrupt  # as Ctrl-C would, during the next epoch
+    def half_written(file, **arrays):
+        file.write(b"PK\x03\x04 half a checkpoint")
+        writes.append(file)
+        raise KeyboardInterrupt
 
+    monkeypatch.setattr(saving.np, "savez", half_written)
     with pytest.raises(KeyboardInterrupt):
-        model.fit(x, y, epochs=3, batch_size=50, verbose=0,
-                  callbacks=[Broken(), ModelCheckpoint(path)])
+        model.fit(x, y, epochs=3, batch_size=50, verbose=0, callbacks=[ModelCheckpoint(path)])
+    assert len(writes) == 1  # the write really started
     assert path.read_bytes() == before
     assert sorted(p.name for p in Path(tmp_path).iterdir()) == ["ckpt.npz"]

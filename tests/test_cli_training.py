@@ -45,9 +45,9 @@ def test_resume_is_bit_identical_to_training_straight_through(data: Path, tmp_pa
     assert straight.returncode == 0, straight.stderr
     assert sorted(p.name for p in tmp_path.glob("ckpt-*.npz")) == [
         f"ckpt-{e}.npz" for e in range(1, 5)]
-    resumed = run_cli("train", "--resume", "ckpt-2.npz", "--epochs", "2", "--validation-split",
-                      "0.2", "--data", data, "--save", "resumed.npz", "--history", "h.json",
-                      "--quiet", cwd=tmp_path)
+    # No --validation-split: the file's 0.2 is held out again.
+    resumed = run_cli("train", "--resume", "ckpt-2.npz", "--epochs", "2", "--data", data,
+                      "--save", "resumed.npz", "--history", "h.json", "--quiet", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     a, b = mn.Model.load(tmp_path / "straight.npz"), mn.Model.load(tmp_path / "resumed.npz")
     np.testing.assert_array_equal(b.params, a.params)
@@ -55,11 +55,24 @@ def test_resume_is_bit_identical_to_training_straight_through(data: Path, tmp_pa
     assert (b.epochs_trained, b.optimizer.iterations) == (a.epochs_trained,
                                                           a.optimizer.iterations) == (4, 48)
     assert b.fit_batch_size == 16  # taken from the file: no --batch-size given
+    assert b.fit_validation_split == 0.2
     record = json.loads((tmp_path / "h.json").read_text())
     assert record["resumed_from"] == "ckpt-2.npz" and record["epoch"] == [0, 1]
     assert record["learning_rate"]["class"] == "CosineDecay"
     half = mn.Model.load(tmp_path / "ckpt-2.npz")
     assert not np.array_equal(half.params, a.params)
+
+
+def test_resuming_past_the_schedules_end_warns(data: Path, tmp_path: Path):
+    first = run_cli(*TRAIN, "--epochs", "2", "--data", data, "--save", "m.npz", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "warning" not in first.stderr
+    resumed = run_cli("train", "--resume", "m.npz", "--epochs", "1", "--data", data,
+                      "--quiet", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    # 2 epochs of 12 steps: a 1-epoch warmup, then 12 steps of cosine decay down to 0.
+    assert ("warning: the model file's CosineDecay schedule ended at step 24 (this model has "
+            "taken 24): the new epochs train at its final rate, 0") in resumed.stderr
 
 
 def test_early_stopping_and_the_new_optimizers_from_the_command_line(data: Path,
@@ -119,6 +132,8 @@ def test_ctrl_c_leaves_the_last_checkpoint_intact(tmp_path: Path) -> None:
     (["--resume", "m.npz", "--epochs", "2", "--lr", "0.1"],
      "--lr: --resume continues with the model file's own settings"),
     (["--resume", "m.npz"], "--resume needs --epochs"),
+    (["--resume", "m.npz", "--epochs", "2", "--validation-split", "0.1"],
+     "--validation-split: --resume continues with the model file's own settings"),
     (["--resume", "m.npz", "--preset", "convnet"], "not allowed with argument"),
     (["--preset", "convnet", "--schedule", "linear"], "expected cosine[:WARMUP_EPOCHS]"),
     (["--preset", "convnet", "--schedule", "cosine:5", "--epochs", "5"],
@@ -126,11 +141,13 @@ def test_ctrl_c_leaves_the_last_checkpoint_intact(tmp_path: Path) -> None:
     (["--preset", "convnet", "--schedule", "piecewise:3=0.1,2=0.2"], "strictly increasing"),
     (["--preset", "convnet", "--l2", "-0.1"], "must be a finite number >= 0"),
     (["--preset", "convnet", "--validation-split", "1"], r"must lie in (0, 1)"),
-    (["--preset", "convnet", "--early-stopping", "-1"], "--early-stopping"),
+    (["--preset", "convnet", "--early-stopping", "-1"],
+     "--early-stopping: must be an integer >= 0, got '-1'"),
     (["--preset", "convnet", "--momentum", "1.0"], r"must lie in [0, 1)"),
     (["--preset", "convnet", "--optimizer", "adam", "--momentum", "0.9"],
      "--momentum applies to --optimizer sgd or rmsprop only"),
-    (["--layers", "translate:2,flatten,10:softmax"], "translate"),
+    (["--layers", "translate:2,flatten,10:softmax"],
+     "translate takes a fraction in [0, 1], got '2'"),
     (["--preset", "convnet", "--checkpoint", "missing/ckpt.npz"], "does not exist"),
 ])
 def test_training_option_errors(argv, message, data: Path, tmp_path: Path, capsys,
