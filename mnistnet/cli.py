@@ -322,7 +322,8 @@ def _add_train(commands: Any) -> None:
                           "after a linear warmup from lr/10 over WARMUP_EPOCHS), exponential "
                           "(times RATE every EVERY_EPOCHS, default 1), piecewise (lr, then "
                           "each LR from the end of its EPOCH on), onecycle (up to lr and down "
-                          f"again); {SCHEDULE_GRAMMAR}")
+                          f"again); {SCHEDULE_GRAMMAR} (default: the preset's, onecycle "
+                          "for convnet-plus; none for the others and --layers)")
     sub.add_argument("--l2", type=_l2, metavar="L2",
                      help="L2 regularisation of every Dense and Conv2D kernel (adds "
                           "L2 * sum(w^2) to the loss)")
@@ -533,8 +534,7 @@ def _resolve_recipe(args: argparse.Namespace) -> None:
                    else OPTIMIZER_RATES[args.optimizer])
     if args.seed is None:
         args.seed = 0
-    if args.schedule is None and recipe.get("schedule") and args.optimizer == recipe[
-            "optimizer"]:
+    if args.schedule is None and recipe.get("schedule"):  # whichever the optimizer
         args.schedule = _schedule_spec(recipe["schedule"])
     if args.epochs is None:
         args.epochs = recipe["epochs"]

@@ -63,6 +63,18 @@ def test_resume_is_bit_identical_to_training_straight_through(data: Path, tmp_pa
     assert not np.array_equal(half.params, a.params)
 
 
+def test_a_presets_schedule_stays_with_another_optimizer(data: Path, tmp_path: Path):
+    result = run_cli("train", "--preset", "convnet-plus", "--optimizer", "adamw", "--epochs",
+                     "1", "--data", data, "--history", "h.json", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "h.json").read_text())
+    assert record["optimizer"]["class"] == "AdamW"
+    # AdamW's default rate (Keras': 0.001) as the one-cycle's peak, over this run's 2 steps.
+    assert record["learning_rate"]["class"] == "OneCycle"
+    assert record["learning_rate"]["max_learning_rate"] == 0.001
+    assert record["learning_rate"]["total_steps"] == 2
+
+
 def test_resuming_past_the_schedules_end_warns(data: Path, tmp_path: Path):
     first = run_cli(*TRAIN, "--epochs", "2", "--data", data, "--save", "m.npz", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
