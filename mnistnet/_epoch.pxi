@@ -535,10 +535,9 @@ cdef Py_ssize_t team_stretch(const Net* net, const EpochArgs* args, Py_ssize_t s
 # stretches end early once they fall behind: a probe as soon as it has taken as long as the
 # whole one-thread probe (it cannot win any more), a run of RUN_BATCHES after a won probe
 # once it averages SLOW_FACTOR times slower than that probe (after RUN_MIN_BATCHES). After a
-# lost
-# probe the one-thread stretch starts at SHORT_RUN_BATCHES (fewer if they would take more than
-# SHORT_RUN_SECONDS) and doubles with each further loss, up to RUN_BATCHES, so a passing load
-# costs little more than itself. A probe of long batches ends after PROBE_SECONDS (and at
+# lost probe the one-thread stretch starts at SHORT_RUN_BATCHES (fewer if they would take more
+# than SHORT_RUN_SECONDS) and doubles with each further loss, up to RUN_BATCHES, so a passing
+# load costs little more than itself. A probe of long batches ends after PROBE_SECONDS (and at
 # least MIN_PROBE_BATCHES): 32 one-thread batches of the convnet took 1.0 s of its 9 s epoch,
 # 0.45 s more than on the team. The weights are the same bits every way.
 cdef Py_ssize_t PROBE_BATCHES = 32
