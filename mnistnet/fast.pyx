@@ -304,15 +304,20 @@ def momentum_update(params, grads, velocity, float learning_rate, float momentum
     return params
 
 
-def adam_update(params, grads, m, v, float learning_rate, double beta_1, double beta_2,
-                float epsilon, long long step):
-    """Keras' Adam, in place, at step `step` (the first is 1); see mnistnet.reference.
-    Returns params."""
+def _check_adam_arrays(params, grads, m, v, long long step):
+    # Adam's and AdamW's arguments: four float32 arrays of one size, and a step from 1.
     _check(params, "params"); _check(grads, "grads"); _check(m, "m"); _check(v, "v")
     _same(grads, "grads", params, "params"); _same(m, "m", params, "params")
     _same(v, "v", params, "params")
     if step < 1:
         raise ValueError(f"step must be >= 1, got {step}")
+
+
+def adam_update(params, grads, m, v, float learning_rate, double beta_1, double beta_2,
+                float epsilon, long long step):
+    """Keras' Adam, in place, at step `step` (the first is 1); see mnistnet.reference.
+    Returns params."""
+    _check_adam_arrays(params, grads, m, v, step)
     cdef float* pp = _io(params)
     cdef const float* pg = _in(grads)
     cdef float* pm = _io(m)
@@ -322,15 +327,12 @@ def adam_update(params, grads, m, v, float learning_rate, double beta_1, double 
         k.adam_update(pp, pg, pm, pv, learning_rate, beta_1, beta_2, epsilon, step, N)
     return params
 
+
 def adamw_update(params, grads, m, v, float learning_rate, double beta_1, double beta_2,
                  float epsilon, long long step, float weight_decay):
     """Keras' AdamW, in place: params -= (params * weight_decay) * learning_rate, then Adam's
     step. Returns params."""
-    _check(params, "params"); _check(grads, "grads"); _check(m, "m"); _check(v, "v")
-    _same(grads, "grads", params, "params"); _same(m, "m", params, "params")
-    _same(v, "v", params, "params")
-    if step < 1:
-        raise ValueError(f"step must be >= 1, got {step}")
+    _check_adam_arrays(params, grads, m, v, step)
     cdef float* pp = _io(params)
     cdef const float* pg = _in(grads)
     cdef float* pm = _io(m)

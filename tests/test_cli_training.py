@@ -8,18 +8,14 @@ Everything trains on tiny synthetic IDX datasets (test_cli.write_dataset), as a 
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from test_cli import (
-    LineReader,
-    _default_sigint,
     check_main_error,
-    cli_env,
+    interrupt_training,
     run_cli,
     write_dataset,
 )
@@ -115,25 +111,9 @@ def test_early_stopping_and_the_new_optimizers_from_the_command_line(data: Path,
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_ctrl_c_leaves_the_last_checkpoint_intact(tmp_path: Path) -> None:
-    data = write_dataset(tmp_path / "data", 20_000, 100)
-    command = [sys.executable, "-m", "mnistnet", "train", "--layers", "256:relu,10:softmax",
-               "--loss", "categorical_crossentropy", "--epochs", "500", "--data", str(data),
-               "--checkpoint", "ckpt.npz"]
-    with subprocess.Popen(command, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True,
-                          preexec_fn=_default_sigint) as process:
-        reader = LineReader(process.stdout)
-        try:
-            reader.wait_for("Epoch 3/", timeout=120)
-            process.send_signal(signal.SIGINT)
-            process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(timeout=30)
-            reader.thread.join(timeout=30)
-        err = process.stderr.read()
-    assert process.returncode == 130, err
+    returncode, err = interrupt_training(tmp_path, ["--checkpoint", "ckpt.npz"], "Epoch 3/",
+                                         120)
+    assert returncode == 130, err
     assert "ckpt.npz holds the last completed epoch" in err
     model = mn.Model.load(tmp_path / "ckpt.npz")
     assert model.epochs_trained in (2, 3)  # Ctrl-C came during epoch 3 (or just after it)
