@@ -12,7 +12,7 @@ import pytest
 from preset_digests import PRESETS, VARIANTS, preset_digest
 
 import mnistnet as mn
-from mnistnet import fast
+from mnistnet import _kernels
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "preset_digests.json").read_text())
 
@@ -26,9 +26,9 @@ def test_training_gives_the_recorded_bits(name, schedule, simd_path):
         pytest.skip(f"no digests recorded for the {simd_path} path")
     before = mn.get_num_threads()
     mn.set_num_threads(1 if schedule == "serial" else 2)
-    fast._set_epoch_schedule(schedule)
+    _kernels._set_epoch_schedule(schedule)
     try:
         assert preset_digest(name) == RECORDED[simd_path][name]
     finally:
-        fast._set_epoch_schedule("auto")
+        _kernels._set_epoch_schedule("auto")
         mn.set_num_threads(before)
