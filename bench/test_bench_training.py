@@ -24,7 +24,8 @@ import pytest
 
 import mnistnet as mn
 from mnistnet import fast, reference
-from mnistnet.model import PRESETS, RECIPES, shuffle_order
+from mnistnet.presets import PRESETS, RECIPES
+from mnistnet.trainer import shuffle_order
 
 # Not convnet-plus: its NumPy-twin epoch alone takes many minutes (test_schedule_and_callbacks
 # below times it on the fast backend).

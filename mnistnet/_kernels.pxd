@@ -194,6 +194,7 @@ cdef Py_ssize_t count_correct(const float* pred,   # IN (B, C)
 cdef bint all_finite(const float* x, Py_ssize_t N) noexcept nogil  # IN (N,)
 
 # ---- the network: a layer plan over buffers owned by the caller ------------------------------
+# The codes of mnistnet.codes (activations, losses, optimizers), checked at import.
 cdef enum:
     ACT_LINEAR = 0
     ACT_SIGMOID = 1
@@ -201,19 +202,23 @@ cdef enum:
     ACT_SOFTMAX = 3
     LOSS_MSE = 0
     LOSS_CE = 1
+    OPT_SGD = 0
+    OPT_MOMENTUM = 1
+    OPT_ADAM = 2
+    OPT_ADAMW = 3
+    OPT_RMSPROP = 4
+
+# The layer kinds: KIND_<class name> = its place in mnistnet.kinds.KINDS (checked at import;
+# cpdef: Python sees the enum as _kernels.LayerKind).
+cpdef enum LayerKind:
     KIND_DENSE = 0
     KIND_CONV2D = 1
     KIND_MAXPOOL2D = 2
     KIND_FLATTEN = 3
     KIND_DROPOUT = 4
     KIND_ACTIVATION = 5
-    KIND_TRANSLATE = 6
-    KIND_BATCHNORM = 7
-    OPT_SGD = 0
-    OPT_MOMENTUM = 1
-    OPT_ADAM = 2
-    OPT_ADAMW = 3
-    OPT_RMSPROP = 4
+    KIND_RANDOMTRANSLATION = 6
+    KIND_BATCHNORMALIZATION = 7
 
 # Why train_epoch stopped.
 cdef enum:
@@ -244,13 +249,15 @@ cdef struct LayerPlan:
     double fill                     # RandomTranslation's fill value
     double momentum, epsilon        # BatchNormalization's
 
+# The optimizer's settings (mnistnet.codes.OPTIMIZER_FIELDS, in that order, 8 bytes each).
 cdef struct OptimizerSettings:
-    int code                # OPT_*
-    double momentum
-    bint nesterov
-    double beta_1, beta_2, epsilon
+    Py_ssize_t code         # OPT_*
+    double momentum         # SGD's and RMSprop's
+    Py_ssize_t nesterov     # SGD's (0 or 1)
+    double beta_1, beta_2   # Adam's and AdamW's
+    double epsilon          # Adam's, AdamW's and RMSprop's
     double rho              # RMSprop's
-    bint centered           # RMSprop's
+    Py_ssize_t centered     # RMSprop's (0 or 1)
     double weight_decay     # AdamW's
 
 cdef struct Net:

@@ -103,9 +103,6 @@ if sizeof(Window) != sizeof(mn_window):
 ACTIVATIONS = {"linear": ACT_LINEAR, "sigmoid": ACT_SIGMOID, "relu": ACT_RELU,
                "softmax": ACT_SOFTMAX}
 LOSSES = {"mse": LOSS_MSE, "categorical_crossentropy": LOSS_CE}
-KINDS = {"dense": KIND_DENSE, "conv2d": KIND_CONV2D, "maxpool2d": KIND_MAXPOOL2D,
-         "flatten": KIND_FLATTEN, "dropout": KIND_DROPOUT, "activation": KIND_ACTIVATION,
-         "translate": KIND_TRANSLATE, "batchnorm": KIND_BATCHNORM}
 OPTIMIZERS = {"sgd": OPT_SGD, "momentum": OPT_MOMENTUM, "adam": OPT_ADAM, "adamw": OPT_ADAMW,
               "rmsprop": OPT_RMSPROP}
 
@@ -136,6 +133,24 @@ cdef inline void column_block(Py_ssize_t width, int rank, int size, Py_ssize_t* 
     block_of((width + COLUMN_ALIGN - 1) // COLUMN_ALIGN, rank, size, &v0, &v1)
     j0[0] = min(v0 * COLUMN_ALIGN, width)
     j1[0] = min(v1 * COLUMN_ALIGN, width)
+
+
+def compiled_kinds():
+    """{"KIND_DENSE": 0, ...}: the LayerKind enum, for checking it against mnistnet.kinds."""
+    return {kind.name: int(kind) for kind in LayerKind}
+
+
+def optimizer_layout():
+    """(field names, byte offsets, struct size) of the OptimizerSettings struct, for checking
+    that mnistnet.codes.OPTIMIZER_DTYPE lays out the same bytes."""
+    cdef OptimizerSettings o
+    cdef char* base = <char*>&o
+    names = ("code", "momentum", "nesterov", "beta_1", "beta_2", "epsilon", "rho", "centered",
+             "weight_decay")
+    offsets = (<char*>&o.code - base, <char*>&o.momentum - base, <char*>&o.nesterov - base,
+               <char*>&o.beta_1 - base, <char*>&o.beta_2 - base, <char*>&o.epsilon - base,
+               <char*>&o.rho - base, <char*>&o.centered - base, <char*>&o.weight_decay - base)
+    return names, offsets, sizeof(OptimizerSettings)
 
 
 def plan_layout():

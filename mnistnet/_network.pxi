@@ -135,7 +135,7 @@ cdef void layer_forward(const Net* net, const Step* s, Py_ssize_t l, float* o,
     cdef const float* w = net.params + p.param
     cdef float* scratch = act_at(net, p.scratch) + r0 * p.n_scratch
     cdef Window g
-    if p.kind == KIND_BATCHNORM:
+    if p.kind == KIND_BATCHNORMALIZATION:
         if s != NULL:  # every thread of a team comes here, rows or not: it has barriers
             batchnorm_train_forward(net, s, p, o, inp, r0, n)
         else:
@@ -159,7 +159,7 @@ cdef void layer_forward(const Net* net, const Step* s, Py_ssize_t l, float* o,
     elif p.kind == KIND_DROPOUT and s != NULL and p.rate > 0:
         dropout_forward(o, scratch, inp, p.rate, dropout_key(s.seed, s.epoch, s.index, l),
                         r0 * p.n_out, n * p.n_out)
-    elif p.kind == KIND_TRANSLATE and s != NULL:
+    elif p.kind == KIND_RANDOMTRANSLATION and s != NULL:
         translate_rows(p, o, inp, dropout_key(s.seed, s.epoch, s.index, l), r0, n, False)
     elif o != inp:  # Activation; dropout and translation in inference
         memcpy(o, inp, n * p.n_out * sizeof(float))
@@ -252,7 +252,7 @@ cdef void deltas_rows(const Net* net, const Step* s, const float* target, Py_ssi
                   target + r0 * OC, nr, n)
     for l in range(L - 1, -1, -1):
         p = &net.plan[l]
-        if p.kind == KIND_BATCHNORM:
+        if p.kind == KIND_BATCHNORMALIZATION:
             batchnorm_sums_team(net, p, n)
         if l == 0 or p.dact_in < 0:
             break
@@ -305,9 +305,9 @@ cdef void layer_input_grad(const Net* net, const Step* s, Py_ssize_t l, float* d
         maxpool2d_backward(dinp, dout, <const int*>scratch, &win, n)
     elif p.kind == KIND_DROPOUT and p.rate > 0:
         dropout_backward(dinp, dout, scratch, n * p.n_out)
-    elif p.kind == KIND_TRANSLATE:
+    elif p.kind == KIND_RANDOMTRANSLATION:
         translate_rows(p, dinp, dout, dropout_key(s.seed, s.epoch, s.index, l), r0, n, True)
-    elif p.kind == KIND_BATCHNORM:
+    elif p.kind == KIND_BATCHNORMALIZATION:
         batchnorm_input_grad(dinp, dout, scratch, w, batch_stats(net, p) + 2 * p.out_c, g,
                              g + p.out_c, n * p.out_h * p.out_w, batch * p.out_h * p.out_w,
                              p.out_c)
@@ -479,7 +479,7 @@ cdef bint row_blocks_update(const Net* net, const Step* s, Py_ssize_t first, int
         if net.plan[l].param < 0:
             continue
         OC = net.plan[l].out_c
-        if net.plan[l].kind == KIND_BATCHNORM:
+        if net.plan[l].kind == KIND_BATCHNORMALIZATION:
             block_of(OC, rank, size, &b0, &b1)
             finite &= batchnorm_update(net, s, &net.plan[l], b0, b1)
             continue

@@ -24,7 +24,6 @@ slower kernel than the one it would detect. The compiled kernels' threads follow
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
@@ -38,11 +37,14 @@ from typing import Any
 
 import numpy as np
 
-import mnistnet as mn
 from mnistnet import fast, reference
-from mnistnet.model import PRESETS, RECIPES
+from mnistnet._version import __version__
+from mnistnet.data import load_mnist
+from mnistnet.model import Model
+from mnistnet.presets import PRESETS, RECIPES, preset
+from mnistnet.trainer import History
 
-__all__ = ["epoch_flops", "machine_context", "main", "run_comparison"]
+__all__ = ["epoch_flops", "format_report", "machine_context", "run_comparison"]
 
 DEFAULT_PRESETS = ("perceptron", "hidden-relu", "cross-entropy")
 BATCH_SIZE = 32  # the tutorial's; the per-layer GEMMs of --gemm are a step of it
@@ -61,7 +63,7 @@ Data = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 def preset_flops(name: str, n_train: int, n_val: int = 0) -> int:
     """epoch_flops for any preset, from its layer plan (conv layers count as their GEMMs
     over the patches)."""
-    forward, train_row = mn.preset(name).plan.flops_per_sample()
+    forward, train_row = preset(name).plan.flops_per_sample()
     return n_train * train_row + n_val * forward
 
 
@@ -119,7 +121,7 @@ def machine_context(gemm_size: int = CONTEXT_GEMM_SIZE,
                                repeats)
     return {
         "numpy_version": np.__version__,
-        "mnistnet_version": mn.__version__,
+        "mnistnet_version": __version__,
         "blas": _openblas_info(),
         "openblas_env": {k: os.environ[k] for k in OPENBLAS_ENV if k in os.environ},
         "simd_path": fast.simd_path(),
@@ -145,7 +147,7 @@ def _load_data(data: Any) -> Data:
     """data as load_mnist's ((x_train, y_train), (x_test, y_test)): None loads MNIST from the
     usual places ($MNISTNET_DATA, the cache, a download); a str/PathLike names a folder."""
     if data is None or isinstance(data, (str, os.PathLike)):
-        return mn.load_mnist(data)
+        return load_mnist(data)
     (x_train, y_train), (x_test, y_test) = data
     return (x_train, y_train), (x_test, y_test)
 
@@ -153,13 +155,13 @@ def _load_data(data: Any) -> Data:
 # ---- the comparison ------------------------------------------------------------------------
 
 def _fit_timed(name: str, backend: str, data: Data, epochs: int,
-               settle: bool = True) -> tuple[float, mn.Model, mn.History]:
+               settle: bool = True) -> tuple[float, Model, History]:
     """Seconds of `epochs` epochs of the preset's recipe (fit with validation), and the
     model and History. settle: pause first, so that the previous run's BLAS threads go idle
     (OpenBLAS workers spin for about 0.1 s after their last call, and would take a core
     from whichever run comes next)."""
     (x_train, y_train), (x_test, y_test) = data
-    model = mn.preset(name, seed=0, backend=backend)
+    model = preset(name, seed=0, backend=backend)
     if settle:
         time.sleep(SETTLE_SECONDS)
     start = time.perf_counter()
@@ -171,8 +173,8 @@ def _fit_timed(name: str, backend: str, data: Data, epochs: int,
 def _compare_preset(name: str, data: Data, epochs: int, repeats: int,
                     matmul_gflops: float) -> dict[str, Any]:
     seconds = {"reference": float("inf"), "fast": float("inf"), "after": float("inf")}
-    models: dict[str, mn.Model] = {}
-    histories: dict[str, mn.History] = {}
+    models: dict[str, Model] = {}
+    histories: dict[str, History] = {}
     for _ in range(repeats):  # interleaved, so drift in machine load hits both backends
         elapsed, models["reference"], histories["reference"] = _fit_timed(
             name, "reference", data, epochs)
@@ -339,7 +341,7 @@ def _peer_timings(label: str, presets: Sequence[str], data_path: str, epochs: in
     for name in presets:
         config_path = os.path.join(folder, f"{name}.json")
         with open(config_path, "w", encoding="utf-8") as f:
-            json.dump(mn.preset(name).get_config(), f)
+            json.dump(preset(name).get_config(), f)
         best, run = float("inf"), {}
         for _ in range(repeats):
             run = _run_peer(label, config_path, data_path, epochs, RECIPES[name]["batch_size"],
@@ -463,73 +465,3 @@ def _align(table: list[list[str]]) -> list[str]:
                  for i, (cell, w) in enumerate(zip(r, widths, strict=True))]
         lines.append("  ".join(cells).rstrip())
     return lines
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the options of `mnistnet bench` to `parser` (the CLI's subparser, or our own)."""
-    parser.add_argument("--presets", nargs="+", default=list(DEFAULT_PRESETS),
-                        metavar="PRESET",
-                        help=f"presets to compare, space- or comma-separated, of "
-                        f"{', '.join(PRESETS)} (default: {' '.join(DEFAULT_PRESETS)})")
-    parser.add_argument("--epochs", type=int, default=1, help="epochs per timing (default 1)")
-    parser.add_argument("--data", metavar="DIR", default=None,
-                        help="folder with the four MNIST files (default: $MNISTNET_DATA, the "
-                        "cache, or a download)")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="report the best of this many runs (default 1)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--peers", action="store_true",
-                        help="also time PyTorch and Keras 3 on the same training, each in a "
-                        "process of its own, if installed")
-    parser.add_argument("--peers-python", metavar="PYTHON", default=None,
-                        help="the interpreter that runs the peers (one with torch and/or "
-                        "keras installed; default: this one)")
-    parser.add_argument("--gemm", action="store_true",
-                        help="also time the per-layer GEMMs of one batch-32 step")
-    return parser
-
-
-DESCRIPTION = ("Time the same training on the reference (NumPy) and fast (compiled) backends "
-               "and compare. Run with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for a fair "
-               "NumPy baseline.")
-
-
-def build_parser(prog: str = "mnistnet bench") -> argparse.ArgumentParser:
-    return add_arguments(argparse.ArgumentParser(prog=prog, description=DESCRIPTION))
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the comparison the parsed options ask for and print it. Raises ValueError on bad
-    options (the CLI turns it into a one-line error)."""
-    presets = [p for item in args.presets for p in item.split(",") if p]
-    unknown = [p for p in presets if p not in PRESETS]
-    if unknown or not presets:
-        raise ValueError(f"unknown preset(s) {', '.join(unknown) or '(none given)'}; choose "
-                         f"from {', '.join(PRESETS)}")
-    if args.epochs < 1 or args.repeats < 1:
-        raise ValueError("--epochs and --repeats must be >= 1")
-    result = run_comparison(presets, epochs=args.epochs, data=args.data,
-                            repeats=args.repeats, peers=args.peers, gemm=args.gemm,
-                            peers_python=args.peers_python)
-    if args.json:
-        message = result.get("peers", {}).get("message")
-        if message:  # keep stdout valid JSON
-            print(message, file=sys.stderr)
-        print(json.dumps(result, indent=2))
-    else:
-        print(format_report(result))
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m mnistnet.bench`: the same as `mnistnet bench`."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

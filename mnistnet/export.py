@@ -20,14 +20,14 @@ the model's channels-last order) into <NAME>_OUTPUT_SIZE floats and returns 0. T
 generation time: no malloc, no writable global, thread-safe; it needs only libm and compiles
 as C99 and as C++.
 
-Each exporter is one emitter per layer kind, in a table keyed by the layer's class name; a
-layer that is the identity at inference (Dropout, RandomTranslation) emits nothing, and a kind
-without an emitter is an error naming it.
+Each kind's emitters are in its entry of the table of kinds (mnistnet.kinds): this module
+gives them the graph being built (OnnxGraph) or a writer for the layer's C (CLayerWriter),
+and assembles the file; a kind that is the identity at inference (Dropout,
+RandomTranslation) emits nothing.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import re
@@ -41,8 +41,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mnistnet._version import __version__
+from mnistnet.codes import window_geometry
+from mnistnet.kinds import IDENTITY, Kind, kind_of
 from mnistnet.layers import Layer, Shape
-from mnistnet.reference import window_geometry
 
 if TYPE_CHECKING:
     from mnistnet.model import Model
@@ -53,8 +54,6 @@ MIN_OPSET = 13  # the first opset whose Softmax normalises over one axis only
 DEFAULT_OPSET = MIN_OPSET
 DEFAULT_C_NAME = "model"
 ONNX_MISSING = 'ONNX export needs the onnx package: pip install "mnistnet[onnx]"'
-# Layers that pass their input through at inference: no operator, no C code.
-IDENTITY_AT_INFERENCE = frozenset({"Dropout", "RandomTranslation"})
 FLOATS_PER_LINE = 6  # in the generated C arrays
 
 # C and C++ keywords (C23 and C++23 included) and C++'s alternative operator names: none can
@@ -90,7 +89,8 @@ class LayerStep:
 
     @property
     def kind(self) -> str:
-        return type(self.layer).__name__
+        """The layer's kind's name (its class name)."""
+        return kind_of(self.layer).name
 
     def describe(self) -> str:
         """E.g. "layer 0: Dense(10, activation='sigmoid'): (784,) -> (10,)"."""
@@ -117,16 +117,12 @@ def describe_model(model: Model) -> list[str]:
             + [step.describe() for step in layer_steps(model)])
 
 
-def _emitter(table: dict[str, Callable], step: LayerStep, target: str) -> Callable | None:
-    """The table's emitter for the step's layer kind; None for a kind that is the identity at
-    inference. A kind the table lacks is an error, never skipped."""
-    if step.kind in IDENTITY_AT_INFERENCE:
-        return None
-    if step.kind not in table:
-        raise ValueError(f"cannot export layer {step.index} ({step.kind}) to {target}: no "
-                         f"{target} emitter for {step.kind} layers (supported: "
-                         f"{', '.join(sorted(set(table) | IDENTITY_AT_INFERENCE))})")
-    return table[step.kind]
+def _emitter(step: LayerStep, target: str) -> Callable | None:
+    """The step's kind's emitter for `target` ("ONNX" or "C"); None for a kind that is the
+    identity at inference."""
+    kind: Kind = kind_of(step.layer)
+    emit = kind.onnx if target == "ONNX" else kind.c
+    return None if emit is IDENTITY else emit
 
 
 def _checked_activation(step: LayerStep, supported: Sequence[str], target: str) -> str:
@@ -183,9 +179,11 @@ def _import_onnx() -> Any:
     return onnx
 
 
-class _OnnxGraph:
+class OnnxGraph:
     """The graph as it is built: nodes, initializers, and the tensor the next node reads,
-    with its layout: "flat" (batch, features), "NHWC" (Keras') or "NCHW" (ONNX's images)."""
+    with its layout: "flat" (batch, features), "NHWC" (Keras') or "NCHW" (ONNX's images).
+    A kind's ONNX emitter (mnistnet.kinds) adds its nodes through apply, constant,
+    to_layout and window_attributes."""
 
     def __init__(self, onnx: Any, input_rank: int) -> None:
         self.onnx = onnx
@@ -215,77 +213,26 @@ class _OnnxGraph:
         perm = [0, 3, 1, 2] if layout == "NCHW" else [0, 2, 3, 1]
         self.apply("Transpose", name, perm=perm, layout=layout)
 
-
-def _onnx_dense(g: _OnnxGraph, step: LayerStep, name: str) -> None:
-    kernel, bias = step.weights
-    g.apply("Gemm", name, g.constant(f"{name}_kernel", kernel),
-            g.constant(f"{name}_bias", bias))
-
-
-def _onnx_window_attributes(step: LayerStep, window: tuple[int, int]) -> dict[str, list[int]]:
-    """kernel_shape, strides and pads ([top, left, bottom, right]) of a Conv (window: its
-    kernel size) or MaxPool (its pool size)."""
-    strides, padding = step.layer.strides, step.layer.padding
-    (top, bottom), (left, right) = (window_pads(size, k, s, padding) for size, k, s in
-                                    zip(step.input_shape[:2], window, strides, strict=True))
-    return {"kernel_shape": list(window), "strides": list(strides),
-            "pads": [top, left, bottom, right]}
-
-
-def _onnx_conv2d(g: _OnnxGraph, step: LayerStep, name: str) -> None:
-    kernel, bias = step.weights
-    g.to_layout("NCHW", f"{name}_to_nchw")
-    # Keras' kernel is (kh, kw, in, out); ONNX's is (out, in, kh, kw).
-    g.apply("Conv", name, g.constant(f"{name}_kernel", kernel.transpose(3, 2, 0, 1)),
-            g.constant(f"{name}_bias", bias),
-            **_onnx_window_attributes(step, step.layer.kernel_size))
-
-
-def _onnx_maxpool2d(g: _OnnxGraph, step: LayerStep, name: str) -> None:
-    g.to_layout("NCHW", f"{name}_to_nchw")
-    # ONNX's MaxPool pads never win the max, as Keras'.
-    g.apply("MaxPool", name, **_onnx_window_attributes(step, step.layer.pool_size))
-
-
-def _onnx_flatten(g: _OnnxGraph, step: LayerStep, name: str) -> None:
-    if g.layout == "flat":
-        return
-    g.to_layout("NHWC", f"{name}_to_nhwc")  # Keras flattens in (h, w, c) order
-    g.apply("Flatten", name, axis=1, layout="flat")
-
-
-def _onnx_batchnorm(g: _OnnxGraph, step: LayerStep, name: str) -> None:
-    # Inference: the moving statistics. ONNX normalises axis 1, an image's channels in NCHW.
-    gamma, beta, mean, variance = step.weights
-    g.to_layout("NCHW", f"{name}_to_nchw") if g.layout == "NHWC" else None
-    g.apply("BatchNormalization", name, g.constant(f"{name}_gamma", gamma),
-            g.constant(f"{name}_beta", beta), g.constant(f"{name}_mean", mean),
-            g.constant(f"{name}_variance", variance), epsilon=step.layer.epsilon)
-
-
-def _onnx_activation_layer(g: _OnnxGraph, step: LayerStep, name: str) -> None:
-    """Nothing of its own: its activation follows, as every layer's does."""
+    @staticmethod
+    def window_attributes(step: LayerStep, window: tuple[int, int]) -> dict[str, list[int]]:
+        """kernel_shape, strides and pads ([top, left, bottom, right]) of a window operator
+        (Conv, MaxPool, AveragePool) whose window is `window`, as the layer pads."""
+        strides, padding = step.layer.strides, step.layer.padding
+        (top, bottom), (left, right) = (window_pads(size, k, s, padding) for size, k, s in
+                                        zip(step.input_shape[:2], window, strides, strict=True))
+        return {"kernel_shape": list(window), "strides": list(strides),
+                "pads": [top, left, bottom, right]}
 
 
 ONNX_ACTIVATIONS = {"linear": None, "relu": "Relu", "sigmoid": "Sigmoid", "softmax": "Softmax"}
 
 
-def _onnx_activation(g: _OnnxGraph, step: LayerStep, name: str) -> None:
+def _onnx_activation(g: OnnxGraph, step: LayerStep, name: str) -> None:
     op = ONNX_ACTIVATIONS[_checked_activation(step, list(ONNX_ACTIVATIONS), "ONNX")]
     if op == "Softmax":  # over the features, or an image's channels
         g.apply(op, name, axis=1 if g.layout == "NCHW" else -1)
     elif op is not None:
         g.apply(op, name)
-
-
-ONNX_EMITTERS: dict[str, Callable[[_OnnxGraph, LayerStep, str], None]] = {
-    "Dense": _onnx_dense,
-    "Conv2D": _onnx_conv2d,
-    "MaxPool2D": _onnx_maxpool2d,
-    "Flatten": _onnx_flatten,
-    "BatchNormalization": _onnx_batchnorm,
-    "Activation": _onnx_activation_layer,
-}
 
 
 def _check_opset(onnx: Any, opset: int) -> int:
@@ -303,9 +250,9 @@ def onnx_model(model: Model, opset: int = DEFAULT_OPSET) -> Any:
     onnx = _import_onnx()
     opset = _check_opset(onnx, opset)
     helper = onnx.helper
-    g = _OnnxGraph(onnx, len(model.input_shape))
+    g = OnnxGraph(onnx, len(model.input_shape))
     for step in layer_steps(model):
-        emit = _emitter(ONNX_EMITTERS, step, "ONNX")
+        emit = _emitter(step, "ONNX")
         if emit is not None:
             name = f"layer{step.index}"
             emit(g, step, name)
@@ -345,114 +292,6 @@ def export_onnx(model: Model, path: str | os.PathLike, opset: int = DEFAULT_OPSE
 
 
 # ---- C -------------------------------------------------------------------------------------
-
-# Each computing layer becomes a function with its sizes written in: the compiler then knows
-# every trip count and vectorises the loops at -O2 (its cheapest cost model needs that). The
-# sums go to a local array, not through `out`, which could alias `in` as far as it knows.
-C_DENSE = Template("""\
-static void ${function}(const float *in, float *out)
-{
-    float sum[${n_out}];
-    for (int j = 0; j < ${n_out}; ++j)
-        sum[j] = ${name}_bias[j];
-    for (int i = 0; i < ${n_in}; ++i)
-        for (int j = 0; j < ${n_out}; ++j)
-            sum[j] += in[i] * ${name}_kernel[i * ${n_out} + j];
-${activate}    for (int j = 0; j < ${n_out}; ++j)
-        out[j] = sum[j];
-}
-""")
-
-# Keras' Conv2D is a cross-correlation; window positions in the padding read as zeros, so
-# they are skipped.
-C_CONV2D = Template("""\
-static void ${function}(const float *in, float *out)
-{
-    for (int oy = 0; oy < ${out_h}; ++oy) {
-        for (int ox = 0; ox < ${out_w}; ++ox) {
-            float sum[${out_c}];
-            for (int f = 0; f < ${out_c}; ++f)
-                sum[f] = ${name}_bias[f];
-            for (int ky = 0; ky < ${k_h}; ++ky) {
-                const int iy = oy * ${s_h} + ky - ${pad_top};
-                if (iy < 0 || iy >= ${in_h})
-                    continue; /* outside the image: padding */
-                for (int kx = 0; kx < ${k_w}; ++kx) {
-                    const int ix = ox * ${s_w} + kx - ${pad_left};
-                    if (ix < 0 || ix >= ${in_w})
-                        continue;
-                    const float *x = in + (iy * ${in_w} + ix) * ${in_c};
-                    const float *w = ${name}_kernel + (ky * ${k_w} + kx) * ${in_c} * ${out_c};
-                    for (int c = 0; c < ${in_c}; ++c)
-                        for (int f = 0; f < ${out_c}; ++f)
-                            sum[f] += x[c] * w[c * ${out_c} + f];
-                }
-            }
-${activate}            for (int f = 0; f < ${out_c}; ++f)
-                out[(oy * ${out_w} + ox) * ${out_c} + f] = sum[f];
-        }
-    }
-}
-""")
-
-# Keras' MaxPooling2D: positions in the padding are skipped, so the padding never wins (and
-# every window holds at least one input pixel).
-C_MAXPOOL2D = Template("""\
-static void ${function}(const float *in, float *out)
-{
-    for (int oy = 0; oy < ${out_h}; ++oy) {
-        for (int ox = 0; ox < ${out_w}; ++ox) {
-            float best[${out_c}];
-            for (int c = 0; c < ${out_c}; ++c)
-                best[c] = -HUGE_VALF;
-            for (int ky = 0; ky < ${k_h}; ++ky) {
-                const int iy = oy * ${s_h} + ky - ${pad_top};
-                if (iy < 0 || iy >= ${in_h})
-                    continue; /* outside the image: padding */
-                for (int kx = 0; kx < ${k_w}; ++kx) {
-                    const int ix = ox * ${s_w} + kx - ${pad_left};
-                    if (ix < 0 || ix >= ${in_w})
-                        continue;
-                    const float *x = in + (iy * ${in_w} + ix) * ${in_c};
-                    for (int c = 0; c < ${out_c}; ++c)
-                        best[c] = x[c] > best[c] ? x[c] : best[c];
-                }
-            }
-            for (int c = 0; c < ${out_c}; ++c)
-                out[(oy * ${out_w} + ox) * ${out_c} + c] = best[c];
-        }
-    }
-}
-""")
-
-# An Activation layer and BatchNormalization at inference (its moving statistics, with
-# invstd = 1 / sqrt(variance + epsilon) as the compiled kernel rounds it), pixel by pixel.
-C_ACTIVATION = Template("""\
-static void ${function}(const float *in, float *out)
-{
-    for (int p = 0; p < ${pixels}; ++p) {
-        float sum[${channels}];
-        for (int c = 0; c < ${channels}; ++c)
-            sum[c] = in[p * ${channels} + c];
-${activate}        for (int c = 0; c < ${channels}; ++c)
-            out[p * ${channels} + c] = sum[c];
-    }
-}
-""")
-
-C_BATCHNORM = Template("""\
-static void ${function}(const float *in, float *out)
-{
-    for (int p = 0; p < ${pixels}; ++p) {
-        float sum[${channels}];
-        for (int c = 0; c < ${channels}; ++c)
-            sum[c] = ${name}_gamma[c] * ((in[p * ${channels} + c] - ${name}_mean[c])
-                                         * ${name}_invstd[c]) + ${name}_beta[c];
-${activate}        for (int c = 0; c < ${channels}; ++c)
-            out[p * ${channels} + c] = sum[c];
-    }
-}
-""")
 
 # The activations, applied to a layer's sums (a row of features, or one pixel's channels):
 # small static functions the compiler inlines, trip count included.
@@ -531,84 +370,57 @@ def _c_activate(step: LayerStep, indent: str, vector: str, size: int) -> str:
     return f"{indent}{activation}_inplace({vector}, {size});\n"
 
 
-def _c_kernel_and_bias(step: LayerStep, name: str) -> list[str]:
-    kernel, bias = step.weights
-    return [c_array(f"{name}_kernel", kernel,
-                    f"layer {step.index}: kernel {kernel.shape}, Keras' layout, row-major"),
-            c_array(f"{name}_bias", bias, f"layer {step.index}: bias {bias.shape}")]
+@dataclass(frozen=True)
+class CLayerWriter:
+    """What a kind's C emitter (mnistnet.kinds) is given: the layer (step) and the prefix of
+    its C names, with helpers for the usual parts of a layer's code."""
 
+    step: LayerStep
+    name: str
 
-def _c_window(step: LayerStep, window: tuple[int, int]) -> dict[str, int]:
-    """The sizes a Conv2D (window: its kernel size) or MaxPool2D (its pool size) template
-    takes."""
-    (in_h, in_w, in_c), (out_h, out_w, out_c) = step.input_shape, step.output_shape
-    _, _, pad_top, pad_left = step.layer.geometry(step.input_shape)
-    (k_h, k_w), (s_h, s_w) = window, step.layer.strides
-    return {"in_h": in_h, "in_w": in_w, "in_c": in_c, "out_h": out_h, "out_w": out_w,
-            "out_c": out_c, "k_h": k_h, "k_w": k_w, "s_h": s_h, "s_w": s_w,
-            "pad_top": pad_top, "pad_left": pad_left}
+    def array(self, suffix: str, array: np.ndarray, comment: str) -> str:
+        """`static const float <name>_<suffix>[n] = {...};`"""
+        return c_array(f"{self.name}_{suffix}", array, comment)
 
+    def kernel_and_bias(self) -> list[str]:
+        """The layer's kernel and bias as <name>_kernel and <name>_bias."""
+        kernel, bias = self.step.weights
+        return [self.array("kernel", kernel, f"layer {self.step.index}: kernel "
+                                             f"{kernel.shape}, Keras' layout, row-major"),
+                self.array("bias", bias, f"layer {self.step.index}: bias {bias.shape}")]
 
-def _c_function(step: LayerStep, name: str, template: Template, depth: int,
-                constants: Sequence[str] = (), **sizes: int) -> CLayerCode:
-    """The layer as the template's function `<name>_<kind>` after the constants it reads,
-    called from predict; its activation goes where the template says ${activate}, `depth`
-    levels deep."""
-    function = f"{name}_{step.kind.lower()}"
-    activate = _c_activate(step, "    " * depth, "sum", step.output_shape[-1])
-    code = template.substitute(function=function, name=name, activate=activate, **sizes)
-    return CLayerCode([*constants, f"/* {step.describe()} */\n{code}"], step.layer.activation,
-                      f"{function}({{src}}, {{dst}});")
+    def window(self, window: tuple[int, int]) -> dict[str, int]:
+        """The sizes a window template takes (a Conv2D's kernel, a pool's window)."""
+        step = self.step
+        (in_h, in_w, in_c), (out_h, out_w) = step.input_shape, step.output_shape[:2]
+        out_c = step.output_shape[-1]
+        _, _, pad_top, pad_left = step.layer.geometry(step.input_shape)
+        (k_h, k_w), (s_h, s_w) = window, step.layer.strides
+        return {"in_h": in_h, "in_w": in_w, "in_c": in_c, "out_h": out_h, "out_w": out_w,
+                "out_c": out_c, "k_h": k_h, "k_w": k_w, "s_h": s_h, "s_w": s_w,
+                "pad_top": pad_top, "pad_left": pad_left}
 
+    def pixels_and_channels(self) -> dict[str, int]:
+        shape = self.step.output_shape
+        return {"pixels": math.prod(shape[:-1]), "channels": shape[-1]}
 
-def _c_dense(step: LayerStep, name: str) -> CLayerCode:
-    n_in, n_out = step.weights[0].shape
-    return _c_function(step, name, C_DENSE, 1, _c_kernel_and_bias(step, name), n_in=n_in,
-                       n_out=n_out)
+    def function(self, template: Template, depth: int, constants: Sequence[str] = (),
+                 **sizes: int) -> CLayerCode:
+        """The layer as the template's function `<name>_<kind>` after the constants it
+        reads, called from predict; its activation goes where the template says
+        ${activate}, `depth` levels deep."""
+        step = self.step
+        function = f"{self.name}_{step.kind.lower()}"
+        activate = _c_activate(step, "    " * depth, "sum", step.output_shape[-1])
+        code = template.substitute(function=function, name=self.name, activate=activate,
+                                   **sizes)
+        return CLayerCode([*constants, f"/* {step.describe()} */\n{code}"],
+                          step.layer.activation, f"{function}({{src}}, {{dst}});")
 
-
-def _c_conv2d(step: LayerStep, name: str) -> CLayerCode:
-    return _c_function(step, name, C_CONV2D, 3, _c_kernel_and_bias(step, name),
-                       **_c_window(step, step.layer.kernel_size))
-
-
-def _c_maxpool2d(step: LayerStep, name: str) -> CLayerCode:
-    return _c_function(step, name, C_MAXPOOL2D, 3, **_c_window(step, step.layer.pool_size))
-
-
-def _c_flatten(step: LayerStep, name: str) -> CLayerCode:
-    return CLayerCode(note="a channels-last image already is the flattened row")
-
-
-def _pixels_and_channels(step: LayerStep) -> dict[str, int]:
-    return {"pixels": math.prod(step.output_shape[:-1]), "channels": step.output_shape[-1]}
-
-
-def _c_activation_layer(step: LayerStep, name: str) -> CLayerCode:
-    return _c_function(step, name, C_ACTIVATION, 2, **_pixels_and_channels(step))
-
-
-def _c_batchnorm(step: LayerStep, name: str) -> CLayerCode:
-    gamma, beta, mean, variance = step.weights
-    invstd = (1.0 / np.sqrt(variance.astype(np.float64) + step.layer.epsilon)).astype(
-        np.float32)
-    what = f"layer {step.index}: BatchNormalization"
-    constants = [c_array(f"{name}_gamma", gamma, f"{what} gamma"),
-                 c_array(f"{name}_beta", beta, f"{what} beta"),
-                 c_array(f"{name}_mean", mean, f"{what} moving mean"),
-                 c_array(f"{name}_invstd", invstd,
-                         f"{what} 1 / sqrt(moving variance + {step.layer.epsilon})")]
-    return _c_function(step, name, C_BATCHNORM, 2, constants, **_pixels_and_channels(step))
-
-
-C_EMITTERS: dict[str, Callable[[LayerStep, str], CLayerCode]] = {
-    "Dense": _c_dense,
-    "Conv2D": _c_conv2d,
-    "MaxPool2D": _c_maxpool2d,
-    "Flatten": _c_flatten,
-    "BatchNormalization": _c_batchnorm,
-    "Activation": _c_activation_layer,
-}
+    @staticmethod
+    def identity(note: str) -> CLayerCode:
+        """No code: a layer that only reinterprets its input (note says why)."""
+        return CLayerCode(note=note)
 
 
 def check_c_name(name: str) -> str:
@@ -642,8 +454,9 @@ def c_program(model: Model, name: str) -> CProgram:
     large as the largest output it holds."""
     work = []
     for step in layer_steps(model):
-        emit = _emitter(C_EMITTERS, step, "C")
-        work.append((step, emit(step, f"layer{step.index}") if emit else IDENTITY_CODE))
+        emit = _emitter(step, "C")
+        work.append((step, emit(CLayerWriter(step, f"layer{step.index}")) if emit
+                     else IDENTITY_CODE))
     computing = [step.index for step, code in work if code.call]
     program = CProgram(name)
     src = "input"
@@ -726,58 +539,3 @@ def export_c(model: Model, directory: str | os.PathLike,
     _write_atomically(header, _c_header(model, name).encode())
     _write_atomically(source, _c_source(model, program).encode())
     return header, source
-
-
-# ---- the command line ----------------------------------------------------------------------
-
-HELP = "write a saved model as an ONNX file or as a dependency-free C source file"
-DESCRIPTION = ("Write a model saved by 'train --save' (or Model.save) as an ONNX graph (input "
-               "'input' of the model's input shape with a dynamic batch axis, output 'output'; "
-               "needs pip install \"mnistnet[onnx]\"), and/or as C99 source: DIR/NAME.h and "
-               "DIR/NAME.c with int NAME_predict(const float *input, float *output), weights "
-               "as static const arrays, no allocation, only libm.")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the options of `mnistnet export` to `parser` (the CLI's subparser)."""
-    parser.add_argument("model", metavar="MODEL.npz", help="a model written by 'train --save'")
-    parser.add_argument("--onnx", metavar="FILE.onnx", help="write the model as ONNX here")
-    parser.add_argument("--opset", type=int,
-                        help=f"ONNX opset version, {MIN_OPSET} or later (default: "
-                             f"{DEFAULT_OPSET})")
-    parser.add_argument("--c", metavar="DIR", dest="c_dir",
-                        help="write NAME.h and NAME.c into this existing folder")
-    parser.add_argument("--name", help=f"C name: the files' names and the prefix of "
-                                       f"NAME_predict (default: {DEFAULT_C_NAME})")
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    """Export the model as the parsed options ask. Every option is checked before anything
-    is written; errors are CLIError, ValueError or OSError (one line from the CLI)."""
-    from mnistnet.cli import CLIError, load_model  # mnistnet.cli imports this module
-
-    if args.onnx is None and args.c_dir is None:
-        raise CLIError("nothing to do: give --onnx FILE.onnx and/or --c DIR "
-                       "(see 'mnistnet export --help')")
-    if args.name is not None and args.c_dir is None:
-        raise CLIError("--name applies to --c only")
-    if args.opset is not None and args.onnx is None:
-        raise CLIError("--opset applies to --onnx only")
-    name = check_c_name(DEFAULT_C_NAME if args.name is None else args.name)
-    opset = DEFAULT_OPSET if args.opset is None else args.opset
-    if args.c_dir is not None:
-        _existing_folder(args.c_dir, "--c: folder")
-    if args.onnx is not None:
-        _existing_folder(Path(args.onnx).parent, f"--onnx {args.onnx}: folder")
-        try:
-            _check_opset(_import_onnx(), opset)
-        except ImportError as exc:
-            raise CLIError(str(exc)) from None
-    model = load_model(args.model, "fast")
-    if args.onnx is not None:
-        print(f"wrote {export_onnx(model, args.onnx, opset)}")
-    if args.c_dir is not None:
-        header, source = export_c(model, args.c_dir, name)
-        print(f"wrote {header} and {source}")
-    return 0

@@ -8,25 +8,58 @@ Kernels never see arrays that are not C-contiguous float32.
 """
 cimport mnistnet._kernels as k
 cimport numpy as cnp
-from mnistnet._kernels cimport EpochArgs, EpochResult, LayerPlan, Net, Step, Window
+from libc.string cimport memcpy
+from mnistnet._kernels cimport (
+    EpochArgs, EpochResult, LayerPlan, Net, OptimizerSettings, Step, Window,
+)
 
 import numpy as np
 
 cnp.import_array()
 
+from mnistnet import _kernels
 from mnistnet._kernels import (  # noqa: F401  (re-exported: runtime configuration)
-    ACTIVATIONS, KINDS, LOSSES, OPTIMIZERS, SIMD_PATHS, get_num_threads, openmp_enabled,
-    select_simd, set_num_threads, sgemm, simd_path, simd_supported,
+    SIMD_PATHS, compiled_kinds, get_num_threads, openmp_enabled, select_simd, set_num_threads,
+    sgemm, simd_path, simd_supported,
 )
-from mnistnet.plan import PLAN_DTYPE, Plan
-from mnistnet.reference import (  # noqa: F401  (the geometry both backends compute alike)
-    dropout_threshold, optimizer_slots, window_geometry,
+from mnistnet.codes import (  # noqa: F401  (the codes both backends expose)
+    ACTIVATIONS, LOSSES, OPTIMIZER_DTYPE, OPTIMIZERS, PLAN_DTYPE, dropout_threshold,
+    optimizer_slots, window_geometry,
 )
 
 EPOCH_DONE = k.EPOCH_DONE
 EPOCH_NONFINITE_LOSS = k.EPOCH_NONFINITE_LOSS
 EPOCH_INTERRUPTED = k.EPOCH_INTERRUPTED
 EPOCH_NONFINITE_INPUT = k.EPOCH_NONFINITE_INPUT
+
+
+def _check_build():
+    """The compiled codes and structs against mnistnet.codes: an ImportError on a build
+    that does not match the Python side (a stale extension)."""
+    from mnistnet import codes
+
+    compiled = {"ACTIVATIONS": _kernels.ACTIVATIONS, "LOSSES": _kernels.LOSSES,
+                "OPTIMIZERS": _kernels.OPTIMIZERS,
+                "EPOCH statuses": (EPOCH_DONE, EPOCH_NONFINITE_LOSS, EPOCH_INTERRUPTED,
+                                   EPOCH_NONFINITE_INPUT)}
+    expected = {"ACTIVATIONS": codes.ACTIVATIONS, "LOSSES": codes.LOSSES,
+                "OPTIMIZERS": codes.OPTIMIZERS,
+                "EPOCH statuses": (codes.EPOCH_DONE, codes.EPOCH_NONFINITE_LOSS,
+                                   codes.EPOCH_INTERRUPTED, codes.EPOCH_NONFINITE_INPUT)}
+    for what in compiled:
+        if compiled[what] != expected[what]:
+            raise ImportError(f"mnistnet: the compiled kernels' {what} differ from "
+                              "mnistnet.codes (a build mismatch: rebuild the extension)")
+    for what, dtype, (names, offsets, size) in (
+            ("LayerPlan", PLAN_DTYPE, _kernels.plan_layout()),
+            ("OptimizerSettings", OPTIMIZER_DTYPE, _kernels.optimizer_layout())):
+        if (list(names) != list(dtype.names) or dtype.itemsize != size
+                or [dtype.fields[n][1] for n in names] != list(offsets)):
+            raise ImportError(f"mnistnet: the compiled {what} struct does not match "
+                              "mnistnet.codes (a build mismatch: rebuild the extension)")
+
+
+_check_build()
 
 # ---- argument checks -----------------------------------------------------------------------
 
@@ -681,9 +714,9 @@ cdef Net _net(plan, params, grads, state, acts, dacts, int loss, Py_ssize_t rows
               optimizer) except *:
     """A Net over the caller's buffers and the plan (a mnistnet.plan.Plan), after checking
     that they fit it."""
-    if not isinstance(plan, Plan):
+    table = getattr(plan, "table", None)
+    if not isinstance(table, np.ndarray):
         raise TypeError(f"plan must be a mnistnet.plan.Plan, got {type(plan).__name__}")
-    table = plan.table
     if (table.dtype != PLAN_DTYPE or table.dtype.itemsize != sizeof(LayerPlan)
             or not table.flags.c_contiguous or table.shape[0] < 1):
         raise ValueError("internal: the plan's table does not match the kernels' LayerPlan")
@@ -729,18 +762,7 @@ cdef Net _net(plan, params, grads, state, acts, dacts, int loss, Py_ssize_t rows
     net.grads = _io(grads)
     net.d = _io(dacts)
     net.team_threads = plan.team_threads(rows, dacts.shape[0])
-    code, momentum, nesterov, beta_1, beta_2, epsilon, rho, centered, decay = optimizer
-    if code not in OPTIMIZERS.values():
-        raise ValueError(f"unknown optimizer code {code}")
-    net.opt.code = code
-    net.opt.momentum = momentum
-    net.opt.nesterov = nesterov
-    net.opt.beta_1 = beta_1
-    net.opt.beta_2 = beta_2
-    net.opt.epsilon = epsilon
-    net.opt.rho = rho
-    net.opt.centered = centered
-    net.opt.weight_decay = decay
+    net.opt = _optimizer_settings(optimizer)
     cdef Py_ssize_t n_state = optimizer_slots(optimizer) * n_p
     if n_state:
         _check(state, "state", 1)
@@ -749,6 +771,21 @@ cdef Net _net(plan, params, grads, state, acts, dacts, int loss, Py_ssize_t rows
                              f"{n_state}")
         net.state = _io(state)
     return net
+
+
+cdef OptimizerSettings _optimizer_settings(object optimizer) except *:
+    """The optimizer's settings (a mnistnet.codes.OPTIMIZER_DTYPE record, as
+    Optimizer.kernel_settings gives them) as the C struct, byte for byte."""
+    record = np.asarray(optimizer)
+    if record.dtype != OPTIMIZER_DTYPE or record.shape != ():
+        raise TypeError("optimizer must be an OPTIMIZER_DTYPE record (see "
+                        f"mnistnet.codes.optimizer_settings), got {record.dtype}")
+    if int(record["code"]) not in OPTIMIZERS.values():
+        raise ValueError(f"unknown optimizer code {int(record['code'])}")
+    cdef OptimizerSettings o
+    cdef const unsigned char[::1] raw = np.ascontiguousarray(record).view(np.uint8).reshape(-1)
+    memcpy(&o, &raw[0], sizeof(OptimizerSettings))
+    return o
 
 
 def _check_data(x, y, plan):

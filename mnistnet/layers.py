@@ -1,5 +1,5 @@
-"""Layer configurations: Dense, Conv2D, MaxPool2D, Flatten, Dropout (Keras 3's names,
-arguments and shapes).
+"""Layer configurations: Dense, Conv2D, MaxPool2D, Flatten, Dropout, Activation,
+RandomTranslation, BatchNormalization (Keras 3's names, arguments and shapes).
 
 A layer here is a description, not a holder of weights: the Model keeps every parameter in
 one flat block, laid out by the layer plan (mnistnet.plan), and the kernels of either backend
@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from mnistnet import reference
-from mnistnet.reference import window_geometry
+from mnistnet.codes import ACTIVATIONS as ACTIVATION_CODES
+from mnistnet.codes import window_geometry
 from mnistnet.regularizers import L2, regularizer_from_config, regularizer_to_config
 
-ACTIVATIONS = tuple(reference.ACTIVATIONS)
+ACTIVATIONS = tuple(ACTIVATION_CODES)
 PADDINGS = ("valid", "same")
 
 Shape = tuple[int, ...]
@@ -53,7 +53,6 @@ def _pair(value: Any, name: str) -> tuple[int, int]:
 class Layer:
     """What every layer kind has: its config, its output shape, its weights' shapes."""
 
-    kind = ""  # the plan's name for the kind ("dense", "conv2d", ...)
     activation = "linear"
     trainable_weights = 2  # how many of weight_shapes the optimizer updates
     l2 = 0.0  # the kernel's L2 regularisation factor
@@ -104,7 +103,6 @@ class Dense(Layer):
     first. The kernel has shape (inputs, units), as in Keras.
     """
 
-    kind = "dense"
 
     def __init__(self, units: int, activation: str = "linear",
                  kernel_regularizer: L2 | None = None) -> None:
@@ -158,7 +156,6 @@ class Conv2D(Layer):
     the bias (filters,).
     """
 
-    kind = "conv2d"
 
     def __init__(self, filters: int, kernel_size: int | Sequence[int],
                  strides: int | Sequence[int] = 1, padding: str = "valid",
@@ -220,7 +217,6 @@ class MaxPool2D(Layer):
             (ceil(size / stride) outputs; the padding never wins the max).
     """
 
-    kind = "maxpool2d"
 
     def __init__(self, pool_size: int | Sequence[int] = 2,
                  strides: int | Sequence[int] | None = None, padding: str = "valid") -> None:
@@ -254,7 +250,6 @@ class Flatten(Layer):
     """(h, w, c) -> (h * w * c,), in channels-last order (Keras' Flatten). Costs nothing: its
     output is the same memory as its input."""
 
-    kind = "flatten"
 
     def output_shape(self, input_shape: Shape) -> Shape:
         return (int(np.prod(input_shape)),)
@@ -274,7 +269,6 @@ class Dropout(Layer):
         rate: the fraction to drop, in [0, 1).
     """
 
-    kind = "dropout"
 
     def __init__(self, rate: float) -> None:
         if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)):
@@ -297,7 +291,6 @@ class Activation(Layer):
     """An activation on its own (Keras' Activation layer): "linear", "sigmoid", "relu" or
     "softmax" (over the last axis), e.g. after a BatchNormalization."""
 
-    kind = "activation"
 
     def __init__(self, activation: str) -> None:
         self.activation = _choice(activation, ACTIVATIONS, "activation")
@@ -344,7 +337,6 @@ class RandomTranslation(Layer):
         fill_value: the value of uncovered pixels (default 0).
     """
 
-    kind = "translate"
 
     def __init__(self, height_factor: float | Sequence[float], width_factor: float |
                  Sequence[float], fill_mode: str = "constant", interpolation: str = "nearest",
@@ -394,7 +386,6 @@ class BatchNormalization(Layer):
     moving_variance (ones), each (channels,); the optimizer trains gamma and beta.
     """
 
-    kind = "batchnorm"
 
     def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3) -> None:
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.floating)):
@@ -428,22 +419,3 @@ def _check_image(layer: Layer, input_shape: Shape) -> None:
     if len(input_shape) != 3:
         raise ValueError(f"{layer!r} takes images (height, width, channels), got an input of "
                          f"shape {input_shape}; give the model input_shape=(28, 28, 1)")
-
-
-LAYER_CLASSES: dict[str, type[Layer]] = {
-    cls.__name__: cls for cls in (Dense, Conv2D, MaxPool2D, Flatten, Dropout, Activation,
-                                  RandomTranslation, BatchNormalization)}
-
-
-def layer_to_config(layer: Layer) -> dict[str, Any]:
-    """{"class": name, **config}: what a model file records of a layer."""
-    return {"class": type(layer).__name__, **layer.get_config()}
-
-
-def layer_from_config(config: dict[str, Any]) -> Layer:
-    """The inverse of layer_to_config; a config without "class" is a Dense (format 1)."""
-    config = dict(config)
-    name = config.pop("class", "Dense")
-    if name not in LAYER_CLASSES:
-        raise ValueError(f"unknown layer class {name!r}; valid: {', '.join(LAYER_CLASSES)}")
-    return LAYER_CLASSES[name](**config)

@@ -16,12 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from mnistnet import reference
+from mnistnet.codes import optimizer_settings, optimizer_slots
 from mnistnet.schedules import LearningRateSchedule, schedule_from_config, schedule_to_config
-
-# (code, momentum, nesterov, beta_1, beta_2, epsilon, rho, centered, weight_decay): what the
-# kernels take (reference.apply_update and the compiled update_block read it).
-KernelSettings = tuple[int, float, bool, float, float, float, float, bool, float]
 
 
 def _learning_rate(value: Any) -> float | LearningRateSchedule:
@@ -58,9 +54,6 @@ class Optimizer:
     """What the model asks of an optimizer: its state's size, its kernel settings, the
     learning rate of each step, and its config."""
 
-    #: blocks of per-weight state, each with the parameters' layout
-    slots = 0
-
     def __init__(self, learning_rate: float | LearningRateSchedule) -> None:
         self.learning_rate = _learning_rate(learning_rate)
         self.iterations = 0  # optimizer steps taken (Adam's bias correction counts them)
@@ -75,9 +68,13 @@ class Optimizer:
         """The rate of the next step."""
         return float(self.rates(self.iterations, 1)[0])
 
-    def kernel_settings(self) -> KernelSettings:
-        """(code, momentum, nesterov, beta_1, beta_2, epsilon, rho, centered, weight_decay)
-        for the kernels."""
+    @property
+    def slots(self) -> int:
+        """Blocks of per-weight state, each with the parameters' layout."""
+        return optimizer_slots(self.kernel_settings())
+
+    def kernel_settings(self) -> np.ndarray:
+        """The settings the kernels read: one mnistnet.codes.OPTIMIZER_DTYPE record."""
         raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:
@@ -114,11 +111,12 @@ class SGD(Optimizer):
         if not isinstance(nesterov, (bool, np.bool_)):
             raise TypeError(f"nesterov must be True or False, got {nesterov!r}")
         self.nesterov = bool(nesterov)
-        self.slots = 1 if self.momentum > 0 else 0
 
-    def kernel_settings(self) -> KernelSettings:
-        code = reference.OPTIMIZERS["momentum" if self.momentum > 0 else "sgd"]
-        return (code, self.momentum, self.nesterov, 0.0, 0.0, 0.0, 0.0, False, 0.0)
+    def kernel_settings(self) -> np.ndarray:
+        if self.momentum > 0:
+            return optimizer_settings("momentum", momentum=self.momentum,
+                                      nesterov=self.nesterov)
+        return optimizer_settings("sgd", nesterov=self.nesterov)
 
     def get_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"learning_rate": self._rate_config()}
@@ -141,8 +139,6 @@ class Adam(Optimizer):
         epsilon: > 0, added to sqrt(v) (Keras' default 1e-7).
     """
 
-    slots = 2
-
     def __init__(self, learning_rate: float | LearningRateSchedule = 0.001,
                  beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7) -> None:
         super().__init__(learning_rate)
@@ -150,9 +146,9 @@ class Adam(Optimizer):
         self.beta_2 = _unit_interval(beta_2, "beta_2")
         self.epsilon = _epsilon(epsilon)
 
-    def kernel_settings(self) -> KernelSettings:
-        return (reference.OPTIMIZERS["adam"], 0.0, False, self.beta_1, self.beta_2,
-                self.epsilon, 0.0, False, 0.0)
+    def kernel_settings(self) -> np.ndarray:
+        return optimizer_settings("adam", beta_1=self.beta_1, beta_2=self.beta_2,
+                                  epsilon=self.epsilon)
 
     def get_config(self) -> dict[str, Any]:
         return {"learning_rate": self._rate_config(), "beta_1": self.beta_1,
@@ -180,9 +176,9 @@ class AdamW(Adam):
             raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
         self.weight_decay = float(weight_decay)
 
-    def kernel_settings(self) -> KernelSettings:
-        return (reference.OPTIMIZERS["adamw"], 0.0, False, self.beta_1, self.beta_2,
-                self.epsilon, 0.0, False, self.weight_decay)
+    def kernel_settings(self) -> np.ndarray:
+        return optimizer_settings("adamw", beta_1=self.beta_1, beta_2=self.beta_2,
+                                  epsilon=self.epsilon, weight_decay=self.weight_decay)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "weight_decay": self.weight_decay}
@@ -214,11 +210,10 @@ class RMSprop(Optimizer):
         if not isinstance(centered, (bool, np.bool_)):
             raise TypeError(f"centered must be True or False, got {centered!r}")
         self.centered = bool(centered)
-        self.slots = 1 + (self.momentum > 0) + self.centered
 
-    def kernel_settings(self) -> KernelSettings:
-        return (reference.OPTIMIZERS["rmsprop"], self.momentum, False, 0.0, 0.0, self.epsilon,
-                self.rho, self.centered, 0.0)
+    def kernel_settings(self) -> np.ndarray:
+        return optimizer_settings("rmsprop", momentum=self.momentum, epsilon=self.epsilon,
+                                  rho=self.rho, centered=self.centered)
 
     def get_config(self) -> dict[str, Any]:
         return {"learning_rate": self._rate_config(), "rho": self.rho,

@@ -27,47 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from mnistnet import reference
-from mnistnet.layers import (
-    BatchNormalization,
-    Conv2D,
-    Dense,
-    Dropout,
-    Flatten,
-    Layer,
-    MaxPool2D,
-    RandomTranslation,
-    Shape,
-)
+from mnistnet.codes import ACTIVATIONS, PLAN_DTYPE, PLAN_FIELDS  # noqa: F401  (re-exported)
+from mnistnet.kinds import Kind, kind_of
+from mnistnet.layers import Dense, Layer, Shape, _positive_int
 
-KINDS = reference.KINDS
-# One row of the plan table per layer: the C struct LayerPlan in _kernels.pxd has these
-# fields, in this order, each 8 bytes (Py_ssize_t, and a double for the rate).
-PLAN_FIELDS = (
-    "kind", "act",
-    "in_h", "in_w", "in_c", "out_h", "out_w", "out_c",
-    "k_h", "k_w", "s_h", "s_w", "pad_top", "pad_left",
-    "n_in", "n_out",          # floats per sample in and out
-    "gemm_rows", "fan_in",    # dense/conv as a GEMM: rows per sample (out_h*out_w) and K
-    "param", "n_param",       # kernel offset in the parameter block; kernel + bias size
-    "act_in", "act_out",      # per-sample offsets in the activation block
-    "scratch", "n_scratch",   # forward scratch in the activation block (per sample)
-    "dact_in", "dact_out",    # per-sample offsets in the gradient block, -1: none
-    "wt",                     # a thread's workspace: the kernel transposed, -1: none
-    "n_train",                # trainable parameters: the optimizer's part of n_param
-    "stats",                  # BatchNormalization: its mean, variance and 1/std in the
-                              # shared statistics area, 3 * out_c floats (-1: none)
-    "shift_h0", "shift_h1",   # RandomTranslation: the lowest and highest shift down ...
-    "shift_w0", "shift_w1",   # ... and right, in pixels
-    "rate",                   # Dropout's rate
-    "l2",                     # the kernel's L2 regularisation factor (0: none)
-    "fill",                   # RandomTranslation's fill value
-    "momentum", "epsilon",    # BatchNormalization's
-)
-FLOAT_FIELDS = ("rate", "l2", "fill", "momentum", "epsilon")
-PLAN_DTYPE = np.dtype([(name, np.float64 if name in FLOAT_FIELDS else np.int64)
-                       for name in PLAN_FIELDS])
-CACHE_LINE_FLOATS = 16
+CACHE_LINE = 64  # bytes
+CACHE_LINE_FLOATS = CACHE_LINE // 4
+MNIST_IMAGE = (28, 28, 1)
 # A dense net this narrow or narrower in its first layer keeps transposed copies of it (see
 # _kernels.pyx: trains_transposed); the workspace always has room for them.
 
@@ -77,6 +43,7 @@ class Plan:
 
     Attributes:
         layers, input_shape: what it was built from.
+        kinds: each layer's kind (mnistnet.kinds).
         shapes: the input shape, then each layer's output shape.
         table: the per-layer numbers (PLAN_FIELDS), a structured array the compiled side
             reads as its LayerPlan structs.
@@ -88,6 +55,7 @@ class Plan:
 
     def __init__(self, layers: Sequence[Layer], input_shape: Shape) -> None:
         self.layers = list(layers)
+        self.kinds: list[Kind] = [kind_of(layer) for layer in self.layers]
         self.input_shape = tuple(int(v) for v in input_shape)
         self.shapes: list[Shape] = [self.input_shape]
         for i, layer in enumerate(self.layers):
@@ -102,9 +70,9 @@ class Plan:
                    for layer, shape in zip(self.layers, self.shapes, strict=False)):
             raise ValueError("the model has no layer with weights (Dense or Conv2D)")
         self.n_outputs = self.shapes[-1][0]
+        self.dense_only = all(kind.layer is Dense for kind in self.kinds)
         self.table = np.zeros(len(self.layers), dtype=PLAN_DTYPE)
         self._fill_table()
-        self.dense_only = all(isinstance(layer, Dense) for layer in self.layers)
         self.n_inputs = int(self.table[0]["n_in"])
         self.has_l2 = bool(np.any(self.table["l2"] > 0))
 
@@ -117,38 +85,20 @@ class Plan:
         prev_act, prev_dact = 0, -1
         has_weights_before = False
         stats = 0  # floats of the shared statistics area (BatchNormalization)
-        for i, layer in enumerate(self.layers):
+        for i, (layer, kind) in enumerate(zip(self.layers, self.kinds, strict=True)):
             row = t[i]
             ins, outs = self.shapes[i], self.shapes[i + 1]
-            row["kind"] = KINDS[layer.kind]
-            row["act"] = reference.ACTIVATIONS[layer.activation]
+            row["kind"] = kind.code
+            row["act"] = ACTIVATIONS[layer.activation]
             row["in_h"], row["in_w"], row["in_c"] = _hwc(ins)
             row["out_h"], row["out_w"], row["out_c"] = _hwc(outs)
             row["n_in"], row["n_out"] = _size(ins), _size(outs)
             row["k_h"] = row["k_w"] = row["s_h"] = row["s_w"] = 1
             row["gemm_rows"], row["fan_in"] = 1, _size(ins)
             row["param"], row["scratch"] = -1, -1
-            if isinstance(layer, Conv2D):
-                _, _, pt, pl = layer.geometry(ins)
-                row["k_h"], row["k_w"] = layer.kernel_size
-                row["s_h"], row["s_w"] = layer.strides
-                row["pad_top"], row["pad_left"] = pt, pl
-                row["gemm_rows"] = outs[0] * outs[1]
-                row["fan_in"] = layer.kernel_size[0] * layer.kernel_size[1] * ins[2]
-            elif isinstance(layer, MaxPool2D):
-                _, _, pt, pl = layer.geometry(ins)
-                row["k_h"], row["k_w"] = layer.pool_size
-                row["s_h"], row["s_w"] = layer.strides
-                row["pad_top"], row["pad_left"] = pt, pl
-            elif isinstance(layer, Dropout):
-                row["rate"] = layer.rate
-            elif isinstance(layer, RandomTranslation):
-                (row["shift_h0"], row["shift_h1"], row["shift_w0"],
-                 row["shift_w1"]) = layer.shift_range(ins)
-                row["fill"] = layer.fill_value
+            kind.fill(row, layer, ins, outs)
             row["stats"] = -1
-            if isinstance(layer, BatchNormalization):
-                row["momentum"], row["epsilon"] = layer.momentum, layer.epsilon
+            if kind.batch_statistics:  # its mean, variance and 1/std in the shared area
                 row["stats"] = stats
                 stats += 3 * int(row["out_c"])
             shapes = layer.weight_shapes(ins)
@@ -160,19 +110,19 @@ class Plan:
                 param += int(row["n_param"])
             # Activations: Flatten's output is its input's region.
             row["act_in"] = prev_act
-            if isinstance(layer, Flatten):
+            if kind.aliases_input:
                 row["act_out"] = prev_act
             else:
                 row["act_out"] = act
                 act += int(row["n_out"])
-            scratch = self._scratch_floats(layer, row)
+            scratch = kind.scratch(row)
             if scratch:
                 row["scratch"], row["n_scratch"] = act, scratch
                 act += scratch
             # Gradients: only where some layer at or before this one has weights.
             has_weights_here = has_weights_before or bool(shapes)
             row["dact_in"] = prev_dact if has_weights_before else -1
-            if isinstance(layer, Flatten) or not has_weights_here:
+            if kind.aliases_input or not has_weights_here:
                 row["dact_out"] = row["dact_in"]
             else:
                 row["dact_out"] = dact
@@ -194,27 +144,19 @@ class Plan:
         is a row-major GEMM along the kernel's rows)."""
         t = self.table
         t["wt"] = -1
-        self.patch_grad_floats = max([int(r["gemm_rows"] * r["fan_in"]) for r in t
-                                      if r["kind"] == KINDS["conv2d"] and r["dact_in"] >= 0],
+        # A convolution's patch gradient: a GEMM kind over images.
+        self.patch_grad_floats = max([int(r["gemm_rows"] * r["fan_in"])
+                                      for r, kind in zip(t, self.kinds, strict=True)
+                                      if kind.gemm and kind.takes_images and r["dact_in"] >= 0],
                                      default=0)
         ws = self.patch_grad_floats
-        if not all(isinstance(layer, Dense) for layer in self.layers):
-            for row in t:
-                if row["kind"] in (KINDS["dense"], KINDS["conv2d"]) and row["dact_in"] >= 0:
+        if not self.dense_only:
+            for row, kind in zip(t, self.kinds, strict=True):
+                if kind.gemm and row["dact_in"] >= 0:
                     row["wt"] = ws
                     ws += int(row["fan_in"] * row["out_c"])
         # A multiple of a cache line, so threads never share one.
         self._thread_ws = -(-ws // CACHE_LINE_FLOATS) * CACHE_LINE_FLOATS
-
-    @staticmethod
-    def _scratch_floats(layer: Layer, row: np.void) -> int:
-        if isinstance(layer, Conv2D):
-            if conv_reads_input_as_patches(row):
-                return 0
-            return int(row["gemm_rows"] * row["fan_in"])
-        if isinstance(layer, (MaxPool2D, Dropout, BatchNormalization)):
-            return int(row["n_out"])  # argmax (int32), mask, or the normalised input
-        return 0
 
     # -- the dense nets' view of it --------------------------------------------------------
     @property
@@ -275,6 +217,20 @@ class Plan:
                 off += _size(s)
         return views
 
+    def weights_of(self, flat: np.ndarray, i: int) -> list[np.ndarray]:
+        """Layer i's weights (Keras' shapes and order) as views into `flat`."""
+        off = int(self.table[i]["param"])
+        views = []
+        for s in self.layers[i].weight_shapes(self.shapes[i]):
+            views.append(flat[off: off + _size(s)].reshape(s))
+            off += _size(s)
+        return views
+
+    def kernel_and_bias(self, flat: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(kernel in Keras' shape, bias) of layer i (Dense or Conv2D), views into `flat`."""
+        kernel, bias = self.weights_of(flat, i)
+        return kernel, bias
+
     def layer_weights(self, flat: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(kernel as a (fan_in, out) matrix, bias) of layer i, views into `flat`."""
         row = self.table[i]
@@ -293,18 +249,30 @@ class Plan:
         dense and conv GEMMs per sample; the backward skips the first weight layer's input
         gradient, as the engine does. Elementwise work is not counted."""
         forward = backward = 0
-        for row in self.table:
-            if row["kind"] in (KINDS["dense"], KINDS["conv2d"]):
+        for row, kind in zip(self.table, self.kinds, strict=True):
+            if kind.gemm:
                 gemm = 2 * int(row["gemm_rows"] * row["fan_in"] * row["out_c"])
                 forward += gemm
                 backward += gemm + (gemm if row["dact_in"] >= 0 else 0)
         return forward, forward + backward
 
 
-def conv_reads_input_as_patches(row: np.void) -> bool:
-    """A 1x1, stride-1 convolution without padding: its patches are its input rows."""
-    return (row["k_h"] == 1 and row["k_w"] == 1 and row["s_h"] == 1 and row["s_w"] == 1
-            and row["pad_top"] == 0 and row["pad_left"] == 0)
+def input_shape_of(layers: Sequence[Layer], input_dim: Any = None,
+                   input_shape: Any = None) -> Shape:
+    """The per-sample input shape from input_dim or input_shape (not both); neither: MNIST's,
+    as images (28, 28, 1) when the first layer takes images, else rows of 784."""
+    if input_dim is not None and input_shape is not None:
+        raise ValueError("give input_dim (rows of features) or input_shape, not both")
+    if input_dim is not None:
+        return (_positive_int(input_dim, "input_dim"),)
+    if input_shape is None:
+        return MNIST_IMAGE if kind_of(layers[0]).takes_images else (784,)
+    if isinstance(input_shape, (int, np.integer)) and not isinstance(input_shape, bool):
+        input_shape = (input_shape,)
+    if not isinstance(input_shape, (tuple, list)) or len(input_shape) not in (1, 3):
+        raise ValueError(f"input_shape must be (features,) or (height, width, channels), got "
+                         f"{input_shape!r}")
+    return tuple(_positive_int(v, "input_shape") for v in input_shape)
 
 
 def _size(shape: Shape) -> int:
@@ -315,3 +283,13 @@ def _hwc(shape: Shape) -> tuple[int, int, int]:
     if len(shape) == 3:
         return int(shape[0]), int(shape[1]), int(shape[2])
     return 1, 1, _size(shape)
+
+
+def aligned_zeros(n: int) -> np.ndarray:
+    """n float32 zeros starting on a cache-line boundary. The training team splits weight and
+    activation blocks at multiples of 16 floats; aligned, no cache line is then written by
+    two threads (false sharing made the split first layer 3x slower)."""
+    pad = CACHE_LINE_FLOATS
+    raw = np.zeros(n + pad, dtype=np.float32)
+    start = (-raw.ctypes.data % CACHE_LINE) // 4
+    return raw[start:start + n]

@@ -56,13 +56,20 @@ from __future__ import annotations
 
 import numpy as np
 
-ACTIVATIONS = {"linear": 0, "sigmoid": 1, "relu": 2, "softmax": 3}
-LOSSES = {"mse": 0, "categorical_crossentropy": 1}
-KINDS = {"dense": 0, "conv2d": 1, "maxpool2d": 2, "flatten": 3, "dropout": 4,
-         "activation": 5, "translate": 6, "batchnorm": 7}
-OPTIMIZERS = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 3, "rmsprop": 4}
-EPOCH_DONE, EPOCH_NONFINITE_LOSS, EPOCH_INTERRUPTED, EPOCH_NONFINITE_INPUT = 0, 1, 2, 3
-CE_EPSILON = np.float32(1e-7)
+from mnistnet.codes import (  # noqa: F401  (the codes both backends expose)
+    ACTIVATIONS,
+    CE_EPSILON,
+    EPOCH_DONE,
+    EPOCH_INTERRUPTED,
+    EPOCH_NONFINITE_INPUT,
+    EPOCH_NONFINITE_LOSS,
+    LOSSES,
+    OPTIMIZERS,
+    dropout_threshold,
+    optimizer_slots,
+    window_geometry,
+)
+
 
 def _out(out, shape):
     return np.empty(shape, dtype=np.float32) if out is None else out
@@ -201,22 +208,6 @@ def all_finite(a) -> bool:
 
 # ---- geometry ------------------------------------------------------------------------------
 
-def window_geometry(size, window, stride, padding):
-    """(output size, padding before) of a window sliding along one axis of `size`, as Keras
-    (TensorFlow) computes them: "valid" keeps the windows inside the input; "same" gives
-    ceil(size / stride) outputs, the padding split with any extra one after. Raises if a
-    "valid" window is larger than the input."""
-    if padding == "valid":
-        if window > size:
-            raise ValueError(f"window {window} is larger than its input {size} "
-                             "(padding='valid'); use a smaller window or padding='same'")
-        return (size - window) // stride + 1, 0
-    if padding != "same":
-        raise ValueError(f"unknown padding {padding!r}; valid: valid, same")
-    out = -(-size // stride)
-    return out, max((out - 1) * stride + window - size, 0) // 2
-
-
 def _windows(shape, window, strides, padding):
     """((OH, OW), (PT, PL), (Hs, Ws)): output size, padding before, and the rows and columns
     the windows span (from the padded top-left corner) for an (H, W, ...) input."""
@@ -354,11 +345,6 @@ def dropout_key(seed, epoch, step, layer) -> int:
         for part in (epoch, step, layer):
             key = mix64(key ^ np.uint64(part))
     return int(key)
-
-
-def dropout_threshold(rate) -> int:
-    """An element is kept when the top 32 bits of its mix64 are >= this."""
-    return int(float(rate) * 4294967296.0)
 
 
 def dropout_forward(out, mask, inp, rate, key):
@@ -575,24 +561,18 @@ def rmsprop_update(params, grads, velocity, average, momentum_buf, learning_rate
     return params
 
 
-def optimizer_slots(optimizer) -> int:
-    """Blocks of optimizer state, each with the parameters' layout, for the kernel settings
-    (code, momentum, nesterov, beta_1, beta_2, epsilon, rho, centered, weight_decay)."""
-    code, momentum, _, _, _, _, _, centered, _ = optimizer
-    if code == OPTIMIZERS["rmsprop"]:
-        return 1 + (momentum > 0) + bool(centered)
-    return {OPTIMIZERS["sgd"]: 0, OPTIMIZERS["momentum"]: 1, OPTIMIZERS["adam"]: 2,
-            OPTIMIZERS["adamw"]: 2}[int(code)]
-
-
 def apply_update(optimizer, params, grads, state, learning_rate, step, start=0,
                  stop=None) -> bool:
     """One optimizer step on params[start:stop] (default: all) from the same elements of
-    grads and of each slot of state; optimizer is the kernel settings (code, momentum,
-    nesterov, beta_1, beta_2, epsilon, rho, centered, weight_decay); state holds its slots,
-    each with the layout of params (RMSprop: the average of squares, then the momentum if
-    any, then the centered average). Returns whether every new weight is finite."""
-    code, momentum, nesterov, beta_1, beta_2, epsilon, rho, centered, decay = optimizer
+    grads and of each slot of state; optimizer is the kernel settings (a
+    mnistnet.codes.OPTIMIZER_DTYPE record); state holds its slots, each with the layout of
+    params (RMSprop: the average of squares, then the momentum if any, then the centered
+    average). Returns whether every new weight is finite."""
+    code, momentum, nesterov, rho, centered, decay = (
+        int(optimizer["code"]), float(optimizer["momentum"]), bool(optimizer["nesterov"]),
+        float(optimizer["rho"]), bool(optimizer["centered"]),
+        float(optimizer["weight_decay"]))
+    beta_1, beta_2, epsilon = (float(optimizer[f]) for f in ("beta_1", "beta_2", "epsilon"))
     n = params.shape[0]
     stop = n if stop is None else stop
     slot = [state[i * n + start: i * n + stop] for i in range(optimizer_slots(optimizer))]
@@ -632,56 +612,17 @@ def _activation_backward(code, dz, out):
     return dz
 
 
-def _kernel(plan, params, i):
-    """Layer i's kernel in Keras' shape, and its bias (views into params)."""
-    w, b = plan.layer_weights(params, i)
-    return w.reshape(plan.layers[i].weight_shapes(plan.shapes[i])[0]), b
-
-
-def _bn_weights(plan, params, i):
-    """(gamma, beta, moving_mean, moving_variance) of BatchNormalization layer i."""
-    off, c = int(plan.table[i]["param"]), int(plan.table[i]["out_c"])
-    return tuple(params[off + j * c: off + (j + 1) * c] for j in range(4))
-
-
 def _forward_all(plan, params, x, training, keys=None):
     """Every layer's output for the rows of x (the input first), and what each layer keeps
-    for its backward pass (patches, argmax, dropout mask, translation shifts, BatchNormalization's
-    (xhat, mean, var, invstd); None otherwise). In training, keys[i] is the random key of
-    layer i (Dropout, RandomTranslation)."""
+    for its backward pass (its kind's twin says what: patches, argmax, dropout mask,
+    translation shifts, BatchNormalization's (xhat, mean, var, invstd); None otherwise). In
+    training, keys[i] is the random key of layer i (Dropout, RandomTranslation)."""
     n = x.shape[0]
     outs, kept = [x.reshape((n,) + plan.shapes[0])], []
-    for i, (layer, row) in enumerate(zip(plan.layers, plan.table, strict=True)):
-        inp, keep, kind = outs[-1], None, int(row["kind"])
-        if kind == KINDS["dense"]:
-            w, b = _kernel(plan, params, i)
-            z = dense_forward(None, inp, w, b)
-        elif kind == KINDS["conv2d"]:
-            w, b = _kernel(plan, params, i)
-            keep = np.empty((n, row["out_h"], row["out_w"], row["fan_in"]), np.float32)
-            z = conv2d_forward(None, keep, inp, w, b, layer.strides, layer.padding)
-        elif kind == KINDS["maxpool2d"]:
-            z, keep = maxpool2d_forward(None, None, inp, layer.pool_size, layer.strides,
-                                        layer.padding)
-        elif kind == KINDS["flatten"]:
-            z = inp.reshape(n, -1)
-        elif kind == KINDS["dropout"] and training and layer.rate > 0:
-            z, keep = dropout_forward(None, None, inp, layer.rate, keys[i])
-        elif kind == KINDS["translate"] and training:
-            keep = translate_shifts(keys[i], n, *(int(row[f]) for f in (
-                "shift_h0", "shift_h1", "shift_w0", "shift_w1")))
-            z = translate_forward(None, inp, *keep, row["fill"])
-        elif kind == KINDS["batchnorm"]:
-            gamma, beta, moving_mean, moving_var = _bn_weights(plan, params, i)
-            if training:
-                z, *keep = batchnorm_forward(None, None, None, None, None, inp, gamma, beta,
-                                             row["epsilon"])
-            else:
-                z = batchnorm_inference(None, inp, gamma, beta, moving_mean, moving_var,
-                                        row["epsilon"])
-        else:  # dropout in predict, translate in predict, activation
-            z = inp.copy()
-        outs.append(_activation_forward(row["act"], z))
+    for i, kind in enumerate(plan.kinds):
+        key = keys[i] if keys is not None else None
+        z, keep = kind.forward(plan, params, i, outs[-1], training, key)
+        outs.append(_activation_forward(plan.table[i]["act"], z))
         kept.append(keep)
     return outs, kept
 
@@ -695,33 +636,8 @@ def _backward_all(plan, params, grads, outs, kept, loss, target):
     else:
         dz = _activation_backward(table[-1]["act"], mse_backward(None, probs, target), probs)
     for i in range(len(table) - 1, -1, -1):
-        layer, row, inp = plan.layers[i], table[i], outs[i]
-        kind = int(row["kind"])
-        if kind == KINDS["dense"]:
-            w, _ = _kernel(plan, params, i)
-            gw, gb = _kernel(plan, grads, i)
-            dinp, _, _ = dense_backward(None, gw, gb, dz, inp, w)
-        elif kind == KINDS["conv2d"]:
-            w, _ = _kernel(plan, params, i)
-            gw, gb = _kernel(plan, grads, i)
-            dinp, _, _ = conv2d_backward(None, gw, gb, dz, kept[i], inp, w, layer.strides,
-                                         layer.padding)
-        elif kind == KINDS["maxpool2d"]:
-            dinp = maxpool2d_backward(None, dz, kept[i], inp.shape)
-        elif kind == KINDS["flatten"]:
-            dinp = dz.reshape(inp.shape)
-        elif kind == KINDS["dropout"] and kept[i] is not None:
-            dinp = dropout_backward(None, dz, kept[i])
-        elif kind == KINDS["translate"] and kept[i] is not None:
-            dinp = translate_backward(None, dz, *kept[i])
-        elif kind == KINDS["batchnorm"]:
-            gamma = _bn_weights(plan, params, i)[0]
-            dgamma, dbeta, dmean, dvar = _bn_weights(plan, grads, i)
-            xhat, _, _, invstd = kept[i]
-            dinp, _, _ = batchnorm_backward(None, dgamma, dbeta, dz, xhat, gamma, invstd)
-            dmean[...] = dvar[...] = 0
-        else:
-            dinp = dz
+        row, inp = table[i], outs[i]
+        dinp = plan.kinds[i].backward(plan, params, grads, i, dz, inp, kept[i])
         if row["l2"] > 0:  # d(l2 * sum(w^2)) / dw
             gw, _ = plan.layer_weights(grads, i)
             gw += np.float32(2 * row["l2"]) * plan.layer_weights(params, i)[0]
@@ -751,25 +667,21 @@ def random_keys(plan, key, step):
     (seed, epoch, first step): the layer's index is part of it, so no two layers share
     their random numbers."""
     seed, epoch, first = key
-    return [dropout_key(seed, epoch, first + step, i)
-            if layer.kind in ("dropout", "translate") else None
-            for i, layer in enumerate(plan.layers)]
+    return [dropout_key(seed, epoch, first + step, i) if kind.keyed else None
+            for i, kind in enumerate(plan.kinds)]
 
 
 def _update(plan, params, grads, state, kept, optimizer, learning_rate, step) -> bool:
-    """The optimizer on every layer's trainable weights, then BatchNormalization's moving
-    averages from the step's batch statistics."""
+    """The optimizer on every layer's trainable weights, then each kind's own update
+    (BatchNormalization's moving averages from the step's batch statistics)."""
     finite = True
-    for i, row in enumerate(plan.table):
+    for i, (row, kind) in enumerate(zip(plan.table, plan.kinds, strict=True)):
         if row["param"] >= 0:
             off = int(row["param"])
             finite &= apply_update(optimizer, params, grads, state, learning_rate, step, off,
                                    off + int(row["n_train"]))
-        if row["kind"] == KINDS["batchnorm"]:
-            _, _, moving_mean, moving_var = _bn_weights(plan, params, i)
-            _, mean, var, _ = kept[i]
-            moving_average_update(moving_mean, mean, row["momentum"])
-            moving_average_update(moving_var, var, row["momentum"])
+        if kind.update is not None:
+            kind.update(plan, params, i, kept[i])
     return finite
 
 

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mnistnet._version import __version__
+from mnistnet.kinds import layer_from_config
+from mnistnet.plan import Plan, input_shape_of
 
 if TYPE_CHECKING:
     from mnistnet.model import Model
@@ -70,12 +72,9 @@ def save_model(model: Model, path: str | os.PathLike) -> None:
         raise
 
 
-def load_model(path: str | os.PathLike, backend: str = "fast") -> Model:
-    """Read a model file of format 1 or 2. Raises FileNotFoundError, or ValueError naming the
-    file and what is wrong with it."""
-    from mnistnet.model import BACKENDS, _choice
-
-    _choice(backend, tuple(BACKENDS), "backend")
+def load_model(path: str | os.PathLike, backend: str, model_class: type[Model]) -> Model:
+    """Read a model file of format 1 or 2 as a model_class (Model.load's). Raises
+    FileNotFoundError, or ValueError naming the file and what is wrong with it."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such model file")
@@ -88,14 +87,12 @@ def load_model(path: str | os.PathLike, backend: str = "fast") -> Model:
         # Corrupt or truncated archives, object arrays (refused: never unpickle), ...
         reason = "it holds Python objects" if "allow_pickle" in str(exc) else exc
         raise ValueError(f"{path}: not a mnistnet model file ({reason})") from None
-    return model_from_arrays(arrays, path, backend)
+    return model_from_arrays(arrays, path, backend, model_class)
 
 
-def model_from_arrays(arrays: dict[str, Any], path: str, backend: str) -> Model:
+def model_from_arrays(arrays: dict[str, Any], path: str, backend: str,
+                      model_class: type[Model]) -> Model:
     """The model the arrays of a model file describe (see load_model)."""
-    from mnistnet.model import Model
-    from mnistnet.plan import Plan
-
     missing = set(REQUIRED) - set(arrays)
     if missing:
         raise ValueError(f"{path}: not a mnistnet model file (missing "
@@ -128,7 +125,7 @@ def model_from_arrays(arrays: dict[str, Any], path: str, backend: str) -> Model:
         raise ValueError(f"{path}: bad architecture in the model file (it records layer "
                          f"output shapes {shapes}, the layers give {plan.shapes[1:]})")
     try:
-        model = Model.from_config(config, backend)
+        model = model_class.from_config(config, backend)
     except _BAD_CONFIG as exc:
         raise ValueError(f"{path}: bad architecture in the model file ({exc})") from None
     if not np.isfinite(params).all():
@@ -140,16 +137,13 @@ def model_from_arrays(arrays: dict[str, Any], path: str, backend: str) -> Model:
 
 def _architecture(config: dict[str, Any]):
     """(layers, input shape) from a config of either format, as Model.from_config reads it."""
-    from mnistnet.layers import layer_from_config
-    from mnistnet.model import _input_shape
-
     if not isinstance(config, dict):
         raise TypeError(f"the config is a {type(config).__name__}, not an object")
     layers = [layer_from_config(layer) for layer in config["layers"]]
     if not layers:
         raise ValueError("no layers")
     shape = config.get("input_shape")
-    return layers, _input_shape(layers, config["input_dim"] if shape is None else None, shape)
+    return layers, input_shape_of(layers, config["input_dim"] if shape is None else None, shape)
 
 
 def _restore_training(model: Model, arrays: dict[str, Any], path: str) -> None:

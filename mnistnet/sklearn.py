@@ -40,7 +40,9 @@ except ImportError as exc:  # scikit-learn missing, or older than 1.6 (no valida
         "pip install 'mnistnet[sklearn]'"
     ) from exc
 
-from mnistnet.model import SGD, Dense, Model
+from mnistnet.layers import Dense
+from mnistnet.model import Model
+from mnistnet.optimizers import SGD
 
 __all__ = ["MNISTNetClassifier"]
 

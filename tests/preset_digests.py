@@ -38,7 +38,7 @@ def _model(name: str):
     if name in PRESETS:
         recipes = getattr(mn, "RECIPES", None)
         if recipes is None:
-            from mnistnet.model import RECIPES as recipes
+            from mnistnet.presets import RECIPES as recipes
         return mn.preset(name, seed=0), recipes[name]["batch_size"]
     l2 = mn.regularizers.L2(1e-4)
     optimizer = {"nesterov": mn.SGD(0.01, momentum=0.9, nesterov=True),

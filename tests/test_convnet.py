@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import mnistnet as mn
-from mnistnet import _kernels, reference
+from mnistnet import _kernels
 
 DATA = os.environ.get("MNISTNET_DATA")
 needs_mnist = pytest.mark.skipif(not DATA, reason="set MNISTNET_DATA to the MNIST folder")
@@ -414,6 +414,10 @@ def test_weights_move_between_keras_and_mnistnet():
     np.testing.assert_allclose(model.predict(x), np.asarray(k.predict(x, verbose=0)), atol=1e-5)
 
 
-def test_reference_and_plan_agree_on_codes():
-    """The layer kinds' codes are one table for both backends."""
-    assert mn.fast.KINDS == reference.KINDS
+def test_the_compiled_kinds_are_the_tables():
+    """The layer kinds' codes are one table (mnistnet.kinds) for both backends: the compiled
+    LayerKind enum names each kind KIND_<class name> with its place in the table."""
+    from mnistnet.kinds import KINDS
+
+    assert mn.fast.compiled_kinds() == {f"KIND_{k.layer.__name__.upper()}": i
+                                        for i, k in enumerate(KINDS)}

@@ -33,6 +33,7 @@ import pytest
 
 import mnistnet as mn
 from mnistnet import demo
+from mnistnet.cli import demo as demo_cli
 
 TIMEOUT = 10  # seconds for one HTTP request or one wait in the browser
 SIDE = 28
@@ -291,7 +292,7 @@ def test_close_releases_the_port(model) -> None:
 
 DEMO_SCRIPT = """
 import argparse, signal, sys
-from mnistnet import demo
+from mnistnet.cli import demo
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
 args = demo.add_arguments(argparse.ArgumentParser()).parse_args(sys.argv[1:])
 sys.exit(demo.run(args))
@@ -314,16 +315,16 @@ def test_the_demo_command_prints_its_url_and_stops_on_ctrl_c(tmp_path, model) ->
     finally:
         process.kill()
     assert line.startswith(f"mnistnet demo: {tmp_path / 'model.npz'} at http://127.0.0.1:")
-    assert process.returncode == demo.EXIT_INTERRUPTED
+    assert process.returncode == demo_cli.EXIT_INTERRUPTED
     assert errors == "mnistnet demo: stopped\n"
 
 
 def test_the_demo_command_refuses_a_port_in_use(tmp_path, model, server) -> None:
     model.save(tmp_path / "model.npz")
-    args = demo.add_arguments(argparse.ArgumentParser()).parse_args(
+    args = demo_cli.add_arguments(argparse.ArgumentParser()).parse_args(
         [str(tmp_path / "model.npz"), "--port", str(server.server_address[1])])
     with pytest.raises(OSError, match=r"^cannot listen on 127\.0\.0\.1:\d+: .*in use"):
-        demo.run(args)
+        demo_cli.run(args)
 
 
 # --------------------------------------------------------------------------- the browser

@@ -17,8 +17,15 @@ import pytest
 from networks import NO_DROPOUT_KEY, SGD, dense_plan, net_buffers, no_state
 from tolerances import BACKWARD_RTOL, FORWARD_RTOL, assert_close
 
+import mnistnet as mn
 from mnistnet import _kernels, fast, reference
-from mnistnet.plan import PLAN_DTYPE, PLAN_FIELDS
+from mnistnet.codes import (
+    OPTIMIZER_DTYPE,
+    OPTIMIZER_FIELDS,
+    OPTIMIZERS,
+    PLAN_DTYPE,
+    PLAN_FIELDS,
+)
 
 BATCHES = (1, 7, 32, 1000)
 WIDTHS = (1, 10, 33, 128, 785)
@@ -120,12 +127,11 @@ def glorot_params(rng, sizes) -> np.ndarray:
 # ---- dense ---------------------------------------------------------------------------------
 
 def test_both_backends_use_the_same_codes():
-    # model.py takes its codes from reference.py and hands them to the compiled kernels,
-    # whose codes are the enums of _kernels.pxd: the two tables must not drift apart.
-    assert fast.ACTIVATIONS == reference.ACTIVATIONS
-    assert fast.LOSSES == reference.LOSSES
-    assert fast.KINDS == reference.KINDS
-    assert fast.OPTIMIZERS == reference.OPTIMIZERS
+    # Both take their codes from mnistnet.codes; the compiled kernels' own enums in
+    # _kernels.pxd must not drift from them (checked at import, and here).
+    assert _kernels.ACTIVATIONS == fast.ACTIVATIONS == reference.ACTIVATIONS
+    assert _kernels.LOSSES == fast.LOSSES == reference.LOSSES
+    assert _kernels.OPTIMIZERS == fast.OPTIMIZERS == reference.OPTIMIZERS
     assert (fast.EPOCH_DONE, fast.EPOCH_NONFINITE_LOSS, fast.EPOCH_INTERRUPTED) == (
         reference.EPOCH_DONE, reference.EPOCH_NONFINITE_LOSS, reference.EPOCH_INTERRUPTED)
 
@@ -137,6 +143,19 @@ def test_the_plan_table_has_the_layout_of_the_kernels_struct():
     assert names == PLAN_FIELDS
     assert offsets == tuple(PLAN_DTYPE.fields[n][1] for n in PLAN_FIELDS)
     assert size == PLAN_DTYPE.itemsize
+
+
+def test_the_optimizer_settings_have_the_layout_of_the_kernels_struct():
+    """Optimizer.kernel_settings() is read by the compiled side as its OptimizerSettings
+    struct, byte for byte."""
+    names, offsets, size = _kernels.optimizer_layout()
+    assert names == OPTIMIZER_FIELDS
+    assert offsets == tuple(OPTIMIZER_DTYPE.fields[n][1] for n in OPTIMIZER_FIELDS)
+    assert size == OPTIMIZER_DTYPE.itemsize
+    settings = mn.RMSprop(0.01, rho=0.8, momentum=0.5, epsilon=1e-6, centered=True)
+    record = settings.kernel_settings()
+    assert (record["code"], record["rho"], record["momentum"], record["centered"]) == (
+        OPTIMIZERS["rmsprop"], 0.8, 0.5, 1)
 
 
 @pytest.mark.parametrize("pair", DENSE_PAIRS, ids=[f"{c}x{oc}" for c, oc in DENSE_PAIRS])

@@ -11,7 +11,8 @@ import pytest
 
 import mnistnet as mn
 from mnistnet import _kernels, fast
-from mnistnet.model import as_targets, shuffle_order
+from mnistnet.inputs import as_targets
+from mnistnet.trainer import shuffle_order
 
 DATA = os.environ.get("MNISTNET_DATA")
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import mnistnet as mn
-from mnistnet.model import shuffle_order
+from mnistnet.trainer import shuffle_order
 
 DATA = os.environ.get("MNISTNET_DATA")
 needs_mnist = pytest.mark.skipif(not DATA, reason="set MNISTNET_DATA to the MNIST folder")

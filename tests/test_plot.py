@@ -21,6 +21,7 @@ import pytest
 
 import mnistnet as mn
 from mnistnet import plot
+from mnistnet.cli import plot as plot_cli
 
 try:
     import matplotlib  # noqa: F401 (only whether it is there)
@@ -409,8 +410,9 @@ def dataset(tmp_path, data) -> Path:
 
 
 def plot_command(*argv: str | Path) -> int:
-    args = plot.add_arguments(argparse.ArgumentParser()).parse_args([str(a) for a in argv])
-    return plot.run(args)
+    args = plot_cli.add_arguments(argparse.ArgumentParser()).parse_args(
+        [str(a) for a in argv])
+    return plot_cli.run(args)
 
 
 @needs_matplotlib

@@ -20,7 +20,7 @@ from interrupting import HAS_PTHREAD_KILL, sigint_lateness
 
 import mnistnet as mn
 from mnistnet import _kernels, fast, reference
-from mnistnet.model import CACHE_LINE
+from mnistnet.plan import CACHE_LINE
 
 ROWS, FEATURES = 300, 40
 

@@ -308,7 +308,7 @@ def test_small_net_gradient_matches_central_differences(simd_path, backend):
         trained = slice(off, off + n_train)
         np.testing.assert_array_equal(params[trained], before[trained] - LR * grads[trained],
                                       err_msg=what + " update")
-        if row["kind"] == reference.KINDS["batchnorm"]:
+        if plan.kinds[i].layer is mn.BatchNormalization:
             np.testing.assert_array_equal(grads[off + n_train: off + int(row["n_param"])], 0)
 
 

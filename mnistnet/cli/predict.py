@@ -1,0 +1,180 @@
+"""``mnistnet predict``: classify images (IDX, .npy, binary PGM) with a saved model."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+
+from mnistnet.cli.common import EXIT_OK, CLIError, add_backend, load_model, one_line
+from mnistnet.data import read_idx
+
+NAME = "predict"
+HELP = "classify images with a saved model"
+DESCRIPTION = ("Print one line per image: 'FILE[i]: digit D (p=P)', D being the output with "
+               "the largest value P. Images look like MNIST's: a light digit on a dark "
+               "background (0 = black), 28x28 for a model trained on MNIST.")
+EPILOG = ("Accepted files: IDX images (raw or .gz; (n, 28, 28) or (28, 28)); .npy arrays of "
+          "shape (28, 28), (n, 28, 28) or (n, 784); binary PGM (P5, maxval <= 255). uint8 "
+          "pixels are divided by 255 (PGM: by its maxval); float arrays are used as they are, "
+          "and should lie in [0, 1].")
+PGM_MAX_HEADER = 4096  # bytes; a P5 header is a few dozen bytes plus optional comments
+_PGM_WHITESPACE = b" \t\n\r\v\f"
+_NPY_MAGIC = b"\x93NUMPY"
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def add_arguments(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``mnistnet predict``."""
+    sub.add_argument("model", metavar="MODEL.npz", help="a model written by 'train --save'")
+    sub.add_argument("files", metavar="FILE", nargs="+", help="image files to classify")
+    add_backend(sub)
+    return sub
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print "FILE[i]: digit D (p=P)" for every image of every file."""
+    model = load_model(args.model, args.backend)
+    batches = [(name, read_images(name, model.input_dim)) for name in args.files]
+    for name, x in batches:
+        try:
+            outputs = model.predict(x)
+        except (ValueError, TypeError) as exc:
+            raise CLIError(f"{name}: {exc}") from None
+        digits = np.argmax(outputs, axis=1)
+        for i, digit in enumerate(digits):
+            print(f"{name}[{i}]: digit {digit} (p={outputs[i, digit]:.3f})")
+    return EXIT_OK
+
+
+def read_images(path: str, input_dim: int) -> np.ndarray:
+    """Rows (n, input_dim) from an IDX, .npy or binary PGM file: float32 in [0, 1] for integer
+    pixels, the file's own floats otherwise. Raises CLIError naming the file."""
+    with open(path, "rb") as stream:
+        head = stream.read(len(_NPY_MAGIC))
+    kind = _image_kind(path, head)
+    if kind == "pgm":
+        return _read_pgm(path, input_dim)
+    pixels = _read_npy(path) if kind == "npy" else read_idx(path)
+    return _as_rows(pixels, path, input_dim)
+
+
+def _image_kind(path: str, head: bytes) -> str:
+    """"npy", "pgm" or "idx": from the file name's suffix, else from the first bytes."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".npy" or head.startswith(_NPY_MAGIC):
+        return "npy"
+    if suffix in (".pgm", ".pnm") or head.startswith(b"P"):
+        return "pgm"
+    if head.startswith((_GZIP_MAGIC, b"\x00\x00")):
+        return "idx"
+    if not head:
+        raise CLIError(f"{path}: empty file")
+    raise CLIError(f"{path}: not an image file this command reads (IDX, .npy or binary PGM)")
+
+
+def _read_npy(path: str) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError) as exc:
+        raise CLIError(f"{path}: not a readable .npy array ({one_line(str(exc))})") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive
+        array.close()
+        raise CLIError(f"{path}: an .npz archive, not a .npy array")
+    return array
+
+
+def _as_rows(pixels: np.ndarray, path: str, input_dim: int) -> np.ndarray:
+    """(side, side), (n, side, side), (n, input_dim) or (input_dim,) -> (n, input_dim)."""
+    shape = pixels.shape
+    if pixels.ndim == 1 and shape[0] == input_dim:
+        rows = pixels.reshape(1, input_dim)
+    elif pixels.ndim == 2 and shape[1] == input_dim:
+        rows = pixels
+    elif pixels.ndim == 2 and shape[0] * shape[1] == input_dim:
+        rows = pixels.reshape(1, input_dim)
+    elif pixels.ndim == 3 and shape[1] * shape[2] == input_dim:
+        rows = pixels.reshape(shape[0], input_dim)
+    else:
+        raise CLIError(f"{path}: images of shape {shape} do not fit the model's {input_dim} "
+                       f"inputs (expected {_expected_shapes(input_dim)})")
+    if rows.shape[0] == 0:
+        raise CLIError(f"{path}: no images (shape {shape})")
+    return _scaled(rows, path)
+
+
+def _expected_shapes(input_dim: int) -> str:
+    side = math.isqrt(input_dim)
+    if side * side == input_dim:
+        return f"({side}, {side}), (n, {side}, {side}) or (n, {input_dim})"
+    return f"(rows, cols) with rows * cols = {input_dim}, (n, rows, cols) or (n, {input_dim})"
+
+
+def _scaled(rows: np.ndarray, path: str, maxval: int = 255) -> np.ndarray:
+    if rows.dtype == np.uint8:
+        return rows.astype(np.float32) / np.float32(maxval)
+    if rows.dtype.kind == "f":
+        return rows
+    raise CLIError(f"{path}: pixels of type {rows.dtype} are not supported "
+                   "(expected uint8 or floating point)")
+
+
+def _read_pgm(path: str, input_dim: int) -> np.ndarray:
+    """One binary PGM (P5) image with width * height == input_dim as a (1, input_dim) row."""
+    with open(path, "rb") as stream:
+        data = stream.read(PGM_MAX_HEADER + input_dim + 1)
+    if not data.startswith(b"P5"):
+        raise CLIError(f"{path}: not a binary PGM file (magic {data[:2]!r}, expected b'P5')")
+    width, height, maxval, start = _pgm_header(data, path)
+    if not 1 <= maxval <= 255:
+        raise CLIError(f"{path}: PGM maxval {maxval} is not supported (1..255)")
+    if width * height != input_dim:
+        raise CLIError(f"{path}: a {width}x{height} image does not fit the model's "
+                       f"{input_dim} inputs")
+    payload = data[start:]
+    if len(payload) < input_dim:
+        raise CLIError(f"{path}: truncated PGM ({len(payload)} of the {input_dim} bytes of "
+                       f"pixels a {width}x{height} image has)")
+    if len(payload) > input_dim:
+        raise CLIError(f"{path}: trailing data after the {input_dim} bytes of pixels of a "
+                       f"{width}x{height} PGM")
+    pixels = np.frombuffer(payload, dtype=np.uint8)
+    if int(pixels.max()) > maxval:
+        raise CLIError(f"{path}: pixel value {int(pixels.max())} exceeds the maxval {maxval}")
+    return _scaled(pixels.reshape(1, input_dim), path, maxval)
+
+
+def _pgm_header(data: bytes, path: str) -> tuple[int, int, int, int]:
+    """Width, height, maxval and the offset of the pixels, after the magic "P5"."""
+    pos, values = 2, []
+    for field in ("width", "height", "maxval"):
+        pos = _skip_pgm_separator(data, pos, path, field)
+        start = pos
+        while pos < len(data) and data[pos: pos + 1].isdigit() and pos - start < 9:
+            pos += 1
+        if pos == start or (pos < len(data) and data[pos: pos + 1].isdigit()):
+            raise CLIError(f"{path}: bad PGM header (expected the {field} as a number of at "
+                           "most 9 digits)")
+        values.append(int(data[start:pos]))
+    if pos >= len(data) or data[pos] not in _PGM_WHITESPACE:
+        raise CLIError(f"{path}: bad PGM header (expected one whitespace byte after maxval)")
+    return values[0], values[1], values[2], pos + 1
+
+
+def _skip_pgm_separator(data: bytes, pos: int, path: str, field: str) -> int:
+    """Skip whitespace and '#' comments (at least one of them) before a header field."""
+    begin = pos
+    while pos < len(data) and pos < PGM_MAX_HEADER:
+        if data[pos] in _PGM_WHITESPACE:
+            pos += 1
+        elif data[pos: pos + 1] == b"#":
+            newline = min((i for i in (data.find(b"\n", pos), data.find(b"\r", pos)) if i >= 0),
+                          default=len(data))
+            pos = newline
+        else:
+            break
+    if pos == begin or pos >= min(len(data), PGM_MAX_HEADER):
+        raise CLIError(f"{path}: bad PGM header (expected whitespace, then the {field})")
+    return pos
