@@ -40,6 +40,7 @@ import numpy as np
 from mnistnet import fast, reference
 from mnistnet._version import __version__
 from mnistnet.data import load_mnist
+from mnistnet.kinds import peer_layers
 from mnistnet.model import Model
 from mnistnet.presets import PRESETS, RECIPES, preset
 from mnistnet.trainer import History
@@ -328,20 +329,34 @@ def peer_comparison(presets: Sequence[str], data: Data, epochs: int, repeats: in
         np.savez(data_path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
         for label in ("torch", "keras"):
             out["frameworks"][label] = _peer_timings(label, presets, data_path, epochs,
-                                                     repeats, python, fast_seconds, folder)
+                                                     repeats, python, fast_seconds, folder,
+                                                     x_train.shape[0])
     if not any(f["available"] for f in out["frameworks"].values()):
         out["message"] = PEERS_MISSING
     return out
 
 
+def peer_config(model: Model, rows: int, batch_size: int, epochs: int) -> dict[str, Any]:
+    """What mnistnet/peers.py builds and trains: each layer as the table of kinds maps it to
+    Keras and PyTorch, the input shape, the loss, and the optimizer with the learning rate
+    of every step of `epochs` epochs of `rows` rows (so a schedule is followed exactly)."""
+    steps = epochs * -(-rows // batch_size)
+    optimizer = {k: v for k, v in model.optimizer.get_config().items() if k != "learning_rate"}
+    optimizer["class"] = type(model.optimizer).__name__
+    optimizer["rates"] = [float(r) for r in model.optimizer.rates(0, steps)]
+    return {"layers": peer_layers(model.layers, model.plan.shapes),
+            "input_shape": list(model.input_shape), "outputs": model.n_outputs,
+            "loss": {"name": model.loss}, "optimizer": optimizer}
+
+
 def _peer_timings(label: str, presets: Sequence[str], data_path: str, epochs: int,
                   repeats: int, python: str, fast_seconds: dict[str, float],
-                  folder: str) -> dict[str, Any]:
+                  folder: str, rows: int) -> dict[str, Any]:
     timings, version = {}, None
     for name in presets:
         config_path = os.path.join(folder, f"{name}.json")
         with open(config_path, "w", encoding="utf-8") as f:
-            json.dump(preset(name).get_config(), f)
+            json.dump(peer_config(preset(name), rows, RECIPES[name]["batch_size"], epochs), f)
         best, run = float("inf"), {}
         for _ in range(repeats):
             run = _run_peer(label, config_path, data_path, epochs, RECIPES[name]["batch_size"],
@@ -352,8 +367,8 @@ def _peer_timings(label: str, presets: Sequence[str], data_path: str, epochs: in
                                                 strict=True))
             best = min(best, seconds)
         version = run["version"]
-        timings[name] = {"seconds_per_epoch": best, "accuracy": run["accuracy"],
-                         "val_accuracy": run["val_accuracy"],
+        timings[name] = {"seconds_per_epoch": best, "accuracy": run["accuracy"][-1],
+                         "val_accuracy": run["val_accuracy"][-1],
                          "over_fast": best / fast_seconds[name]}
     return {"available": True, "version": version, "presets": timings}
 

@@ -1,20 +1,22 @@
 """One peer framework's training of a mnistnet model's architecture, timed, in a process of
 its own (what `mnistnet bench --peers` runs).
 
-    python peers.py --framework torch|keras --config model.json --data mnist.npz \\
+    python peers.py --framework torch|keras --config peer.json --data mnist.npz \\
         --epochs 1 --batch-size 128 --threads 2
 
 A standalone script: it imports only numpy and the framework (never mnistnet), so it runs
 with any Python that has them, and the framework's thread pools never share a process with
-the timing of mnistnet. The config is mnistnet's Model.get_config() (layers with their
-"class", input_shape, loss, optimizer); the data an .npz of x_train, y_train, x_test, y_test
-(float32 rows of pixels in [0, 1], integer labels). It prints one JSON object: the
+the timing of mnistnet. The config (mnistnet.bench.peer_config) says, layer by layer, what
+each framework builds: the entries of mnistnet's table of kinds give a Keras layer (its class
+in keras.layers and arguments) and the PyTorch modules (torch.nn's, or RandomTranslation
+below); then the input shape, the loss, the optimizer and the learning rate of every step
+(so any schedule is followed exactly). The data is an .npz of x_train, y_train, x_test,
+y_test (float32 rows of pixels in [0, 1], integer labels). It prints one JSON object: the
 framework and version, seconds per epoch (training, then the validation forward on the test
-set, as mnistnet's fit does), and the last epoch's accuracies.
+set, as mnistnet's fit does), and each epoch's accuracies.
 
-The architectures are the same, layer by layer, with each framework's default weight
-initialisation replaced by Glorot-uniform and zero biases as in Keras; PyTorch keeps its
-channels-first layout (its Flatten order differs, which changes nothing timed).
+Weights start Glorot-uniform with zero biases, as in Keras; PyTorch keeps its channels-first
+layout (its Flatten order differs, which changes nothing timed).
 """
 
 from __future__ import annotations
@@ -27,78 +29,90 @@ from typing import Any
 
 import numpy as np
 
-
-def keras_same_padding(size: int, window: int, stride: int) -> tuple[int, int]:
-    """(before, after) padding of Keras' "same" along one axis."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + window - size, 0)
-    return total // 2, total - total // 2
-
-
 # ---- PyTorch --------------------------------------------------------------------------------
+
+TORCH_ACTIVATIONS = {"relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh"}
+
+
+def torch_translation() -> Any:
+    """RandomTranslation as mnistnet (and Keras with fill_mode="constant",
+    interpolation="nearest") does it: each training image moved by whole pixels drawn from
+    [h0, h1] x [w0, w1], the uncovered pixels `fill`; the identity in eval mode."""
+    import torch
+    from torch import nn
+
+    class RandomTranslation(nn.Module):
+        def __init__(self, shifts: list[int], fill: float) -> None:
+            super().__init__()
+            self.shifts, self.fill = shifts, fill
+
+        def forward(self, x: Any) -> Any:
+            if not self.training:
+                return x
+            n, _, h, w = x.shape
+            h0, h1, w0, w1 = self.shifts
+            dy = torch.randint(h0, h1 + 1, (n,), dtype=x.dtype)
+            dx = torch.randint(w0, w1 + 1, (n,), dtype=x.dtype)
+            theta = torch.zeros(n, 2, 3, dtype=x.dtype)
+            theta[:, 0, 0] = theta[:, 1, 1] = 1
+            theta[:, 0, 2], theta[:, 1, 2] = -2 * dx / w, -2 * dy / h
+            grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+            out = nn.functional.grid_sample(x, grid, mode="nearest", align_corners=False)
+            if self.fill:
+                inside = nn.functional.grid_sample(torch.ones_like(x[:, :1]), grid,
+                                                   mode="nearest", align_corners=False)
+                out = out + self.fill * (1 - inside)
+            return out
+
+    return RandomTranslation
+
+
+def torch_module(spec: dict[str, Any]) -> Any:
+    """One module of a layer's spec, Glorot-uniform and zero bias where spec["init"]."""
+    from torch import nn
+
+    name = spec["module"]
+    factory = torch_translation() if name == "RandomTranslation" else getattr(nn, name)
+    module = factory(*spec["args"], **spec["kwargs"])
+    if spec.get("init"):
+        nn.init.xavier_uniform_(module.weight)
+        nn.init.zeros_(module.bias)
+    return module
+
 
 def torch_model(config: dict[str, Any]) -> Any:
     import torch
     from torch import nn
 
-    shape = list(config["input_shape"])
-    layers: list[Any] = []
-    channels_first = len(shape) == 3  # (c, h, w) as PyTorch lays images out
-    size = [shape[2], shape[0], shape[1]] if channels_first else shape
-    activations = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "linear": None}
-    last = len(config["layers"]) - 1
-    for i, spec in enumerate(config["layers"]):
-        kind = spec["class"]
-        if kind == "Conv2D":
-            (kh, kw), (sh, sw) = spec["kernel_size"], spec["strides"]
-            if spec["padding"] == "same":
-                (pt, pb), (pl, pr) = (keras_same_padding(size[1], kh, sh),
-                                      keras_same_padding(size[2], kw, sw))
-                layers.append(nn.ZeroPad2d((pl, pr, pt, pb)))
-                size = [size[0], size[1] + pt + pb, size[2] + pl + pr]
-            conv = nn.Conv2d(size[0], spec["filters"], (kh, kw), stride=(sh, sw))
-            nn.init.xavier_uniform_(conv.weight)
-            nn.init.zeros_(conv.bias)
-            layers.append(conv)
-            size = [spec["filters"], (size[1] - kh) // sh + 1, (size[2] - kw) // sw + 1]
-        elif kind == "MaxPool2D":
-            (ph, pw), (sh, sw) = spec["pool_size"], spec["strides"]
-            if spec["padding"] == "same":
-                (pt, pb), (pl, pr) = (keras_same_padding(size[1], ph, sh),
-                                      keras_same_padding(size[2], pw, sw))
-                layers.append(nn.ConstantPad2d((pl, pr, pt, pb), float("-inf")))
-                size = [size[0], size[1] + pt + pb, size[2] + pl + pr]
-            layers.append(nn.MaxPool2d((ph, pw), stride=(sh, sw)))
-            size = [size[0], (size[1] - ph) // sh + 1, (size[2] - pw) // sw + 1]
-        elif kind == "Flatten":
-            layers.append(nn.Flatten())
-            size = [int(np.prod(size))]
-        elif kind == "Dropout":
-            layers.append(nn.Dropout(spec["rate"]))
-        else:  # Dense
-            dense = nn.Linear(size[0], spec["units"])
-            nn.init.xavier_uniform_(dense.weight)
-            nn.init.zeros_(dense.bias)
-            layers.append(dense)
-            size = [spec["units"]]
-        act = spec.get("activation", "linear")
+    modules: list[Any] = []
+    layers = config["layers"]
+    for i, layer in enumerate(layers):
+        if layer["torch"] is None:
+            raise ImportError(f"PyTorch has no counterpart of mnistnet's {layer['kind']}")
+        modules += [torch_module(spec) for spec in layer["torch"]]
+        act = layer["activation"]
         if act == "softmax":
-            if i != last or config["loss"] != "categorical_crossentropy":
-                layers.append(nn.Softmax(dim=1))
+            if i != len(layers) - 1 or config["loss"]["name"] != "categorical_crossentropy":
+                modules.append(nn.Softmax(dim=1))
             # else: folded into CrossEntropyLoss on the logits (the same maths)
-        elif activations.get(act):
-            layers.append(activations[act]())
-    return torch.nn.Sequential(*layers)
+        elif act in TORCH_ACTIVATIONS:
+            modules.append(getattr(nn, TORCH_ACTIVATIONS[act])())
+    return torch.nn.Sequential(*modules)
 
 
 def torch_optimizer(params: Any, spec: dict[str, Any]) -> Any:
     import torch
 
-    if spec["class"] == "Adam":
-        return torch.optim.Adam(params, lr=spec["learning_rate"],
-                                betas=(spec["beta_1"], spec["beta_2"]), eps=spec["epsilon"])
-    return torch.optim.SGD(params, lr=spec["learning_rate"],
-                           momentum=spec.get("momentum", 0.0),
+    lr, kind = spec["rates"][0], spec["class"]
+    if kind in ("Adam", "AdamW"):
+        options = {"betas": (spec["beta_1"], spec["beta_2"]), "eps": spec["epsilon"]}
+        if kind == "AdamW":
+            options["weight_decay"] = spec["weight_decay"]
+        return getattr(torch.optim, kind)(params, lr=lr, **options)
+    if kind == "RMSprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=spec["rho"], eps=spec["epsilon"],
+                                   momentum=spec["momentum"], centered=spec["centered"])
+    return torch.optim.SGD(params, lr=lr, momentum=spec.get("momentum", 0.0),
                            nesterov=spec.get("nesterov", False))
 
 
@@ -111,6 +125,7 @@ def run_torch(config: dict[str, Any], data: dict[str, np.ndarray], epochs: int,
     net = torch_model(config)
     shape = list(config["input_shape"])
     view = (-1, shape[2], shape[0], shape[1]) if len(shape) == 3 else (-1, shape[0])
+    classes = config["outputs"]
 
     def rows(name: str) -> Any:
         x = np.ascontiguousarray(data[name], dtype=np.float32)
@@ -121,28 +136,33 @@ def run_torch(config: dict[str, Any], data: dict[str, np.ndarray], epochs: int,
     x, xv = rows("x_train"), rows("x_test")
     labels = torch.from_numpy(data["y_train"].astype(np.int64))
     val_labels = torch.from_numpy(data["y_test"].astype(np.int64))
-    if config["loss"] == "categorical_crossentropy":
-        loss_fn: Any = torch.nn.CrossEntropyLoss()
+    smoothing = config["loss"].get("label_smoothing", 0.0)
+    if config["loss"]["name"] == "categorical_crossentropy":
+        loss_fn: Any = torch.nn.CrossEntropyLoss(label_smoothing=smoothing)
         target, val_target = labels, val_labels
     else:
         loss_fn = torch.nn.MSELoss()  # mean over rows and outputs, as Keras' MSE
-        target = torch.nn.functional.one_hot(labels, 10).float()
-        val_target = torch.nn.functional.one_hot(val_labels, 10).float()
+        target = torch.nn.functional.one_hot(labels, classes).float()
+        val_target = torch.nn.functional.one_hot(val_labels, classes).float()
+    rates = config["optimizer"]["rates"]
     opt = torch_optimizer(net.parameters(), config["optimizer"])
     gen = torch.Generator().manual_seed(0)
-    n, train_seconds, eval_seconds = x.shape[0], [], []
+    n, step, train_seconds, eval_seconds, accuracy, val_accuracy = x.shape[0], 0, [], [], [], []
     for _ in range(epochs):
         start = time.perf_counter()
         net.train()
         correct = torch.zeros((), dtype=torch.int64)
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, batch_size):
+            for group in opt.param_groups:  # the schedule, step by step
+                group["lr"] = rates[min(step, len(rates) - 1)]
             idx = perm[i: i + batch_size]
             out = net(x[idx])
             loss = loss_fn(out, target[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            step += 1
             correct += (out.detach().argmax(1) == labels[idx]).sum()
         middle = time.perf_counter()
         net.eval()
@@ -154,32 +174,51 @@ def run_torch(config: dict[str, Any], data: dict[str, np.ndarray], epochs: int,
                 val_correct += int((val_out.argmax(1) == val_labels[i: i + 1000]).sum())
         train_seconds.append(middle - start)
         eval_seconds.append(time.perf_counter() - middle)
+        accuracy.append(int(correct) / n)
+        val_accuracy.append(val_correct / xv.shape[0])
     return {"framework": "pytorch", "version": f"torch {torch.__version__}",
             "threads": torch.get_num_threads(), "train_seconds": train_seconds,
-            "eval_seconds": eval_seconds, "accuracy": int(correct) / n,
-            "val_accuracy": val_correct / xv.shape[0]}
+            "eval_seconds": eval_seconds, "accuracy": accuracy, "val_accuracy": val_accuracy}
 
 
 # ---- Keras 3 --------------------------------------------------------------------------------
+
+def keras_layer(spec: dict[str, Any]) -> Any:
+    import keras
+
+    config = dict(spec["config"])
+    regularizer = config.pop("kernel_regularizer", None)
+    if regularizer is not None:
+        config["kernel_regularizer"] = keras.regularizers.L2(regularizer["l2"])
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+    return getattr(keras.layers, spec["class"])(**config)
+
 
 def keras_model(config: dict[str, Any]) -> Any:
     import keras
 
     layers = [keras.Input(tuple(config["input_shape"]))]
-    for spec in config["layers"]:
-        options = {k: v for k, v in spec.items() if k != "class"}
-        kind = {"MaxPool2D": "MaxPooling2D"}.get(spec["class"], spec["class"])
-        if kind in ("Conv2D", "MaxPooling2D"):
-            options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-        layers.append(getattr(keras.layers, kind)(**options))
+    layers += [keras_layer(layer["keras"]) for layer in config["layers"]]
     return keras.Sequential(layers)
 
 
 def keras_optimizer(spec: dict[str, Any]) -> Any:
     import keras
 
-    options = {k: v for k, v in spec.items() if k != "class"}
-    return getattr(keras.optimizers, spec["class"])(**options)
+    class Rates(keras.optimizers.schedules.LearningRateSchedule):
+        """The learning rate of every step, as mnistnet's schedule gives them."""
+
+        def __init__(self, rates: list[float]) -> None:
+            self.rates = keras.ops.convert_to_tensor(np.asarray(rates, np.float32))
+
+        def __call__(self, step: Any) -> Any:
+            last = keras.ops.shape(self.rates)[0] - 1
+            return keras.ops.take(self.rates, keras.ops.minimum(step, last))
+
+    options = {k: v for k, v in spec.items() if k not in ("class", "rates", "learning_rate")}
+    rates = spec["rates"]
+    rate = rates[0] if len(set(rates)) == 1 else Rates(rates)
+    return getattr(keras.optimizers, spec["class"])(learning_rate=rate, **options)
 
 
 def run_keras(config: dict[str, Any], data: dict[str, np.ndarray], epochs: int,
@@ -190,12 +229,18 @@ def run_keras(config: dict[str, Any], data: dict[str, np.ndarray], epochs: int,
         raise ImportError(f"Keras 3 needed, found {keras.__version__}")
     keras.utils.set_random_seed(0)
     model = keras_model(config)
-    model.compile(optimizer=keras_optimizer(config["optimizer"]), loss=config["loss"],
+    loss = config["loss"]
+    if loss["name"] == "categorical_crossentropy":
+        loss_fn: Any = keras.losses.CategoricalCrossentropy(
+            label_smoothing=loss.get("label_smoothing", 0.0))
+    else:
+        loss_fn = "mse"
+    model.compile(optimizer=keras_optimizer(config["optimizer"]), loss=loss_fn,
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     shape = tuple(config["input_shape"])
     x = data["x_train"].reshape(-1, *shape)
     xv = data["x_test"].reshape(-1, *shape)
-    eye = np.eye(10, dtype=np.float32)
+    eye = np.eye(config["outputs"], dtype=np.float32)
     times: list[float] = []
 
     class EpochTimer(keras.callbacks.Callback):
@@ -213,8 +258,8 @@ def run_keras(config: dict[str, Any], data: dict[str, np.ndarray], epochs: int,
     return {"framework": "keras",
             "version": f"keras {keras.__version__} ({keras.backend.backend()} backend)",
             "threads": threads, "train_seconds": times, "eval_seconds": [0.0] * len(times),
-            "accuracy": history.history["accuracy"][-1],
-            "val_accuracy": history.history["val_accuracy"][-1]}
+            "accuracy": history.history["accuracy"],
+            "val_accuracy": history.history["val_accuracy"]}
 
 
 RUNNERS = {"torch": run_torch, "keras": run_keras}
@@ -223,7 +268,8 @@ RUNNERS = {"torch": run_torch, "keras": run_keras}
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--framework", choices=tuple(RUNNERS), required=True)
-    parser.add_argument("--config", required=True, help="Model.get_config() as JSON")
+    parser.add_argument("--config", required=True,
+                        help="the peer config as JSON (mnistnet.bench.peer_config)")
     parser.add_argument("--data", required=True,
                         help=".npz of x_train, y_train, x_test, y_test")
     parser.add_argument("--epochs", type=int, default=1)

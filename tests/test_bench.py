@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import mnistnet as mn
-from mnistnet import bench, peers
+from mnistnet import bench
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_comparison_of_a_dense_preset_and_the_convnet(tiny, monkeypatch):
 
 def test_a_peer_that_cannot_import_its_framework_says_so(tiny, tmp_path):
     config = tmp_path / "c.json"
-    config.write_text(json.dumps(mn.preset("perceptron").get_config()))
+    config.write_text(json.dumps(bench.peer_config(mn.preset("perceptron"), 256, 32, 1)))
     (x, y), (xt, yt) = tiny
     np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
     out = bench._run_peer("torch", str(config), str(tmp_path / "d.npz"), 1, 32,
@@ -63,7 +63,23 @@ def test_a_peer_interpreter_that_does_not_exist(tiny, tmp_path):
     assert "unavailable" in out and "FileNotFoundError" in out["unavailable"]
 
 
+def test_the_peer_config_follows_the_schedule_step_by_step():
+    """The peers get the learning rate of every step: a one-cycle schedule is followed."""
+    model = mn.preset("convnet-plus")
+    config = bench.peer_config(model, 1000, 128, 2)
+    assert len(config["optimizer"]["rates"]) == 2 * 8
+    np.testing.assert_array_equal(config["optimizer"]["rates"], model.optimizer.rates(0, 16))
+    assert config["optimizer"]["class"] == "Adam" and config["loss"] == {
+        "name": "categorical_crossentropy"}
+    assert [layer["kind"] for layer in config["layers"]] == [
+        type(layer).__name__ for layer in model.layers]
+
+
 def test_keras_same_padding_is_keras():
-    assert peers.keras_same_padding(28, 3, 1) == (1, 1)
-    assert peers.keras_same_padding(7, 2, 2) == (0, 1)
-    assert peers.keras_same_padding(8, 4, 1) == (1, 2)
+    """PyTorch pads "same" convolutions as Keras does: the extra one after."""
+    conv = mn.Conv2D(4, 4, padding="same")
+    pads = mn.kinds.kind_of(conv).torch(conv, (8, 8, 1), (8, 8, 4))[0]
+    assert pads["module"] == "ZeroPad2d" and pads["args"] == [(1, 2, 1, 2)]
+    pool = mn.MaxPool2D(2, padding="same")
+    pads = mn.kinds.kind_of(pool).torch(pool, (7, 7, 3), (4, 4, 3))[0]
+    assert pads["module"] == "ConstantPad2d" and pads["args"][0] == (0, 1, 0, 1)
