@@ -1,12 +1,12 @@
 # The epoch: gathering batches, stretches of batches on one thread or on a team of threads,
-# and the timed probes that choose between them (included by _kernels.pyx).
+# the step skeleton every team runs, and the timed probes that choose between one thread and
+# a team (included by _kernels.pyx).
 #
-# Teams: phase 1 of a step splits the batch's rows (each sample's forward and deltas are its
-# own); phase 2 splits each kernel gradient by its rows (outputs), every thread summing over the
-# whole batch in the same order. Nothing is split along a reduction axis, so the weights are the
-# same bits at any thread count. Dense nets trained by SGD have two faster teams on top: the
-# first layer split by output columns (columns_team_member), and a one-layer net split by inputs
-# (inputs_team_member).
+# The rows team (any net): phase 1 of a step splits the batch's rows (each sample's forward
+# and deltas are its own); phase 2 splits each kernel gradient by its rows (outputs), every
+# thread summing over the whole batch in the same order. Nothing is split along a reduction
+# axis, so the weights are the same bits at any thread count. Dense nets trained by SGD have
+# two faster teams of their own (_dense.pxi); all three run the same skeleton, team_steps.
 
 cdef inline void gather_rows(float* dst, const float* src, const long long* rows,
                              Py_ssize_t n, Py_ssize_t width) noexcept nogil:
@@ -107,57 +107,6 @@ cdef struct TeamBoard:
 cdef int STOP_SLOW = 100
 
 
-cdef inline bint splits_first_layer(const Net* net, int threads) noexcept nogil:
-    # Split the first layer by output columns when the workspace has room for the team, each
-    # thread gets at least two vectors of columns, and the activation is elementwise (softmax
-    # needs whole rows).
-    return (dense_fast_paths(net) and threads <= net.team_threads and net.n_layers >= 2
-            and net.plan[0].act != ACT_SOFTMAX
-            and width(net, 1) >= 2 * COLUMN_ALIGN * threads)
-
-
-cdef inline float* thread_area(const Net* net, int rank) noexcept nogil:
-    # A dense net's thread rank >= 1: its input rows, then its params copy, then its grads
-    # copy (after the first layer's two blocks).
-    cdef Py_ssize_t C0 = width(net, 0), H = width(net, 1)
-    return (workspace(net) + 2 * C0 * H
-            + (rank - 1) * (net.rows * C0 + 2 * net.n_params))
-
-
-cdef void copy_columns(float* dst, Py_ssize_t ld_dst, const float* src, Py_ssize_t ld_src,
-                       Py_ssize_t rows, Py_ssize_t width) noexcept nogil:
-    cdef Py_ssize_t r
-    for r in range(rows):
-        memcpy(dst + r * ld_dst, src + r * ld_src, width * sizeof(float))
-
-
-cdef void first_layer_columns_forward(const Net* net, const float* inp, const float* w,
-                                      Py_ssize_t n, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
-    """Columns j0..j1 of the first layer's output for the n rows inp, activation applied,
-    from w: those columns of its weights as a contiguous (C0, j1 - j0) block."""
-    cdef Py_ssize_t r, C = width(net, 0), H = width(net, 1), cols = j1 - j0
-    cdef float* h = net_acts(net, 1) + j0
-    mn_sgemm_strided(h, H, inp, C, 1, w, cols, net.params + C * H + j0, n, C, cols)
-    for r in range(n):
-        activation_forward(<int>net.plan[0].act, h + r * H, 1, cols)
-
-
-cdef bint first_layer_columns_update(const Net* net, const float* inp, float* w, float* g,
-                                     Py_ssize_t n, Py_ssize_t j0, Py_ssize_t j1,
-                                     float learning_rate) noexcept nogil:
-    """Gradient g and SGD update of w, the contiguous (C0, j1 - j0) copy of columns j0..j1 of
-    the first layer's weights, and of those columns of its bias (in place), for the n input
-    rows inp. Returns whether every updated value stayed finite."""
-    cdef Py_ssize_t C = width(net, 0), H = width(net, 1), cols = j1 - j0
-    cdef float* bias = net.params + C * H
-    cdef float* dbias = net.grads + C * H
-    cdef const float* dz = grad_region(net, 0)
-    cdef bint finite = mn_sgemm_sgd(g, cols, inp, 1, C, dz + j0, H, w, cols, learning_rate,
-                                    C, n, cols)
-    mn_column_sums_block(dbias, dz, j0, j1, n, H)
-    return finite & sgd_update(bias + j0, dbias + j0, learning_rate, cols)
-
-
 cdef inline void board_totals(const TeamBoard* board, int size, double* total,
                               Py_ssize_t* correct) noexcept nogil:
     cdef int i
@@ -235,252 +184,150 @@ cdef inline void finish_team(const TeamBoard* board, EpochResult* res, Py_ssize_
     next_start[0] = start
 
 
+# ---- the step skeleton of every team ----------------------------------------------------
+
+cdef struct TeamThread:
+    # What one member of a team knows in team_steps.
+    const Net* net
+    const EpochArgs* args
+    TeamBoard* board
+    int rank, size
+    void* own                      # the team's own per-thread state (e.g. ColumnsThread)
+
+# How a team does its part of a step (see team_steps). forward: gather, forward, loss and
+# deltas (it may hold barriers of its own); totals, after the barrier: the batch's summed loss
+# and correct rows, returning whether its input rows were finite; update: the weight
+# gradients and updates, returning whether every new weight is finite; after (or NULL), once
+# the update's prefetches are issued: the next batch's gathers, if the team does them then.
+ctypedef void (*TeamForward)(TeamThread*, Py_ssize_t start, Py_ssize_t n,
+                             const Step*) noexcept nogil
+ctypedef bint (*TeamTotals)(TeamThread*, Py_ssize_t n, double* total,
+                            Py_ssize_t* correct) noexcept nogil
+ctypedef bint (*TeamUpdate)(TeamThread*, Py_ssize_t n, const Step*) noexcept nogil
+ctypedef void (*TeamAfter)(TeamThread*, Py_ssize_t next_start, Py_ssize_t end) noexcept nogil
+
+cdef struct TeamSteps:
+    TeamForward forward
+    TeamTotals totals
+    TeamUpdate update
+    TeamAfter after
+
+
+cdef Py_ssize_t team_steps(const TeamSteps* steps, TeamThread* t, Py_ssize_t start,
+                           Py_ssize_t end, EpochResult* res,
+                           double* last_check) noexcept nogil:
+    """The batches starting at rows start.. < end, on every member of a team alike: the
+    team's forward, a barrier, its totals (every member sees the same, so all stop together
+    on Ctrl-C or a non-finite input or loss, before any update), its update, a barrier, and
+    a stop if some update went non-finite. Two barriers a step (and the team's own); thread
+    0 keeps the counts and looks for Ctrl-C. Returns the next start."""
+    cdef Py_ssize_t n, correct
+    cdef double total
+    cdef bint inputs_finite
+    cdef Step s
+    while start < end:
+        n = batch_rows(t.args, start)
+        step_for(t.args, start, &s)
+        steps.forward(t, start, n, &s)
+        mn_team_barrier()
+        inputs_finite = steps.totals(t, n, &total, &correct)
+        if loss_stops_team(t.board, res, t.rank, inputs_finite, total):
+            break
+        t.board.finite[t.rank] = steps.update(t, n, &s)
+        mn_prefetch_flush()
+        if steps.after != NULL:
+            steps.after(t, start + n, end)
+        mn_team_barrier()  # updates done; nobody reads this step's buffers any more
+        if update_stops_team(t.board, res, t.rank, t.size):
+            break
+        start += n
+        if t.rank == 0:
+            after_step(t.board, res, total, correct, n, last_check)
+    return start
+
+
+cdef void run_team(const TeamSteps* steps, TeamThread* t, Py_ssize_t start, Py_ssize_t end,
+                   EpochResult* res, double* last_check,
+                   Py_ssize_t* next_start) noexcept nogil:
+    # team_steps on one thread, its kernels kept to it, and thread 0's wrap-up.
+    mn_set_thread_cap(1)
+    start = team_steps(steps, t, start, end, res, last_check)
+    if t.rank == 0:
+        finish_team(t.board, res, start, next_start)
+    mn_prefetch_flush()  # nothing left queued for later kernels on this thread
+    mn_set_thread_cap(0)
+
+
+cdef inline void team_thread(TeamThread* t, const Net* net, const EpochArgs* args,
+                             TeamBoard* board, void* own) noexcept nogil:
+    t.net = net
+    t.args = args
+    t.board = board
+    t.rank = mn_team_rank()
+    t.size = mn_team_size()
+    t.own = own
+
+
+# ---- the rows team -------------------------------------------------------------------------
+
+cdef void rows_forward(TeamThread* t, Py_ssize_t start, Py_ssize_t n,
+                       const Step* s) noexcept nogil:
+    """This thread's block of the batch's rows gathered, forwarded and back-propagated (rows
+    are independent), and the next batch's block of rows prefetched."""
+    cdef const Net* net = t.net
+    cdef const EpochArgs* args = t.args
+    cdef TeamBoard* board = t.board
+    cdef int rank = t.rank
+    cdef Py_ssize_t L = net.n_layers, C0 = width(net, 0), OC = net.n_outputs
+    cdef Py_ssize_t r0, r1, nr, c0, c1
+    cdef float* targets = net_acts(net, L + 1)
+    block_of(n, rank, t.size, &r0, &r1)
+    nr = r1 - r0
+    board.loss[rank] = 0
+    board.correct[rank] = 0
+    board.inputs_finite[rank] = True
+    if nr > 0:
+        board.inputs_finite[rank] = gather_inputs(net.a + r0 * C0, args.x,
+                                                  args.perm + start + r0, nr, C0, 0, C0)
+        gather_rows(targets + r0 * OC, args.y, args.perm + start + r0, nr, OC)
+        if start + n < args.N:
+            block_of(min(args.batch_size, args.N - start - n), rank, t.size, &c0, &c1)
+            mn_prefetch_rows_later(args.x, args.perm + start + n + c0, c1 - c0, C0)
+    # A net with batch statistics has barriers inside its forward and backward: every
+    # thread goes through them (a non-finite input then stops the step after them).
+    if (nr > 0 and board.inputs_finite[rank]) or net.batch_statistics:
+        board.loss[rank] = forward_backward_rows(net, s, r0, r1, n, <float*>t.own)
+        board.correct[rank] = count_correct(net_acts(net, L) + r0 * OC, targets + r0 * OC,
+                                            nr, OC)
+    if rank == 0 and net.has_l2:
+        board.loss[0] += l2_penalty(net) * n  # params are only read until the barrier
+
+
+cdef bint rows_totals(TeamThread* t, Py_ssize_t n, double* total,
+                      Py_ssize_t* correct) noexcept nogil:
+    board_totals(t.board, t.size, total, correct)
+    return board_inputs_finite(t.board, t.size)
+
+
+cdef bint rows_update(TeamThread* t, Py_ssize_t n, const Step* s) noexcept nogil:
+    # This thread's block of every layer's kernel-gradient rows, and its part of the biases.
+    return row_blocks_update(t.net, s, 0, t.rank, t.size, n)
+
+
+cdef TeamSteps ROWS_TEAM = TeamSteps(rows_forward, rows_totals, rows_update, NULL)
+
+
 cdef void rows_team_member(const Net* net, const EpochArgs* args, Py_ssize_t start,
                            Py_ssize_t end, TeamBoard* board, EpochResult* res,
                            double* last_check, Py_ssize_t* next_start) noexcept nogil:
     """One thread of a team running the batches starting at rows start.. < end, split by
-    rows. Each thread gathers, forwards and back-propagates its own block of the batch's rows
-    (rows are independent), then, after a barrier, computes and applies its own block of
-    every layer's kernel-gradient rows (and whole biases, layer l on thread l % size). Each
-    element is computed by the same operations as on one thread, so the weights are the same
-    bits. Two barriers a step; thread 0 keeps the counts and looks for Ctrl-C."""
-    cdef int rank = mn_team_rank(), size = mn_team_size()
-    cdef Py_ssize_t L = net.n_layers, C0 = width(net, 0), OC = net.n_outputs
-    cdef Py_ssize_t n, r0, r1, nr, c0, c1, correct
-    cdef float* targets = net_acts(net, L + 1)
-    cdef float* ws = thread_workspace(net, rank) if not net.dense_only else NULL
-    cdef double total
-    cdef Step s
-    mn_set_thread_cap(1)
-    while start < end:
-        n = batch_rows(args, start)
-        step_for(args, start, &s)
-        block_of(n, rank, size, &r0, &r1)
-        nr = r1 - r0
-        board.loss[rank] = 0
-        board.correct[rank] = 0
-        board.inputs_finite[rank] = True
-        if nr > 0:
-            board.inputs_finite[rank] = gather_inputs(net.a + r0 * C0, args.x,
-                                                      args.perm + start + r0, nr, C0, 0, C0)
-            gather_rows(targets + r0 * OC, args.y, args.perm + start + r0, nr, OC)
-            if start + n < args.N:
-                block_of(min(args.batch_size, args.N - start - n), rank, size, &c0, &c1)
-                mn_prefetch_rows_later(args.x, args.perm + start + n + c0, c1 - c0, C0)
-        # A net with batch statistics has barriers inside its forward and backward: every
-        # thread goes through them (a non-finite input then stops the step after them).
-        if (nr > 0 and board.inputs_finite[rank]) or net.batch_statistics:
-            board.loss[rank] = forward_backward_rows(net, &s, r0, r1, n, ws)
-            board.correct[rank] = count_correct(net_acts(net, L) + r0 * OC,
-                                                targets + r0 * OC, nr, OC)
-        if rank == 0 and net.has_l2:
-            board.loss[0] += l2_penalty(net) * n  # params are only read until the barrier
-        mn_team_barrier()
-        board_totals(board, size, &total, &correct)
-        if loss_stops_team(board, res, rank, board_inputs_finite(board, size), total):
-            break
-        board.finite[rank] = row_blocks_update(net, &s, 0, rank, size, n)
-        mn_prefetch_flush()
-        mn_team_barrier()
-        if update_stops_team(board, res, rank, size):
-            break
-        start += n
-        if rank == 0:
-            after_step(board, res, total, correct, n, last_check)
-    if rank == 0:
-        finish_team(board, res, start, next_start)
-    mn_prefetch_flush()  # nothing left queued for later kernels on this thread
-    mn_set_thread_cap(0)
-
-
-cdef void columns_team_member(const Net* net, const EpochArgs* args, Py_ssize_t start,
-                              Py_ssize_t end, TeamBoard* board, EpochResult* res,
-                              double* last_check, Py_ssize_t* next_start) noexcept nogil:
-    """One thread of a team running the batches starting at rows start.. < end, with the
-    first layer split by output columns (splits_first_layer: dense nets trained by SGD).
-
-    Moving data between cores is what costs here, so each thread keeps its own copies:
-    - its columns of the first layer's weights and gradient, as contiguous blocks (a column
-      block of a shared row-major matrix interleaves the threads' cache lines, and the
-      prefetchers then pull each other's lines back and forth: the update ran 2.5x slower);
-    - all the batch's input rows (it gathers them itself);
-    - the other layers' weights, which every thread updates alike from the whole batch
-      (thread 0 in place; the others in their areas of the workspace).
-    What crosses between cores is the first layer's output and the deltas: each thread
-    computes its columns of the first layer for all rows, then (barrier) the other layers
-    forward and back for its block of rows, then (barrier) its updates, then gathers the next
-    batch (barrier). Each element is computed by the same operations as on one thread, so
-    the weights are the same bits."""
-    cdef int rank = mn_team_rank(), size = mn_team_size()
-    cdef Py_ssize_t L = net.n_layers, C0 = width(net, 0), H = width(net, 1), OC = net.n_outputs
-    cdef Py_ssize_t n, r0, r1, nr, j0, j1, cols, upper, correct
-    cdef float* targets = net_acts(net, L + 1)
-    cdef double total
-    cdef Step s
-    cdef Net mine = net[0]
-    cdef float* inp = net.a
-    column_block(H, rank, size, &j0, &j1)
-    cols = j1 - j0
-    cdef float* w0 = workspace(net) + C0 * j0
-    cdef float* g0 = workspace(net) + C0 * H + C0 * j0
-    copy_columns(w0, cols, net.params + j0, H, C0, cols)
-    if rank > 0:
-        inp = thread_area(net, rank)
-        mine.params = inp + net.rows * C0
-        mine.grads = mine.params + net.n_params
-        upper = net.plan[1].param  # the first layer's weights are in w0
-        memcpy(mine.params + upper, net.params + upper,
-               (net.n_params - upper) * sizeof(float))
-    mn_set_thread_cap(1)
-    # Every thread gathers every input row, so each knows itself whether they are finite
-    # (a flag on the board could already hold the next batch's when another thread reads it).
-    cdef bint inputs_finite = True
-    if start < end:
-        inputs_finite = gather_batch(net, inp, args, start, rank, size)
-    mn_team_barrier()  # every copy is made before thread 0 updates net.params
-    while start < end:
-        n = batch_rows(args, start)
-        step_for(args, start, &s)
-        block_of(n, rank, size, &r0, &r1)
-        nr = r1 - r0
-        first_layer_columns_forward(net, inp, w0, n, j0, j1)
-        board.loss[rank] = 0
-        board.correct[rank] = 0
-        mn_team_barrier()  # the whole first-layer output is there
-        if nr > 0:
-            forward_rows(&mine, &s, 1, net_acts(net, 1) + r0 * H, net_acts(net, L) + r0 * OC,
-                         r0, nr)
-            board.loss[rank] = loss_forward(net.loss, net_acts(net, L) + r0 * OC,
-                                            targets + r0 * OC, nr, OC) * nr
-            board.correct[rank] = count_correct(net_acts(net, L) + r0 * OC,
-                                                targets + r0 * OC, nr, OC)
-            deltas_rows(&mine, &s, targets, r0, r1, n, NULL)
-        mn_team_barrier()  # every row's deltas are there
-        board_totals(board, size, &total, &correct)
-        if loss_stops_team(board, res, rank, inputs_finite, total):
-            break
-        board.finite[rank] = (
-            first_layer_columns_update(net, inp, w0, g0, n, j0, j1, s.learning_rate)
-            & row_blocks_update(&mine, &s, 1, 0, 1, n))
-        mn_prefetch_flush()
-        if start + n < end:
-            inputs_finite = gather_batch(net, inp, args, start + n, rank, size)
-        mn_team_barrier()  # updates done; nobody reads this step's buffers any more
-        if update_stops_team(board, res, rank, size):
-            break
-        start += n
-        if rank == 0:
-            after_step(board, res, total, correct, n, last_check)
-    # The weights of the last completed step (and its gradient) back into net.params.
-    copy_columns(net.params + j0, H, w0, cols, C0, cols)
-    copy_columns(net.grads + j0, H, g0, cols, C0, cols)
-    if rank == 0:
-        finish_team(board, res, start, next_start)
-    mn_prefetch_flush()  # nothing left queued for later kernels on this thread
-    mn_set_thread_cap(0)
-
-
-cdef inline bint splits_inputs(const Net* net, int threads) noexcept nogil:
-    # A one-layer net that trains transposed, with inputs wide enough for two pieces and a
-    # workspace with room for the second thread's area (inputs_team_member's layout).
-    cdef Py_ssize_t C0 = width(net, 0), OC = width(net, 1), rows = net.rows
-    return (threads >= 2 and net.team_threads >= 2 and net.n_layers == 1
-            and net.w0t != NULL and C0 >= 4 * COLUMN_ALIGN
-            and rows * (C0 - narrow_split(net) + 5 * OC) + 2 * OC
-                <= rows * C0 + 2 * net.n_params)
-
-
-cdef void inputs_team_member(const Net* net, const EpochArgs* args, Py_ssize_t start,
-                             Py_ssize_t end, TeamBoard* board, EpochResult* res,
-                             double* last_check, Py_ssize_t* next_start) noexcept nogil:
-    """One of the two threads of a team running the batches starting at rows start.. < end
-    of a one-layer net that trains transposed (splits_inputs), each thread with one piece of
-    the inputs (narrow_split), the perceptron's case.
-
-    Each thread gathers only its piece of the batch's input rows (so every input byte crosses
-    from memory to one core only), computes its piece's dot products, and after a barrier
-    adds both pieces (as transposed_first_layer_forward does), then computes the loss and the
-    deltas of the whole batch itself (a few hundred floats), and the gradient and update of
-    its own columns of w0t from its own rows. The bias is updated by both, thread 0 in
-    params, thread 1 in a copy. Only the pieces' sums cross between cores. Two barriers a
-    step; the same bits as one thread."""
-    cdef int rank = mn_team_rank()
-    cdef Py_ssize_t C0 = width(net, 0), OC = width(net, 1), rows = net.rows
-    cdef Py_ssize_t split = narrow_split(net), n, correct = 0
-    cdef Py_ssize_t k0 = 0 if rank == 0 else split, k1 = split if rank == 0 else C0
-    cdef Py_ssize_t cols = k1 - k0
-    # Thread 1's area: its inputs piece, both threads' piece sums, then its own targets,
-    # outputs, deltas, bias and bias gradient.
-    cdef float* area = thread_area(net, 1)
-    cdef float* sums0 = area + rows * (C0 - split)
-    cdef float* sums1 = sums0 + rows * OC
-    cdef float* inp = net.a if rank == 0 else area
-    cdef float* targets = net_acts(net, 2) if rank == 0 else sums1 + rows * OC
-    cdef float* out = net_acts(net, 1) if rank == 0 else targets + rows * OC
-    cdef float* dz = grad_region(net, 0) if rank == 0 else out + rows * OC
-    cdef float* bias = net.params + C0 * OC if rank == 0 else dz + rows * OC
-    cdef float* dbias = net.grads + C0 * OC if rank == 0 else bias + OC
-    cdef float* my_sums = sums0 if rank == 0 else sums1
-    cdef double total
-    cdef Step s
-    if mn_team_size() < 2:  # OpenMP gave one thread: the same steps, serially
-        next_start[0] = serial_stretch(net, args, start, end, res, last_check)
-        return
-    if rank == 1:
-        memcpy(bias, net.params + C0 * OC, OC * sizeof(float))
-    mn_set_thread_cap(1)
-    while start < end:
-        n = batch_rows(args, start)
-        step_for(args, start, &s)
-        board.inputs_finite[rank] = gather_inputs(inp, args.x, args.perm + start, n, C0, k0,
-                                                  k1)
-        gather_rows(targets, args.y, args.perm + start, n, OC)
-        if start + n < args.N:
-            mn_prefetch_columns_later(args.x, C0, args.perm + start + n,
-                                      min(args.batch_size, args.N - start - n), k0, k1)
-        mn_sgemm_nt_strided(my_sums, OC, inp, cols, net.w0t + k0, C0, n, cols, OC)
-        mn_team_barrier()  # both pieces' sums are there
-        add_pieces(out, sums0, sums1, bias, n, OC)
-        activation_forward(<int>net.plan[0].act, out, n, OC)
-        total = loss_forward(net.loss, out, targets, n, OC) * n
-        if loss_stops_team(board, res, rank, board_inputs_finite(board, 2), total):
-            break
-        if rank == 0:
-            correct = count_correct(out, targets, n, OC)
-        output_deltas(net, dz, out, targets, n, n)
-        mn_column_sums(dbias, dz, n, OC)
-        board.finite[rank] = (
-            mn_sgemm_sgd(net.g0t + k0, C0, dz, 1, OC, inp, cols, net.w0t + k0, C0,
-                         s.learning_rate, OC, n, cols)
-            & sgd_update(bias, dbias, s.learning_rate, OC))
-        mn_prefetch_flush()
-        mn_team_barrier()  # updates done; nobody reads this step's sums any more
-        if update_stops_team(board, res, rank, 2):
-            break
-        start += n
-        if rank == 0:
-            after_step(board, res, total, correct, n, last_check)
-    if rank == 0:
-        finish_team(board, res, start, next_start)
-    mn_prefetch_flush()  # nothing left queued for later kernels on this thread
-    mn_set_thread_cap(0)
-
-
-cdef bint gather_batch(const Net* net, float* inp, const EpochArgs* args, Py_ssize_t start,
-                       int rank, int size) noexcept nogil:
-    """For the column team: all input rows of the batch starting at start into this
-    thread's inp, its block of target rows into the shared targets, and a prefetch of the
-    next batch's input rows. Returns whether the input rows are all finite."""
-    cdef Py_ssize_t C0 = width(net, 0), OC = net.n_outputs, r0, r1
-    cdef Py_ssize_t n = batch_rows(args, start)
-    block_of(n, rank, size, &r0, &r1)
-    cdef bint finite = gather_inputs(inp, args.x, args.perm + start, n, C0, 0, C0)
-    gather_rows(net_acts(net, net.n_layers + 1) + r0 * OC, args.y, args.perm + start + r0,
-                r1 - r0, OC)
-    if start + n < args.N:
-        mn_prefetch_rows_later(args.x, args.perm + start + n,
-                               min(args.batch_size, args.N - start - n), C0)
-    return finite
+    rows: its own block of each batch's rows forward and back, then its own block of every
+    layer's kernel-gradient rows (and biases). Each element is computed by the same
+    operations as on one thread, so the weights are the same bits."""
+    cdef TeamThread t
+    team_thread(&t, net, args, board, NULL)
+    t.own = <void*>thread_workspace(net, t.rank) if not net.dense_only else NULL
+    run_team(&ROWS_TEAM, &t, start, end, res, last_check, next_start)
 
 
 # One thread's part of a team stretch: rows_team_member, columns_team_member or

@@ -8,8 +8,8 @@ _kernels.pxd so other Cython code can `cimport` it. The Python-facing wrappers (
 shape checks, `out=None`) are in mnistnet.fast, and their NumPy twins in mnistnet.reference.
 The GEMMs are C (csrc/), with the SIMD path chosen at run time; this module also exposes that
 path and the thread count to Python. The code is split by concept into the files included
-below: _layers.pxi, _optimizers.pxi, _network.pxi and _epoch.pxi (one extension, so calls
-between them cost nothing).
+below: _layers.pxi, _optimizers.pxi, _network.pxi, _epoch.pxi and _dense.pxi (one extension,
+so calls between them cost nothing).
 """
 from libc.math cimport INFINITY, expf, isfinite, logf, pow, sqrt, sqrtf
 from libc.string cimport memcpy
@@ -183,6 +183,7 @@ include "_layers.pxi"
 include "_optimizers.pxi"
 include "_network.pxi"
 include "_epoch.pxi"
+include "_dense.pxi"
 
 # ============================================================================================
 # Runtime configuration: SIMD path and threads (the C side's state, seen from Python)

@@ -144,7 +144,7 @@ cdef void layer_forward(const Net* net, const Step* s, Py_ssize_t l, float* o,
     elif n == 0:
         return
     elif p.kind == KIND_DENSE:
-        if l == 0 and net.w0t != NULL:
+        if l == 0 and net.w0t != NULL:  # a transposed narrow first layer (_dense.pxi)
             # The first layer's delta region is free until the backward pass.
             transposed_first_layer_forward(net, o, grad_region(net, 0) + r0 * p.n_out, inp, n)
         else:
@@ -199,33 +199,6 @@ cdef void batchnorm_train_forward(const Net* net, const Step* s, const LayerPlan
     mn_team_barrier()  # every channel's statistics are there
     batchnorm_normalize(o, act_at(net, p.scratch) + r0 * p.n_scratch, inp, w, w + C, st,
                         st + 2 * C, n * pixels, C)
-
-
-cdef void transposed_first_layer_forward(const Net* net, float* out, float* scratch,
-                                         const float* inp, Py_ssize_t n) noexcept nogil:
-    """out = inp @ w0t^T + bias for the n rows inp: dot products along the inputs (see
-    trains_transposed), over the two pieces of them (narrow_split) apart, then added. Two
-    threads can then each take a piece (inputs_team_member) and get the same bits.
-    scratch: room for n rows of the output."""
-    cdef Py_ssize_t C = width(net, 0), H = width(net, 1), k = narrow_split(net)
-    mn_sgemm_nt_strided(out, H, inp, C, net.w0t, C, n, k, H)
-    mn_sgemm_nt_strided(scratch, H, inp + k, C, net.w0t + k, C, n, C - k, H)
-    add_pieces(out, out, scratch, net.params + C * H, n, H)
-
-
-cdef inline Py_ssize_t narrow_split(const Net* net) noexcept nogil:
-    # Where the first piece of a narrow first layer's inputs ends: at a whole vector.
-    cdef Py_ssize_t j0, j1
-    column_block(width(net, 0), 0, 2, &j0, &j1)
-    return j1
-
-
-cdef inline void add_pieces(float* out, const float* first, const float* second,
-                            const float* bias, Py_ssize_t n, Py_ssize_t H) noexcept nogil:
-    cdef Py_ssize_t r, j
-    for r in range(n):
-        for j in range(H):
-            out[r * H + j] = (first[r * H + j] + second[r * H + j]) + bias[j]
 
 
 cdef inline double loss_forward(int loss, const float* pred, const float* target,
@@ -402,11 +375,8 @@ cdef bint weight_grads_update_rows(const Net* net, const Step* s, Py_ssize_t l, 
     cdef const float* inp = layer_inputs(net, p)
     cdef const float* dz = dact_at(net, p.dact_out)
     cdef bint finite
-    if l == 0 and net.w0t != NULL:
-        # The transposed gradient dz^T @ inp: each element is the same chain of
-        # multiply-adds over the batch rows, so the same bits as the row-major one.
-        finite = mn_sgemm_sgd(net.g0t + c0, K, dz, 1, OC, inp + c0, K, net.w0t + c0, K,
-                              s.learning_rate, OC, M, c1 - c0)
+    if l == 0 and net.w0t != NULL:  # a transposed narrow first layer (_dense.pxi)
+        finite = transposed_first_layer_update(net, s, dz, inp, c0, c1, M)
     elif net.opt.code == OPT_SGD and OC >= FUSED_SGD_MIN_WIDTH and p.l2 == 0:
         finite = mn_sgemm_sgd(gw + c0 * OC, OC, inp + c0, 1, K, dz, OC, w + c0 * OC, OC,
                               s.learning_rate, c1 - c0, M, OC)
@@ -497,48 +467,6 @@ cdef bint row_blocks_update(const Net* net, const Step* s, Py_ssize_t first, int
 
 
 # ---- one step ----------------------------------------------------------------------------------
-
-# A first dense layer narrower than this, and not a whole number of 16-float vectors, trains
-# on a transposed copy of its weights (dense nets trained by SGD): the row-major GEMMs
-# vectorise along its outputs, mostly masked lanes here, the transposed ones along its inputs
-# (the perceptron's 784x10 layer: forward 5.4 -> 3.1 us, gradient and update 8.7 -> 3.3 us a
-# batch of 32).
-cdef Py_ssize_t NARROW_WIDTH = 32
-
-
-cdef inline bint dense_fast_paths(const Net* net) noexcept nogil:
-    # The dense nets' special layouts and teams (transposed first layer, column and input
-    # teams) fuse plain SGD into their own loops.
-    return net.dense_only and net.opt.code == OPT_SGD and not net.has_l2
-
-
-cdef inline bint trains_transposed(const Net* net) noexcept nogil:
-    cdef Py_ssize_t H = width(net, 1)
-    return dense_fast_paths(net) and H < NARROW_WIDTH and H % COLUMN_ALIGN != 0
-
-
-cdef Net for_training(const Net* net) noexcept nogil:
-    """net, with its first layer's weights and gradient copied transposed into the workspace
-    when it trains that way (trains_transposed). end_training copies them back. Whatever
-    w0t and g0t the caller's Net holds are ignored."""
-    cdef Net t = net[0]
-    cdef Py_ssize_t C0 = width(net, 0), H = width(net, 1)
-    t.w0t = NULL
-    t.g0t = NULL
-    if trains_transposed(net):
-        t.w0t = workspace(net)
-        t.g0t = t.w0t + C0 * H
-        transpose(t.w0t, net.params, C0, H)
-        transpose(t.g0t, net.grads, C0, H)
-    return t
-
-
-cdef void end_training(const Net* t) noexcept nogil:
-    cdef Py_ssize_t C0 = width(t, 0), H = width(t, 1)
-    if t.w0t != NULL:
-        transpose(t.params, t.w0t, H, C0)
-        transpose(t.grads, t.g0t, H, C0)
-
 
 cdef double train_step(const Net* net, Py_ssize_t n, const Step* step) noexcept nogil:
     """Forward, loss, backward and update on the n samples already in the input and target

@@ -24,7 +24,7 @@ ROOT = "mnistnet"
 RANKS = {
     "neutral codes and data": ("_version", "_source_tree", "codes", "data", "regularizers",
                                "schedules"),
-    "backends": ("_kernels", "_layers", "_optimizers", "_network", "_epoch", "fast",
+    "backends": ("_kernels", "_layers", "_optimizers", "_network", "_epoch", "_dense", "fast",
                  "reference"),
     "the model's parts": ("layers", "kinds", "plan", "optimizers", "callbacks"),
     "library": ("inputs", "saving", "trainer", "model", "presets", "export", "plot", "demo",
