@@ -33,6 +33,9 @@ cdef void sigmoid_backward(float* dinp, const float* out, const float* dout,
 cdef void relu_forward(float* out, const float* inp, Py_ssize_t N) noexcept nogil
 cdef void relu_backward(float* dinp, const float* out, const float* dout,
                         Py_ssize_t N) noexcept nogil
+cdef void tanh_forward(float* out, const float* inp, Py_ssize_t N) noexcept nogil
+cdef void tanh_backward(float* dinp, const float* out, const float* dout,
+                        Py_ssize_t N) noexcept nogil
 cdef void softmax_forward(float* out,              # OUT (B, C)
                           const float* inp,        # IN  (B, C)
                           Py_ssize_t B, Py_ssize_t C) noexcept nogil
@@ -200,6 +203,7 @@ cdef enum:
     ACT_SIGMOID = 1
     ACT_RELU = 2
     ACT_SOFTMAX = 3
+    ACT_TANH = 4
     LOSS_MSE = 0
     LOSS_CE = 1
     OPT_SGD = 0

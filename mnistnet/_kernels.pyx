@@ -11,7 +11,7 @@ path and the thread count to Python. The code is split by concept into the files
 below: _layers.pxi, _optimizers.pxi, _network.pxi, _epoch.pxi and _dense.pxi (one extension,
 so calls between them cost nothing).
 """
-from libc.math cimport INFINITY, expf, isfinite, logf, pow, sqrt, sqrtf
+from libc.math cimport INFINITY, expf, isfinite, logf, pow, sqrt, sqrtf, tanhf
 from libc.string cimport memcpy
 
 from cython.parallel cimport parallel
@@ -101,7 +101,7 @@ if sizeof(Window) != sizeof(mn_window):
 
 # Names of the codes in _kernels.pxd, for the Python side.
 ACTIVATIONS = {"linear": ACT_LINEAR, "sigmoid": ACT_SIGMOID, "relu": ACT_RELU,
-               "softmax": ACT_SOFTMAX}
+               "softmax": ACT_SOFTMAX, "tanh": ACT_TANH}
 LOSSES = {"mse": LOSS_MSE, "categorical_crossentropy": LOSS_CE}
 OPTIMIZERS = {"sgd": OPT_SGD, "momentum": OPT_MOMENTUM, "adam": OPT_ADAM, "adamw": OPT_ADAMW,
               "rmsprop": OPT_RMSPROP}

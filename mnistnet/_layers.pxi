@@ -45,6 +45,20 @@ cdef void relu_backward(float* dinp, const float* out, const float* dout,
     mn_relu_backward(dinp, out, dout, N)
 
 
+cdef void tanh_forward(float* out, const float* inp, Py_ssize_t N) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(N):
+        out[i] = tanhf(inp[i])
+
+
+cdef void tanh_backward(float* dinp, const float* out, const float* dout,
+                        Py_ssize_t N) noexcept nogil:
+    # dinp = dout * (1 - out^2), from the forward output.
+    cdef Py_ssize_t i
+    for i in range(N):
+        dinp[i] = dout[i] * (1 - out[i] * out[i])
+
+
 cdef void softmax_forward(float* out, const float* inp, Py_ssize_t B, Py_ssize_t C) noexcept nogil:
     mn_softmax_forward(out, inp, B, C)
 

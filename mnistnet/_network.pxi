@@ -79,6 +79,8 @@ cdef void activation_forward(int code, float* x, Py_ssize_t B, Py_ssize_t C) noe
         relu_forward(x, x, B * C)
     elif code == ACT_SOFTMAX:
         softmax_forward(x, x, B, C)
+    elif code == ACT_TANH:
+        tanh_forward(x, x, B * C)
 
 
 cdef void activation_backward(int code, float* dx, const float* out,
@@ -89,6 +91,8 @@ cdef void activation_backward(int code, float* dx, const float* out,
         relu_backward(dx, out, dx, B * C)
     elif code == ACT_SOFTMAX:
         softmax_backward(dx, out, dx, B, C)
+    elif code == ACT_TANH:
+        tanh_backward(dx, out, dx, B * C)
 
 
 cdef inline void activation_forward_of(const LayerPlan* p, float* o,

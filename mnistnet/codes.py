@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-ACTIVATIONS = {"linear": 0, "sigmoid": 1, "relu": 2, "softmax": 3}
+ACTIVATIONS = {"linear": 0, "sigmoid": 1, "relu": 2, "softmax": 3, "tanh": 4}
 LOSSES = {"mse": 0, "categorical_crossentropy": 1}
 OPTIMIZERS = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 3, "rmsprop": 4}
 # Why an epoch stopped: completed; a batch's loss or update was NaN/Inf (not applied);

@@ -224,7 +224,8 @@ class OnnxGraph:
                 "pads": [top, left, bottom, right]}
 
 
-ONNX_ACTIVATIONS = {"linear": None, "relu": "Relu", "sigmoid": "Sigmoid", "softmax": "Softmax"}
+ONNX_ACTIVATIONS = {"linear": None, "relu": "Relu", "sigmoid": "Sigmoid", "softmax": "Softmax",
+                    "tanh": "Tanh"}
 
 
 def _onnx_activation(g: OnnxGraph, step: LayerStep, name: str) -> None:
@@ -311,6 +312,13 @@ static void sigmoid_inplace(float *x, int n)
         const float e = expf(-fabsf(x[i]));
         x[i] = x[i] >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
     }
+}
+""",
+    "tanh": """\
+static void tanh_inplace(float *x, int n)
+{
+    for (int i = 0; i < n; ++i)
+        x[i] = tanhf(x[i]);
 }
 """,
     "softmax": """\

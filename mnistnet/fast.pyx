@@ -173,6 +173,8 @@ def _elementwise_forward(int code, out, inp):
             k.linear_forward(po, pi, N)
         elif code == k.ACT_SIGMOID:
             k.sigmoid_forward(po, pi, N)
+        elif code == k.ACT_TANH:
+            k.tanh_forward(po, pi, N)
         else:
             k.relu_forward(po, pi, N)
     return out
@@ -191,6 +193,8 @@ def _elementwise_backward(int code, dinp, out, dout):
             k.linear_backward(pd, po, pg, N)
         elif code == k.ACT_SIGMOID:
             k.sigmoid_backward(pd, po, pg, N)
+        elif code == k.ACT_TANH:
+            k.tanh_backward(pd, po, pg, N)
         else:
             k.relu_backward(pd, po, pg, N)
     return dinp
@@ -204,6 +208,16 @@ def linear_forward(out, inp):
 def linear_backward(dinp, out, dout):
     """dinp = dout."""
     return _elementwise_backward(k.ACT_LINEAR, dinp, out, dout)
+
+
+def tanh_forward(out, inp):
+    """out = tanh(inp), elementwise."""
+    return _elementwise_forward(k.ACT_TANH, out, inp)
+
+
+def tanh_backward(dinp, out, dout):
+    """dinp = dout * (1 - out^2), out the tanh's output."""
+    return _elementwise_backward(k.ACT_TANH, dinp, out, dout)
 
 
 def sigmoid_forward(out, inp):

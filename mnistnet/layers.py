@@ -96,7 +96,7 @@ class Dense(Layer):
 
     Args:
         units: number of outputs.
-        activation: "linear", "sigmoid", "relu" or "softmax".
+        activation: "linear", "sigmoid", "relu", "tanh" or "softmax".
         kernel_regularizer: None, or mn.regularizers.L2(l2).
 
     Its input must be a row of features, (n,): after a Conv2D or MaxPool2D put a Flatten()
@@ -149,7 +149,7 @@ class Conv2D(Layer):
         strides: an int or a pair (default 1).
         padding: "valid" (no padding; the kernel must fit in the input) or "same" (zeros
             around, ceil(size / stride) outputs per axis, as Keras pads).
-        activation: "linear", "sigmoid", "relu" or "softmax" (over the channels).
+        activation: "linear", "sigmoid", "relu", "tanh" or "softmax" (over the channels).
         kernel_regularizer: None, or mn.regularizers.L2(l2).
 
     The kernel has Keras' shape (kernel height, kernel width, input channels, filters), then
@@ -288,8 +288,8 @@ class Dropout(Layer):
 
 
 class Activation(Layer):
-    """An activation on its own (Keras' Activation layer): "linear", "sigmoid", "relu" or
-    "softmax" (over the last axis), e.g. after a BatchNormalization."""
+    """An activation on its own (Keras' Activation layer): "linear", "sigmoid", "relu",
+    "tanh" or "softmax" (over the last axis), e.g. after a BatchNormalization."""
 
 
     def __init__(self, activation: str) -> None:

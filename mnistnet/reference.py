@@ -28,6 +28,7 @@ compiled kernels; losses are accumulated in float64, as there. Derivations:
   batch * (1 - momentum).
 * sigmoid: s = 1 / (1 + e^-x);  ds/dx = s (1 - s), written from the forward output.
 * relu:    ds/dx = 1 where the output is > 0, else 0.
+* tanh:    ds/dx = 1 - s^2, written from the forward output.
 * softmax: J^T g = s * (g - <g, s>) per row (per pixel over the channels for conv outputs).
 * MSE (Keras): L = mean_rows(mean_cols((p - y)^2));  dL/dp = 2 (p - y) / (B C).
   After a sigmoid this is chained through sigmoid_backward: MSE + sigmoid has no shortcut.
@@ -138,6 +139,20 @@ def relu_backward(dinp, out, dout):
     """dinp = dout where out > 0, else 0."""
     dinp = _out(dinp, out.shape)
     dinp[...] = np.where(out > 0, dout, np.float32(0))
+    return dinp
+
+
+def tanh_forward(out, inp):
+    """out = tanh(inp)."""
+    out = _out(out, inp.shape)
+    np.tanh(inp, out=out)
+    return out
+
+
+def tanh_backward(dinp, out, dout):
+    """dinp = dout * (1 - out^2)."""
+    dinp = _out(dinp, out.shape)
+    dinp[...] = dout * (np.float32(1) - out * out)
     return dinp
 
 
@@ -595,8 +610,12 @@ def apply_update(optimizer, params, grads, state, learning_rate, step, start=0,
 
 # ---- the network ---------------------------------------------------------------------------
 
-_FORWARD = {0: linear_forward, 1: sigmoid_forward, 2: relu_forward, 3: softmax_forward}
-_BACKWARD = {0: linear_backward, 1: sigmoid_backward, 2: relu_backward, 3: softmax_backward}
+_FORWARD = {ACTIVATIONS["linear"]: linear_forward, ACTIVATIONS["sigmoid"]: sigmoid_forward,
+            ACTIVATIONS["relu"]: relu_forward, ACTIVATIONS["softmax"]: softmax_forward,
+            ACTIVATIONS["tanh"]: tanh_forward}
+_BACKWARD = {ACTIVATIONS["linear"]: linear_backward, ACTIVATIONS["sigmoid"]: sigmoid_backward,
+             ACTIVATIONS["relu"]: relu_backward, ACTIVATIONS["softmax"]: softmax_backward,
+             ACTIVATIONS["tanh"]: tanh_backward}
 
 
 def _activation_forward(code, z):

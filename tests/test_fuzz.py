@@ -176,7 +176,7 @@ def test_model_load_returns_a_working_model_or_raises_value_error(fuzz_dir, cont
 
 # ---------------------------------------------------------------------------- fit/predict
 
-ACTIVATIONS = ("linear", "sigmoid", "relu", "softmax")
+ACTIVATIONS = ("linear", "sigmoid", "relu", "softmax", "tanh")
 
 
 @st.composite

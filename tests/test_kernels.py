@@ -35,7 +35,7 @@ DENSE_PAIRS = (
     (1, 1), (1, 785), (785, 1), (10, 33), (33, 10), (33, 128), (128, 33),
     (128, 785), (785, 128), (784, 10), (64, 10), (10, 1),
 )
-ACTIVATIONS = ("linear", "sigmoid", "relu", "softmax")
+ACTIVATIONS = tuple(reference.ACTIVATIONS)  # every activation the engine has
 GUARD = 67  # floats of padding around buffers: catches reads and writes past either end
 
 
@@ -112,7 +112,7 @@ def softmax_input(rng, shape):
 
 
 ACT_INPUT = {"linear": varied, "sigmoid": sigmoid_input, "relu": relu_input,
-             "softmax": softmax_input}
+             "softmax": softmax_input, "tanh": sigmoid_input}
 
 
 def glorot_params(rng, sizes) -> np.ndarray:
