@@ -28,18 +28,9 @@ except ImportError:  # the source folder without its compiled extensions
     from mnistnet._source_tree import missing_extensions
 
     raise missing_extensions() from None
-from mnistnet import callbacks, kinds, reference, regularizers, schedules
+from mnistnet import callbacks, kinds, layers, reference, regularizers, schedules
 from mnistnet.data import load_mnist
-from mnistnet.layers import (
-    Activation,
-    BatchNormalization,
-    Conv2D,
-    Dense,
-    Dropout,
-    Flatten,
-    MaxPool2D,
-    RandomTranslation,
-)
+from mnistnet.layers import *  # noqa: F403  (every layer class, mnistnet.layers.__all__)
 from mnistnet.model import Model
 from mnistnet.optimizers import SGD, Adam, AdamW, RMSprop
 from mnistnet.presets import PRESETS, RECIPES, preset
@@ -55,22 +46,15 @@ from mnistnet.runtime import (
 from mnistnet.trainer import History
 
 __all__ = [
+    *layers.__all__,
     "PRESETS",
     "RECIPES",
     "SGD",
-    "Activation",
     "Adam",
     "AdamW",
-    "BatchNormalization",
-    "Conv2D",
-    "Dense",
-    "Dropout",
-    "Flatten",
     "History",
-    "MaxPool2D",
     "Model",
     "RMSprop",
-    "RandomTranslation",
     "__version__",
     "callbacks",
     "fast",
@@ -78,6 +62,7 @@ __all__ = [
     "get_library_dir",
     "get_num_threads",
     "kinds",
+    "layers",
     "load_mnist",
     "preset",
     "reference",

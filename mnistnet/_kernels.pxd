@@ -329,4 +329,7 @@ cdef void net_predict(const Net* net,
                       float* out,                  # OUT (N, n_outputs)
                       Py_ssize_t N) noexcept nogil
 cdef double train_step(const Net* net, Py_ssize_t n, const Step* step) noexcept nogil
+# Layer l alone on the n samples in its input region: forward (step NULL: inference), then
+# in training its input gradient from the gradient at its output (for tests of each kind).
+cdef void layer_pair(const Net* net, const Step* step, Py_ssize_t l, Py_ssize_t n) noexcept nogil
 cdef EpochResult train_epoch(const Net* net, const EpochArgs* args) noexcept nogil

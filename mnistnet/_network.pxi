@@ -343,6 +343,23 @@ cdef double forward_backward_rows(const Net* net, const Step* s, Py_ssize_t r0,
     return total
 
 
+cdef void layer_pair(const Net* net, const Step* s, Py_ssize_t l, Py_ssize_t n) noexcept nogil:
+    """Layer l alone on the n samples in its input region, as a step runs it: its forward
+    into its output region (s NULL: inference), then, in training and when its input has a
+    gradient, d(loss)/d(its input) from d(loss)/d(its pre-activation output) in its gradient
+    region. What fast.layer_pair holds each kind's kernel pair to its twin with."""
+    cdef const LayerPlan* p = &net.plan[l]
+    cdef float* ws = thread_workspace(net, 0)
+    layer_forward(net, s, l, act_at(net, p.act_out), act_at(net, p.act_in), 0, n)
+    if s == NULL or p.dact_in < 0:
+        return
+    transpose_kernels(net, ws)
+    if p.kind == KIND_BATCHNORMALIZATION:
+        batchnorm_sums_team(net, p, n)
+    layer_input_grad(net, s, l, dact_at(net, p.dact_in), dact_at(net, p.dact_out), 0, n, n,
+                     ws)
+
+
 cdef void transpose_kernels(const Net* net, float* ws) noexcept nogil:
     # The kernels whose input gradients the deltas compute, transposed into this thread's
     # workspace (once a step: the weights change only between steps).

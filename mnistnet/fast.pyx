@@ -17,7 +17,7 @@ import numpy as np
 
 cnp.import_array()
 
-from mnistnet import _kernels
+from mnistnet import _kernels, codes
 from mnistnet._kernels import (  # noqa: F401  (re-exported: runtime configuration)
     SIMD_PATHS, compiled_kinds, get_num_threads, openmp_enabled, select_simd, set_num_threads,
     sgemm, simd_path, simd_supported,
@@ -36,7 +36,6 @@ EPOCH_NONFINITE_INPUT = k.EPOCH_NONFINITE_INPUT
 def _check_build():
     """The compiled codes and structs against mnistnet.codes: an ImportError on a build
     that does not match the Python side (a stale extension)."""
-    from mnistnet import codes
 
     compiled = {"ACTIVATIONS": _kernels.ACTIVATIONS, "LOSSES": _kernels.LOSSES,
                 "OPTIMIZERS": _kernels.OPTIMIZERS,
@@ -878,6 +877,44 @@ def train_epoch(plan, params, grads, state, acts, dacts, int loss, x, y, perm,
     if r.status == k.EPOCH_INTERRUPTED:
         _reraise()
     return r.loss_sum, r.correct, r.seen, r.batches, r.status
+
+
+def layer_pair(plan, params, grads, acts, dacts, Py_ssize_t l, x, dout=None, key=None):
+    """Layer l of the plan alone, as the compiled step runs it: its forward on the n samples
+    x (n, its inputs) — in training when key = (seed, epoch, step) is given, else as predict
+    does — and in training, given dout = d(loss)/d(its pre-activation output) (n, its
+    outputs), d(loss)/d(its input). acts and dacts are blocks for n rows (Plan.buffer_sizes).
+    Returns (its output after its activation, the input gradient or None). For testing each
+    layer kind's kernels against its twin (mnistnet.kinds)."""
+    if not 0 <= l < plan.table.shape[0]:
+        raise ValueError(f"the plan has no layer {l}")
+    _check(x, "x", 2)
+    cdef Py_ssize_t n = x.shape[0]
+    row = plan.table[l]
+    if x.shape[1] != row["n_in"]:
+        raise ValueError(f"x has {x.shape[1]} columns but layer {l} takes {row['n_in']}")
+    settings = codes.optimizer_settings("sgd")
+    cdef Net net = _net(plan, params, grads, None, acts, dacts, k.LOSS_MSE, n, settings)
+    cdef Step s
+    cdef Step* sp = NULL
+    if key is not None:
+        _set_step(&s, 0.0, 0, key)
+        s.batch = n
+        sp = &s
+    acts[n * row["act_in"]: n * (row["act_in"] + row["n_in"])] = x.reshape(-1)
+    if dout is not None:
+        _check(dout, "dout", 2)
+        if dout.shape != (n, row["n_out"]) or row["dact_out"] < 0:
+            raise ValueError(f"dout must be ({n}, {row['n_out']}) for a layer whose output "
+                             "has a gradient")
+        dacts[n * row["dact_out"]: n * (row["dact_out"] + row["n_out"])] = dout.reshape(-1)
+    with nogil:
+        k.layer_pair(&net, sp, l, n)
+    out = acts[n * row["act_out"]: n * (row["act_out"] + row["n_out"])].reshape(n, -1).copy()
+    if key is None or dout is None or row["dact_in"] < 0:
+        return out, None
+    dinp = dacts[n * row["dact_in"]: n * (row["dact_in"] + row["n_in"])].reshape(n, -1).copy()
+    return out, dinp
 
 
 cdef int _reraise() except -1:

@@ -35,20 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from mnistnet import reference
+from mnistnet import layers, reference
 from mnistnet.codes import ACTIVATIONS
-from mnistnet.layers import (
-    Activation,
-    BatchNormalization,
-    Conv2D,
-    Dense,
-    Dropout,
-    Flatten,
-    Layer,
-    MaxPool2D,
-    RandomTranslation,
-    Shape,
-)
+from mnistnet.layers import Layer, Shape
 
 __all__ = ["IDENTITY", "KINDS", "Kind", "kind_of", "layer_from_config", "layer_to_config",
            "parse_layers"]
@@ -213,7 +202,7 @@ def _dense_parse(fields: list[str], options: dict[str, str]) -> Layer:
     units, *rest = fields
     if len(rest) != 1 or not rest[0] or options:
         raise ValueError("expected UNITS:ACT")
-    return Dense(_int(units), activation=rest[0])
+    return layers.Dense(_int(units), activation=rest[0])
 
 
 def _gemm_forward(plan, params, i, inp, training, key):
@@ -289,8 +278,8 @@ def conv_reads_input_as_patches(row: np.void) -> bool:
 def _conv_parse(fields, options):
     if len(fields) not in (2, 3):
         raise ValueError("expected conv:FILTERS:KERNEL[:ACT][:stride=S][:padding=same]")
-    return Conv2D(_int(fields[0]), _size(fields[1]), activation=_activation_grammar(fields, 2),
-                  **_window_options(options))
+    return layers.Conv2D(_int(fields[0]), _size(fields[1]),
+                         activation=_activation_grammar(fields, 2), **_window_options(options))
 
 
 def _conv_forward(plan, params, i, inp, training, key):
@@ -451,7 +440,7 @@ def _torch_maxpool2d(layer, ins, outs):
 
 def _flatten_parse(fields, options):
     _same_shape_grammar(fields, options, "flatten")
-    return Flatten()
+    return layers.Flatten()
 
 
 def _flatten_forward(plan, params, i, inp, training, key):
@@ -482,7 +471,7 @@ def _dropout_fill(row, layer, ins, outs):
 def _dropout_parse(fields, options):
     if len(fields) != 1 or options:
         raise ValueError("expected dropout:RATE")
-    return _fraction_layer(Dropout, fields[0], "dropout rate must be a number in [0, 1)")
+    return _fraction_layer(layers.Dropout, fields[0], "dropout rate must be a number in [0, 1)")
 
 
 def _dropout_forward(plan, params, i, inp, training, key):
@@ -505,7 +494,7 @@ def _torch_dropout(layer, ins, outs):
 def _activation_parse(fields, options):
     if len(fields) != 1 or options:
         raise ValueError("expected act:ACT")
-    return Activation(fields[0])
+    return layers.Activation(fields[0])
 
 
 def _onnx_activation_layer(g, step, name):
@@ -546,7 +535,7 @@ def _translate_fill(row, layer, ins, outs):
 def _translate_parse(fields, options):
     if len(fields) != 1 or options:
         raise ValueError("expected translate:FRACTION")
-    return _fraction_layer(lambda f: RandomTranslation(f, f), fields[0],
+    return _fraction_layer(lambda f: layers.RandomTranslation(f, f), fields[0],
                            "translate takes a fraction in [0, 1]")
 
 
@@ -582,7 +571,7 @@ def _batchnorm_fill(row, layer, ins, outs):
 
 def _batchnorm_parse(fields, options):
     _same_shape_grammar(fields, options, "bn")
-    return BatchNormalization()
+    return layers.BatchNormalization()
 
 
 def _batchnorm_forward(plan, params, i, inp, training, key):
@@ -643,7 +632,7 @@ def _c_batchnorm(w):
     layer = w.step.layer
     gamma, beta, mean, variance = w.step.weights
     invstd = (1.0 / np.sqrt(variance.astype(np.float64) + layer.epsilon)).astype(np.float32)
-    what = f"layer {w.step.index}: BatchNormalization"
+    what = f"layer {w.step.index}: layers.BatchNormalization"
     constants = [w.array("gamma", gamma, f"{what} gamma"),
                  w.array("beta", beta, f"{what} beta"),
                  w.array("mean", mean, f"{what} moving mean"),
@@ -653,7 +642,8 @@ def _c_batchnorm(w):
 
 
 def _keras_batchnorm(layer):
-    return _keras("BatchNormalization", layer, momentum=layer.momentum, epsilon=layer.epsilon)
+    return _keras("BatchNormalization", layer, momentum=layer.momentum,
+                  epsilon=layer.epsilon)
 
 
 def _torch_batchnorm(layer, ins, outs):
@@ -665,38 +655,41 @@ def _torch_batchnorm(layer, ins, outs):
 # ---- the table -----------------------------------------------------------------------------
 
 KINDS: tuple[Kind, ...] = (
-    Kind(Dense, token="dense", grammar="UNITS:ACT (or dense:UNITS:ACT)", parse=_dense_parse,
-         forward=_gemm_forward, backward=_gemm_backward, onnx=_onnx_dense, c=_c_dense,
-         keras=_keras_dense, torch=_torch_dense, gemm=True),
-    Kind(Conv2D, token="conv", grammar="conv:FILTERS:KERNEL[:ACT][:stride=S][:padding=same]",
-         parse=_conv_parse, forward=_conv_forward, backward=_conv_backward, onnx=_onnx_conv2d,
-         c=_c_conv2d, keras=_keras_conv2d, torch=_torch_conv2d, fill=_conv_fill,
-         scratch=_conv_scratch, takes_images=True, gemm=True),
-    Kind(MaxPool2D, token="pool", grammar="pool:SIZE[:stride=S][:padding=same]",
-         parse=_pool_parse(MaxPool2D), forward=_maxpool_forward, backward=_maxpool_backward,
-         onnx=_onnx_maxpool2d, c=_c_maxpool2d, keras=_keras_pool("MaxPooling2D"),
-         torch=_torch_maxpool2d, fill=_pool_fill, scratch=_per_output, takes_images=True),
-    Kind(Flatten, token="flatten", grammar="flatten", parse=_flatten_parse,
+    Kind(layers.Dense, token="dense", grammar="UNITS:ACT (or dense:UNITS:ACT)",
+         parse=_dense_parse, forward=_gemm_forward, backward=_gemm_backward, onnx=_onnx_dense,
+         c=_c_dense, keras=_keras_dense, torch=_torch_dense, gemm=True),
+    Kind(layers.Conv2D, token="conv",
+         grammar="conv:FILTERS:KERNEL[:ACT][:stride=S][:padding=same]", parse=_conv_parse,
+         forward=_conv_forward, backward=_conv_backward, onnx=_onnx_conv2d, c=_c_conv2d,
+         keras=_keras_conv2d, torch=_torch_conv2d, fill=_conv_fill, scratch=_conv_scratch,
+         takes_images=True, gemm=True),
+    Kind(layers.MaxPool2D, token="pool", grammar="pool:SIZE[:stride=S][:padding=same]",
+         parse=_pool_parse(layers.MaxPool2D), forward=_maxpool_forward,
+         backward=_maxpool_backward, onnx=_onnx_maxpool2d, c=_c_maxpool2d,
+         keras=_keras_pool("MaxPooling2D"), torch=_torch_maxpool2d, fill=_pool_fill,
+         scratch=_per_output, takes_images=True),
+    Kind(layers.Flatten, token="flatten", grammar="flatten", parse=_flatten_parse,
          forward=_flatten_forward, backward=_flatten_backward, onnx=_onnx_flatten,
          c=_c_flatten, keras=lambda layer: _keras("Flatten", layer),
          torch=lambda layer, ins, outs: [_torch("Flatten")], aliases_input=True),
-    Kind(Dropout, token="dropout", grammar="dropout:RATE", parse=_dropout_parse,
+    Kind(layers.Dropout, token="dropout", grammar="dropout:RATE", parse=_dropout_parse,
          forward=_dropout_forward, backward=_dropout_backward, onnx=IDENTITY, c=IDENTITY,
          keras=lambda layer: _keras("Dropout", layer, rate=layer.rate), torch=_torch_dropout,
          fill=_dropout_fill, scratch=_per_output, keyed=True),
-    Kind(Activation, token="act", grammar="act:ACT (an Activation layer)",
+    Kind(layers.Activation, token="act", grammar="act:ACT (an Activation layer)",
          parse=_activation_parse, forward=_passes_through, backward=_gradient_passes_through,
          onnx=_onnx_activation_layer, c=_c_activation_layer, keras=_keras_activation,
          torch=lambda layer, ins, outs: []),
-    Kind(RandomTranslation, token="translate", grammar="translate:FRACTION",
+    Kind(layers.RandomTranslation, token="translate", grammar="translate:FRACTION",
          parse=_translate_parse, forward=_translate_forward, backward=_translate_backward,
          onnx=IDENTITY, c=IDENTITY, keras=_keras_translate, torch=_torch_translate,
          fill=_translate_fill, takes_images=True, keyed=True),
-    Kind(BatchNormalization, token="bn", grammar="bn (BatchNormalization)",
+    Kind(layers.BatchNormalization, token="bn", grammar="bn (BatchNormalization)",
          parse=_batchnorm_parse, forward=_batchnorm_forward, backward=_batchnorm_backward,
          update=_batchnorm_update, onnx=_onnx_batchnorm, c=_c_batchnorm,
          keras=_keras_batchnorm, torch=_torch_batchnorm, fill=_batchnorm_fill,
          scratch=_per_output, batch_statistics=True),
+
 )
 
 _CODES: dict[str, int] = {kind.name: code for code, kind in enumerate(KINDS)}

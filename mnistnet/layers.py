@@ -23,6 +23,18 @@ from mnistnet.regularizers import L2, regularizer_from_config, regularizer_to_co
 ACTIVATIONS = tuple(ACTIVATION_CODES)
 PADDINGS = ("valid", "same")
 
+__all__ = [
+    "Activation",
+    "BatchNormalization",
+    "Conv2D",
+    "Dense",
+    "Dropout",
+    "Flatten",
+    "MaxPool2D",
+    "MaxPooling2D",
+    "RandomTranslation",
+]
+
 Shape = tuple[int, ...]
 
 
@@ -244,6 +256,9 @@ class MaxPool2D(Layer):
     def get_config(self) -> dict[str, Any]:
         return {"pool_size": list(self.pool_size), "strides": list(self.strides),
                 "padding": self.padding}
+
+
+MaxPooling2D = MaxPool2D  # Keras' other name
 
 
 class Flatten(Layer):

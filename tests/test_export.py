@@ -37,6 +37,7 @@ CXX_FLAGS = ["-x", "c++", "-std=c++11", "-Wall", "-Wextra", "-Werror", "-pedanti
 SANITIZE_FLAGS = ["-std=c99", "-O1", "-g", "-fno-omit-frame-pointer",
                   "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
 STANDARD_ONNX_OPS = {"Gemm", "Conv", "MaxPool", "Flatten", "Transpose", "BatchNormalization",
+                     "Tanh",
                      "Relu", "Sigmoid", "Softmax"}
 WRITABLE_DATA_SYMBOLS = set("bBdDgGsSC")  # nm's letters for .bss, .data, small data, common
 
