@@ -102,6 +102,14 @@ cdef void maxpool2d_backward(float* dinp,          # OUT (B, H, W, C), overwritt
                              const int* argmax,    # IN  from maxpool2d_forward
                              const Window* g, Py_ssize_t B) noexcept nogil
 
+# ---- avgpool2d: the mean of each window's cells inside the image --------------------------
+cdef void avgpool2d_forward(float* out,            # OUT (B, OH, OW, C)
+                            const float* inp,      # IN  (B, H, W, C)
+                            const Window* g, Py_ssize_t B) noexcept nogil
+cdef void avgpool2d_backward(float* dinp,          # OUT (B, H, W, C), overwritten
+                             const float* dout,    # IN  (B, OH, OW, C)
+                             const Window* g, Py_ssize_t B) noexcept nogil
+
 # ---- dropout: out = inp * mask, mask 0 or 1 / (1 - rate) from counter-based bits ---------
 cdef unsigned long long dropout_key(unsigned long long seed, long long epoch, long long step,
                                     long long layer) noexcept nogil
@@ -223,6 +231,8 @@ cpdef enum LayerKind:
     KIND_ACTIVATION = 5
     KIND_RANDOMTRANSLATION = 6
     KIND_BATCHNORMALIZATION = 7
+    KIND_AVERAGEPOOLING2D = 8
+    KIND_GLOBALAVERAGEPOOLING2D = 9
 
 # Why train_epoch stopped.
 cdef enum:

@@ -154,6 +154,69 @@ cdef void maxpool2d_backward(float* dinp, const float* dout, const int* argmax,
     mn_maxpool2d_backward(dinp, dout, argmax, <const mn_window*>g, B)
 
 
+# ---- avgpool2d -------------------------------------------------------------------------------
+
+cdef inline void cells_inside(const Window* g, Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t* i0,
+                              Py_ssize_t* i1, Py_ssize_t* j0, Py_ssize_t* j1) noexcept nogil:
+    # The rows i0..i1 and columns j0..j1 of output (oh, ow)'s window inside the image.
+    cdef Py_ssize_t h0 = oh * g.SH - g.PT, w0 = ow * g.SW - g.PL
+    i0[0] = max(h0, 0)
+    i1[0] = min(h0 + g.KH, g.H)
+    j0[0] = max(w0, 0)
+    j1[0] = min(w0 + g.KW, g.W)
+
+
+cdef void avgpool2d_forward(float* out, const float* inp, const Window* g,
+                            Py_ssize_t B) noexcept nogil:
+    # The sum of each window's cells inside the image, in row-major order, divided by their
+    # number (reference.avgpool2d_forward); the channel loop runs along contiguous floats.
+    cdef Py_ssize_t b, oh, ow, i, j, c, i0, i1, j0, j1, C = g.C
+    cdef const float* img
+    cdef const float* x
+    cdef float* o
+    cdef float count
+    for b in range(B):
+        img = inp + b * g.H * g.W * C
+        for oh in range(g.OH):
+            for ow in range(g.OW):
+                o = out + ((b * g.OH + oh) * g.OW + ow) * C
+                cells_inside(g, oh, ow, &i0, &i1, &j0, &j1)
+                for c in range(C):
+                    o[c] = 0
+                for i in range(i0, i1):
+                    for j in range(j0, j1):
+                        x = img + (i * g.W + j) * C
+                        for c in range(C):
+                            o[c] = o[c] + x[c]
+                count = <float>((i1 - i0) * (j1 - j0))
+                for c in range(C):
+                    o[c] = o[c] / count
+
+
+cdef void avgpool2d_backward(float* dinp, const float* dout, const Window* g,
+                             Py_ssize_t B) noexcept nogil:
+    # dinp = 0, then each output's gradient / its window's cell count added to those cells,
+    # outputs in row-major order.
+    cdef Py_ssize_t b, oh, ow, i, j, c, i0, i1, j0, j1, C = g.C, n_img = g.H * g.W * g.C
+    cdef float* img
+    cdef float* x
+    cdef const float* d
+    cdef float count
+    fill_floats(dinp, 0, B * n_img)
+    for b in range(B):
+        img = dinp + b * n_img
+        for oh in range(g.OH):
+            for ow in range(g.OW):
+                d = dout + ((b * g.OH + oh) * g.OW + ow) * C
+                cells_inside(g, oh, ow, &i0, &i1, &j0, &j1)
+                count = <float>((i1 - i0) * (j1 - j0))
+                for i in range(i0, i1):
+                    for j in range(j0, j1):
+                        x = img + (i * g.W + j) * C
+                        for c in range(C):
+                            x[c] = x[c] + d[c] / count
+
+
 # ---- dropout ---------------------------------------------------------------------------------
 
 cdef unsigned long long dropout_key(unsigned long long seed, long long epoch, long long step,

@@ -160,6 +160,9 @@ cdef void layer_forward(const Net* net, const Step* s, Py_ssize_t l, float* o,
     elif p.kind == KIND_MAXPOOL2D:
         window_of(&g, p)
         maxpool2d_forward(o, <int*>scratch, inp, &g, n)
+    elif p.kind == KIND_AVERAGEPOOLING2D or p.kind == KIND_GLOBALAVERAGEPOOLING2D:
+        window_of(&g, p)
+        avgpool2d_forward(o, inp, &g, n)
     elif p.kind == KIND_DROPOUT and s != NULL and p.rate > 0:
         dropout_forward(o, scratch, inp, p.rate, dropout_key(s.seed, s.epoch, s.index, l),
                         r0 * p.n_out, n * p.n_out)
@@ -280,6 +283,9 @@ cdef void layer_input_grad(const Net* net, const Step* s, Py_ssize_t l, float* d
     elif p.kind == KIND_MAXPOOL2D:
         window_of(&win, p)
         maxpool2d_backward(dinp, dout, <const int*>scratch, &win, n)
+    elif p.kind == KIND_AVERAGEPOOLING2D or p.kind == KIND_GLOBALAVERAGEPOOLING2D:
+        window_of(&win, p)
+        avgpool2d_backward(dinp, dout, &win, n)
     elif p.kind == KIND_DROPOUT and p.rate > 0:
         dropout_backward(dinp, dout, scratch, n * p.n_out)
     elif p.kind == KIND_RANDOMTRANSLATION:

@@ -436,6 +436,117 @@ def _torch_maxpool2d(layer, ins, outs):
             _torch("MaxPool2d", list(layer.pool_size), stride=list(layer.strides))]
 
 
+# ---- AveragePooling2D and GlobalAveragePooling2D (one kernel pair: a global pooling is one
+# window the size of the image) ---------------------------------------------------------------
+
+def _global_pool_fill(row, layer, ins, outs):
+    _window_fields(row, (ins[0], ins[1]), (1, 1), (0, 0))
+
+
+def _avgpool_forward(plan, params, i, inp, training, key):
+    layer = plan.layers[i]
+    return reference.avgpool2d_forward(None, inp, layer.pool_size, layer.strides,
+                                       layer.padding), None
+
+
+def _avgpool_backward(plan, params, grads, i, dz, inp, keep):
+    layer = plan.layers[i]
+    return reference.avgpool2d_backward(None, dz, inp.shape, layer.pool_size, layer.strides,
+                                        layer.padding)
+
+
+def _global_pool_forward(plan, params, i, inp, training, key):
+    image = inp.shape[1:3]
+    return reference.avgpool2d_forward(None, inp, image).reshape(inp.shape[0], -1), None
+
+
+def _global_pool_backward(plan, params, grads, i, dz, inp, keep):
+    image = inp.shape[1:3]
+    return reference.avgpool2d_backward(None, dz.reshape(inp.shape[0], 1, 1, -1), inp.shape,
+                                        image)
+
+
+def _onnx_avgpool2d(g, step, name):
+    g.to_layout("NCHW", f"{name}_to_nchw")
+    # count_include_pad=0: the padding is left out of the mean, as Keras'.
+    g.apply("AveragePool", name, count_include_pad=0,
+            **g.window_attributes(step, step.layer.pool_size))
+
+
+def _onnx_global_avgpool2d(g, step, name):
+    g.to_layout("NCHW", f"{name}_to_nchw")
+    g.apply("GlobalAveragePool", name)
+    g.apply("Flatten", f"{name}_flat", axis=1, layout="flat")
+
+
+# Keras' AveragePooling2D: positions in the padding are skipped and not counted.
+C_AVGPOOL2D = Template("""\
+static void ${function}(const float *in, float *out)
+{
+    for (int oy = 0; oy < ${out_h}; ++oy) {
+        for (int ox = 0; ox < ${out_w}; ++ox) {
+            float sum[${out_c}];
+            int count = 0;
+            for (int c = 0; c < ${out_c}; ++c)
+                sum[c] = 0.0f;
+            for (int ky = 0; ky < ${k_h}; ++ky) {
+                const int iy = oy * ${s_h} + ky - ${pad_top};
+                if (iy < 0 || iy >= ${in_h})
+                    continue; /* outside the image: padding */
+                for (int kx = 0; kx < ${k_w}; ++kx) {
+                    const int ix = ox * ${s_w} + kx - ${pad_left};
+                    if (ix < 0 || ix >= ${in_w})
+                        continue;
+                    const float *x = in + (iy * ${in_w} + ix) * ${in_c};
+                    for (int c = 0; c < ${out_c}; ++c)
+                        sum[c] += x[c];
+                    ++count;
+                }
+            }
+            for (int c = 0; c < ${out_c}; ++c)
+                out[(oy * ${out_w} + ox) * ${out_c} + c] = sum[c] / (float)count;
+        }
+    }
+}
+""")
+
+C_GLOBAL_AVGPOOL2D = Template("""\
+static void ${function}(const float *in, float *out)
+{
+    float sum[${channels}];
+    for (int c = 0; c < ${channels}; ++c)
+        sum[c] = 0.0f;
+    for (int p = 0; p < ${pixels}; ++p)
+        for (int c = 0; c < ${channels}; ++c)
+            sum[c] += in[p * ${channels} + c];
+    for (int c = 0; c < ${channels}; ++c)
+        out[c] = sum[c] / (float)${pixels};
+}
+""")
+
+
+def _c_avgpool2d(w):
+    return w.function(C_AVGPOOL2D, 3, **w.window(w.step.layer.pool_size))
+
+
+def _c_global_avgpool2d(w):
+    h, wd, c = w.step.input_shape
+    return w.function(C_GLOBAL_AVGPOOL2D, 1, pixels=h * wd, channels=c)
+
+
+def _torch_avgpool2d(layer, ins, outs):
+    # Padding left out of the mean; the extra "same" one after comes from ceil_mode.
+    pads = [_pads(size, k, s, layer.padding)[0]
+            for size, k, s in zip(ins[:2], layer.pool_size, layer.strides, strict=True)]
+    return [_torch("AvgPool2d", list(layer.pool_size), stride=list(layer.strides),
+                   padding=pads, ceil_mode=layer.padding == "same", count_include_pad=False)]
+
+
+def _global_pool_parse(fields, options):
+    _same_shape_grammar(fields, options, "gap")
+    return layers.GlobalAveragePooling2D()
+
+
 # ---- Flatten -------------------------------------------------------------------------------
 
 def _flatten_parse(fields, options):
@@ -689,7 +800,18 @@ KINDS: tuple[Kind, ...] = (
          update=_batchnorm_update, onnx=_onnx_batchnorm, c=_c_batchnorm,
          keras=_keras_batchnorm, torch=_torch_batchnorm, fill=_batchnorm_fill,
          scratch=_per_output, batch_statistics=True),
-
+    Kind(layers.AveragePooling2D, token="avgpool",
+         grammar="avgpool:SIZE[:stride=S][:padding=same]",
+         parse=_pool_parse(layers.AveragePooling2D), forward=_avgpool_forward,
+         backward=_avgpool_backward, onnx=_onnx_avgpool2d, c=_c_avgpool2d,
+         keras=_keras_pool("AveragePooling2D"), torch=_torch_avgpool2d, fill=_pool_fill,
+         takes_images=True),
+    Kind(layers.GlobalAveragePooling2D, token="gap", grammar="gap (GlobalAveragePooling2D)",
+         parse=_global_pool_parse, forward=_global_pool_forward,
+         backward=_global_pool_backward, onnx=_onnx_global_avgpool2d, c=_c_global_avgpool2d,
+         keras=lambda layer: _keras("GlobalAveragePooling2D", layer),
+         torch=lambda layer, ins, outs: [_torch("AdaptiveAvgPool2d", 1), _torch("Flatten")],
+         fill=_global_pool_fill, takes_images=True),
 )
 
 _CODES: dict[str, int] = {kind.name: code for code, kind in enumerate(KINDS)}

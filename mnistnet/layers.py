@@ -25,11 +25,15 @@ PADDINGS = ("valid", "same")
 
 __all__ = [
     "Activation",
+    "AveragePooling2D",
+    "AvgPool2D",
     "BatchNormalization",
     "Conv2D",
     "Dense",
     "Dropout",
     "Flatten",
+    "GlobalAveragePooling2D",
+    "GlobalAvgPool2D",
     "MaxPool2D",
     "MaxPooling2D",
     "RandomTranslation",
@@ -219,16 +223,9 @@ class Conv2D(Layer):
         return config
 
 
-class MaxPool2D(Layer):
-    """Max pooling over windows of channels-last images (Keras' MaxPooling2D).
-
-    Args:
-        pool_size: an int or a pair (default 2).
-        strides: an int, a pair, or None for pool_size (Keras' default).
-        padding: "valid" (windows inside the input; a remainder is dropped) or "same"
-            (ceil(size / stride) outputs; the padding never wins the max).
-    """
-
+class _Pooling2D(Layer):
+    """What MaxPool2D and AveragePooling2D share: a window sliding over channels-last
+    images."""
 
     def __init__(self, pool_size: int | Sequence[int] = 2,
                  strides: int | Sequence[int] | None = None, padding: str = "valid") -> None:
@@ -258,7 +255,45 @@ class MaxPool2D(Layer):
                 "padding": self.padding}
 
 
-MaxPooling2D = MaxPool2D  # Keras' other name
+class MaxPool2D(_Pooling2D):
+    """Max pooling over windows of channels-last images (Keras' MaxPooling2D).
+
+    Args:
+        pool_size: an int or a pair (default 2).
+        strides: an int, a pair, or None for pool_size (Keras' default).
+        padding: "valid" (windows inside the input; a remainder is dropped) or "same"
+            (ceil(size / stride) outputs; the padding never wins the max).
+    """
+
+
+class AveragePooling2D(_Pooling2D):
+    """Average pooling over windows of channels-last images (Keras' AveragePooling2D): each
+    output is the mean of its window's cells inside the image.
+
+    Args:
+        pool_size: an int or a pair (default 2).
+        strides: an int, a pair, or None for pool_size (Keras' default).
+        padding: "valid" (windows inside the input; a remainder is dropped) or "same"
+            (ceil(size / stride) outputs; the padding is left out of the mean, as Keras and
+            TensorFlow count it).
+    """
+
+
+class GlobalAveragePooling2D(Layer):
+    """The mean of each channel over the whole image (Keras' GlobalAveragePooling2D):
+    (h, w, c) -> (c,)."""
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        _check_image(self, input_shape)
+        return (int(input_shape[2]),)
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
+
+MaxPooling2D = MaxPool2D  # Keras' other names
+AvgPool2D = AveragePooling2D
+GlobalAvgPool2D = GlobalAveragePooling2D
 
 
 class Flatten(Layer):

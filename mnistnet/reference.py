@@ -11,6 +11,9 @@ compiled kernels; losses are accumulated in float64, as there. Derivations:
   added back to the pixels each patch was read from (col2im).
 * maxpool2d: out = max over each window; dinp gets dout at the window's first maximum
   (row-major order; the argmax is kept from the forward), summed where windows overlap.
+* avgpool2d: out = the sum of each window's cells inside the image / their number (the
+  padding is not counted, as Keras); dinp gets dout / that number at each of them. A
+  global average pooling is one window the size of the image.
 * dropout: out = inp * mask with mask = 0 (probability rate) or 1 / (1 - rate) (inverted
   dropout); dinp = dout * mask. The mask bits come from a counter-based generator:
   element e of a layer's batch is kept when the top 32 bits of mix64(key + e) are at least
@@ -337,6 +340,55 @@ def maxpool2d_backward(dinp, dout, argmax, input_shape):
     b, n_img = dinp.shape[0], dinp[0].size
     where = (np.arange(b)[:, None] * n_img + argmax.reshape(b, -1)).reshape(-1)
     dinp.reshape(-1)[...] = np.bincount(where, weights=dout.reshape(-1), minlength=b * n_img)
+    return dinp
+
+
+# ---- avgpool2d (AveragePooling2D, GlobalAveragePooling2D) ------------------------------------
+
+def _window_cells(shape, pool_size, strides, padding):
+    """((OH, OW), (PT, PL), span, counts): the output size, the padding before, the span of
+    the windows and each window's number of cells inside the image (B=1, C=1 shaped)."""
+    (oh, ow), pads, span = _windows(shape, pool_size, strides, padding)
+    inside = _padded(np.ones((1, shape[0], shape[1], 1), np.float32), pads, span, 0.0)
+    counts = np.zeros((1, oh, ow, 1), np.float32)
+    for i, j in np.ndindex(*pool_size):
+        counts += inside[:, i: i + (oh - 1) * strides[0] + 1: strides[0],
+                         j: j + (ow - 1) * strides[1] + 1: strides[1]]
+    return (oh, ow), pads, span, counts
+
+
+def avgpool2d_forward(out, inp, pool_size=(2, 2), strides=None, padding="valid"):
+    """out = the mean of each window's cells inside the image (the padding is not counted):
+    their sum in row-major window order, divided by their number.
+    out (B, OH, OW, C), inp (B, H, W, C)"""
+    strides = pool_size if strides is None else strides
+    (oh, ow), pads, span, counts = _window_cells(inp.shape[1:], pool_size, strides, padding)
+    padded = _padded(inp, pads, span, 0.0)
+    sums = np.zeros((inp.shape[0], oh, ow, inp.shape[3]), np.float32)
+    for i, j in np.ndindex(*pool_size):
+        sums += padded[:, i: i + (oh - 1) * strides[0] + 1: strides[0],
+                       j: j + (ow - 1) * strides[1] + 1: strides[1]]
+    out = _out(out, sums.shape)
+    np.divide(sums, counts, out=out)
+    return out
+
+
+def avgpool2d_backward(dinp, dout, input_shape, pool_size=(2, 2), strides=None,
+                       padding="valid"):
+    """The adjoint: each output's gradient divided by its window's cell count, added to each
+    of those cells.   dinp (B, H, W, C) = input_shape, dout (B, OH, OW, C)"""
+    strides = pool_size if strides is None else strides
+    b, h, w, c = input_shape
+    (oh, ow), (pt, pl), span, counts = _window_cells((h, w, c), pool_size, strides, padding)
+    share = dout / counts
+    grad = np.zeros((b, *span, c), np.float32)
+    for i, j in np.ndindex(*pool_size):
+        grad[:, i: i + (oh - 1) * strides[0] + 1: strides[0],
+             j: j + (ow - 1) * strides[1] + 1: strides[1]] += share
+    dinp = _out(dinp, tuple(input_shape))
+    dinp[...] = 0
+    rows, cols = min(h, span[0] - pt), min(w, span[1] - pl)
+    dinp[:, :rows, :cols] = grad[:, pt: pt + rows, pl: pl + cols]
     return dinp
 
 

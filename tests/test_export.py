@@ -36,8 +36,8 @@ C_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2"]
 CXX_FLAGS = ["-x", "c++", "-std=c++11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2"]
 SANITIZE_FLAGS = ["-std=c99", "-O1", "-g", "-fno-omit-frame-pointer",
                   "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
-STANDARD_ONNX_OPS = {"Gemm", "Conv", "MaxPool", "Flatten", "Transpose", "BatchNormalization",
-                     "Tanh",
+STANDARD_ONNX_OPS = {"Gemm", "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten",
+                     "Transpose", "BatchNormalization", "Tanh",
                      "Relu", "Sigmoid", "Softmax"}
 WRITABLE_DATA_SYMBOLS = set("bBdDgGsSC")  # nm's letters for .bss, .data, small data, common
 
