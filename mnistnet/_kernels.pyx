@@ -1,6 +1,6 @@
 # cython: language_level=3
-"""Compiled kernels: the layers (dense, conv2d, maxpool2d, dropout, activations, translation,
-batch normalisation), losses, optimizers (SGD, momentum, Adam, AdamW, RMSprop), the network
+"""Compiled kernels: the layers (dense, conv2d, maxpool2d, avgpool2d, dropout, activations,
+translation, batch normalisation), losses, optimizers (SGD, momentum, Adam, AdamW, RMSprop), the network
 over its layer plan, one step and the epoch loop with its thread teams.
 
 Every kernel is a `cdef ... noexcept nogil` function over raw float32 pointers, declared in

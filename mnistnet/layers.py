@@ -1,5 +1,6 @@
-"""Layer configurations: Dense, Conv2D, MaxPool2D, Flatten, Dropout, Activation,
-RandomTranslation, BatchNormalization (Keras 3's names, arguments and shapes).
+"""Layer configurations: Dense, Conv2D, MaxPool2D, AveragePooling2D, GlobalAveragePooling2D,
+Flatten, Dropout, Activation, RandomTranslation, BatchNormalization (Keras 3's names,
+arguments and shapes).
 
 A layer here is a description, not a holder of weights: the Model keeps every parameter in
 one flat block, laid out by the layer plan (mnistnet.plan), and the kernels of either backend

@@ -44,13 +44,15 @@ class Model(Trainer):
     """A stack of layers trained by minibatch gradient descent.
 
     Args:
-        layers: Dense, Conv2D, MaxPool2D, Flatten and Dropout layers, input side first.
+        layers: layers of the kinds in mnistnet.kinds.KINDS (Dense, Conv2D, MaxPool2D,
+            AveragePooling2D, GlobalAveragePooling2D, Flatten, Dropout, Activation,
+            RandomTranslation, BatchNormalization), input side first.
         input_dim: width of each input row, for a net of Dense layers (784 for MNIST).
         input_shape: or the shape of one sample: (784,) or, channels last, (28, 28, 1).
             Neither given: MNIST's, (28, 28, 1) if the first layer is a Conv2D or
             MaxPool2D, else (784,).
         loss: "mse" or "categorical_crossentropy" (needs a softmax output layer).
-        optimizer: SGD (default SGD(0.01)) or Adam.
+        optimizer: SGD (default SGD(0.01)), Adam, AdamW or RMSprop.
         seed: seeds the Glorot-uniform initialisation, every epoch's shuffle and the dropout
             masks.
         backend: "fast" (compiled kernels) or "reference" (NumPy twin).

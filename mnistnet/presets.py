@@ -7,10 +7,12 @@ with its training recipe.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from mnistnet.layers import (
     Activation,
+    AveragePooling2D,
     BatchNormalization,
     Conv2D,
     Dense,
@@ -28,27 +30,8 @@ from mnistnet.schedules import OneCycle
 
 __all__ = ["PRESETS", "RECIPES", "preset", "recipe_optimizer"]
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "perceptron": {"layers": [(10, "sigmoid")], "loss": "mse"},
-    "hidden-relu": {"layers": [(128, "relu"), (64, "relu"), (10, "sigmoid")], "loss": "mse"},
-    "cross-entropy": {"layers": [(128, "relu"), (64, "relu"), (10, "softmax")],
-                      "loss": "categorical_crossentropy"},
-    "convnet": {"loss": "categorical_crossentropy"},
-    "convnet-plus": {"loss": "categorical_crossentropy"},
-}
-# Each preset's training recipe, as the tutorial (SGD 0.01, batch 32, 30 epochs) and Keras'
-# "Simple MNIST convnet" example (Adam 0.001, batch 128, 15 epochs) train them.
-RECIPES: dict[str, dict[str, Any]] = {
-    "perceptron": {"optimizer": "sgd", "learning_rate": 0.01, "batch_size": 32, "epochs": 30},
-    "hidden-relu": {"optimizer": "sgd", "learning_rate": 0.01, "batch_size": 32, "epochs": 30},
-    "cross-entropy": {"optimizer": "sgd", "learning_rate": 0.01, "batch_size": 32,
-                      "epochs": 30},
-    "convnet": {"optimizer": "adam", "learning_rate": 0.001, "batch_size": 128, "epochs": 15},
-    # The learning rate is the one-cycle schedule's peak (the schedule spans the epochs).
-    "convnet-plus": {"optimizer": "adam", "learning_rate": 0.003, "batch_size": 128,
-                     "epochs": 15, "schedule": "onecycle"},
-}
-MNIST_TRAIN_ROWS = 60_000
+def _dense(*widths_and_activations: tuple[int, str]) -> Callable[[], list[Layer]]:
+    return lambda: [Dense(units, activation=act) for units, act in widths_and_activations]
 
 
 def convnet_layers() -> list[Layer]:
@@ -69,6 +52,50 @@ def convnet_plus_layers() -> list[Layer]:
             Flatten(), Dropout(0.3), Dense(10, activation="softmax")]
 
 
+def lenet5_layers() -> list[Layer]:
+    """LeNet-5 (LeCun, Bottou, Bengio and Haffner, "Gradient-based learning applied to
+    document recognition", 1998) as d2l.ai and most courses teach it: a 5x5 convolution of 6
+    filters ("same" padding: the paper's 32x32 input is MNIST's 28x28 padded by 2), 2x2
+    average pooling, a 5x5 convolution of 16 filters, 2x2 average pooling, Dense 120 and 84,
+    and a softmax over the 10 classes; tanh activations as in the paper (d2l.ai uses
+    sigmoid). 61,706 weights."""
+    return [Conv2D(6, 5, padding="same", activation="tanh"), AveragePooling2D(2),
+            Conv2D(16, 5, activation="tanh"), AveragePooling2D(2),
+            Flatten(), Dense(120, activation="tanh"), Dense(84, activation="tanh"),
+            Dense(10, activation="softmax")]
+
+
+# Each preset: its layers, its input and its loss.
+PRESETS: dict[str, dict[str, Any]] = {
+    "perceptron": {"layers": _dense((10, "sigmoid")), "input_shape": (784,), "loss": "mse"},
+    "hidden-relu": {"layers": _dense((128, "relu"), (64, "relu"), (10, "sigmoid")),
+                    "input_shape": (784,), "loss": "mse"},
+    "cross-entropy": {"layers": _dense((128, "relu"), (64, "relu"), (10, "softmax")),
+                      "input_shape": (784,), "loss": "categorical_crossentropy"},
+    "convnet": {"layers": convnet_layers, "input_shape": MNIST_IMAGE,
+                "loss": "categorical_crossentropy"},
+    "convnet-plus": {"layers": convnet_plus_layers, "input_shape": MNIST_IMAGE,
+                     "loss": "categorical_crossentropy"},
+    "lenet5": {"layers": lenet5_layers, "input_shape": MNIST_IMAGE,
+               "loss": "categorical_crossentropy"},
+}
+# Each preset's training recipe, as the tutorial (SGD 0.01, batch 32, 30 epochs) and Keras'
+# "Simple MNIST convnet" example (Adam 0.001, batch 128, 15 epochs) train them; lenet5's was
+# chosen on a validation split (the last 10,000 training images; see the README).
+RECIPES: dict[str, dict[str, Any]] = {
+    "perceptron": {"optimizer": "sgd", "learning_rate": 0.01, "batch_size": 32, "epochs": 30},
+    "hidden-relu": {"optimizer": "sgd", "learning_rate": 0.01, "batch_size": 32, "epochs": 30},
+    "cross-entropy": {"optimizer": "sgd", "learning_rate": 0.01, "batch_size": 32,
+                      "epochs": 30},
+    "convnet": {"optimizer": "adam", "learning_rate": 0.001, "batch_size": 128, "epochs": 15},
+    # The learning rate is the one-cycle schedule's peak (the schedule spans the epochs).
+    "convnet-plus": {"optimizer": "adam", "learning_rate": 0.003, "batch_size": 128,
+                     "epochs": 15, "schedule": "onecycle"},
+    "lenet5": {"optimizer": "adam", "learning_rate": 0.001, "batch_size": 128, "epochs": 10},
+}
+MNIST_TRAIN_ROWS = 60_000
+
+
 def recipe_optimizer(name: str, learning_rate: float | None = None,
                      rows: int = MNIST_TRAIN_ROWS) -> Optimizer:
     """The optimizer of a preset's recipe for `rows` training rows; learning_rate replaces
@@ -83,7 +110,7 @@ def recipe_optimizer(name: str, learning_rate: float | None = None,
 
 def preset(name: str, seed: int = 0, backend: str = "fast",
            learning_rate: float | None = None, optimizer: Optimizer | None = None) -> Model:
-    """One of the tutorial's networks, or the convnet:
+    """One of the tutorial's networks, or a convnet:
 
     - "perceptron": 784-10 sigmoid, MSE;
     - "hidden-relu": 784-128-64-10, relu/sigmoid, MSE;
@@ -91,7 +118,8 @@ def preset(name: str, seed: int = 0, backend: str = "fast",
     - "convnet": Keras' "Simple MNIST convnet" (Conv2D 32x3x3 relu, MaxPool2D 2, Conv2D
       64x3x3 relu, MaxPool2D 2, Flatten, Dropout 0.5, Dense 10 softmax) on (28, 28, 1);
     - "convnet-plus": RandomTranslation, three convolutions each with BatchNormalization,
-      trained by Adam on a one-cycle schedule (see convnet_plus_layers).
+      trained by Adam on a one-cycle schedule (see convnet_plus_layers);
+    - "lenet5": LeCun et al.'s LeNet-5 of 1998 (see lenet5_layers).
 
     Glorot-uniform weights; the optimizer of the preset's recipe (RECIPES: SGD 0.01 for the
     tutorial's three, Adam 0.001 for the convnet, Adam on OneCycle(0.003) over 15 epochs of
@@ -102,10 +130,5 @@ def preset(name: str, seed: int = 0, backend: str = "fast",
         optimizer = recipe_optimizer(name, learning_rate)
     elif learning_rate is not None:
         raise ValueError("give learning_rate or optimizer, not both")
-    if name in ("convnet", "convnet-plus"):
-        layers = convnet_layers() if name == "convnet" else convnet_plus_layers()
-        return Model(layers, input_shape=MNIST_IMAGE, loss=spec["loss"],
-                     optimizer=optimizer, seed=seed, backend=backend)
-    return Model([Dense(units, activation=act) for units, act in spec["layers"]],
-                 input_dim=784, loss=spec["loss"], optimizer=optimizer, seed=seed,
-                 backend=backend)
+    return Model(spec["layers"](), input_shape=spec["input_shape"], loss=spec["loss"],
+                 optimizer=optimizer, seed=seed, backend=backend)

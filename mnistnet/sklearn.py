@@ -56,7 +56,7 @@ class MNISTNetClassifier(ClassifierMixin, BaseEstimator):
     ----------
     hidden_layer_sizes : tuple of int, default=(128, 64)
         Width of each hidden layer, input side first; () trains a single-layer perceptron.
-    activation : {"relu", "sigmoid", "linear"}, default="relu"
+    activation : {"relu", "sigmoid", "tanh", "linear"}, default="relu"
         Activation of the hidden layers.
     loss : {"categorical_crossentropy", "mse"}, default="categorical_crossentropy"
         Cross-entropy on a softmax output layer, or mean squared error on a sigmoid one.

@@ -82,7 +82,7 @@ REPLACEMENTS = [
     _npy(np.array(json.dumps(CONFIG))),
     _npy(np.array(json.dumps({**CONFIG, "input_dim": 4}))),
     _npy(np.array(json.dumps({**CONFIG, "layers": [{"units": 3, "activation": "linear"}]}))),
-    _npy(np.array(json.dumps({**CONFIG, "layers": [{"units": 2, "activation": "tanh"}]}))),
+    _npy(np.array(json.dumps({**CONFIG, "layers": [{"units": 2, "activation": "swish"}]}))),
     _npy(np.array(json.dumps({**CONFIG, "loss": "categorical_crossentropy"}))),
     _npy(np.array(json.dumps({**CONFIG, "input_dim": 10**12}))),
     _npy(np.array("[" * 50_000)),

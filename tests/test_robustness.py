@@ -428,16 +428,16 @@ def test_learning_rate_float32_cannot_hold_is_rejected(value):
 
 
 UNKNOWN_NAMES = {
-    "activation": (lambda v: mn.Dense(3, activation=v), "linear, sigmoid, relu, softmax"),
+    "activation": (lambda v: mn.Dense(3, activation=v), "linear, sigmoid, relu, softmax, tanh"),
     "loss": (lambda v: mn.Model([mn.Dense(3)], input_dim=IN, loss=v),
              "mse, categorical_crossentropy"),
     "preset": (lambda v: mn.preset(v),
-               "perceptron, hidden-relu, cross-entropy, convnet, convnet-plus"),
+               "perceptron, hidden-relu, cross-entropy, convnet, convnet-plus, lenet5"),
     "backend": (lambda v: mn.Model([mn.Dense(3)], input_dim=IN, backend=v), "fast, reference"),
 }
 
 
-@pytest.mark.parametrize("value", ["tanh", "RELU", "", None, 3])
+@pytest.mark.parametrize("value", ["swish", "RELU", "", None, 3])
 @pytest.mark.parametrize("what", UNKNOWN_NAMES)
 def test_unknown_names_list_the_valid_ones(what, value):
     make, valid = UNKNOWN_NAMES[what]
@@ -673,7 +673,7 @@ BAD_MODEL_FILES = {
     "config-no-layers": (_arrays(config=np.array(json.dumps({"input_dim": 3}))),
                          "bad architecture"),
     "config-unknown-activation": (_arrays(config=_config(
-        layers=[{"units": 2, "activation": "tanh"}])), "unknown activation 'tanh'"),
+        layers=[{"units": 2, "activation": "swish"}])), "unknown activation 'tanh'"),
     "config-zero-units": (_arrays(config=_config(layers=[{"units": 0, "activation": "relu"}])),
                           "units must be >= 1"),
     "config-unknown-loss": (_arrays(config=_config(loss="hinge")), "unknown loss 'hinge'"),

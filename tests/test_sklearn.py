@@ -165,7 +165,7 @@ def test_a_failed_fit_leaves_no_model() -> None:
 @needs_sklearn
 @pytest.mark.parametrize(("params", "error", "match"), [
     ({"loss": "hinge"}, ValueError, "unknown loss 'hinge'; valid: categorical_crossentropy, mse"),
-    ({"activation": "tanh"}, ValueError, "unknown activation 'tanh'"),
+    ({"activation": "swish"}, ValueError, "unknown activation 'swish'"),
     ({"random_state": -1}, ValueError, "random_state must be >= 0"),
     ({"random_state": "x"}, TypeError, "random_state must be"),
     ({"backend": "gpu"}, ValueError, "unknown backend 'gpu'"),
