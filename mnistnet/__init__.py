@@ -28,7 +28,7 @@ except ImportError:  # the source folder without its compiled extensions
     from mnistnet._source_tree import missing_extensions
 
     raise missing_extensions() from None
-from mnistnet import callbacks, reference, regularizers, schedules
+from mnistnet import callbacks, datasets, reference, regularizers, schedules
 from mnistnet.data import load_mnist
 from mnistnet.layers import (
     Activation,
@@ -60,6 +60,7 @@ __all__ = [
     "RandomTranslation",
     "__version__",
     "callbacks",
+    "datasets",
     "fast",
     "get_include",
     "get_library_dir",
