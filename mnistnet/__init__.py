@@ -28,7 +28,7 @@ except ImportError:  # the source folder without its compiled extensions
     from mnistnet._source_tree import missing_extensions
 
     raise missing_extensions() from None
-from mnistnet import callbacks, kinds, layers, reference, regularizers, schedules
+from mnistnet import callbacks, datasets, kinds, layers, reference, regularizers, schedules
 from mnistnet.data import load_mnist
 from mnistnet.layers import *  # noqa: F403  (every layer class, mnistnet.layers.__all__)
 from mnistnet.model import Model
@@ -57,6 +57,7 @@ __all__ = [
     "RMSprop",
     "__version__",
     "callbacks",
+    "datasets",
     "fast",
     "get_include",
     "get_library_dir",

@@ -14,6 +14,10 @@ cache :func:`cache_dir`, else it downloads them there with :func:`download_mnist
 ``(x_train, y_train), (x_test, y_test)``. Any dataset in the same four-file layout
 (Fashion-MNIST, KMNIST, ...) loads too: local files get structural checks only, while downloads
 are verified against the sha256 in :data:`FILES`.
+
+:mod:`mnistnet.datasets` loads the rest of the MNIST family (Fashion-MNIST, KMNIST, EMNIST,
+QMNIST) through the same search (:func:`_locate_files`) and the same verified download
+(:func:`_download_files`), each with its own files, mirrors and published checksums.
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ import urllib.error
 import urllib.request
 import warnings
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import BinaryIO, TextIO
+from typing import BinaryIO, NamedTuple, TextIO
 
 import numpy as np
 
@@ -41,6 +45,7 @@ __all__ = [
     "FILES",
     "MAX_IDX_BYTES",
     "MIRRORS",
+    "Checksum",
     "DownloadError",
     "cache_dir",
     "download_mnist",
@@ -295,7 +300,9 @@ def load_mnist(
     test_labels = read_idx(files[_TEST_LABELS])
     _check_split(train_images, train_labels, files[_TRAIN_IMAGES], files[_TRAIN_LABELS])
     _check_split(test_images, test_labels, files[_TEST_IMAGES], files[_TEST_LABELS])
-    _check_same_image_size(train_images, test_images, files[_TRAIN_IMAGES], files[_TEST_IMAGES])
+    _check_same_image_size(
+        train_images.shape[1:], test_images.shape[1:], files[_TRAIN_IMAGES], files[_TEST_IMAGES]
+    )
     x_train = _flatten_images(train_images, normalize)
     del train_images  # let the raw bytes go before the test split is converted
     x_test = _flatten_images(test_images, normalize)
@@ -314,34 +321,69 @@ def load_mnist_test(
     return _flatten_images(images, normalize), labels
 
 
+class _Search(NamedTuple):
+    """Where one dataset's files are looked for, after an explicit ``path``, and what to say
+    when they are not there."""
+
+    title: str  # names the dataset in messages: "MNIST", "Fashion-MNIST"
+    stems: Sequence[str]  # the files, each raw or .gz
+    env_folders: Sequence[tuple[str, str]]  # (label, folder): "$MNISTNET_DATA", its value
+    cache: Path
+    hint: str  # how to install the files by hand
+    folder_hint: str = ""  # ends the error for a path= folder that lacks files
+
+
+# _locate_files warns on behalf of the public loader two calls up (load_mnist, datasets.load).
+_WARN_STACKLEVEL = 4
+
+
 def _locate_dataset(
     path: PathLike | None, download: bool, stems: Sequence[str] = _DATASET_STEMS
 ) -> dict[str, Path]:
     """Find the files of `stems`, following the search order documented in
     :func:`load_mnist`."""
-    if path is not None:
-        return _dataset_files_or_raise(Path(path), stems)
     env_folder = os.environ.get(DATA_ENV_VAR)
-    if env_folder:
-        files, missing = _dataset_files(Path(env_folder), stems)
+    search = _Search(
+        title="MNIST",
+        stems=stems,
+        env_folders=[(f"${DATA_ENV_VAR}", env_folder)] if env_folder else [],
+        cache=cache_dir(),
+        hint=_manual_install_hint(),
+    )
+
+    def fetch() -> Path:
+        return download_mnist(cache_dir(), mirrors=MIRRORS, files=FILES)
+
+    return _locate_files(search, path, fetch if download else None)
+
+
+def _locate_files(
+    search: _Search, path: PathLike | None, fetch: Callable[[], Path] | None
+) -> dict[str, Path]:
+    """Map each stem to its file: in ``path`` only, if given; else in the first of the
+    environment's folders that holds them all (warning about each one that lacks some), else
+    in the cache; else in the folder ``fetch`` downloads them to (None: no download)."""
+    if path is not None:
+        return _dataset_files_or_raise(Path(path), search.stems, search.title, search.folder_hint)
+    places = [folder for _, folder in search.env_folders] + [str(search.cache)]
+    for index, (label, folder) in enumerate(search.env_folders):
+        files, missing = _dataset_files(Path(folder), search.stems)
         if not missing:
             return files
         warnings.warn(
-            f"${DATA_ENV_VAR}={env_folder} lacks {', '.join(missing)}; "
-            f"looking in {cache_dir()} instead",
-            stacklevel=3,
+            f"{label}={folder} lacks {', '.join(missing)}; looking in {places[index + 1]} instead",
+            stacklevel=_WARN_STACKLEVEL,
         )
-    files, missing = _dataset_files(cache_dir(), stems)
+    files, missing = _dataset_files(search.cache, search.stems)
     if not missing:
         return files
-    if not download:
-        searched = f"{env_folder} (${DATA_ENV_VAR}) and " if env_folder else ""
+    if fetch is None:
+        searched = "".join(f"{folder} ({label}) and " for label, folder in search.env_folders)
         raise FileNotFoundError(
-            f"MNIST files not found in {searched}{cache_dir()}, and download=False. "
-            + _manual_install_hint()
+            f"{search.title} files not found in {searched}{search.cache}, and download=False. "
+            + search.hint
         )
-    return _dataset_files_or_raise(download_mnist(cache_dir(), mirrors=MIRRORS, files=FILES),
-                                   stems)
+    return _dataset_files_or_raise(fetch(), search.stems, search.title)
 
 
 def _dataset_files(
@@ -360,9 +402,9 @@ def _dataset_files(
 
 
 def _dataset_files_or_raise(
-    folder: Path, stems: Sequence[str] = _DATASET_STEMS
+    folder: Path, stems: Sequence[str] = _DATASET_STEMS, title: str = "MNIST", hint: str = ""
 ) -> dict[str, Path]:
-    what = "the four MNIST files" if len(stems) == 4 else "the MNIST test files"
+    what = f"the four {title} files" if len(stems) == 4 else f"the {title} test files"
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder (expected {what} there)")
     files, missing = _dataset_files(folder, stems)
@@ -372,6 +414,7 @@ def _dataset_files_or_raise(
             + ", ".join(f"{stem}[.gz]" for stem in missing)
             + f" (expected {'the four' if len(stems) == 4 else 'the'} files "
             + f"{', '.join(stems)}, raw or .gz)"
+            + (f". {hint}" if hint else "")
         )
     return files
 
@@ -398,12 +441,13 @@ def _check_split(
 
 
 def _check_same_image_size(
-    train: np.ndarray, test: np.ndarray, train_path: Path, test_path: Path
+    train_size: tuple[int, ...], test_size: tuple[int, ...], train_path: Path, test_path: Path
 ) -> None:
-    if train.shape[1:] != test.shape[1:]:
+    """Train and test images must have the same (rows, cols)."""
+    if train_size != test_size:
         raise ValueError(
-            f"image sizes differ: {train_path} has {train.shape[1]}x{train.shape[2]} images, "
-            f"{test_path} has {test.shape[1]}x{test.shape[2]}"
+            f"image sizes differ: {train_path} has {train_size[0]}x{train_size[1]} images, "
+            f"{test_path} has {test_size[0]}x{test_size[1]}"
         )
 
 
@@ -426,6 +470,14 @@ class DownloadError(RuntimeError):
 
 class _MirrorFailure(Exception):
     """One mirror could not deliver one verified file; the message is the reason."""
+
+
+class Checksum(NamedTuple):
+    """A published checksum of a file's bytes: a :mod:`hashlib` algorithm name ("sha256",
+    "md5") and the lowercase hex digest."""
+
+    algorithm: str
+    hexdigest: str
 
 
 def download_mnist(
@@ -451,15 +503,29 @@ def download_mnist(
             its reason and where to put the files by hand. Files verified before that stay.
     """
     folder = Path(dest) if dest is not None else cache_dir()
+    checksums = {name: Checksum("sha256", sha256) for name, sha256 in files.items()}
+    _download_files(folder, mirrors, checksums, timeout, progress, _manual_install_hint())
+    return folder
+
+
+def _download_files(
+    folder: Path,
+    mirrors: Iterable[str],
+    files: Mapping[str, Checksum],
+    timeout: float,
+    progress: bool | None,
+    hint: str,
+) -> None:
+    """Download each of ``files`` into ``folder`` as :func:`download_mnist` documents, keeping
+    those already there with the right checksum; ``hint`` ends the :class:`DownloadError`."""
     folder.mkdir(parents=True, exist_ok=True)
     show_progress = _stderr_is_terminal() if progress is None else progress
     mirror_list = list(mirrors)
-    for name, sha256 in files.items():
+    for name, checksum in files.items():
         target = folder / name
-        if target.is_file() and _sha256_of_file(target) == sha256:
+        if target.is_file() and _digest_of_file(target, checksum.algorithm) == checksum.hexdigest:
             continue
-        _download_verified(name, sha256, target, mirror_list, timeout, show_progress)
-    return folder
+        _download_verified(name, checksum, target, mirror_list, timeout, show_progress, hint)
 
 
 def _stderr_is_terminal() -> bool:
@@ -467,28 +533,32 @@ def _stderr_is_terminal() -> bool:
 
 
 def _download_verified(
-    name: str, sha256: str, target: Path, mirrors: list[str], timeout: float, progress: bool
+    name: str,
+    checksum: Checksum,
+    target: Path,
+    mirrors: list[str],
+    timeout: float,
+    progress: bool,
+    hint: str,
 ) -> None:
     """Try each mirror in turn until one delivers ``name`` with the expected checksum."""
     failures = []
     for mirror in mirrors:
         url = _file_url(mirror, name)
         try:
-            _fetch_into(url, target, sha256, timeout, progress)
+            _fetch_into(url, target, checksum, timeout, progress)
             return
         except _MirrorFailure as failure:
             failures.append(f"  {url}: {failure}")
     tried = "\n".join(failures) if failures else "  (no mirrors given)"
-    raise DownloadError(
-        f"could not download {name} from any mirror:\n{tried}\n{_manual_install_hint()}"
-    )
+    raise DownloadError(f"could not download {name} from any mirror:\n{tried}\n{hint}")
 
 
 def _file_url(mirror: str, name: str) -> str:
     return mirror.rstrip("/") + "/" + name
 
 
-def _fetch_into(url: str, target: Path, sha256: str, timeout: float, progress: bool) -> None:
+def _fetch_into(url: str, target: Path, checksum: Checksum, timeout: float, progress: bool) -> None:
     """Stream ``url`` to a temporary file beside ``target``, verify it, then move it in place.
 
     The temporary file is deleted on any failure, interruptions included.
@@ -499,9 +569,12 @@ def _fetch_into(url: str, target: Path, sha256: str, timeout: float, progress: b
     temp_path = Path(handle.name)
     try:
         with handle:
-            digest = _stream_url(url, handle, timeout, _ProgressBar(target.name, progress))
-        if digest != sha256:
-            raise _MirrorFailure(f"sha256 mismatch (got {digest}, expected {sha256})")
+            bar = _ProgressBar(target.name, progress)
+            digest = _stream_url(url, handle, timeout, bar, checksum.algorithm)
+        if digest != checksum.hexdigest:
+            raise _MirrorFailure(
+                f"{checksum.algorithm} mismatch (got {digest}, expected {checksum.hexdigest})"
+            )
         os.chmod(temp_path, 0o644)
         os.replace(temp_path, target)
     except BaseException:
@@ -509,9 +582,9 @@ def _fetch_into(url: str, target: Path, sha256: str, timeout: float, progress: b
         raise
 
 
-def _stream_url(url: str, out: BinaryIO, timeout: float, bar: _ProgressBar) -> str:
-    """Copy the body of ``url`` into ``out``; return its sha256 hex digest."""
-    digest = hashlib.sha256()
+def _stream_url(url: str, out: BinaryIO, timeout: float, bar: _ProgressBar, algorithm: str) -> str:
+    """Copy the body of ``url`` into ``out``; return its hex digest by ``algorithm``."""
+    digest = _new_hash(algorithm)
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             total = _content_length(response)
@@ -586,8 +659,15 @@ def _format_size(size: int) -> str:
     return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
 
 
-def _sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
+def _new_hash(algorithm: str):  # -> a hashlib hash object
+    # usedforsecurity=False: md5 is all some publishers list, and a FIPS-mode Python refuses it
+    # otherwise. It still catches corruption, and no practical attack forges a file to match a
+    # given md5 (a second preimage).
+    return hashlib.new(algorithm, usedforsecurity=False)
+
+
+def _digest_of_file(path: Path, algorithm: str) -> str:
+    digest = _new_hash(algorithm)
     with open(path, "rb") as stream:
         while chunk := stream.read(_READ_CHUNK):
             digest.update(chunk)

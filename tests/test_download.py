@@ -1,9 +1,10 @@
 """Tests for mnistnet.data.download_mnist against local HTTP servers on 127.0.0.1.
 
-Each "mirror" is a folder served by one ThreadingHTTPServer: a good copy, a corrupted copy, a
-truncated copy, an empty folder (404), a handler that closes the connection early, a port
-nothing listens on and a socket that never answers. The served files are tiny synthetic IDX
-files; one test serves the real files when $MNISTNET_DATA names a folder holding them.
+Each "mirror" is a folder served by one ThreadingHTTPServer (tests/mirror_server.py): a good
+copy, a corrupted copy, a truncated copy, an empty folder (404), a handler that closes the
+connection early, a port nothing listens on and a socket that never answers. The served files
+are tiny synthetic IDX files; one test serves the real files when $MNISTNET_DATA names a folder
+holding them.
 """
 
 from __future__ import annotations
@@ -12,14 +13,12 @@ import gzip
 import hashlib
 import os
 import socket
-import threading
 import time
-from dataclasses import dataclass, field
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
+from mirror_server import Server, dead_mirror_url, running_server
 
 import mnistnet.data as data_module
 from mnistnet.data import FILES, DownloadError, cache_dir, download_mnist, load_mnist
@@ -78,75 +77,15 @@ def isolated_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
 
 
-@dataclass
-class Server:
-    root: Path
-    base_url: str
-    requests: list[str] = field(default_factory=list)
-
-    def mirror(self, folder: str) -> str:
-        """URL of a mirror served from root/folder, created empty if absent (so it 404s)."""
-        (self.root / folder).mkdir(exist_ok=True)
-        return f"{self.base_url}/{folder}/"
-
-    def requests_to(self, folder: str) -> list[str]:
-        return [path for path in self.requests if path.startswith(f"/{folder}/")]
-
-
-def _handler_class(root: Path, requests: list[str]) -> type[SimpleHTTPRequestHandler]:
-    class Handler(SimpleHTTPRequestHandler):
-        timeout = 10  # a stuck client cannot hold a handler thread forever
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, format, *args):
-            pass
-
-        def do_GET(self):
-            requests.append(self.path)
-            if self.path.startswith("/short/"):
-                self._send_then_hang_up()
-            else:
-                super().do_GET()
-
-        def _send_then_hang_up(self):
-            """Announce the good file's length, send half of it, close the connection."""
-            content = (root / "good" / Path(self.path).name).read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(content)))
-            self.end_headers()
-            self.wfile.write(content[: len(content) // 2])
-            self.close_connection = True
-
-    return Handler
-
-
 @pytest.fixture
 def server(tmp_path):
-    root = tmp_path / "served"
-    root.mkdir()
-    requests: list[str] = []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(root, requests))
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.daemon = True
-    thread.start()
-    try:
-        yield Server(root, f"http://127.0.0.1:{httpd.server_address[1]}", requests)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    with running_server(tmp_path / "served") as running:
+        yield running
 
 
 @pytest.fixture
 def dead_mirror() -> str:
-    """A URL on a port nothing listens on: bind a socket, note its port, close it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/mnist/"
+    return dead_mirror_url()
 
 
 @pytest.fixture
