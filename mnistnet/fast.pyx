@@ -15,8 +15,8 @@ import numpy as np
 cnp.import_array()
 
 from mnistnet._kernels import (  # noqa: F401  (re-exported: runtime configuration)
-    ACTIVATIONS, KINDS, LOSSES, OPTIMIZERS, SIMD_PATHS, get_num_threads, openmp_enabled,
-    select_simd, set_num_threads, sgemm, simd_path, simd_supported,
+    ACTIVATIONS, KINDS, LOSSES, OPTIMIZERS, SIMD_PATHS, available_cores, get_num_threads,
+    openmp_enabled, select_simd, set_num_threads, sgemm, simd_path, simd_supported,
 )
 from mnistnet.plan import PLAN_DTYPE, Plan
 from mnistnet.reference import (  # noqa: F401  (the geometry both backends compute alike)
