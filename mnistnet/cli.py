@@ -30,7 +30,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 import mnistnet as mn
-from mnistnet import bench, demo, export, plot
+from mnistnet import _sweep_cli, bench, demo, export, plot
 from mnistnet.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from mnistnet.data import DownloadError, load_mnist_test, read_idx
 from mnistnet.layers import Conv2D, Dense, Layer, MaxPool2D, RandomTranslation
@@ -260,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_arguments(commands.add_parser(
         "demo", help="serve a page to draw digits on and watch the model read them",
         description=demo.DESCRIPTION))
+    _sweep_cli.add_arguments(commands.add_parser("sweep", help=_sweep_cli.HELP,
+                                                 description=_sweep_cli.DESCRIPTION))
     commands.add_parser("info", help="show the version, SIMD code path and thread settings",
                         description="Show the version, the compiled SIMD code path and the "
                                     "OpenMP thread settings (mnistnet.show_config()).")
@@ -850,6 +852,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "info": cmd_info,
     "bench": bench.run, "export": export.run, "plot": plot.run, "demo": demo.run,
+    "sweep": _sweep_cli.run,
 }
 
 
