@@ -73,6 +73,7 @@ Dask's workers run with OMP_NUM_THREADS=1, which mnistnet follows; in one proces
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hashlib
 import io
@@ -691,7 +692,7 @@ def _local_cluster(distributed: Any, workers: int) -> Any:
 def _wait_for_workers(client: Any, address: str, timeout: float) -> None:
     try:
         client.wait_for_workers(1, timeout=timeout)
-    except TimeoutError:
+    except (TimeoutError, asyncio.TimeoutError):  # the same class from Python 3.11 on
         raise SweepError(f"scheduler {address} has no workers after {timeout:g} s; start "
                          f"some: dask worker {address}") from None
 

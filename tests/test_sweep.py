@@ -118,6 +118,26 @@ def test_a_run_is_the_same_bits_as_the_same_settings_trained_alone(tiny, client,
     assert weights_digest(mn.Model.load(saved)) == row["weights_sha256"]
 
 
+def test_a_scheduler_address_is_connected_to_and_used(tiny, client, tmp_path):
+    address = client.scheduler.address
+    assert address.startswith("tcp://127.0.0.1:")
+    table = sweep({"seed": [0, 1]}, preset="perceptron", epochs=1, out=tmp_path / "t.csv",
+                  data=tiny, scheduler=address, progress=False)
+    workers = set(client.scheduler_info()["workers"])
+    assert [r["worker"] in workers for r in table.ordered()] == [True, True]
+
+
+def test_a_scheduler_without_workers_is_one_clear_error(tiny, tmp_path):
+    with distributed.LocalCluster(n_workers=0, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster:
+        start = time.monotonic()
+        with pytest.raises(SweepError, match=r"has no workers after 1 s; start some: dask "
+                                             r"worker tcp://127\.0\.0\.1:"):
+            sweep({"seed": [0]}, preset="perceptron", epochs=1, out=tmp_path / "t.csv",
+                  data=tiny, scheduler=cluster.scheduler_address, timeout=1, progress=False)
+        assert time.monotonic() - start < 15
+
+
 def test_save_best_of_an_earlier_session_trains_it_again_to_the_same_bits(tiny, tmp_path):
     out = tmp_path / "t.csv"
     first = sweep({"lr": [0.01, 0.1]}, preset="perceptron", epochs=1, out=out, data=tiny,
