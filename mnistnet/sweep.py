@@ -128,20 +128,17 @@ class SweepError(ValueError):
 
 def _number(value: Any, key: str, kind: type) -> Any:
     """value (a number, or its text from the command line) as an int or float."""
-    if isinstance(value, bool):
-        raise SweepError(f"grid key {key}: {value!r} is not a number")
+    wrong = SweepError(f"grid key {key}: {value!r} is not "
+                       f"{'an integer' if kind is int else 'a number'}")
     if isinstance(value, str):
         try:
             return kind(value.strip())
         except ValueError:
-            raise SweepError(f"grid key {key}: {value!r} is not "
-                             f"{'an integer' if kind is int else 'a number'}") from None
-    if kind is int and isinstance(value, (int, np.integer)):
-        return int(value)
-    if kind is float and isinstance(value, (int, float, np.integer, np.floating)):
-        return float(value)
-    raise SweepError(f"grid key {key}: {value!r} is not "
-                     f"{'an integer' if kind is int else 'a number'}")
+            raise wrong from None
+    numbers = (int, np.integer) if kind is int else (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, numbers):
+        raise wrong
+    return kind(value)
 
 
 def _check_preset(value: Any) -> str:
@@ -274,7 +271,12 @@ class Run:
         return " ".join(parts)
 
     def recipe(self) -> dict[str, Any]:
-        return dict(RECIPES[self.preset]) if self.preset else dict(LAYERS_RECIPE)
+        return _recipe(self.preset)
+
+
+def _recipe(preset_name: str | None) -> dict[str, Any]:
+    """The preset's training recipe, or the defaults of a --layers network."""
+    return RECIPES[preset_name] if preset_name else LAYERS_RECIPE
 
 
 def expand_grid(grid: Mapping[str, Any], preset: str | None = None, layers: str | None = None,
@@ -311,7 +313,7 @@ def _check_split(value: float | None) -> float | None:
 
 
 def _run(settings: dict[str, Any], validation_split: float | None) -> Run:
-    recipe = RECIPES[settings["preset"]] if settings["preset"] else LAYERS_RECIPE
+    recipe = _recipe(settings["preset"])
     optimizer = settings["optimizer"] or recipe["optimizer"]
     lr = settings["lr"]
     if lr is None:  # as `mnistnet train`: the recipe's rate goes with the recipe's optimizer
@@ -410,6 +412,11 @@ def _prepared(data: Any) -> _Prepared:
                          y_test, data_digest(raw))
     _PREPARED[:] = [prepared]
     return prepared
+
+
+def forget_data() -> None:
+    """Let go of the data _prepared keeps (a process that ran a sweep's runs, after it)."""
+    _PREPARED.clear()
 
 
 def train_run(run: Run, data: Any, keep_model: bool = False) -> dict[str, Any]:
@@ -851,14 +858,17 @@ def _run_here(todo: list[Run], payload: Any, table: SweepTable, keeper: _BestMod
               report: _Reporter, done: int, total: int
               ) -> list[tuple[Run, BaseException]]:
     failures = []
-    for run in todo:
-        try:
-            row = train_run(run, payload, keep_model=keeper is not None)
-        except (ValueError, TypeError, RuntimeError, MemoryError, OSError) as exc:
-            failures.append((run, exc))
-            continue
-        done += 1
-        _record(row, table, keeper, report, done, total)
+    try:
+        for run in todo:
+            try:
+                row = train_run(run, payload, keep_model=keeper is not None)
+            except (ValueError, TypeError, RuntimeError, MemoryError, OSError) as exc:
+                failures.append((run, exc))
+                continue
+            done += 1
+            _record(row, table, keeper, report, done, total)
+    finally:
+        forget_data()
     return failures
 
 
@@ -892,6 +902,8 @@ def _run_on_cluster(todo: list[Run], payload: Any, table: SweepTable,
         except BaseException:  # Ctrl-C, or a table that cannot be written: stop the rest
             dask.cancel(list(futures))
             raise
+        # The workers of a cluster that stays up keep no converted copy of the data.
+        dask.run(forget_data, on_error="ignore")
     return failures
 
 
