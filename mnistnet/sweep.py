@@ -758,7 +758,7 @@ def sweep(grid: Mapping[str, Any], *, out: str | os.PathLike, preset: str | None
     todo = [r for r in runs if r.run_id not in table.rows]
     table.list_runs(runs)
     payload = _payload(data, data_on_workers)
-    if not data_on_workers:
+    if table.rows and not data_on_workers:  # fail before training, not after a run
         _check_same_data(table, data_digest(payload))
     report.note(f"{len(runs)} runs: {len(runs) - len(todo)} already in {table.path}, "
                 f"{len(todo)} to train")
