@@ -105,8 +105,10 @@ def get_num_threads() -> int:
        the libgomp a wheel vendors), else OMP_NUM_THREADS, else all cores;
 
     clamped to [1, the cores this process may run on (its CPU affinity)]. Always 1 in a build
-    without OpenMP (see show_config()). A model sizes its training workspace by this count
-    when fit starts."""
+    without OpenMP (see show_config()). OpenMP keeps its setting per thread: a
+    threadpool_limits reaches the thread that entered it (and a new thread starts from
+    OMP_NUM_THREADS), while set_num_threads is process-wide. A model sizes its training
+    workspace by this count when fit starts."""
     return fast.get_num_threads()
 
 

@@ -67,8 +67,8 @@ OpenMP allows in the calling thread (see mnistnet.get_num_threads)::
         search = GridSearchCV(MNISTNetClassifier(epochs=5),
                               {"learning_rate": [0.003, 0.01, 0.03]}, cv=3).fit(x, y)
 
-Dask's workers run with OMP_NUM_THREADS=1, which mnistnet follows; in one process,
-``threadpoolctl.threadpool_limits(1)`` around the search does the same for joblib's threads.
+Dask's workers run with OMP_NUM_THREADS=1, which mnistnet follows, and every fit gives the
+same bits there as here, so the search chooses as with n_jobs=1.
 """
 
 from __future__ import annotations

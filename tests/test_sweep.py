@@ -151,6 +151,19 @@ def test_save_best_of_an_earlier_session_trains_it_again_to_the_same_bits(tiny, 
     assert f'"best": "{best["run_id"]}"' in (tmp_path / "t.json").read_text()
 
 
+def test_a_table_of_other_data_is_refused_before_training(tiny, tmp_path):
+    out = tmp_path / "t.csv"
+    sweep({"seed": [0]}, preset="perceptron", epochs=1, out=out, data=tiny,
+          scheduler="sequential", progress=False)
+    other = write_mnist(tmp_path / "other", 600, 200, seed=7)
+    before = out.read_text()
+    with pytest.raises(SweepError, match=r"t\.csv holds runs trained on other data \(digest "
+                                         r"\w+, now \w+\); write to another table"):
+        sweep({"seed": [0, 1]}, preset="perceptron", epochs=1, out=out, data=other,
+              scheduler="sequential", progress=False)
+    assert out.read_text() == before
+
+
 def test_scattered_uint8_is_converted_as_load_mnist_converts(tiny):
     (raw, _), (raw_test, _) = mn.load_mnist(tiny, normalize=False)
     (x, _), (x_test, _) = mn.load_mnist(tiny)
@@ -299,6 +312,13 @@ def test_grid_search_on_the_dask_backend_chooses_as_with_one_job(client):
     np.testing.assert_array_equal(dask.cv_results_["split0_test_score"],
                                   one.cv_results_["split0_test_score"])
     assert len(set(one.cv_results_["mean_test_score"])) > 1  # a choice was made
+
+
+def test_help_names_the_grid_keys(capsys):
+    assert cli.main(["sweep", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: mnistnet sweep")
+    assert "Grid keys: preset, layers" in " ".join(out.split())
 
 
 # ---- 6. bad input: one clear line ----------------------------------------------------------
