@@ -155,6 +155,15 @@ int mn_threads_for_caller(void)
  * read once (a benign race on first use, as for the SIMD path). 0: not read yet. */
 static int available_cores = 0;
 
+/* The clamp of mn_get_num_threads when raised above the cores (0: the cores), for tests that
+ * check teams larger than the machine has cores give the same bits. */
+static int thread_limit = 0;
+
+void mn_set_thread_limit(int n)
+{
+    thread_limit = n <= 0 ? 0 : n < MN_MAX_THREADS ? n : MN_MAX_THREADS;
+}
+
 int mn_available_cores(void)
 {
 #ifdef _OPENMP
@@ -174,8 +183,8 @@ int mn_get_num_threads(void)
 {
 #ifdef _OPENMP
     const int wanted = requested_threads > 0 ? requested_threads : omp_get_max_threads();
-    const int cores = mn_available_cores();
-    return wanted < 1 ? 1 : wanted > cores ? cores : wanted;
+    const int limit = thread_limit > 0 ? thread_limit : mn_available_cores();
+    return wanted < 1 ? 1 : wanted > limit ? limit : wanted;
 #else
     return 1;
 #endif

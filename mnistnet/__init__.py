@@ -113,14 +113,14 @@ def get_num_threads() -> int:
 
 
 def _clamp_message(requested: int, source: str) -> str | None:
-    """What to warn about when more threads were asked for than there are cores to run
-    them (None: nothing)."""
-    cores = fast.available_cores()
-    if not fast.openmp_enabled() or requested <= cores:
+    """What to warn about when fewer threads than `requested` will run, for want of cores
+    (None: nothing)."""
+    used = fast.get_num_threads()
+    if not fast.openmp_enabled() or requested <= used:
         return None
-    plural = "" if cores == 1 else "s"
-    return (f"{source}: this process may run on {cores} core{plural}, so mnistnet uses "
-            f"{cores} thread{plural}")
+    cores = fast.available_cores()
+    return (f"{source}: this process may run on {cores} core{'' if cores == 1 else 's'}, "
+            f"so mnistnet uses {used} thread{'' if used == 1 else 's'}")
 
 
 def show_config(file=None) -> dict:

@@ -81,6 +81,9 @@ cdef extern from "mn_kernels.h" nogil:
     int mn_openmp_enabled()
     double mn_seconds()
 
+cdef extern from "mn_internal.h" nogil:
+    void mn_set_thread_limit(int n)
+
 cdef extern from "Python.h":
     int PyErr_CheckSignals()   # no `except`: train_epoch reports it as EPOCH_INTERRUPTED
 
@@ -216,6 +219,13 @@ def available_cores() -> int:
     """Cores this process may run on (1 when built without OpenMP): the clamp of
     get_num_threads."""
     return mn_available_cores()
+
+
+def _set_thread_limit(int n) -> None:
+    """For tests: let get_num_threads give up to n threads (at most MAX_TEAM), more than the
+    cores, so that teams larger than the machine can be checked for the bits of one thread;
+    0 puts the clamp back at the cores. Process-wide."""
+    mn_set_thread_limit(n)
 
 
 _SCHEDULES = {"auto": SCHEDULE_AUTO, "serial": SCHEDULE_SERIAL, "team": SCHEDULE_TEAM,

@@ -94,6 +94,23 @@ def test_set_num_threads_above_the_cores_warns_and_reports_what_is_used(restore_
 
 
 @needs_openmp
+def test_the_tests_own_limit_allows_teams_above_the_cores_up_to_64(restore_threads):
+    from mnistnet import _kernels
+
+    try:
+        _kernels._set_thread_limit(CORES + 1)
+        mn.set_num_threads(CORES + 1)  # no warning: that many will run
+        assert mn.get_num_threads() == CORES + 1
+        _kernels._set_thread_limit(10**6)
+        with pytest.warns(RuntimeWarning, match="mnistnet uses 64 threads"):
+            mn.set_num_threads(10**6)
+        assert mn.get_num_threads() == 64
+    finally:
+        _kernels._set_thread_limit(0)
+    assert mn.get_num_threads() == CORES
+
+
+@needs_openmp
 @pytest.mark.parametrize("how", ["python", "info"])
 def test_omp_num_threads_is_followed_without_mnistnet_num_threads(how, tmp_path):
     if how == "info":
