@@ -132,7 +132,8 @@ const char *mn_simd_name(void) { return mn_active_gemm()->name; }
 
 /* ---- threads ----------------------------------------------------------------------------- */
 
-static int requested_threads = 0; /* 0: all cores */
+/* The count set by mn_set_num_threads (0: none, so OpenMP's own setting applies). */
+static int requested_threads = 0;
 
 /* A cap for kernels called from this thread only (0: none), so one training loop can tune
  * its own thread count without touching other threads' work. */
@@ -144,6 +145,7 @@ void mn_set_thread_cap(int n) { thread_cap = n > 0 ? n : 0; }
 
 int mn_threads_for_caller(void)
 {
+    if (thread_cap == 1) return 1; /* a team member: no need to ask OpenMP */
     const int n = mn_get_num_threads();
     return thread_cap > 0 && thread_cap < n ? thread_cap : n;
 }
@@ -153,12 +155,36 @@ int mn_threads_for_caller(void)
  * read once (a benign race on first use, as for the SIMD path). 0: not read yet. */
 static int available_cores = 0;
 
+/* The clamp of mn_get_num_threads when raised above the cores (0: the cores), for tests that
+ * check teams larger than the machine has cores give the same bits. */
+static int thread_limit = 0;
+
+void mn_set_thread_limit(int n)
+{
+    thread_limit = n <= 0 ? 0 : n < MN_MAX_THREADS ? n : MN_MAX_THREADS;
+}
+
+int mn_available_cores(void)
+{
+#ifdef _OPENMP
+    if (available_cores == 0) available_cores = omp_get_num_procs();
+    return available_cores > 0 ? available_cores : 1;
+#else
+    return 1;
+#endif
+}
+
+/* The count asked for -- mn_set_num_threads', else OpenMP's setting for the calling thread
+ * (omp_get_max_threads: OMP_NUM_THREADS, omp_set_num_threads, threadpoolctl's limits) --
+ * clamped to the cores this process may run on: every parallel region and every workspace
+ * sized by it then stays bounded (a team larger than the cores only waits at its barriers
+ * for threads that are not running). */
 int mn_get_num_threads(void)
 {
 #ifdef _OPENMP
-    if (requested_threads > 0) return requested_threads;
-    if (available_cores == 0) available_cores = omp_get_num_procs();
-    return available_cores;
+    const int wanted = requested_threads > 0 ? requested_threads : omp_get_max_threads();
+    const int limit = thread_limit > 0 ? thread_limit : mn_available_cores();
+    return wanted < 1 ? 1 : wanted > limit ? limit : wanted;
 #else
     return 1;
 #endif

@@ -121,4 +121,11 @@ extern const mn_gemm_table mn_gemm_neon;
 /* The table in use (detects the CPU on first call). */
 const mn_gemm_table *mn_active_gemm(void);
 
+/* The most threads mn_set_thread_limit lets mn_get_num_threads give: the largest team the
+ * epoch runs (MAX_TEAM in _kernels.pyx). */
+#define MN_MAX_THREADS 64
+/* For tests: let mn_get_num_threads give up to n threads (at most MN_MAX_THREADS) however
+ * many cores there are; 0 puts the clamp back at the cores. */
+void mn_set_thread_limit(int n);
+
 #endif /* MN_INTERNAL_H */

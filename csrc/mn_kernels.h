@@ -145,9 +145,15 @@ const char *mn_simd_name(void);
 int mn_simd_select(const char *name);
 /* 1 if the path is compiled in and the CPU supports it. */
 int mn_simd_supported(const char *name);
-/* Threads used by the kernels (1 without OpenMP). n <= 0 means all cores. */
+/* Threads used by the kernels: n from mn_set_num_threads if n > 0, else (n <= 0, the
+ * default) OpenMP's own setting for the calling thread at the time of the call
+ * (omp_get_max_threads(): OMP_NUM_THREADS, omp_set_num_threads, threadpoolctl), clamped to
+ * [1, mn_available_cores()]. Always 1 without OpenMP. */
 void mn_set_num_threads(int n);
 int mn_get_num_threads(void);
+/* Cores this process may run on (its CPU affinity; 1 without OpenMP): the most threads any
+ * kernel uses. */
+int mn_available_cores(void);
 /* Cap the threads of kernels called from the calling thread only (0: no cap). Results do not
  * depend on it; it lets a training loop fall back to one thread when the machine is busy. */
 void mn_set_thread_cap(int n);

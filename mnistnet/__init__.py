@@ -7,8 +7,9 @@ images, fast.
     model.fit(x_train, y_train, epochs=30, validation_data=(x_test, y_test))
 
 Environment: MNISTNET_SIMD=avx512|avx2|sse2|neon|scalar forces a GEMM path (an error if this
-CPU lacks it); MNISTNET_NUM_THREADS=n sets the kernels' thread count (default: all cores).
-Importing mnistnet sets GOMP_SPINCOUNT=10000 and KMP_BLOCKTIME=1 unless they are set.
+CPU lacks it); MNISTNET_NUM_THREADS=n sets the kernels' thread count, as set_num_threads(n)
+does (default: OpenMP's, see get_num_threads). Importing mnistnet sets GOMP_SPINCOUNT=10000
+and KMP_BLOCKTIME=1 unless they are set.
 """
 
 import os as _os

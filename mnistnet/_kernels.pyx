@@ -73,12 +73,16 @@ cdef extern from "mn_kernels.h" nogil:
     int mn_simd_supported(const char *name)
     void mn_set_num_threads(int n)
     int mn_get_num_threads()
+    int mn_available_cores()
     void mn_set_thread_cap(int n)
     int mn_team_rank()
     int mn_team_size()
     void mn_team_barrier()
     int mn_openmp_enabled()
     double mn_seconds()
+
+cdef extern from "mn_internal.h" nogil:
+    void mn_set_thread_limit(int n)
 
 cdef extern from "Python.h":
     int PyErr_CheckSignals()   # no `except`: train_epoch reports it as EPOCH_INTERRUPTED
@@ -217,13 +221,27 @@ def select_simd(name=None) -> str:
 
 
 def set_num_threads(int n) -> None:
-    """Threads the kernels use; n <= 0 means all cores."""
+    """Threads the kernels use; n <= 0 means OpenMP's own setting (see get_num_threads)."""
     mn_set_num_threads(n)
 
 
 def get_num_threads() -> int:
-    """Threads the kernels use (1 when built without OpenMP)."""
+    """Threads the kernels called from this thread would use now: set_num_threads' n, else
+    omp_get_max_threads(), clamped to available_cores() (1 when built without OpenMP)."""
     return mn_get_num_threads()
+
+
+def available_cores() -> int:
+    """Cores this process may run on (1 when built without OpenMP): the clamp of
+    get_num_threads."""
+    return mn_available_cores()
+
+
+def _set_thread_limit(int n) -> None:
+    """For tests: let get_num_threads give up to n threads (at most MAX_TEAM), more than the
+    cores, so that teams larger than the machine can be checked for the bits of one thread;
+    0 puts the clamp back at the cores. Process-wide."""
+    mn_set_thread_limit(n)
 
 
 _SCHEDULES = {"auto": SCHEDULE_AUTO, "serial": SCHEDULE_SERIAL, "team": SCHEDULE_TEAM,

@@ -19,8 +19,8 @@ cnp.import_array()
 
 from mnistnet import _kernels, codes
 from mnistnet._kernels import (  # noqa: F401  (re-exported: runtime configuration)
-    SIMD_PATHS, compiled_kinds, get_num_threads, openmp_enabled, select_simd, set_num_threads,
-    sgemm, simd_path, simd_supported,
+    SIMD_PATHS, available_cores, compiled_kinds, get_num_threads, openmp_enabled, select_simd,
+    set_num_threads, sgemm, simd_path, simd_supported,
 )
 from mnistnet.codes import (  # noqa: F401  (the codes both backends expose)
     ACTIVATIONS, LOSSES, OPTIMIZER_DTYPE, OPTIMIZERS, PLAN_DTYPE, dropout_threshold,

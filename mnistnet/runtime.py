@@ -2,7 +2,8 @@
 header and library are, and show_config (re-exported by the package as mn.show_config, ...).
 
 Environment: MNISTNET_SIMD=avx512|avx2|sse2|neon|scalar forces a GEMM path (an error if this
-CPU lacks it); MNISTNET_NUM_THREADS=n sets the kernels' thread count (default: all cores).
+CPU lacks it); MNISTNET_NUM_THREADS=n sets the kernels' thread count, as set_num_threads(n)
+does (default: OpenMP's, see get_num_threads).
 """
 
 from __future__ import annotations
@@ -19,18 +20,48 @@ simd_path = fast.simd_path
 
 
 def set_num_threads(n: int | None) -> None:
-    """Threads the compiled kernels use; None or 0 means all cores. Results are
+    """Threads the compiled kernels use: n >= 1 fixes the count (as MNISTNET_NUM_THREADS=n
+    does), 0 or None gives it back to OpenMP's setting (see get_num_threads). A count above
+    the cores this process may run on is clamped to them, with a RuntimeWarning. Results are
     bit-identical whatever the count (work is split over outputs, never over sums)."""
     if n is None:
         n = 0
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 2**31 - 1:
-        raise ValueError(f"number of threads must be an integer >= 0 (0: all cores), got {n!r}")
+        raise ValueError(f"number of threads must be an integer >= 0 (0: OpenMP's setting, "
+                         f"all cores by default), got {n!r}")
     fast.set_num_threads(n)
+    clamped = _clamp_message(n, f"set_num_threads({n})")
+    if clamped:
+        import warnings
+
+        warnings.warn(clamped, RuntimeWarning, stacklevel=2)
 
 
 def get_num_threads() -> int:
-    """Threads the compiled kernels use."""
+    """Threads the compiled kernels called from this thread would use now, in this order:
+
+    1. the count set by set_num_threads(n) or MNISTNET_NUM_THREADS=n (n >= 1), if any;
+    2. else OpenMP's setting for the calling thread, read at each call: a
+       ``threadpoolctl.threadpool_limits(k)`` in effect (the "openmp" API, which also reaches
+       the libgomp a wheel vendors), else OMP_NUM_THREADS, else all cores;
+
+    clamped to [1, the cores this process may run on (its CPU affinity)]. Always 1 in a build
+    without OpenMP (see show_config()). OpenMP keeps its setting per thread: a
+    threadpool_limits reaches the thread that entered it (and a new thread starts from
+    OMP_NUM_THREADS), while set_num_threads is process-wide. A model sizes its training
+    workspace by this count when fit starts."""
     return fast.get_num_threads()
+
+
+def _clamp_message(requested: int, source: str) -> str | None:
+    """What to warn about when fewer threads than `requested` will run, for want of cores
+    (None: nothing)."""
+    used = fast.get_num_threads()
+    if not fast.openmp_enabled() or requested <= used:
+        return None
+    cores = fast.available_cores()
+    return (f"{source}: this process may run on {cores} core{'' if cores == 1 else 's'}, "
+            f"so mnistnet uses {used} thread{'' if used == 1 else 's'}")
 
 
 def show_config(file=None) -> dict:
@@ -72,11 +103,31 @@ def _environment_error(message: str) -> ImportError:
     one-line error and exit code 2."""
     import sys
 
-    prog = _os.path.basename(sys.argv[0]) if sys.argv else ""
-    if prog in ("mnistnet", "mnistnet.exe") or list(sys.orig_argv[1:3]) == ["-m", "mnistnet"]:
+    if _running_the_cli():
         print(f"mnistnet: error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(2)
     return ImportError(message)
+
+
+def _running_the_cli() -> bool:
+    """Whether this process is the ``mnistnet`` command (or ``python -m mnistnet``)."""
+    import sys
+
+    prog = _os.path.basename(sys.argv[0]) if sys.argv else ""
+    return prog in ("mnistnet", "mnistnet.exe") or list(sys.orig_argv[1:3]) == ["-m",
+                                                                                 "mnistnet"]
+
+
+def _environment_warning(message: str) -> None:
+    """A RuntimeWarning for the library; one line ``mnistnet: warning: ...`` on stderr for the
+    command line (see _environment_error)."""
+    import sys
+    import warnings
+
+    if _running_the_cli():
+        print(f"mnistnet: warning: {message}", file=sys.stderr, flush=True)
+    else:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def configure_from_environment() -> None:
@@ -91,5 +142,9 @@ def configure_from_environment() -> None:
     if threads:
         if not (threads.isascii() and threads.isdigit()) or int(threads) > 2**31 - 1:
             raise _environment_error("MNISTNET_NUM_THREADS must be a whole number of threads "
-                                     f"(0: all cores), got {threads!r}")
+                                     f"(0: OpenMP's setting, all cores by default), got "
+                                     f"{threads!r}")
         fast.set_num_threads(int(threads))
+        clamped = _clamp_message(int(threads), f"MNISTNET_NUM_THREADS={threads}")
+        if clamped:
+            _environment_warning(clamped)

@@ -21,6 +21,26 @@ scikit-learn conventions, where they differ from mnistnet.Model's:
   LabelEncoder, and predict returns labels from it.
 - predict_proba rows sum to 1: the softmax outputs, or with loss="mse" the sigmoid outputs
   divided by their sum (scores, not calibrated probabilities).
+
+Parallel searches: a fit trains on as many threads as OpenMP allows the calling thread
+(mnistnet.get_num_threads), so joblib's and Dask's ways of limiting threads apply and nested
+parallelism does not oversubscribe the cores. On a Dask cluster (pip install
+"mnistnet[dask]"), whose workers run with OMP_NUM_THREADS=1:
+
+    import joblib
+    from distributed import Client, LocalCluster
+    from sklearn.model_selection import GridSearchCV
+
+    with LocalCluster(n_workers=2, threads_per_worker=1) as cluster, Client(cluster), \
+            joblib.parallel_config("dask"):
+        search = GridSearchCV(MNISTNetClassifier(epochs=5),
+                              {"learning_rate": [0.003, 0.01, 0.03]}, cv=3).fit(X, y)
+
+Every fit gives the same bits wherever it runs, so the search chooses (and scores) exactly as
+with n_jobs=1. joblib's default process backend (loky) sets OMP_NUM_THREADS in its workers,
+which mnistnet follows too. OpenMP keeps its setting per thread, so
+threadpoolctl.threadpool_limits reaches the fits of the thread that calls it only: under
+joblib's threading backend, call mnistnet.set_num_threads(1) (process-wide) instead.
 """
 
 from __future__ import annotations

@@ -170,7 +170,7 @@ BAD_ARGUMENTS = {
     "no architecture": ["train"],
     "unknown preset": ["train", "--preset", "resnet"],
     "preset and layers": ["train", "--preset", "perceptron", "--layers", "10:softmax"],
-    "unknown activation": ["train", "--layers", "16:tanh,10:softmax"],
+    "unknown activation": ["train", "--layers", "16:swish,10:softmax"],
     "layer without activation": ["train", "--layers", "16"],
     "layer without units": ["train", "--layers", ":relu"],
     "zero units": ["train", "--layers", "0:relu"],

@@ -673,7 +673,7 @@ BAD_MODEL_FILES = {
     "config-no-layers": (_arrays(config=np.array(json.dumps({"input_dim": 3}))),
                          "bad architecture"),
     "config-unknown-activation": (_arrays(config=_config(
-        layers=[{"units": 2, "activation": "swish"}])), "unknown activation 'tanh'"),
+        layers=[{"units": 2, "activation": "swish"}])), "unknown activation 'swish'"),
     "config-zero-units": (_arrays(config=_config(layers=[{"units": 0, "activation": "relu"}])),
                           "units must be >= 1"),
     "config-unknown-loss": (_arrays(config=_config(loss="hinge")), "unknown loss 'hinge'"),

@@ -47,14 +47,18 @@ WIDE = 100  # inputs: two pieces of at least two vectors each
 
 @pytest.fixture
 def schedule():
-    """Force an epoch schedule and a thread count; put both back afterwards."""
+    """Force an epoch schedule and a thread count, even above the cores (a team of 3 on a
+    2-core machine); put both back afterwards."""
 
     def force(name: str, threads: int) -> None:
         _kernels._set_epoch_schedule(name)
+        _kernels._set_thread_limit(threads)
         mn.set_num_threads(threads)
+        assert mn.get_num_threads() == threads
 
     yield force
     _kernels._set_epoch_schedule("auto")
+    _kernels._set_thread_limit(0)
     mn.set_num_threads(int(os.environ.get("MNISTNET_NUM_THREADS", "0") or 0))
 
 

@@ -1,5 +1,5 @@
 """The ``mnistnet`` command (also ``python -m mnistnet``), one module per subcommand: train,
-evaluate, predict, bench, export, plot, demo, info.
+evaluate, predict, bench, export, plot, demo, sweep, info.
 
     mnistnet train --preset cross-entropy --epochs 20 --save model.npz
     mnistnet train --preset convnet --epochs 5 --checkpoint ckpt.npz --save model.npz
@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from mnistnet._version import __version__
-from mnistnet.cli import bench, demo, evaluate, export, info, plot, predict, train
+from mnistnet.cli import bench, demo, evaluate, export, info, plot, predict, sweep, train
 from mnistnet.cli.common import (
     EXIT_BROKEN_PIPE,
     EXIT_ERROR,
@@ -43,7 +43,7 @@ from mnistnet.cli.common import (
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
-SUBCOMMANDS = (train, evaluate, predict, bench, export, plot, demo, info)
+SUBCOMMANDS = (train, evaluate, predict, bench, export, plot, demo, sweep, info)
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     module.NAME: module.run for module in SUBCOMMANDS}
 
