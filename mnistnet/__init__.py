@@ -30,6 +30,7 @@ except ImportError:  # the source folder without its compiled extensions
     raise missing_extensions() from None
 from mnistnet import callbacks, reference, regularizers, schedules
 from mnistnet.data import load_mnist
+from mnistnet.int8 import QuantizedModel, quantize
 from mnistnet.layers import (
     Activation,
     BatchNormalization,
@@ -56,6 +57,7 @@ __all__ = [
     "History",
     "MaxPool2D",
     "Model",
+    "QuantizedModel",
     "RMSprop",
     "RandomTranslation",
     "__version__",
@@ -66,6 +68,7 @@ __all__ = [
     "get_num_threads",
     "load_mnist",
     "preset",
+    "quantize",
     "reference",
     "regularizers",
     "schedules",
