@@ -1,0 +1,37 @@
+/* The least a Cortex-M4 program needs under QEMU: the vector table (initial stack pointer,
+ * reset handler, a handler for faults) and a reset handler that sets up .data and .bss,
+ * opens the semihosting console and files (newlib's librdimon), runs main and exits through
+ * semihosting (QEMU then quits). */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+extern uint32_t _data_start, _data_end, _data_load, _bss_start, _bss_end, _stack_top;
+extern int main(void);
+extern void initialise_monitor_handles(void);
+
+void reset_handler(void);
+void fault_handler(void);
+
+__attribute__((section(".vectors"), used))
+static void (*const vectors[16])(void) = {
+    (void (*)(void))&_stack_top, reset_handler,
+    fault_handler, fault_handler, fault_handler, fault_handler, fault_handler,  /* NMI..Usage */
+};
+
+void reset_handler(void)
+{
+    const uint32_t *from = &_data_load;
+    for (uint32_t *to = &_data_start; to < &_data_end; ++to)
+        *to = *from++;
+    for (uint32_t *to = &_bss_start; to < &_bss_end; ++to)
+        *to = 0;
+    initialise_monitor_handles();
+    exit(main());
+}
+
+void fault_handler(void)
+{
+    puts("fault");
+    exit(70);
+}
