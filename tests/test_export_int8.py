@@ -39,6 +39,7 @@ from test_export import (
     nm,
     probe,
 )
+from test_int8 import REQUANTIZE_BY_HAND
 
 from mnistnet import export, export_int8, int8
 
@@ -108,6 +109,69 @@ def test_average_pools_in_c_match_the_twin(cc, tmp_path: Path) -> None:
     program = exported(c, tmp_path, C_FLAGS, cc)
     assert_bit_exact(c, *run_c(c, program))
     assert "average_pool2d(" in (tmp_path / "pools.c").read_text()
+
+
+REQUANTIZE_DRIVER = """\
+/* Reads (sum, multiplier, shift, zero point, low) int32 rows from argv[1], writes
+ * requantize(sum, multiplier, shift) and to_int8 of it as two int32 to argv[2]. */
+#include <stdint.h>
+#include <stdio.h>
+
+HELPERS
+int main(int argc, char **argv)
+{
+    int32_t row[5], out[2];
+    FILE *in, *dst;
+    if (argc != 3 || (in = fopen(argv[1], "rb")) == NULL || (dst = fopen(argv[2], "wb")) == NULL)
+        return 2;
+    while (fread(row, sizeof row[0], 5, in) == 5) {
+        out[0] = requantize(row[0], row[1], row[2]);
+        out[1] = to_int8(out[0], row[3], row[4]);
+        fwrite(out, sizeof out[0], 2, dst);
+    }
+    fclose(in);
+    return fclose(dst) != 0;
+}
+"""
+
+
+def requantize_cases(n: int = 50_000) -> np.ndarray:
+    """(sum, multiplier, shift, zero point, low) rows: the hand-worked ones, then random
+    sums of every magnitude up to int32's limits with multipliers of every scale (shifts
+    -31 to 30: the left shifts saturate), and 0."""
+    rng = np.random.default_rng(8)
+    by_hand = np.array([row[:3] for row in REQUANTIZE_BY_HAND], dtype=np.int64)
+    magnitude = rng.integers(0, 32, n)
+    sums = np.clip(rng.choice([-1, 1], n) * (rng.integers(0, 2**31, n) >> (31 - magnitude)),
+                   -(2**31), 2**31 - 1)
+    multipliers = np.where(rng.random(n) < 0.02, 0, rng.integers(2**30, 2**31, n))
+    shifts = rng.integers(-31, 31, n)
+    rows = np.concatenate([by_hand, np.stack([sums, multipliers, shifts], axis=1)])
+    zero_points = rng.integers(-128, 128, len(rows))
+    lows = np.where(rng.random(len(rows)) < 0.5, -128, zero_points)
+    return np.column_stack([rows, zero_points, lows]).astype(np.int32)
+
+
+def test_c_requantize_matches_the_twin_under_sanitizers(cc, tmp_path: Path) -> None:
+    """The C helpers on their own, on every path (left shifts that saturate, right shifts up
+    to 31, multiplier 0), under UBSan: no overflow, and the twin's values."""
+    probe(cc, SANITIZE_FLAGS, tmp_path, "no AddressSanitizer/UBSan")
+    source = tmp_path / "requantize.c"
+    source.write_text(REQUANTIZE_DRIVER.replace("HELPERS", export_int8.C_REQUANTIZE))
+    program = build([*cc, *SANITIZE_FLAGS, "-Wall", "-Wextra", "-Werror", "-pedantic"],
+                    [source], tmp_path / "requantize")
+    rows = requantize_cases()
+    rows.tofile(tmp_path / "rows.i32")
+    env = {**os.environ, "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+    run([str(program), "rows.i32", "out.i32"], tmp_path, env)
+    got = np.fromfile(tmp_path / "out.i32", dtype=np.int32).reshape(-1, 2)
+    sums, multipliers, shifts, zero_points, lows = rows.astype(np.int64).T
+    want = int8.requantize(sums, multipliers, shifts)
+    assert np.array_equal(got[:, 0], want)
+    assert np.array_equal(got[:, 1], int8.to_int8(want, zero_points, lows))
+    left = np.maximum(shifts, 0)
+    assert (np.abs(sums) >= 2 ** (31 - left))[shifts > 0].any(), "no left shift saturates"
+    assert (shifts == -31).any() and (multipliers == 0).any()
 
 
 @pytest.mark.parametrize("name", ["odd-convnet", "odd-pools"])

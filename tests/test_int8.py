@@ -83,7 +83,7 @@ def test_quantize_multiplier_refuses(scale) -> None:
         int8.quantize_multiplier(scale)
 
 
-@pytest.mark.parametrize(("acc", "multiplier", "shift", "want"), [
+REQUANTIZE_BY_HAND = [
     # multiplier 2^30 is 0.5: (acc * 2^30 + 2^30) >> 31 rounds halves up, towards +infinity
     (3, 2**30, 0, 2),            # 1.5 -> 2
     (-3, 2**30, 0, -1),          # -1.5 -> -1 (CMSIS-NN's doubling high multiply)
@@ -104,7 +104,10 @@ def test_quantize_multiplier_refuses(scale) -> None:
     (-(2**30), 3 * 2**29, 2, -3 * 2**29),    # -2^32 saturates to -2^31
     (2**31 - 1, 2**31 - 1, 0, 2**31 - 2),    # the largest product: (2^31 - 1)^2 / 2^31
     (123456, 0, 0, 0),
-])
+]
+
+
+@pytest.mark.parametrize(("acc", "multiplier", "shift", "want"), REQUANTIZE_BY_HAND)
 def test_requantize_by_hand(acc, multiplier, shift, want) -> None:
     assert int(int8.requantize(acc, multiplier, shift)) == want
 
