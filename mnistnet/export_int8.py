@@ -29,8 +29,10 @@ predict_int8's stack) and <NAME>_PREDICT_SCRATCH_BYTES (predict's: those and an 
 the input and output); add the functions' own frames (-fstack-usage) for the stack to reserve.
 
 A Conv2D followed by a MaxPool2D runs as one function that keeps no convolution output: each
-pooled value is the greatest of the convolution outputs in its window, computed as needed
-(once each where the pool's windows do not overlap). Each layer kind is one emitter in a table
+pooled value requantises the greatest of the convolution's sums in its window, computed as
+needed (once each where the pool's windows do not overlap): requantisation is non-decreasing,
+so this is the twin's max of the requantised outputs, with a quarter of the requantisations
+for a 2x2 pool. Each layer kind is one emitter in a table
 keyed by QuantizedLayer.kind; a kind without one is an error.
 """
 
@@ -136,29 +138,45 @@ static void ${function}(const int8_t *in, int8_t *out)
 }
 """)
 
-# One output of the convolution: filter f at (oy, ox). Keras' Conv2D is a cross-correlation;
-# window positions in the padding read as the input's zero point, (x + offset) = 0: skipped.
-C_CONV2D_AT = Template("""\
-static int8_t ${function}_at(const int8_t *in, int oy, int ox, int f)
+# The sum of one output of the convolution, filter f at (oy, ox), before requantisation.
+# Keras' Conv2D is a cross-correlation; window positions in the padding read as the input's
+# zero point, (x + offset) = 0: skipped. ${window} sums a row of the window: its k_w pixels
+# of in_c channels are contiguous, in the input (channels last) as in the kernel (out, kh,
+# kw, in), unless padding may cut the row.
+C_CONV2D_SUM = Template("""\
+static int32_t ${function}_sum(const int8_t *in, int oy, int ox, int f)
 {
-    const int8_t *w = ${name}_kernel + f * ${filter_size};
     int32_t sum = ${name}_bias[f];
     for (int ky = 0; ky < ${k_h}; ++ky) {
         const int iy = oy * ${s_h} + ky - ${pad_top};
-${skip_row}        for (int kx = 0; kx < ${k_w}; ++kx) {
+${skip_row}${window}    }
+    return sum;
+}
+""")
+
+C_CONV2D_ROW = Template("""\
+        {
+            const int8_t *x = in + (iy * ${in_w} + ox * ${s_w}) * ${in_c};
+            const int8_t *w = ${name}_kernel + (f * ${k_h} + ky) * ${row};
+            for (int i = 0; i < ${row}; ++i)
+                sum += (x[i] ${offset}) * w[i];
+        }
+""")
+
+C_CONV2D_ROW_PADDED = Template("""\
+        for (int kx = 0; kx < ${k_w}; ++kx) {
             const int ix = ox * ${s_w} + kx - ${pad_left};
 ${skip_column}            {
                 const int8_t *x = in + (iy * ${in_w} + ix) * ${in_c};
-                const int8_t *wk = w + (ky * ${k_w} + kx) * ${in_c};
+                const int8_t *w = ${name}_kernel + ((f * ${k_h} + ky) * ${k_w} + kx) * ${in_c};
                 for (int c = 0; c < ${in_c}; ++c)
-                    sum += (x[c] ${offset}) * wk[c];
+                    sum += (x[c] ${offset}) * w[c];
             }
         }
-    }
-    return to_int8(requantize(sum, ${name}_multiplier[f], ${name}_shift[f]), ${zero_point},
-                   ${low});
-}
 """)
+
+REQUANTIZE_CALL = ("to_int8(requantize({sum}, {name}_multiplier[{f}], {name}_shift[{f}]), "
+                   "{zero_point}, {low})")
 
 C_CONV2D = Template("""\
 static void ${function}(const int8_t *in, int8_t *out)
@@ -166,20 +184,21 @@ static void ${function}(const int8_t *in, int8_t *out)
     for (int oy = 0; oy < ${out_h}; ++oy)
         for (int ox = 0; ox < ${out_w}; ++ox)
             for (int f = 0; f < ${out_c}; ++f)
-                out[(oy * ${out_w} + ox) * ${out_c} + f] = ${function}_at(in, oy, ox, f);
+                out[(oy * ${out_w} + ox) * ${out_c} + f] =
+                    ${requantize};
 }
 """)
 
-# A window over ${source} (rows ${in_h}, columns ${in_w}), Keras' pooling geometry: positions in
-# the padding are skipped (for max pooling they never win; average pooling leaves them out of
-# the count, as Keras). ${value} is the window's value at (iy, ix) for channel c.
+# A window over the input (rows ${in_h}, columns ${in_w}), Keras' pooling geometry: positions
+# in the padding are skipped (for max pooling they never win; average pooling leaves them out
+# of the count, as Keras). ${value} declares v, the window's value at (iy, ix) for channel c.
 C_WINDOW_LOOPS = Template("""\
                 for (int ky = 0; ky < ${k_h}; ++ky) {
                     const int iy = oy * ${s_h} + ky - ${pad_top};
 ${skip_row}                    for (int kx = 0; kx < ${k_w}; ++kx) {
                         const int ix = ox * ${s_w} + kx - ${pad_left};
 ${skip_column}                        {
-                            const int8_t v = ${value};
+                            ${value};
 ${accumulate}
                         }
                     }
@@ -194,6 +213,23 @@ static void ${function}(const int8_t *in, int8_t *out)
             for (int c = 0; c < ${out_c}; ++c) {
                 int8_t best = -128;
 ${loops}                out[(oy * ${out_w} + ox) * ${out_c} + c] = best;
+            }
+}
+""")
+
+# The pool's window over the convolution's sums: requantisation is non-decreasing in the sum
+# (a positive multiplier, monotone roundings and clamp), so the greatest sum gives the
+# greatest int8, and one requantisation per pooled value gives what the twin's max of the
+# requantised outputs gives.
+C_CONV2D_MAX_POOL = Template("""\
+static void ${function}(const int8_t *in, int8_t *out)
+{
+    for (int oy = 0; oy < ${out_h}; ++oy)
+        for (int ox = 0; ox < ${out_w}; ++ox)
+            for (int c = 0; c < ${out_c}; ++c) {
+                int32_t best = INT32_MIN;
+${loops}                out[(oy * ${out_w} + ox) * ${out_c} + c] =
+                    ${requantize};
             }
 }
 """)
@@ -303,18 +339,29 @@ def _c_dense(layer: QuantizedLayer, name: str) -> CLayerCode:
                       f"{function}({{src}}, {{dst}});", layer.output_shape, layer.weight_bytes)
 
 
-def _conv2d_at(layer: QuantizedLayer, name: str, function: str) -> str:
+def _conv2d_sum(layer: QuantizedLayer, name: str, function: str) -> str:
     kh, kw, c, _ = layer.kernel.shape
     sizes = _skips((kh, kw), layer.strides, layer.padding, *layer.input_shape[:2], 2)
-    return C_CONV2D_AT.substitute(filter_size=kh * kw * c, in_c=c, **sizes,
-                                  **_affine_sizes(layer, name, function))
+    affine = _affine_sizes(layer, name, function)
+    if layer.padding == "valid":
+        window = C_CONV2D_ROW.substitute(row=kw * c, in_c=c, **sizes, **affine)
+    else:
+        window = C_CONV2D_ROW_PADDED.substitute(in_c=c, **sizes, **affine)
+    return C_CONV2D_SUM.substitute(window=window, **sizes, **affine)
+
+
+def _requantize_call(layer: QuantizedLayer, name: str, total: str, channel: str) -> str:
+    return REQUANTIZE_CALL.format(sum=total, name=name, f=channel,
+                                  zero_point=layer.output_q.zero_point, low=layer.output_min)
 
 
 def _c_conv2d(layer: QuantizedLayer, name: str) -> CLayerCode:
     function = f"{name}_conv2d"
-    loops = C_CONV2D.substitute(function=function, **_image_sizes(layer.output_shape, "out"))
+    loops = C_CONV2D.substitute(
+        function=function, **_image_sizes(layer.output_shape, "out"),
+        requantize=_requantize_call(layer, name, f"{function}_sum(in, oy, ox, f)", "f"))
     return CLayerCode([*_affine_constants(layer, name),
-                       f"/* {layer.description} */\n{_conv2d_at(layer, name, function)}",
+                       f"/* {layer.description} */\n{_conv2d_sum(layer, name, function)}",
                        loops], f"{function}({{src}}, {{dst}});", layer.output_shape,
                       layer.weight_bytes)
 
@@ -326,7 +373,8 @@ def _window_loops(layer: QuantizedLayer, in_shape: Sequence[int], value: str,
 
 
 def _pixel(in_shape: Sequence[int]) -> str:
-    return f"in[(iy * {in_shape[1]} + ix) * {in_shape[2]} + c]"
+    """Declares v, the input's value at (iy, ix) for channel c."""
+    return f"const int8_t v = in[(iy * {in_shape[1]} + ix) * {in_shape[2]} + c]"
 
 
 BEST = "                            best = v > best ? v : best;"
@@ -364,14 +412,15 @@ def _c_relu(layer: QuantizedLayer, name: str) -> CLayerCode:
 def _c_conv2d_max_pool(conv: QuantizedLayer, pool: QuantizedLayer, name: str) -> CLayerCode:
     """The convolution and the pool after it in one function (see the module's docstring)."""
     function = f"{name}_conv2d_max_pool2d"
-    at = f"{function}_at"
-    loops = _window_loops(pool, conv.output_shape, f"{at}(in, iy, ix, c)", BEST)
-    code = C_MAX_POOL.substitute(function=function, loops=loops,
-                                 **_image_sizes(pool.output_shape, "out"))
+    loops = _window_loops(pool, conv.output_shape,
+                          f"const int32_t v = {function}_sum(in, iy, ix, c)", BEST)
+    code = C_CONV2D_MAX_POOL.substitute(
+        function=function, loops=loops, **_image_sizes(pool.output_shape, "out"),
+        requantize=_requantize_call(conv, name, "best", "c"))
     return CLayerCode([*_affine_constants(conv, name),
-                       f"/* {conv.description} */\n{_conv2d_at(conv, name, function)}",
-                       f"/* {pool.description}: over the convolution's outputs, each "
-                       f"computed where a window needs it */\n{code}"],
+                       f"/* {conv.description} */\n{_conv2d_sum(conv, name, function)}",
+                       f"/* {pool.description}: over the convolution's sums, each computed "
+                       f"where a window needs it */\n{code}"],
                       f"{function}({{src}}, {{dst}});", pool.output_shape, conv.weight_bytes)
 
 

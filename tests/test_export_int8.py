@@ -32,6 +32,7 @@ from int8_models import (
 )
 from test_export import (
     C_FLAGS,
+    CXX_FLAGS,
     SANITIZE_FLAGS,
     WRITABLE_DATA_SYMBOLS,
     build,
@@ -172,6 +173,20 @@ def test_c_requantize_matches_the_twin_under_sanitizers(cc, tmp_path: Path) -> N
     left = np.maximum(shifts, 0)
     assert (np.abs(sums) >= 2 ** (31 - left))[shifts > 0].any(), "no left shift saturates"
     assert (shifts == -31).any() and (multipliers == 0).any()
+
+
+def test_c_compiles_as_cxx(cc, tmp_path_factory, tmp_path: Path) -> None:
+    """The source compiles as C++ too; the header's extern "C" lets C++ call the C build."""
+    cxx = probe(compiler("CXX", "c++"), CXX_FLAGS, tmp_path_factory.mktemp("cxx"),
+                "no working C++ compiler")
+    c = case("odd-convnet")
+    _, source = c.q.export_c(tmp_path, c.c_name)
+    driver = build([*cxx, *CXX_FLAGS, "-c"], [write_driver(tmp_path, c.c_name)],
+                   tmp_path / "driver.o")
+    for obj in (build([*cxx, *CXX_FLAGS, "-c"], [source], tmp_path / "model_cxx.o"),
+                build([*cc, *C_FLAGS, "-c"], [source], tmp_path / "model_c.o")):
+        program = build([*cxx], [driver, obj], tmp_path / f"predict_{obj.stem}")
+        assert_bit_exact(c, *run_c(c, program))
 
 
 @pytest.mark.parametrize("name", ["odd-convnet", "odd-pools"])
