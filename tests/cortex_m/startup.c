@@ -1,7 +1,7 @@
 /* The least a Cortex-M4 program needs under QEMU: the vector table (initial stack pointer,
  * reset handler, a handler for faults) and a reset handler that sets up .data and .bss,
- * opens the semihosting console and files (newlib's librdimon), runs main and exits through
- * semihosting (QEMU then quits). */
+ * enables the FPU if the program uses it, opens the semihosting console and files (newlib's
+ * librdimon), runs main and exits through semihosting (QEMU then quits). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +26,12 @@ void reset_handler(void)
         *to = *from++;
     for (uint32_t *to = &_bss_start; to < &_bss_end; ++to)
         *to = 0;
+#if defined(__ARM_FP)
+    /* Built for the FPU (-mfloat-abi=hard or softfp): grant access to it (CPACR, CP10 and
+     * CP11) before any float instruction. */
+    *(volatile uint32_t *)0xE000ED88 |= 0xFu << 20;
+    __asm volatile("dsb\n\tisb");
+#endif
     initialise_monitor_handles();
     exit(main());
 }
