@@ -87,23 +87,34 @@ ARM_TIMING = """\
 #define SYST_RVR (*(volatile uint32_t *)0xE000E014)
 #define SYST_CVR (*(volatile uint32_t *)0xE000E018)
 
-/* Prints the SysTick ticks NAME_predict takes for the images in images.f32, in total. */
+/* Prints the SysTick ticks NAME_predict takes for the images in images.f32, in total (and
+ * with INT8, NAME_predict_int8's on the same pixels as int8, k / 255 -> k - 128). */
 int main(void)
 {
     static float images[IMAGES][UPPER_INPUT_SIZE];
     float out[UPPER_OUTPUT_SIZE];
-    unsigned long ticks = 0;
+    unsigned long ticks = 0, ticks_int8 = 0;
     FILE *in = fopen("images.f32", "rb");
     const int n = in ? (int)fread(images, sizeof images[0], IMAGES, in) : 0;
     SYST_RVR = 0xFFFFFF;
     SYST_CVR = 0;
     SYST_CSR = 5; /* the processor clock, no interrupt */
     for (int i = 0; i < n; ++i) {
-        const uint32_t start = SYST_CVR;
+        uint32_t start = SYST_CVR;
         NAME_predict(images[i], out);
         ticks += (start - SYST_CVR) & 0xFFFFFF; /* one image takes < 2^24 ticks */
+#ifdef INT8
+        {
+            int8_t q_in[UPPER_INPUT_SIZE], q_out[UPPER_OUTPUT_SIZE];
+            for (int k = 0; k < UPPER_INPUT_SIZE; ++k)
+                q_in[k] = (int8_t)((int)(images[i][k] * 255.0f + 0.5f) - 128);
+            start = SYST_CVR;
+            NAME_predict_int8(q_in, q_out);
+            ticks_int8 += (start - SYST_CVR) & 0xFFFFFF;
+        }
+#endif
     }
-    printf("ticks %lu images %d\\n", ticks, n);
+    printf("ticks %lu images %d int8 %lu\\n", ticks, n, ticks_int8);
     return n == 0;
 }
 """
@@ -151,21 +162,24 @@ def arm_figures(folder: Path, source: Path, predict: list[str]) -> dict[str, int
             "stack": sum(frames.get(f, 0) for f in predict)}
 
 
-def arm_instructions(folder: Path, source: Path, name: str, fpu: bool) -> float:
-    """Instructions per image of <name>_predict on the emulated Cortex-M4 (-Os; soft float,
-    or the FPU), counted through SysTick under QEMU's -icount."""
-    flags = [*ARM[:-1], *(FPU if fpu else [])]  # no -fstack-usage
+def arm_instructions(folder: Path, source: Path, name: str, fpu: bool,
+                     int8: bool = False) -> tuple[float, float]:
+    """Instructions per image of <name>_predict (and with int8, of <name>_predict_int8) on
+    the emulated Cortex-M4 (-Os; soft float, or the FPU), counted through SysTick under
+    QEMU's -icount."""
+    flags = [*ARM[:-1], *(FPU if fpu else []), *(["-DINT8"] if int8 else [])]
     tag = f"{name}_{'fpu' if fpu else 'soft'}"
     (folder / f"{tag}_timing.c").write_text(ARM_TIMING.replace("UPPER", name.upper()).replace(
         "NAME", name).replace("IMAGES", str(ARM_IMAGES)))
     for c_file in (source, folder / f"{tag}_timing.c", CORTEX_M / "startup.c"):
         sh([*flags, "-c", str(c_file), "-o", f"{tag}_{c_file.stem}.o"], folder)
-    sh([*flags[:4], *(FPU if fpu else []), "--specs=nano.specs", "--specs=rdimon.specs",
+    sh([*ARM[:4], *(FPU if fpu else []), "--specs=nano.specs", "--specs=rdimon.specs",
         "-nostartfiles", "-T", str(CORTEX_M / "link.ld"), f"{tag}_{source.stem}.o",
         f"{tag}_{tag}_timing.o", f"{tag}_startup.o", "-lm", "-o", f"{tag}.elf"], folder)
     out = sh([*QEMU, f"{tag}.elf"], folder).split()
-    ticks, images = int(out[1]), int(out[3])
-    return ticks * INSTRUCTIONS_PER_TICK / images
+    ticks, images, ticks_int8 = int(out[1]), int(out[3]), int(out[5])
+    return (ticks * INSTRUCTIONS_PER_TICK / images,
+            ticks_int8 * INSTRUCTIONS_PER_TICK / images)
 
 
 def figures(name: str, epochs: int, data, folder: Path) -> dict[str, object]:
@@ -188,18 +202,17 @@ def figures(name: str, epochs: int, data, folder: Path) -> dict[str, object]:
             "m4_int8": arm_figures(folder, int8_c, [f"{c}_i8_predict", f"{c}_i8_predict_int8"]),
             "m4_float": arm_figures(folder, float_c, [f"{c}_f32_predict"]),
             "ns_float": ns_float, "ns_int8": ns_int8,
-            "m4_instructions": {"int8": arm_instructions(folder, int8_c, f"{c}_i8", False),
-                                "float_soft": arm_instructions(folder, float_c, f"{c}_f32",
-                                                               False),
-                                "float_fpu": arm_instructions(folder, float_c, f"{c}_f32",
-                                                              True)}}
+            "m4_instructions": {
+                "int8": arm_instructions(folder, int8_c, f"{c}_i8", False, int8=True),
+                "float_soft": arm_instructions(folder, float_c, f"{c}_f32", False)[0],
+                "float_fpu": arm_instructions(folder, float_c, f"{c}_f32", True)[0]}}
 
 
 def table(rows: list[dict]) -> str:
     lines = ["| preset (epochs) | test acc. float → int8 | weights float → int8 | scratch RAM "
              "float → int8 (int8_predict / predict) | Cortex-M4 int8 model.o text/data/bss "
              "(float) | stack (frames) | host ns/image float → int8 | Cortex-M4 "
-             "instructions/image: int8; float soft, FPU |",
+             "instructions/image: int8 predict (predict_int8); float soft, FPU |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m4, m4f, mi = r["m4_int8"], r["m4_float"], r["m4_instructions"]
@@ -211,7 +224,8 @@ def table(rows: list[dict]) -> str:
             f"{m4['text']:,}/{m4['data']}/{m4['bss']} ({m4f['text']:,}/{m4f['data']}/"
             f"{m4f['bss']}) | {m4['stack']:,} B ({m4f['stack']:,}) | "
             f"{r['ns_float']:,.0f} → {r['ns_int8']:,.0f} ({r['ns_float'] / r['ns_int8']:.2f}x) | "
-            f"{mi['int8'] / 1e6:.2f}M; {mi['float_soft'] / 1e6:.2f}M, "
+            f"{mi['int8'][0] / 1e6:.2f}M ({mi['int8'][1] / 1e6:.2f}M); "
+            f"{mi['float_soft'] / 1e6:.2f}M, "
             f"{mi['float_fpu'] / 1e6:.2f}M |")
     return "\n".join(lines)
 

@@ -271,9 +271,10 @@ class QuantizedLayer:
 
     kind: "dense", "conv2d", "max_pool2d", "average_pool2d" or "relu". For dense and conv2d:
     kernel (int8, Keras' layout: (in, out) or (kh, kw, in, out)), bias, multiplier and shift
-    (int32, per output channel) and output_min (the clamp's low end: the output zero point
-    under a fused ReLU, else -128). For the windows: window (the kernel or pool size),
-    strides and padding as Keras has them. Shapes exclude the batch axis."""
+    (int32, per output channel), weight_scales (the kernel's, float32 per output channel) and
+    output_min (the clamp's low end: the output zero point under a fused ReLU, else -128).
+    For the windows: window (the kernel or pool size), strides and padding as Keras has
+    them. Shapes exclude the batch axis."""
 
     kind: str
     index: int  # of its (first) layer in the model
@@ -286,6 +287,7 @@ class QuantizedLayer:
     bias: np.ndarray | None = None
     multiplier: np.ndarray | None = None
     shift: np.ndarray | None = None
+    weight_scales: np.ndarray | None = None  # float32 per output channel (for ONNX's QDQ)
     output_min: int = INT8_MIN
     window: tuple[int, int] = (1, 1)
     strides: tuple[int, int] = (1, 1)
@@ -594,8 +596,8 @@ def _quantize_affine(op: _FloatOp, input_q: QParams, output_q: QParams) -> Quant
     return QuantizedLayer(op.kind, op.steps[0].index, _steps_text(op.steps), op.input_shape,
                           op.output_shape, input_q, output_q, kernel, bias.astype(np.int32),
                           np.array([m for m, _ in pairs], dtype=np.int32),
-                          np.array([s for _, s in pairs], dtype=np.int32), output_min,
-                          op.window, op.strides, op.padding)
+                          np.array([s for _, s in pairs], dtype=np.int32), weight_scales,
+                          output_min, op.window, op.strides, op.padding)
 
 
 def quantize_ops(ops: Sequence[_FloatOp],
@@ -711,6 +713,13 @@ class QuantizedModel:
         from mnistnet.export_int8 import export_quantized_c
 
         return export_quantized_c(self, directory, name)
+
+    def export_onnx(self, path: str | os.PathLike, opset: int = 13) -> Path:
+        """Write this int8 network as an ONNX graph in the QDQ format (see
+        mnistnet.export_int8_onnx); needs the optional extra mnistnet[onnx]."""
+        from mnistnet.export_int8_onnx import export_quantized_onnx
+
+        return export_quantized_onnx(self, path, opset)
 
 
 def quantize_steps(steps: Sequence[LayerStep], input_shape: Shape, x_calibration: Any,

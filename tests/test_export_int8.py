@@ -1,11 +1,13 @@
-"""mnistnet.export_int8: the generated int8 C, compiled for this machine with -std=c99 -Wall
--Wextra -Werror -pedantic (and once under ASan + UBSan), gives the twin's int8 outputs bit
-for bit on 1,000 images, for every preset, for odd architectures and for average pooling;
-its float entry point gives the twin's predict; it has no allocation, no writable global, no
-float outside <name>_predict; its header's sizes are right; and the errors a user can cause.
+"""mnistnet.export_int8 and export_int8_onnx: the generated int8 C, compiled for this machine
+with -std=c99 -Wall -Wextra -Werror -pedantic (and once under ASan + UBSan), gives the twin's
+int8 outputs bit for bit on 1,000 images, for every preset, for odd architectures and for
+average pooling; its float entry point gives the twin's predict; it has no allocation, no
+writable global, no float outside <name>_predict; its header's sizes are right; the ONNX QDQ
+graph runs in onnxruntime within one quantisation step of the twin; and the errors a user
+can cause.
 
-Inputs: see int8_models. Without a C compiler these tests skip; MNISTNET_REQUIRE=compiler
-turns the skips into failures (see test_export).
+Inputs: see int8_models. Without a C compiler (or onnx and onnxruntime) these tests skip;
+MNISTNET_REQUIRE=compiler (onnx) turns the skips into failures (see test_export).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +42,11 @@ from test_export import (
     compiler,
     nm,
     probe,
+    skip_or_fail,
 )
 from test_int8 import REQUANTIZE_BY_HAND
 
+import mnistnet as mn
 from mnistnet import export, export_int8, int8
 
 FLOAT_TOLERANCE = 1e-6  # the float entry point against q.predict: expf and libm may differ
@@ -99,14 +104,7 @@ def test_c_matches_the_twin(name: str, cc, tmp_path: Path) -> None:
 
 
 def test_average_pools_in_c_match_the_twin(cc, tmp_path: Path) -> None:
-    steps, input_shape = pooling_steps()
-    dim = math.prod(input_shape)
-    rng = np.random.default_rng(5)
-    c = Case.__new__(Case)  # a Case without a Model: the layers come as steps
-    c.name = c.c_name = "pools"
-    c.q = int8.quantize_steps(steps, input_shape, rng.random((300, dim), dtype=np.float32))
-    c.x = rng.random((1000, dim), dtype=np.float32)
-    c.x_int8 = c.q.quantize_input(c.x)
+    c = pools_case()
     program = exported(c, tmp_path, C_FLAGS, cc)
     assert_bit_exact(c, *run_c(c, program))
     assert "average_pool2d(" in (tmp_path / "pools.c").read_text()
@@ -199,6 +197,33 @@ def test_c_runs_clean_under_sanitizers(name: str, cc, tmp_path: Path) -> None:
     assert_bit_exact(c, *run_c(c, program, env))
 
 
+def dead_relu_case() -> Case:
+    """A hidden ReLU layer whose outputs are 0 on every calibration image (biases -50): its
+    tensor gets scale 1 and zero point 0, so the fused ReLU clamps at 0, not -128."""
+    model = mn.Model([mn.Dense(16, activation="relu"), mn.Dense(10, activation="softmax")],
+                     input_dim=784, seed=3)
+    weights = model.get_weights()
+    weights[1][:] = -50.0
+    weights[3][:] = np.linspace(-1, 1, 10, dtype=np.float32)
+    model.set_weights(weights)
+    c = Case("dead-relu", model)
+    assert c.q.layers[0].output_q == int8.QParams(1.0, 0) and c.q.layers[0].output_min == 0
+    return c
+
+
+def test_a_dead_relu_layer_exports(cc, ort, tmp_path: Path) -> None:
+    c = dead_relu_case()
+    # Images brighter than any calibration image wake some units up: they clamp at 0.
+    c.x = np.concatenate([c.x, 60 * c.x[:100]])
+    c.x_int8 = c.q.quantize_input(c.x)
+    got_int8, _ = run_c(c, exported(c, tmp_path, C_FLAGS, cc))
+    assert np.array_equal(got_int8, c.q.predict_int8(c.x_int8))
+    session = ort.InferenceSession(str(c.q.export_onnx(tmp_path / "model.onnx")),
+                                   providers=["CPUExecutionProvider"])
+    (onnx_int8,) = session.run(["output_int8"], {"input": c.x})
+    assert np.abs(onnx_int8.astype(int) - c.q.predict_int8(c.x_int8)).max() <= 1
+
+
 def test_the_float_input_is_quantised_exactly(cc, tmp_path: Path) -> None:
     """odd-pools ends linear: its float outputs are exactly the dequantised int8, so they
     show the C's input quantisation bit for bit, here on values that round at .5, saturate,
@@ -284,6 +309,72 @@ def test_header_constants(tmp_path: Path) -> None:
     for line in q.about:
         assert line in comment
     assert 'extern "C"' in text
+
+
+# ---- ONNX (QDQ) ----------------------------------------------------------------------------
+
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "Gemm", "Conv", "MaxPool", "AveragePool",
+           "Relu", "Transpose", "Flatten", "Softmax", "Sigmoid", "Reshape", "Identity"}
+
+
+@pytest.fixture(scope="module")
+def ort():
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+    except ImportError as exc:
+        skip_or_fail("onnx", f"the ONNX tests need onnx and onnxruntime: {exc}")
+    return onnxruntime
+
+
+def pools_case() -> Case:
+    """The average pools (stand-in layers, see int8_models) as a Case."""
+    steps, input_shape = pooling_steps()
+    dim = math.prod(input_shape)
+    rng = np.random.default_rng(5)
+    c = Case.__new__(Case)  # a Case without a Model: the layers come as steps
+    c.name = c.c_name = "pools"
+    c.q = int8.quantize_steps(steps, input_shape, rng.random((300, dim), dtype=np.float32))
+    c.x = rng.random((1000, dim), dtype=np.float32)
+    c.x_int8 = c.q.quantize_input(c.x)
+    return c
+
+
+# The largest difference from the twin's int8 outputs, in quantisation steps. A step off in
+# one layer can be worth more than a step of the next: the pools' three average pools (ONNX
+# averages in float) feed a Dense whose output range is narrow, and 1.5% of its outputs end
+# two steps off.
+ONNX_STEPS = {"perceptron": 1, "cross-entropy": 1, "convnet": 1, "convnet-plus": 1,
+              "odd-convnet": 1, "odd-pools": 1, "pools": 2}
+
+
+@pytest.mark.parametrize("name", list(ONNX_STEPS))
+def test_onnx_qdq_is_within_a_step_of_the_twin(name: str, ort, tmp_path: Path) -> None:
+    """onnxruntime rounds and requantises its own way (halves to even, float multipliers):
+    its int8 outputs stay within ONNX_STEPS quantisation steps of the twin's on every output
+    (most are equal), and its float output is the exit activation of those."""
+    import onnx
+
+    c = pools_case() if name == "pools" else case(name)
+    path = c.q.export_onnx(tmp_path / "model.onnx")
+    proto = onnx.load(path)
+    assert {node.op_type for node in proto.graph.node} <= QDQ_OPS
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got, got_int8 = session.run(["output", "output_int8"],
+                                {"input": c.x.reshape(-1, *c.q.input_shape)})
+    want = c.q.predict_int8(c.x_int8)
+    assert got_int8.dtype == np.int8 and got_int8.shape == want.shape
+    steps = np.abs(got_int8.astype(int) - want)
+    assert steps.max() <= ONNX_STEPS[name], f"{name}: onnxruntime is {steps.max()} steps off"
+    assert (steps > 0).mean() < 0.35, f"{name}: {(steps > 0).mean():.1%} of the outputs differ"
+    assert np.abs(got - c.q.dequantize_output(got_int8)).max() <= 1e-6
+
+
+def test_onnx_qdq_needs_the_onnx_extra(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ImportError, match=re.escape('pip install "mnistnet[onnx]"')):
+        case("perceptron").q.export_onnx(tmp_path / "model.onnx")
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---- errors --------------------------------------------------------------------------------
