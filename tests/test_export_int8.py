@@ -198,16 +198,19 @@ def test_c_runs_clean_under_sanitizers(name: str, cc, tmp_path: Path) -> None:
 
 
 def dead_relu_case() -> Case:
-    """A hidden ReLU layer whose outputs are 0 on every calibration image (biases -50): its
-    tensor gets scale 1 and zero point 0, so the fused ReLU clamps at 0, not -128."""
-    model = mn.Model([mn.Dense(16, activation="relu"), mn.Dense(10, activation="softmax")],
-                     input_dim=784, seed=3)
+    """ReLU layers whose outputs are 0 on every calibration image (biases -50), a convolution
+    (fused with its pool) and a Dense: their tensors get scale 1 and zero point 0, so the
+    fused ReLUs clamp at 0, not -128."""
+    model = mn.Model([mn.Conv2D(4, 3, activation="relu"), mn.MaxPool2D(2), mn.Flatten(),
+                      mn.Dense(16, activation="relu"), mn.Dense(10, activation="softmax")],
+                     input_shape=(28, 28, 1), seed=3)
     weights = model.get_weights()
-    weights[1][:] = -50.0
-    weights[3][:] = np.linspace(-1, 1, 10, dtype=np.float32)
+    weights[1][:], weights[3][:] = -50.0, -50.0
+    weights[5][:] = np.linspace(-1, 1, 10, dtype=np.float32)
     model.set_weights(weights)
     c = Case("dead-relu", model)
-    assert c.q.layers[0].output_q == int8.QParams(1.0, 0) and c.q.layers[0].output_min == 0
+    for layer in (c.q.layers[0], c.q.layers[2]):
+        assert layer.output_q == int8.QParams(1.0, 0) and layer.output_min == 0
     return c
 
 
@@ -220,7 +223,7 @@ def test_a_dead_relu_layer_exports(cc, ort, tmp_path: Path) -> None:
     assert np.array_equal(got_int8, c.q.predict_int8(c.x_int8))
     session = ort.InferenceSession(str(c.q.export_onnx(tmp_path / "model.onnx")),
                                    providers=["CPUExecutionProvider"])
-    (onnx_int8,) = session.run(["output_int8"], {"input": c.x})
+    (onnx_int8,) = session.run(["output_int8"], {"input": c.x.reshape(-1, 28, 28, 1)})
     assert np.abs(onnx_int8.astype(int) - c.q.predict_int8(c.x_int8)).max() <= 1
 
 
