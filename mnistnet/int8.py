@@ -5,6 +5,7 @@
     q.predict(x_test)                            # float outputs, as model.predict gives them
     q.predict_int8(q.quantize_input(x_test))     # the int8 outputs, as the generated C, to the bit
     q.export_c("firmware/", "digits")            # digits.h and digits.c (mnistnet.export_int8)
+    q.export_onnx("digits_int8.onnx")            # QDQ graph (mnistnet.export_int8_onnx)
 
 The scheme is the TensorFlow Lite quantisation spec
 (https://ai.google.dev/edge/litert/models/quantization_spec):
