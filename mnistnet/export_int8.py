@@ -18,7 +18,9 @@ q.predict_int8's values. Both return 0.
 Float remains in `<name>_predict` only (the input's quantisation, the outputs' dequantisation,
 expf in a softmax or sigmoid): the layers are integer code, and building with
 -DMNISTNET_NO_FLOAT leaves that function out, so no float operation is compiled at all (for a
-core without an FPU, nothing of the soft-float library is linked).
+core without an FPU, nothing of the soft-float library is linked). The input's quantisation
+divides in float as the twin does: it matches to the bit where float arithmetic is IEEE single
+precision (FLT_EVAL_METHOD 0: x86-64, Arm with or without FPU), not on an x87 FPU.
 
 The weights are `static const int8_t` arrays (kernels: dense as (out, in), conv2d as (out,
 kh, kw, in), each output's weights contiguous), the biases, requantisation multipliers and
