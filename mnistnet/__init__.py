@@ -31,6 +31,7 @@ except ImportError:  # the source folder without its compiled extensions
     raise missing_extensions() from None
 from mnistnet import callbacks, datasets, kinds, layers, reference, regularizers, schedules
 from mnistnet.data import load_mnist
+from mnistnet.int8 import QuantizedModel, quantize
 from mnistnet.layers import *  # noqa: F403  (every layer class, mnistnet.layers.__all__)
 from mnistnet.model import Model
 from mnistnet.optimizers import SGD, Adam, AdamW, RMSprop
@@ -55,6 +56,7 @@ __all__ = [
     "AdamW",
     "History",
     "Model",
+    "QuantizedModel",
     "RMSprop",
     "__version__",
     "callbacks",
@@ -67,6 +69,7 @@ __all__ = [
     "layers",
     "load_mnist",
     "preset",
+    "quantize",
     "reference",
     "regularizers",
     "schedules",

@@ -28,8 +28,8 @@ RANKS = {
                  "reference"),
     "the model's parts": ("layers", "kinds", "plan", "optimizers", "callbacks"),
     "library": ("inputs", "saving", "trainer", "model", "presets", "export", "plot", "demo",
-                "bench", "peers", "sklearn", "runtime", "datasets", "sweep", "quantize",
-                "export_int8"),
+                "bench", "peers", "sklearn", "runtime", "datasets", "sweep", "int8",
+                "export_int8", "export_int8_onnx"),
     "package root": ("__init__",),
     "command line": ("cli", "__main__"),
 }

@@ -1,0 +1,420 @@
+"""mnistnet.export_int8 and export_int8_onnx: the generated int8 C, compiled for this machine
+with -std=c99 -Wall -Wextra -Werror -pedantic (and once under ASan + UBSan), gives the twin's
+int8 outputs bit for bit on 1,000 images, for every preset, for odd architectures and for
+average pooling; its float entry point gives the twin's predict; it has no allocation, no
+writable global, no float outside <name>_predict; its header's sizes are right; the ONNX QDQ
+graph runs in onnxruntime within one quantisation step of the twin; and the errors a user
+can cause.
+
+Inputs: see int8_models. Without a C compiler (or onnx and onnxruntime) these tests skip;
+MNISTNET_REQUIRE=compiler (onnx) turns the skips into failures (see test_export).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from int8_models import (
+    MODELS,
+    Case,
+    case,
+    mnist,
+    parse_driver_output,
+    pooling_steps,
+    run,
+    trained_case,
+    write_driver,
+    write_inputs,
+)
+from test_export import (
+    C_FLAGS,
+    CXX_FLAGS,
+    SANITIZE_FLAGS,
+    WRITABLE_DATA_SYMBOLS,
+    build,
+    compiler,
+    nm,
+    probe,
+    skip_or_fail,
+)
+from test_int8 import REQUANTIZE_BY_HAND
+
+import mnistnet as mn
+from mnistnet import export, export_int8, int8
+
+FLOAT_TOLERANCE = 1e-6  # the float entry point against q.predict: expf and libm may differ
+
+
+@pytest.fixture(scope="module")
+def cc(tmp_path_factory) -> list[str]:
+    return probe(compiler("CC", "cc", "CC"), C_FLAGS, tmp_path_factory.mktemp("cc"),
+                 "no working C compiler")
+
+
+def exported(c: Case, folder: Path, flags: list[str], cc: list[str]) -> Path:
+    """The case's C and the driver built in folder with flags; returns the program."""
+    _, source = c.q.export_c(folder, c.c_name)
+    return build([*cc, *flags], [source, write_driver(folder, c.c_name)], folder / "predict")
+
+
+def run_c(c: Case, program: Path, env: dict[str, str] | None = None,
+          x_int8: np.ndarray | None = None,
+          x: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 outputs of <name>_predict_int8, float outputs of <name>_predict) on the case's
+    inputs (or those given)."""
+    x_int8 = c.x_int8 if x_int8 is None else x_int8
+    x = c.x if x is None else x
+    write_inputs(program.parent, x_int8, x)
+    return parse_driver_output(run([str(program)], program.parent, env), c.q.n_outputs)
+
+
+def assert_bit_exact(c: Case, got_int8: np.ndarray, got_float: np.ndarray,
+                     x: np.ndarray | None = None) -> None:
+    want = c.q.predict_int8(c.x_int8)
+    assert got_int8.shape == want.shape
+    assert want.astype(int).std(axis=0).min() > 0, "the outputs barely vary: a weak check"
+    mismatches = int((got_int8 != want).sum())
+    assert mismatches == 0, f"{c.name}: {mismatches} int8 outputs differ from the twin's"
+    error = np.abs(got_float - c.q.predict(c.x if x is None else x)).max()
+    assert error <= FLOAT_TOLERANCE, f"{c.name}: max |C predict - q.predict| = {error:.3g}"
+
+
+CASES = [*MODELS, "trained-convnet"]
+
+
+def get_case(name: str) -> Case:
+    if name.startswith("trained-"):
+        if mnist() is None:
+            pytest.skip("set MNISTNET_DATA to the MNIST folder: this case trains on it")
+        return trained_case(name.removeprefix("trained-"))
+    return case(name)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_c_matches_the_twin(name: str, cc, tmp_path: Path) -> None:
+    c = get_case(name)
+    assert_bit_exact(c, *run_c(c, exported(c, tmp_path, C_FLAGS, cc)))
+
+
+def test_average_pools_in_c_match_the_twin(cc, tmp_path: Path) -> None:
+    c = pools_case()
+    program = exported(c, tmp_path, C_FLAGS, cc)
+    assert_bit_exact(c, *run_c(c, program))
+    assert "average_pool2d(" in (tmp_path / "pools.c").read_text()
+
+
+REQUANTIZE_DRIVER = """\
+/* Reads (sum, multiplier, shift, zero point, low) int32 rows from argv[1], writes
+ * requantize(sum, multiplier, shift) and to_int8 of it as two int32 to argv[2]. */
+#include <stdint.h>
+#include <stdio.h>
+
+HELPERS
+int main(int argc, char **argv)
+{
+    int32_t row[5], out[2];
+    FILE *in, *dst;
+    if (argc != 3 || (in = fopen(argv[1], "rb")) == NULL || (dst = fopen(argv[2], "wb")) == NULL)
+        return 2;
+    while (fread(row, sizeof row[0], 5, in) == 5) {
+        out[0] = requantize(row[0], row[1], row[2]);
+        out[1] = to_int8(out[0], row[3], row[4]);
+        fwrite(out, sizeof out[0], 2, dst);
+    }
+    fclose(in);
+    return fclose(dst) != 0;
+}
+"""
+
+
+def requantize_cases(n: int = 50_000) -> np.ndarray:
+    """(sum, multiplier, shift, zero point, low) rows: the hand-worked ones, then random
+    sums of every magnitude up to int32's limits with multipliers of every scale (shifts
+    -31 to 30: the left shifts saturate), and 0."""
+    rng = np.random.default_rng(8)
+    by_hand = np.array([row[:3] for row in REQUANTIZE_BY_HAND], dtype=np.int64)
+    magnitude = rng.integers(0, 32, n)
+    sums = np.clip(rng.choice([-1, 1], n) * (rng.integers(0, 2**31, n) >> (31 - magnitude)),
+                   -(2**31), 2**31 - 1)
+    multipliers = np.where(rng.random(n) < 0.02, 0, rng.integers(2**30, 2**31, n))
+    shifts = rng.integers(-31, 31, n)
+    rows = np.concatenate([by_hand, np.stack([sums, multipliers, shifts], axis=1)])
+    zero_points = rng.integers(-128, 128, len(rows))
+    lows = np.where(rng.random(len(rows)) < 0.5, -128, zero_points)
+    return np.column_stack([rows, zero_points, lows]).astype(np.int32)
+
+
+def test_c_requantize_matches_the_twin_under_sanitizers(cc, tmp_path: Path) -> None:
+    """The C helpers on their own, on every path (left shifts that saturate, right shifts up
+    to 31, multiplier 0), under UBSan: no overflow, and the twin's values."""
+    probe(cc, SANITIZE_FLAGS, tmp_path, "no AddressSanitizer/UBSan")
+    source = tmp_path / "requantize.c"
+    source.write_text(REQUANTIZE_DRIVER.replace("HELPERS", export_int8.C_REQUANTIZE))
+    program = build([*cc, *SANITIZE_FLAGS, "-Wall", "-Wextra", "-Werror", "-pedantic"],
+                    [source], tmp_path / "requantize")
+    rows = requantize_cases()
+    rows.tofile(tmp_path / "rows.i32")
+    env = {**os.environ, "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+    run([str(program), "rows.i32", "out.i32"], tmp_path, env)
+    got = np.fromfile(tmp_path / "out.i32", dtype=np.int32).reshape(-1, 2)
+    sums, multipliers, shifts, zero_points, lows = rows.astype(np.int64).T
+    want = int8.requantize(sums, multipliers, shifts)
+    assert np.array_equal(got[:, 0], want)
+    assert np.array_equal(got[:, 1], int8.to_int8(want, zero_points, lows))
+    left = np.maximum(shifts, 0)
+    assert (np.abs(sums) >= 2 ** (31 - left))[shifts > 0].any(), "no left shift saturates"
+    assert (shifts == -31).any() and (multipliers == 0).any()
+
+
+def test_c_compiles_as_cxx(cc, tmp_path_factory, tmp_path: Path) -> None:
+    """The source compiles as C++ too; the header's extern "C" lets C++ call the C build."""
+    cxx = probe(compiler("CXX", "c++"), CXX_FLAGS, tmp_path_factory.mktemp("cxx"),
+                "no working C++ compiler")
+    c = case("odd-convnet")
+    _, source = c.q.export_c(tmp_path, c.c_name)
+    driver = build([*cxx, *CXX_FLAGS, "-c"], [write_driver(tmp_path, c.c_name)],
+                   tmp_path / "driver.o")
+    for obj in (build([*cxx, *CXX_FLAGS, "-c"], [source], tmp_path / "model_cxx.o"),
+                build([*cc, *C_FLAGS, "-c"], [source], tmp_path / "model_c.o")):
+        program = build([*cxx], [driver, obj], tmp_path / f"predict_{obj.stem}")
+        assert_bit_exact(c, *run_c(c, program))
+
+
+@pytest.mark.parametrize("name", ["odd-convnet", "odd-pools"])
+def test_c_runs_clean_under_sanitizers(name: str, cc, tmp_path: Path) -> None:
+    c = case(name)
+    probe(cc, SANITIZE_FLAGS, tmp_path, "no AddressSanitizer/UBSan")
+    program = exported(c, tmp_path, [*SANITIZE_FLAGS, "-Wall", "-Wextra", "-Werror"], cc)
+    env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
+           "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+    assert_bit_exact(c, *run_c(c, program, env))
+
+
+def dead_relu_case() -> Case:
+    """ReLU layers whose outputs are 0 on every calibration image (biases -50), a convolution
+    (fused with its pool) and a Dense: their tensors get scale 1 and zero point 0, so the
+    fused ReLUs clamp at 0, not -128."""
+    model = mn.Model([mn.Conv2D(4, 3, activation="relu"), mn.MaxPool2D(2), mn.Flatten(),
+                      mn.Dense(16, activation="relu"), mn.Dense(10, activation="softmax")],
+                     input_shape=(28, 28, 1), seed=3)
+    weights = model.get_weights()
+    weights[1][:], weights[3][:] = -50.0, -50.0
+    weights[5][:] = np.linspace(-1, 1, 10, dtype=np.float32)
+    model.set_weights(weights)
+    c = Case("dead-relu", model)
+    for layer in (c.q.layers[0], c.q.layers[2]):
+        assert layer.output_q == int8.QParams(1.0, 0) and layer.output_min == 0
+    return c
+
+
+def test_a_dead_relu_layer_exports(cc, ort, tmp_path: Path) -> None:
+    c = dead_relu_case()
+    # Images brighter than any calibration image wake some units up: they clamp at 0.
+    c.x = np.concatenate([c.x, 60 * c.x[:100]])
+    c.x_int8 = c.q.quantize_input(c.x)
+    got_int8, _ = run_c(c, exported(c, tmp_path, C_FLAGS, cc))
+    assert np.array_equal(got_int8, c.q.predict_int8(c.x_int8))
+    session = ort.InferenceSession(str(c.q.export_onnx(tmp_path / "model.onnx")),
+                                   providers=["CPUExecutionProvider"])
+    (onnx_int8,) = session.run(["output_int8"], {"input": c.x.reshape(-1, 28, 28, 1)})
+    assert np.abs(onnx_int8.astype(int) - c.q.predict_int8(c.x_int8)).max() <= 1
+
+
+def test_the_float_input_is_quantised_exactly(cc, tmp_path: Path) -> None:
+    """odd-pools ends linear: its float outputs are exactly the dequantised int8, so they
+    show the C's input quantisation bit for bit, here on values that round at .5, saturate,
+    and NaN."""
+    c = case("odd-pools")
+    scale, zero_point = c.q.input_q.scale, c.q.input_q.zero_point
+    rng = np.random.default_rng(7)
+    steps = rng.integers(-300, 300, (200, c.q.input_dim)) + rng.choice([0.0, 0.5, -0.5, 0.25],
+                                                                        (200, c.q.input_dim))
+    x = (np.float32(scale) * (steps - zero_point)).astype(np.float32)
+    x[0, :5] = [np.nan, np.inf, -np.inf, 1e30, -1e30]
+    x_int8 = int8.quantize_values(x, c.q.input_q)
+    want = c.q.dequantize_output(c.q.predict_int8(x_int8))
+    got_int8, got_float = run_c(c, exported(c, tmp_path, C_FLAGS, cc), x_int8=x_int8, x=x)
+    assert np.array_equal(got_int8, c.q.predict_int8(x_int8))
+    assert got_float.tobytes() == want.tobytes()
+
+
+def symbols(obj: Path) -> dict[str, str]:
+    """nm's symbols of an object file: name -> kind letter."""
+    lines = subprocess.run([nm(), str(obj)], capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    return {fields[-1]: fields[-2] for fields in map(str.split, lines) if len(fields) >= 2}
+
+
+FLOAT_PART = re.compile(r"#ifndef MNISTNET_NO_FLOAT\n.*?#endif /\* MNISTNET_NO_FLOAT \*/\n",
+                        re.DOTALL)
+
+
+@pytest.mark.parametrize("name", ["convnet", "odd-convnet", "hidden-relu"])
+def test_c_has_no_allocation_no_writable_global_and_no_float_in_the_layers(
+        name: str, cc, tmp_path: Path) -> None:
+    c = case(name)
+    _, source = c.q.export_c(tmp_path, c.c_name)
+    text = source.read_text()
+    assert not re.search(r"\b(malloc|calloc|realloc|free|alloca)\b", text)
+    integer_part = FLOAT_PART.sub("", text.split("*/", 1)[1])  # the comment mentions float
+    assert "#ifndef MNISTNET_NO_FLOAT" in text
+    assert not re.search(r"\b(float|double|expf|exp)\b", integer_part), (
+        "float outside the #ifndef MNISTNET_NO_FLOAT parts")
+    top_level = [line for line in text.splitlines() if re.match(r"(static|int|float) ", line)]
+    for line in top_level:
+        assert re.match(r"static const |static (void|int8_t|int32_t|int64_t) \w+\(|"
+                        r"int \w+_predict(_int8)?\(", line), line
+    predict, predict_int8 = f"{c.c_name}_predict", f"{c.c_name}_predict_int8"
+    for flags, public in (([], [predict, predict_int8]),
+                          (["-DMNISTNET_NO_FLOAT"], [predict_int8])):
+        kinds = symbols(build([*cc, *C_FLAGS, *flags, "-c"], [source], tmp_path / "model.o"))
+        writable = {s: kind for s, kind in kinds.items() if kind in WRITABLE_DATA_SYMBOLS}
+        assert writable == {}, writable
+        assert sorted(s for s, kind in kinds.items() if kind.isupper() and kind != "U") == public
+        undefined = {s for s, kind in kinds.items() if kind == "U"}
+        assert ("expf" in undefined) == (not flags and c.q.exit_activation != "linear")
+        assert not undefined & {"malloc", "calloc", "realloc", "free"}, undefined
+
+
+def test_the_integer_build_runs_without_float(cc, tmp_path: Path) -> None:
+    c = case("cross-entropy")
+    got_int8, got_float = run_c(c, exported(c, tmp_path, [*C_FLAGS, "-DMNISTNET_NO_FLOAT"], cc))
+    assert got_float.size == 0
+    assert np.array_equal(got_int8, c.q.predict_int8(c.x_int8))
+
+
+def test_header_constants(tmp_path: Path) -> None:
+    c = case("convnet")
+    header, source = c.q.export_c(tmp_path, "digits")
+    text = header.read_text()
+    q = c.q
+    for line in ("#define DIGITS_INPUT_SIZE 784", "#define DIGITS_OUTPUT_SIZE 10",
+                 f"#define DIGITS_INPUT_SCALE {export.c_float(q.input_q.scale)}",
+                 "#define DIGITS_INPUT_ZERO_POINT (-128)",
+                 f"#define DIGITS_OUTPUT_ZERO_POINT ({q.output_q.zero_point})",
+                 f"#define DIGITS_WEIGHTS_BYTES {q.weight_bytes}",
+                 # conv + pool fused: 13x13x32 and 5x5x64 int8 buffers only
+                 "#define DIGITS_SCRATCH_BYTES 7008",
+                 f"#define DIGITS_PREDICT_SCRATCH_BYTES {7008 + 784 + 10}",
+                 "int digits_predict_int8(const int8_t *input, int8_t *output);",
+                 "int digits_predict(const float *input, float *output);"):
+        assert line in text, line
+    assert export_int8.c_sizes(q) == {"weights_bytes": q.weight_bytes, "scratch_bytes": 7008,
+                                      "predict_scratch_bytes": 7802}
+    comment = source.read_text().split("*/", 1)[0]
+    for line in q.about:
+        assert line in comment
+    assert 'extern "C"' in text
+
+
+# ---- ONNX (QDQ) ----------------------------------------------------------------------------
+
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "Gemm", "Conv", "MaxPool", "AveragePool",
+           "Relu", "Transpose", "Flatten", "Softmax", "Sigmoid", "Reshape", "Identity"}
+
+
+@pytest.fixture(scope="module")
+def ort():
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+    except ImportError as exc:
+        skip_or_fail("onnx", f"the ONNX tests need onnx and onnxruntime: {exc}")
+    return onnxruntime
+
+
+def pools_case() -> Case:
+    """The average pools (int8_models.average_pools) as a Case of steps."""
+    steps, input_shape = pooling_steps()
+    dim = math.prod(input_shape)
+    rng = np.random.default_rng(5)
+    c = Case.__new__(Case)  # a Case without a Model: the layers come as steps
+    c.name = c.c_name = "pools"
+    c.q = int8.quantize_steps(steps, input_shape, rng.random((300, dim), dtype=np.float32))
+    c.x = rng.random((1000, dim), dtype=np.float32)
+    c.x_int8 = c.q.quantize_input(c.x)
+    return c
+
+
+# The largest difference from the twin's int8 outputs, in quantisation steps. A step off in
+# one layer can be worth more than a step of the next: the pools' three average pools (ONNX
+# averages in float) feed a Dense whose output range is narrow, and 1.5% of its outputs end
+# two steps off.
+ONNX_STEPS = {"perceptron": 1, "cross-entropy": 1, "convnet": 1, "convnet-plus": 1,
+              "odd-convnet": 1, "odd-pools": 1, "pools": 2}
+
+
+@pytest.mark.parametrize("name", list(ONNX_STEPS))
+def test_onnx_qdq_is_within_a_step_of_the_twin(name: str, ort, tmp_path: Path) -> None:
+    """onnxruntime rounds and requantises its own way (halves to even, float multipliers):
+    its int8 outputs stay within ONNX_STEPS quantisation steps of the twin's on every output
+    (most are equal), and its float output is the exit activation of those."""
+    import onnx
+
+    c = pools_case() if name == "pools" else case(name)
+    path = c.q.export_onnx(tmp_path / "model.onnx")
+    proto = onnx.load(path)
+    assert {node.op_type for node in proto.graph.node} <= QDQ_OPS
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got, got_int8 = session.run(["output", "output_int8"],
+                                {"input": c.x.reshape(-1, *c.q.input_shape)})
+    want = c.q.predict_int8(c.x_int8)
+    assert got_int8.dtype == np.int8 and got_int8.shape == want.shape
+    steps = np.abs(got_int8.astype(int) - want)
+    assert steps.max() <= ONNX_STEPS[name], f"{name}: onnxruntime is {steps.max()} steps off"
+    assert (steps > 0).mean() < 0.35, f"{name}: {(steps > 0).mean():.1%} of the outputs differ"
+    assert np.abs(got - c.q.dequantize_output(got_int8)).max() <= 1e-6
+
+
+def test_onnx_qdq_needs_the_onnx_extra(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ImportError, match=re.escape('pip install "mnistnet[onnx]"')):
+        case("perceptron").q.export_onnx(tmp_path / "model.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- errors --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["3d", "my-model", "int", "_Private", ""])
+def test_c_refuses_a_bad_name(name: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="C name"):
+        case("perceptron").q.export_c(tmp_path, name)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_c_needs_an_existing_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="absent does not exist"):
+        case("perceptron").q.export_c(tmp_path / "absent")
+
+
+def test_c_write_is_atomic(monkeypatch, tmp_path: Path) -> None:
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        case("perceptron").q.export_c(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_int8_c_checks_name_and_folder_before_quantising(tmp_path: Path) -> None:
+    model = case("perceptron").model
+    with pytest.raises(ValueError, match="C name 'int'"):
+        int8.export_int8_c(model, tmp_path, None, "int")
+    with pytest.raises(FileNotFoundError, match="absent does not exist"):
+        int8.export_int8_c(model, tmp_path / "absent", None)
+
+
+def test_export_int8_c_writes_the_files(tmp_path: Path) -> None:
+    c = case("perceptron")
+    x = np.random.default_rng(0).random((200, 784), dtype=np.float32)
+    header, source = int8.export_int8_c(c.model, tmp_path, x, "digits")
+    assert (header.name, source.name) == ("digits.h", "digits.c")
+    assert "calibrated on 200 rows" in header.read_text()
