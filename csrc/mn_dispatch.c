@@ -130,6 +130,37 @@ int mn_simd_select(const char *name)
 
 const char *mn_simd_name(void) { return mn_active_gemm()->name; }
 
+/* ---- the arithmetic limit ---------------------------------------------------------------- */
+
+double mn_fma_peak_gflops(int threads, double seconds)
+{
+    const mn_gemm_table *t = mn_active_gemm();
+    float sink = 0.0f;
+    /* Calibrate on this thread: double the rounds until they take 20 ms. */
+    long long iters = 1 << 14;
+    double took;
+    for (;;) {
+        const double start = mn_seconds();
+        t->fma_loop(iters, &sink);
+        took = mn_seconds() - start;
+        if (took >= 0.02 || iters >= (1LL << 40)) break;
+        iters *= 2;
+    }
+    const long long rounds = (long long)((double)iters * seconds / took) + 1;
+    double flops = 0.0;
+    const double start = mn_seconds();
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads < 1 ? 1 : threads) reduction(+ : flops)
+#endif
+    {
+        float mine = 0.0f;
+        flops += t->fma_loop(rounds, &mine);
+        flops += mine == 1234.5f ? 1.0 : 0.0; /* keeps each thread's result alive */
+    }
+    return flops / (mn_seconds() - start) / 1e9 + (sink == 1234.5f ? 1e-9 : 0.0);
+}
+
+
 /* ---- threads ----------------------------------------------------------------------------- */
 
 /* The count set by mn_set_num_threads (0: none, so OpenMP's own setting applies). */

@@ -50,6 +50,27 @@ void mn_dense_backward(float *dinp, float *dweight, float *dbias, const float *d
 typedef struct {
     ptrdiff_t H, W, C, OH, OW, KH, KW, SH, SW, PT, PL;
 } mn_window;
+/* The direct convolution (no patches in memory). Its windows read `inside`: the images
+ * themselves when the layer does not pad (returns 0), else a copy of the span they cover,
+ * zero outside the image (returns 1; inside's H and W are the span's, PT = PL = 0). */
+int mn_conv_inside(const mn_window *g, mn_window *inside);
+/* That copy of B images.   padded (B, inside.H, inside.W, C), inp (B, H, W, C) */
+void mn_pad_images(float *padded, const float *inp, const mn_window *g, ptrdiff_t B);
+/* out = inp (B, H, W, C) convolved with weight (KH, KW, C, OC), + bias: each output the sum
+ * over its window in (kh, kw, c) order, as im2col + the GEMM would give it; padded receives
+ * the padded copy when the layer pads (else it is not touched and may be NULL).
+ * out (B, OH, OW, OC) */
+void mn_conv2d_forward(float *out, float *padded, const float *inp, const float *weight,
+                       const float *bias, const mn_window *g, ptrdiff_t B, ptrdiff_t OC);
+/* Rows k0..k1 of dweight (KH*KW*C, OC) = the sum over B images of each window cell times
+ * the gradient at its output: x is what mn_conv2d_forward read (padded, or inp), dout
+ * (B, OH, OW, OC). Rows are independent: threads may each take a block. */
+void mn_conv2d_weight_grad(float *dweight, const float *x, const float *dout,
+                           const mn_window *g, ptrdiff_t B, ptrdiff_t OC, ptrdiff_t k0,
+                           ptrdiff_t k1);
+/* GFLOP/s of a register-resident loop of the active SIMD path's multiply-adds on `threads`
+ * threads at once, run for about `seconds`: the machine's arithmetic limit. */
+double mn_fma_peak_gflops(int threads, double seconds);
 /* patches[b, oh, ow, :] = the KH x KW x C inputs of that output's window, in Keras' kernel
  * order (row, column, channel), zero outside the image.  patches (B, OH*OW, KH*KW*C) */
 void mn_im2col(float *patches, const float *inp, const mn_window *g, ptrdiff_t B);

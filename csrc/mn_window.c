@@ -1,5 +1,6 @@
-/* mn_window.c — windows over channels-last images: conv2d's patches (im2col) and their
- * adjoint, and max pooling's entry points. The patch copies move runs of KW*C contiguous
+/* mn_window.c — windows over channels-last images: the direct convolution's entry points
+ * (the padded copy its windows read), conv2d's patches (im2col) and their adjoint, and max
+ * pooling's entry points. The patch copies move runs of KW*C contiguous
  * floats (a window row is one run of an image row, channels last). */
 #include <string.h>
 
@@ -77,6 +78,68 @@ void mn_col2im(float *dinp, const float *dpatches, const mn_window *g, ptrdiff_t
                 }
             }
     }
+}
+
+/* ---- direct convolution ------------------------------------------------------------------ */
+
+int mn_conv_inside(const mn_window *g, mn_window *inside)
+{
+    const ptrdiff_t hs = (g->OH - 1) * g->SH + g->KH, ws = (g->OW - 1) * g->SW + g->KW;
+    const int pads = g->PT > 0 || g->PL > 0 || hs > g->H || ws > g->W;
+    *inside = *g;
+    inside->PT = inside->PL = 0;
+    if (pads) { /* the windows read a copy of the span they cover, zero outside the image */
+        inside->H = hs;
+        inside->W = ws;
+    }
+    return pads;
+}
+
+void mn_pad_images(float *padded, const float *inp, const mn_window *g, ptrdiff_t B)
+{
+    mn_window in;
+    mn_conv_inside(g, &in);
+    const ptrdiff_t C = g->C, n_img = g->H * g->W * C, n_pad = in.H * in.W * C;
+    /* the image's rows and columns that land inside the span */
+    const ptrdiff_t rows = g->H < in.H - g->PT ? g->H : in.H - g->PT;
+    const ptrdiff_t cols = g->W < in.W - g->PL ? g->W : in.W - g->PL;
+    for (ptrdiff_t b = 0; b < B; b++) {
+        float *dst = padded + b * n_pad;
+        const float *src = inp + b * n_img;
+        zero_run(dst, g->PT * in.W * C);
+        for (ptrdiff_t h = 0; h < rows; h++) {
+            float *d = dst + (g->PT + h) * in.W * C;
+            zero_run(d, g->PL * C);
+            copy_run(d + g->PL * C, src + h * g->W * C, cols * C);
+            zero_run(d + (g->PL + cols) * C, (in.W - g->PL - cols) * C);
+        }
+        zero_run(dst + (g->PT + rows) * in.W * C, (in.H - g->PT - rows) * in.W * C);
+    }
+}
+
+void mn_conv2d_forward(float *out, float *padded, const float *inp, const float *weight,
+                       const float *bias, const mn_window *g, ptrdiff_t B, ptrdiff_t OC)
+{
+    mn_window in;
+    const float *x = inp;
+    if (mn_conv_inside(g, &in)) {
+        mn_pad_images(padded, inp, g, B);
+        x = padded;
+    }
+    const mn_gemm_table *t = mn_active_gemm();
+    for (ptrdiff_t b = 0; b < B; b++)
+        t->conv_forward(out + b * g->OH * g->OW * OC, x + b * in.H * in.W * in.C, weight, bias,
+                        &in, OC);
+}
+
+void mn_conv2d_weight_grad(float *dweight, const float *x, const float *dout,
+                           const mn_window *g, ptrdiff_t B, ptrdiff_t OC, ptrdiff_t k0,
+                           ptrdiff_t k1)
+{
+    mn_window in;
+    mn_conv_inside(g, &in);
+    mn_active_gemm()->conv_weight_grad(dweight, x, in.H * in.W * in.C, dout, &in, OC, B, k0,
+                                       k1);
 }
 
 void mn_maxpool2d_forward(float *out, int *argmax, const float *inp, const mn_window *g,

@@ -60,7 +60,7 @@ cdef void crossentropy_softmax_backward(float* dlogits,    # OUT (B, C)
 
 # ---- optimiser and metrics ------------------------------------------------------------------
 
-# ---- conv2d (channels last): out = im2col(inp) @ weight + bias -------------------------------
+# ---- conv2d (channels last): out = im2col(inp) @ weight + bias, computed directly ------------
 # The geometry of a window sliding over (H, W, C) images: kernel or pool (KH, KW), strides,
 # padding before (top, left), output (OH, OW). Built from a LayerPlan row.
 cdef struct Window:
@@ -72,8 +72,11 @@ cdef void im2col(float* patches,                   # OUT (B, OH*OW, KH*KW*C)
 cdef void col2im(float* dinp,                      # OUT (B, H, W, C), overwritten
                  const float* dpatches,            # IN  (B, OH*OW, KH*KW*C)
                  const Window* g, Py_ssize_t B) noexcept nogil
+# The windows read `padded` (conv2d_pads: the input padded as the layer pads) or, for a
+# layer that does not pad, the input itself: either is "x" for the backward pass.
+cdef bint conv2d_pads(const Window* g) noexcept nogil
 cdef void conv2d_forward(float* out,               # OUT (B, OH, OW, OC)
-                         float* patches,           # OUT (B, OH*OW, KH*KW*C) scratch
+                         float* padded,            # OUT (B, Hs, Ws, C) when conv2d_pads(g)
                          const float* inp,         # IN  (B, H, W, C)
                          const float* weight,      # IN  (KH, KW, C, OC)
                          const float* bias,        # IN  (OC,)
@@ -83,12 +86,17 @@ cdef void conv2d_input_grad(float* dinp,           # OUT (B, H, W, C)
                             const float* dout,     # IN  (B, OH, OW, OC)
                             const float* weight_t, # IN  (OC, KH*KW*C): the kernel transposed
                             const Window* g, Py_ssize_t B, Py_ssize_t OC) noexcept nogil
+cdef void conv2d_weight_grad(float* dweight,       # OUT rows k0..k1 of (KH*KW*C, OC)
+                             const float* x,       # IN  what conv2d_forward read
+                             const float* dout,    # IN  (B, OH, OW, OC)
+                             const Window* g, Py_ssize_t B, Py_ssize_t OC, Py_ssize_t k0,
+                             Py_ssize_t k1) noexcept nogil
 cdef void conv2d_backward(float* dinp,             # OUT (B, H, W, C), or NULL to skip
                           float* dweight,          # OUT (KH, KW, C, OC)
                           float* dbias,            # OUT (OC,)
                           float* scratch,          # (OC*KH*KW*C + OH*OW*KH*KW*C) floats
                           const float* dout,       # IN  (B, OH, OW, OC)
-                          const float* patches,    # IN  from conv2d_forward
+                          const float* x,          # IN  what conv2d_forward read
                           const float* weight,     # IN  (KH, KW, C, OC)
                           const Window* g, Py_ssize_t B, Py_ssize_t OC) noexcept nogil
 

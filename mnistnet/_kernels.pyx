@@ -43,6 +43,13 @@ cdef extern from "mn_kernels.h" nogil:
     # The same fields as Window (_kernels.pxd), checked at import.
     ctypedef struct mn_window:
         pass
+    int mn_conv_inside(const mn_window *g, mn_window *inside)
+    void mn_conv2d_forward(float *out, float *padded, const float *inp, const float *weight,
+                           const float *bias, const mn_window *g, Py_ssize_t B, Py_ssize_t OC)
+    void mn_conv2d_weight_grad(float *dweight, const float *x, const float *dout,
+                               const mn_window *g, Py_ssize_t B, Py_ssize_t OC, Py_ssize_t k0,
+                               Py_ssize_t k1)
+    double mn_fma_peak_gflops(int threads, double seconds)
     void mn_im2col(float *patches, const float *inp, const mn_window *g, Py_ssize_t B)
     void mn_col2im(float *dinp, const float *dpatches, const mn_window *g, Py_ssize_t B)
     void mn_maxpool2d_forward(float *out, int *argmax, const float *inp, const mn_window *g,
@@ -269,6 +276,18 @@ def _last_team() -> str:
 def openmp_enabled() -> bool:
     """True if the kernels were built with OpenMP."""
     return bool(mn_openmp_enabled())
+
+
+def fma_peak_gflops(int threads=0, double seconds=0.2) -> float:
+    """GFLOP/s of a register-resident loop of the active SIMD path's multiply-adds run on
+    `threads` threads at once (0: the kernels' thread count) for about `seconds`: what the
+    cores can do at most, the yardstick of every GFLOP/s figure."""
+    if threads <= 0:
+        threads = mn_get_num_threads()
+    cdef double out
+    with nogil:
+        out = mn_fma_peak_gflops(threads, seconds)
+    return out
 
 
 def sgemm(float[:, ::1] c, const float[:, ::1] a, const float[:, ::1] b):

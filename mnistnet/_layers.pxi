@@ -100,14 +100,26 @@ cdef void col2im(float* dinp, const float* dpatches, const Window* g,
     mn_col2im(dinp, dpatches, <const mn_window*>g, B)
 
 
-cdef void conv2d_forward(float* out, float* patches, const float* inp, const float* weight,
+cdef bint conv2d_pads(const Window* g) noexcept nogil:
+    # Whether the windows read a padded copy of the input (csrc/mn_window.c).
+    cdef Window inside
+    return mn_conv_inside(<const mn_window*>g, <mn_window*>&inside)
+
+
+cdef void conv2d_forward(float* out, float* padded, const float* inp, const float* weight,
                          const float* bias, const Window* g, Py_ssize_t B,
                          Py_ssize_t OC) noexcept nogil:
-    # out = patches @ weight + bias, weight as its (KH*KW*C, OC) matrix. patches == inp: a
-    # 1x1 stride-1 convolution without padding, whose patches are its input rows.
-    if patches != inp:
-        im2col(patches, inp, g, B)
-    dense_forward(out, patches, weight, bias, B * g.OH * g.OW, g.KH * g.KW * g.C, OC)
+    # out = im2col(inp) @ weight + bias, weight as its (KH*KW*C, OC) matrix, each output the
+    # same chain of multiply-adds, computed directly from the (padded) input: the patches
+    # never go to memory (csrc/mn_gemm_impl.h, per SIMD path).
+    mn_conv2d_forward(out, padded, inp, weight, bias, <const mn_window*>g, B, OC)
+
+
+cdef void conv2d_weight_grad(float* dweight, const float* x, const float* dout,
+                             const Window* g, Py_ssize_t B, Py_ssize_t OC, Py_ssize_t k0,
+                             Py_ssize_t k1) noexcept nogil:
+    # Rows k0..k1 of patches^T @ dout over the B images, from x (what conv2d_forward read).
+    mn_conv2d_weight_grad(dweight, x, dout, <const mn_window*>g, B, OC, k0, k1)
 
 
 cdef void conv2d_input_grad(float* dinp, float* dpatches, const float* dout,
@@ -126,13 +138,13 @@ cdef void conv2d_input_grad(float* dinp, float* dpatches, const float* dout,
 
 
 cdef void conv2d_backward(float* dinp, float* dweight, float* dbias, float* scratch,
-                          const float* dout, const float* patches, const float* weight,
+                          const float* dout, const float* x, const float* weight,
                           const Window* g, Py_ssize_t B, Py_ssize_t OC) noexcept nogil:
     # dweight = patches^T @ dout and dbias = column sums of dout, over the B*OH*OW pixel
     # rows; dinp (unless NULL) = col2im(dout @ weight^T). scratch: OC*K + OH*OW*K floats
     # (the kernel transposed, one image's patch gradient), K = KH*KW*C.
     cdef Py_ssize_t M = B * g.OH * g.OW, K = g.KH * g.KW * g.C
-    mn_sgemm_tn(dweight, patches, dout, K, M, OC)
+    conv2d_weight_grad(dweight, x, dout, g, B, OC, 0, K)
     mn_column_sums(dbias, dout, M, OC)
     if dinp != NULL:
         transpose(scratch, weight, K, OC)

@@ -53,7 +53,8 @@ cdef inline float* batch_stats(const Net* net, const LayerPlan* p) noexcept nogi
 
 
 cdef inline const float* layer_inputs(const Net* net, const LayerPlan* p) noexcept nogil:
-    # The rows a dense or conv layer's GEMM multiplies: its patches, or its input region.
+    # What a dense or conv layer's forward read: the padded copy of its input (a conv layer
+    # that pads), or its input region.
     return act_at(net, p.scratch) if p.kind == KIND_CONV2D and p.n_scratch > 0 else (
         act_at(net, p.act_in))
 
@@ -390,7 +391,8 @@ cdef bint weight_grads_update_rows(const Net* net, const Step* s, Py_ssize_t l, 
                                    Py_ssize_t c1, Py_ssize_t n, Py_ssize_t b0,
                                    Py_ssize_t b1) noexcept nogil:
     """Rows c0..c1 of layer l's kernel gradient (its GEMM inputs^T @ deltas over the n
-    samples' rows: a dense layer's input rows, a conv layer's patches), and elements b0..b1
+    samples' rows: a dense layer's input rows, a conv layer's patches, read from the input
+    its forward read), and elements b0..b1
     of its bias gradient, each applied by the optimizer as soon as computed; plain SGD is
     fused into the GEMM's tiles for wide layers. Returns whether every updated value stayed
     finite. Threads may each take a block of rows and of bias elements: each element is the
@@ -402,20 +404,33 @@ cdef bint weight_grads_update_rows(const Net* net, const Step* s, Py_ssize_t l, 
     cdef const float* inp = layer_inputs(net, p)
     cdef const float* dz = dact_at(net, p.dact_out)
     cdef bint finite
+    cdef Window win
     if l == 0 and net.w0t != NULL:  # a transposed narrow first layer (_dense.pxi)
         finite = transposed_first_layer_update(net, s, dz, inp, c0, c1, M)
+    elif p.kind == KIND_CONV2D:  # patches^T @ dz, from the input the forward read
+        window_of(&win, p)
+        conv2d_weight_grad(gw, inp, dz, &win, n, OC, c0, c1)
+        finite = kernel_rows_update(net, s, p, c0, c1)
     elif net.opt.code == OPT_SGD and OC >= FUSED_SGD_MIN_WIDTH and p.l2 == 0:
         finite = mn_sgemm_sgd(gw + c0 * OC, OC, inp + c0, 1, K, dz, OC, w + c0 * OC, OC,
                               s.learning_rate, c1 - c0, M, OC)
     else:
         mn_sgemm_strided(gw + c0 * OC, OC, inp + c0, 1, K, dz, OC, NULL, c1 - c0, M, OC)
-        if p.l2 > 0:
-            add_l2_gradient(gw + c0 * OC, w + c0 * OC, <float>(2 * p.l2), (c1 - c0) * OC)
-        finite = update_block(net, s, p.param + c0 * OC, (c1 - c0) * OC)
+        finite = kernel_rows_update(net, s, p, c0, c1)
     if b1 > b0:
         mn_column_sums_block(gw + K * OC, dz, b0, b1, M, OC)
         finite &= update_block(net, s, p.param + K * OC + b0, b1 - b0)
     return finite
+
+
+cdef inline bint kernel_rows_update(const Net* net, const Step* s, const LayerPlan* p,
+                                    Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    # Rows c0..c1 of a kernel, their gradient computed: + its L2 term, then the optimizer.
+    cdef Py_ssize_t OC = p.out_c
+    if p.l2 > 0:
+        add_l2_gradient(net.grads + p.param + c0 * OC, net.params + p.param + c0 * OC,
+                        <float>(2 * p.l2), (c1 - c0) * OC)
+    return update_block(net, s, p.param + c0 * OC, (c1 - c0) * OC)
 
 
 cdef inline void add_l2_gradient(float* g, const float* w, float factor,

@@ -23,7 +23,8 @@ from mnistnet._kernels import (  # noqa: F401  (re-exported: runtime configurati
     set_num_threads, sgemm, simd_path, simd_supported,
 )
 from mnistnet.codes import (  # noqa: F401  (the codes both backends expose)
-    ACTIVATIONS, LOSSES, OPTIMIZER_DTYPE, OPTIMIZERS, PLAN_DTYPE, dropout_threshold,
+    ACTIVATIONS, LOSSES, OPTIMIZER_DTYPE, OPTIMIZERS, PLAN_DTYPE, conv2d_padded_shape,
+    dropout_threshold,
     optimizer_slots, window_geometry,
 )
 
@@ -441,36 +442,40 @@ cdef object _check_int32(object a, str name, tuple shape):
     return a
 
 
-def conv2d_forward(out, patches, inp, weight, bias, strides=(1, 1), padding="valid"):
-    """out = im2col(inp) @ weight + bias, channels last; patches (scratch, None allocates)
-    keeps the patches for the backward pass. out (B, OH, OW, OC), patches
-    (B, OH, OW, KH*KW*C), inp (B, H, W, C), weight (KH, KW, C, OC), bias (OC,).
-    Returns out."""
+def conv2d_forward(out, padded, inp, weight, bias, strides=(1, 1), padding="valid"):
+    """out = im2col(inp) @ weight + bias, channels last, computed without the patches;
+    padded (None allocates) receives inp as the windows read it, for the backward pass
+    (reference.conv2d_padded_shape). out (B, OH, OW, OC), padded (B, Hs, Ws, C),
+    inp (B, H, W, C), weight (KH, KW, C, OC), bias (OC,). Returns out."""
     _check(inp, "inp", 4); _check(weight, "weight", 4); _check(bias, "bias", 1)
     if weight.shape[2] != inp.shape[3]:
         raise ValueError(f"inp has shape {inp.shape} but weight has shape {weight.shape}")
     if bias.shape[0] != weight.shape[3]:
         raise ValueError(f"weight has shape {weight.shape} but bias has shape {bias.shape}")
     cdef Window g = _window(inp.shape[1:], weight.shape[:2], _two(strides, "strides"), padding)
-    cdef Py_ssize_t B = inp.shape[0], OC = weight.shape[3], K = g.KH * g.KW * g.C
+    cdef Py_ssize_t B = inp.shape[0], OC = weight.shape[3]
     out = _out(out, "out", (B, g.OH, g.OW, OC))
-    patches = _out(patches, "patches", (B, g.OH, g.OW, K))
+    padded = _out(padded, "padded", (B, *conv2d_padded_shape(inp.shape[1:], weight.shape[:2],
+                                                             (g.SH, g.SW), padding)))
     cdef float* po = _io(out)
-    cdef float* pp = _io(patches)
+    cdef float* pp = _io(padded)
     cdef const float* pi = _in(inp)
     cdef const float* pw = _in(weight)
     cdef const float* pb = _in(bias)
+    cdef bint pads = k.conv2d_pads(&g)
     with nogil:
         k.conv2d_forward(po, pp, pi, pw, pb, &g, B, OC)
+    if not pads:  # the windows read inp itself: that is what padded holds
+        padded[...] = inp
     return out
 
 
-def conv2d_backward(dinp, dweight, dbias, dout, patches, inp, weight, strides=(1, 1),
+def conv2d_backward(dinp, dweight, dbias, dout, padded, inp, weight, strides=(1, 1),
                     padding="valid"):
-    """dweight = patches^T @ dout, dbias = dout summed over images and pixels, dinp =
-    col2im(dout @ weight^T): shapes as conv2d_forward's (dinp as inp, dweight as weight).
-    Returns (dinp, dweight, dbias)."""
-    _check(dout, "dout", 4); _check(patches, "patches", 4); _check(inp, "inp", 4)
+    """dweight = patches^T @ dout (the patches read from padded, conv2d_forward's), dbias =
+    dout summed over images and pixels, dinp = col2im(dout @ weight^T): shapes as
+    conv2d_forward's (dinp as inp, dweight as weight). Returns (dinp, dweight, dbias)."""
+    _check(dout, "dout", 4); _check(padded, "padded", 4); _check(inp, "inp", 4)
     _check(weight, "weight", 4)
     if weight.shape[2] != inp.shape[3]:
         raise ValueError(f"inp has shape {inp.shape} but weight has shape {weight.shape}")
@@ -478,8 +483,9 @@ def conv2d_backward(dinp, dweight, dbias, dout, patches, inp, weight, strides=(1
     cdef Py_ssize_t B = inp.shape[0], OC = weight.shape[3], K = g.KH * g.KW * g.C
     if dout.shape != (B, g.OH, g.OW, OC):
         raise ValueError(f"dout has shape {dout.shape}, expected {(B, g.OH, g.OW, OC)}")
-    if patches.shape != (B, g.OH, g.OW, K):
-        raise ValueError(f"patches has shape {patches.shape}, expected {(B, g.OH, g.OW, K)}")
+    want = (B, *conv2d_padded_shape(inp.shape[1:], weight.shape[:2], (g.SH, g.SW), padding))
+    if padded.shape != want:
+        raise ValueError(f"padded has shape {padded.shape}, expected {want}")
     dinp = _out(dinp, "dinp", inp.shape)
     dweight = _out(dweight, "dweight", weight.shape)
     dbias = _out(dbias, "dbias", (OC,))
@@ -489,7 +495,7 @@ def conv2d_backward(dinp, dweight, dbias, dout, patches, inp, weight, strides=(1
     cdef float* pdb = _io(dbias)
     cdef float* ps = _io(scratch)
     cdef const float* pdo = _in(dout)
-    cdef const float* pp = _in(patches)
+    cdef const float* pp = _in(padded)
     cdef const float* pw = _in(weight)
     with nogil:
         k.conv2d_backward(pdi, pdw, pdb, ps, pdo, pp, pw, &g, B, OC)

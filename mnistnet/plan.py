@@ -115,7 +115,7 @@ class Plan:
             else:
                 row["act_out"] = act
                 act += int(row["n_out"])
-            scratch = kind.scratch(row)
+            scratch = kind.scratch(row, layer)
             if scratch:
                 row["scratch"], row["n_scratch"] = act, scratch
                 act += scratch

@@ -69,6 +69,7 @@ from mnistnet.codes import (  # noqa: F401  (the codes both backends expose)
     EPOCH_NONFINITE_LOSS,
     LOSSES,
     OPTIMIZERS,
+    conv2d_padded_shape,
     dropout_threshold,
     optimizer_slots,
     window_geometry,
@@ -280,26 +281,39 @@ def col2im(dinp, dpatches, kernel_size, strides, padding):
     return dinp
 
 
-def conv2d_forward(out, patches, inp, weight, bias, strides=(1, 1), padding="valid"):
-    """out = im2col(inp) @ weight + bias, the patches kept for the backward pass.
-    out (B, OH, OW, OC), patches (B, OH, OW, KH*KW*C), inp (B, H, W, C),
-    weight (KH, KW, C, OC), bias (OC,)"""
+def _conv_padded(inp, kernel_size, strides, padding):
+    """inp as the windows read it (conv2d_padded_shape), zeros in the padding."""
+    shape = conv2d_padded_shape(inp.shape[1:], kernel_size, strides, padding)
+    if shape == inp.shape[1:]:
+        return inp
+    _, pads, span = _windows(inp.shape[1:], kernel_size, strides, padding)
+    return _padded(inp, pads, span, 0.0)
+
+
+def conv2d_forward(out, padded, inp, weight, bias, strides=(1, 1), padding="valid"):
+    """out = im2col(inp) @ weight + bias; padded receives inp as the windows read it (the
+    backward pass reads it).   out (B, OH, OW, OC), padded (B, Hs, Ws, C) (see
+    conv2d_padded_shape), inp (B, H, W, C), weight (KH, KW, C, OC), bias (OC,)"""
     kh, kw, c, oc = weight.shape
-    patches = im2col(patches, inp, (kh, kw), strides, padding)
+    padded = _out(padded, (inp.shape[0],
+                           *conv2d_padded_shape(inp.shape[1:], (kh, kw), strides, padding)))
+    padded[...] = _conv_padded(inp, (kh, kw), strides, padding)
+    patches = im2col(None, padded, (kh, kw), strides, "valid")
     out = _out(out, (*patches.shape[:3], oc))
     np.matmul(patches.reshape(-1, kh * kw * c), weight.reshape(-1, oc), out=out.reshape(-1, oc))
     out += bias
     return out
 
 
-def conv2d_backward(dinp, dweight, dbias, dout, patches, inp, weight, strides=(1, 1),
+def conv2d_backward(dinp, dweight, dbias, dout, padded, inp, weight, strides=(1, 1),
                     padding="valid"):
     """dweight = patches^T @ dout, dbias = sum of dout over images and pixels, dinp =
-    col2im(dout @ weight^T).   dinp (B, H, W, C), dweight (KH, KW, C, OC), dbias (OC,),
-    dout (B, OH, OW, OC), patches from conv2d_forward, inp (B, H, W, C), weight as dweight.
-    Returns (dinp, dweight, dbias)."""
+    col2im(dout @ weight^T), the patches those of padded (from conv2d_forward).
+    dinp (B, H, W, C), dweight (KH, KW, C, OC), dbias (OC,), dout (B, OH, OW, OC),
+    inp (B, H, W, C), weight as dweight. Returns (dinp, dweight, dbias)."""
     kh, kw, c, oc = weight.shape
     k = kh * kw * c
+    patches = im2col(None, padded, (kh, kw), strides, "valid")
     rows, grad = patches.reshape(-1, k), dout.reshape(-1, oc)
     dweight = _out(dweight, weight.shape)
     dbias = _out(dbias, (oc,))
