@@ -291,6 +291,7 @@ cdef struct Net:
     Py_ssize_t dacts_row    # floats per sample in the gradient regions (the workspace follows)
     Py_ssize_t targets      # per-sample offset of the targets region
     Py_ssize_t n_outputs
+    double train_flops      # FLOPs of one sample's forward and backward (Plan.flops_per_sample)
     Py_ssize_t thread_ws    # floats of each thread's workspace (nets that are not dense_only):
                             # one image's patch gradient, then the kernels transposed (wt)
     bint dense_only         # every layer is dense: the dense fast paths may apply

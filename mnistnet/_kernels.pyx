@@ -267,10 +267,14 @@ def _set_epoch_schedule(str name) -> None:
     epoch_schedule = _SCHEDULES[name]
 
 
-def _last_team() -> str:
+def _last_team(bint reset=False) -> str:
     """How the last team stretch split its work: "rows", "columns" or "inputs" ("none"
-    before any). For tests; process-wide."""
-    return ("none", "rows", "columns", "inputs")[last_team]
+    before any, or since a reset). For tests; process-wide."""
+    global last_team
+    name = ("none", "rows", "columns", "inputs")[last_team]
+    if reset:
+        last_team = TEAM_NONE
+    return name
 
 
 def openmp_enabled() -> bool:

@@ -759,6 +759,7 @@ cdef Net _net(plan, params, grads, state, acts, dacts, int loss, Py_ssize_t rows
     net.targets = plan.targets
     net.n_outputs = plan.n_outputs
     net.thread_ws = 0 if plan.dense_only else plan.thread_workspace_floats()
+    net.train_flops = plan.flops_per_sample()[1]
     net.dense_only = plan.dense_only
     net.has_l2 = plan.has_l2
     net.batch_statistics = plan.batch_statistics
