@@ -99,7 +99,8 @@ def add_arguments(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
                            "(the same with softmax and categorical cross-entropy); convnet "
                            "(Keras' simple MNIST convnet, trained with Adam 0.001, batch 128, "
                            "15 epochs); or convnet-plus (the convnet with BatchNormalization, "
-                           "RandomTranslation and a one-cycle schedule)")
+                           "RandomTranslation and a one-cycle schedule); or lenet5 (LeCun et "
+                           "al.'s LeNet-5 of 1998)")
     arch.add_argument("--layers", type=_layers, metavar="LAYER,...",
                       help="a custom stack, input side first, e.g. 128:relu,64:relu,10:softmax "
                            "or conv:32:3:relu,pool:2,flatten,dropout:0.5,10:softmax; "
@@ -294,6 +295,8 @@ def _resolve_recipe(args: argparse.Namespace) -> None:
         args.optimizer = recipe["optimizer"]
     if args.momentum is not None and args.optimizer not in ("sgd", "rmsprop"):
         raise CLIError("--momentum applies to --optimizer sgd or rmsprop only")
+    if args.momentum is None and args.optimizer == recipe["optimizer"]:
+        args.momentum = recipe.get("momentum")
     if args.lr is None:
         args.lr = (recipe["learning_rate"] if args.optimizer == recipe["optimizer"]
                    else OPTIMIZER_RATES[args.optimizer])
