@@ -7,9 +7,11 @@ checked against this table when this module is imported. Each entry says:
 * layer: the Layer class (mnistnet.layers: its config, output shape and weights);
 * fill / scratch: what the kind writes into its row of the layer plan beyond the shapes
   (mnistnet.plan fills those), and the forward scratch it needs per sample;
-* takes_images, gemm, aliases_input, keyed, batch_statistics: facts the plan, the model
-  and the CLI ask of it (its input is an (h, w, c) image; it is a GEMM of its input rows by a
-  kernel, as Dense and Conv2D are; its output is its input's memory, as Flatten's; it draws
+* takes_images, gemm, aliases_input, in_place, keyed, batch_statistics: facts the plan, the
+  model and the CLI ask of it (its input is an (h, w, c) image; it is a GEMM of its input rows
+  by a kernel, as Dense and Conv2D are; its output is its input's memory, as Flatten's; it
+  may compute its output over its input's memory, when nothing reads that any more, as an
+  Activation after a layer without one; it draws
   random numbers each training step; it reduces over the batch in training, as
   BatchNormalization does);
 * forward / backward (and update): its NumPy twin as the reference network runs it, calling
@@ -73,6 +75,7 @@ class Kind:
     takes_images: bool = False
     gemm: bool = False
     aliases_input: bool = False
+    in_place: bool = False
     keyed: bool = False
     batch_statistics: bool = False
 
@@ -788,7 +791,7 @@ KINDS: tuple[Kind, ...] = (
     Kind(layers.Activation, token="act", grammar="act:ACT (an Activation layer)",
          parse=_activation_parse, forward=_passes_through, backward=_gradient_passes_through,
          onnx=_onnx_activation_layer, c=_c_activation_layer, keras=_keras_activation,
-         torch=lambda layer, ins, outs: []),
+         torch=lambda layer, ins, outs: [], in_place=True),
     Kind(layers.RandomTranslation, token="translate", grammar="translate:FRACTION",
          parse=_translate_parse, forward=_translate_forward, backward=_translate_backward,
          onnx=IDENTITY, c=IDENTITY, keras=_keras_translate, torch=_torch_translate,

@@ -83,6 +83,9 @@ class Plan:
         act = _size(self.input_shape)   # the input region comes first
         dact = 0
         prev_act, prev_dact = 0, -1
+        # The activation applied to the region prev_act last: an in-place layer may overwrite
+        # the region only if its backward needs no output of it (None: the input region).
+        region_act: str | None = None
         has_weights_before = False
         stats = 0  # floats of the shared statistics area (BatchNormalization)
         for i, (layer, kind) in enumerate(zip(self.layers, self.kinds, strict=True)):
@@ -108,9 +111,11 @@ class Plan:
                 row["n_train"] = sum(_size(s) for s in shapes[: layer.trainable_weights])
                 row["l2"] = layer.l2
                 param += int(row["n_param"])
-            # Activations: Flatten's output is its input's region.
+            # Activations: Flatten's output is its input's region, and so is an in-place
+            # layer's (an Activation after a BatchNormalization, say: its copy is not needed).
             row["act_in"] = prev_act
-            if kind.aliases_input:
+            in_place = kind.in_place and region_act == "linear"
+            if kind.aliases_input or in_place:
                 row["act_out"] = prev_act
             else:
                 row["act_out"] = act
@@ -122,11 +127,13 @@ class Plan:
             # Gradients: only where some layer at or before this one has weights.
             has_weights_here = has_weights_before or bool(shapes)
             row["dact_in"] = prev_dact if has_weights_before else -1
-            if kind.aliases_input or not has_weights_here:
+            if kind.aliases_input or in_place or not has_weights_here:
                 row["dact_out"] = row["dact_in"]
             else:
                 row["dact_out"] = dact
                 dact += int(row["n_out"])
+            if not kind.aliases_input:
+                region_act = layer.activation
             prev_act, prev_dact = int(row["act_out"]), int(row["dact_out"])
             has_weights_before = has_weights_here
         self.n_params = param
