@@ -27,6 +27,7 @@
  * with literal sizes), so accumulators live in registers. Every output element sees the same
  * operations whatever tile it lands in: partial tiles only mask lanes, never reorder sums.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -719,6 +720,100 @@ static void conv_weight_grad(float *dw, const float *x, ptrdiff_t x_stride, cons
     } while (b < n);
 }
 
+/* ---- batch normalisation over M rows of C channels -----------------------------------------
+ * Plain C that the compiler vectorises along the channels for this file's instruction set.
+ * Each channel's sums run in double over the rows in order, BN_GROUP channels at a time (a
+ * row's group is contiguous), so a channel's sums are the same bits whichever thread takes
+ * it and whatever the vector width. */
+#define BN_GROUP 64
+
+static void bn_stats(float *mean, float *var, float *invstd, const float *x, double epsilon,
+                     ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t M, ptrdiff_t C)
+{
+    double acc[BN_GROUP];
+    for (ptrdiff_t g0 = c0; g0 < c1; g0 += BN_GROUP) {
+        const ptrdiff_t g = c1 - g0 < BN_GROUP ? c1 - g0 : BN_GROUP;
+        for (ptrdiff_t j = 0; j < g; j++) acc[j] = 0.0;
+        for (ptrdiff_t r = 0; r < M; r++) {
+            const float *row = x + r * C + g0;
+            for (ptrdiff_t j = 0; j < g; j++) acc[j] += (double)row[j];
+        }
+        for (ptrdiff_t j = 0; j < g; j++) {
+            mean[g0 + j] = (float)(acc[j] / (double)M);
+            acc[j] = 0.0;
+        }
+        const float *m = mean + g0;
+        for (ptrdiff_t r = 0; r < M; r++) {
+            const float *row = x + r * C + g0;
+            for (ptrdiff_t j = 0; j < g; j++) {
+                const float d = row[j] - m[j];
+                acc[j] += (double)d * (double)d;
+            }
+        }
+        for (ptrdiff_t j = 0; j < g; j++) {
+            const double v = acc[j] / (double)M;
+            var[g0 + j] = (float)v;
+            invstd[g0 + j] = (float)(1.0 / sqrt(v + epsilon));
+        }
+    }
+}
+
+static void bn_normalize(float *restrict out, float *restrict xhat, const float *restrict x,
+                         const float *gamma, const float *beta, const float *mean,
+                         const float *invstd, ptrdiff_t M, ptrdiff_t C)
+{
+    for (ptrdiff_t r = 0; r < M; r++) {
+        const float *xr = x + r * C;
+        float *hr = xhat + r * C, *orow = out + r * C;
+        for (ptrdiff_t c = 0; c < C; c++) {
+            const float h = (xr[c] - mean[c]) * invstd[c];
+            hr[c] = h;
+            orow[c] = gamma[c] * h + beta[c];
+        }
+    }
+}
+
+static void bn_backward_sums(float *dgamma, float *dbeta, const float *dout, const float *xhat,
+                             ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t M, ptrdiff_t C)
+{
+    double sx[BN_GROUP], sy[BN_GROUP];
+    for (ptrdiff_t g0 = c0; g0 < c1; g0 += BN_GROUP) {
+        const ptrdiff_t g = c1 - g0 < BN_GROUP ? c1 - g0 : BN_GROUP;
+        for (ptrdiff_t j = 0; j < g; j++) sx[j] = sy[j] = 0.0;
+        for (ptrdiff_t r = 0; r < M; r++) {
+            const float *d = dout + r * C + g0, *h = xhat + r * C + g0;
+            for (ptrdiff_t j = 0; j < g; j++) {
+                sy[j] += (double)d[j];
+                sx[j] += (double)d[j] * (double)h[j];
+            }
+        }
+        for (ptrdiff_t j = 0; j < g; j++) {
+            dgamma[g0 + j] = (float)sx[j];
+            dbeta[g0 + j] = (float)sy[j];
+        }
+    }
+}
+
+static void bn_input_grad(float *dinp, const float *dout, const float *xhat,
+                          const float *gamma, const float *invstd, const float *dgamma,
+                          const float *dbeta, ptrdiff_t rows, ptrdiff_t M, ptrdiff_t C)
+{
+    float k[BN_GROUP];
+    const float m = (float)M;
+    for (ptrdiff_t g0 = 0; g0 < C; g0 += BN_GROUP) {
+        const ptrdiff_t g = C - g0 < BN_GROUP ? C - g0 : BN_GROUP;
+        for (ptrdiff_t j = 0; j < g; j++)
+            k[j] = (float)((double)gamma[g0 + j] * (double)invstd[g0 + j] / (double)M);
+        const float *db = dbeta + g0, *dg = dgamma + g0;
+        for (ptrdiff_t r = 0; r < rows; r++) {
+            const ptrdiff_t i = r * C + g0;
+            const float *d = dout + i, *h = xhat + i;
+            float *o = dinp + i;
+            for (ptrdiff_t j = 0; j < g; j++) o[j] = k[j] * ((m * d[j] - db[j]) - h[j] * dg[j]);
+        }
+    }
+}
+
 /* ---- the machine's limit: a register-resident loop of multiply-adds ---------------------- */
 
 /* FMA_CHAINS independent accumulators: enough to fill the pipelines (latency x units). */
@@ -745,4 +840,5 @@ const mn_gemm_table MN_TABLE = {MN_TABLE_NAME,     gemm_block,       gemm_nt_row
                                  softmax_forward,   copy_finite,      maxpool2d_forward,
                                  relu_forward,      relu_backward,    sigmoid_backward,
                                  dropout_forward,   conv_forward,     conv_weight_grad,
-                                 fma_loop};
+                                 fma_loop,          bn_stats,         bn_normalize,
+                                 bn_backward_sums,  bn_input_grad};

@@ -113,6 +113,18 @@ typedef struct {
                              ptrdiff_t k1);
     /* iters rounds of a register-resident multiply-add loop; returns its FLOPs */
     double (*fma_loop)(long long iters, float *sink);
+    /* batch normalisation over M rows of C channels: see mn_kernels.h */
+    void (*bn_stats)(float *mean, float *var, float *invstd, const float *x, double epsilon,
+                     ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t M, ptrdiff_t C);
+    void (*bn_normalize)(float *out, float *xhat, const float *x, const float *gamma,
+                         const float *beta, const float *mean, const float *invstd,
+                         ptrdiff_t M, ptrdiff_t C);
+    void (*bn_backward_sums)(float *dgamma, float *dbeta, const float *dout,
+                             const float *xhat, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t M,
+                             ptrdiff_t C);
+    void (*bn_input_grad)(float *dinp, const float *dout, const float *xhat,
+                          const float *gamma, const float *invstd, const float *dgamma,
+                          const float *dbeta, ptrdiff_t rows, ptrdiff_t M, ptrdiff_t C);
 } mn_gemm_table;
 
 extern const mn_gemm_table mn_gemm_scalar;

@@ -85,6 +85,24 @@ void mn_maxpool2d_forward(float *out, int *argmax, const float *inp, const mn_wi
 void mn_maxpool2d_backward(float *dinp, const float *dout, const int *argmax,
                            const mn_window *g, ptrdiff_t B);
 
+/* ---- batch normalisation over M rows of C channels ---------------------------------------- */
+/* Channels c0..c1: mean, var (biased) and invstd = 1 / sqrt(var + epsilon) of x's rows, each
+ * channel's sums in double over the rows in order.   mean, var, invstd (C), x (M, C) */
+void mn_bn_stats(float *mean, float *var, float *invstd, const float *x, double epsilon,
+                 ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t M, ptrdiff_t C);
+/* xhat = (x - mean) * invstd; out = gamma * xhat + beta.   out, xhat, x (M, C) */
+void mn_bn_normalize(float *out, float *xhat, const float *x, const float *gamma,
+                     const float *beta, const float *mean, const float *invstd, ptrdiff_t M,
+                     ptrdiff_t C);
+/* Channels c0..c1: dgamma = sum(dout * xhat), dbeta = sum(dout), in double over the rows. */
+void mn_bn_backward_sums(float *dgamma, float *dbeta, const float *dout, const float *xhat,
+                         ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t M, ptrdiff_t C);
+/* rows rows of dinp = (gamma * invstd / M) * ((M * dout - dbeta) - xhat * dgamma), the sums
+ * those of the whole batch of M rows.   dinp, dout, xhat (rows, C) */
+void mn_bn_input_grad(float *dinp, const float *dout, const float *xhat, const float *gamma,
+                      const float *invstd, const float *dgamma, const float *dbeta,
+                      ptrdiff_t rows, ptrdiff_t M, ptrdiff_t C);
+
 /* ---- dropout ------------------------------------------------------------------------------ */
 /* out = inp * mask, mask[i] = 0 or 1 / (1 - rate): element first + i is kept when the top 32
  * bits of SplitMix64's output function of key + first + i are at least rate * 2^32 (the

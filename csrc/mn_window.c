@@ -142,6 +142,34 @@ void mn_conv2d_weight_grad(float *dweight, const float *x, const float *dout,
                                        k1);
 }
 
+/* ---- batch normalisation (per SIMD path in mn_gemm_impl.h) ------------------------------- */
+
+void mn_bn_stats(float *mean, float *var, float *invstd, const float *x, double epsilon,
+                 ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t M, ptrdiff_t C)
+{
+    mn_active_gemm()->bn_stats(mean, var, invstd, x, epsilon, c0, c1, M, C);
+}
+
+void mn_bn_normalize(float *out, float *xhat, const float *x, const float *gamma,
+                     const float *beta, const float *mean, const float *invstd, ptrdiff_t M,
+                     ptrdiff_t C)
+{
+    mn_active_gemm()->bn_normalize(out, xhat, x, gamma, beta, mean, invstd, M, C);
+}
+
+void mn_bn_backward_sums(float *dgamma, float *dbeta, const float *dout, const float *xhat,
+                         ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t M, ptrdiff_t C)
+{
+    mn_active_gemm()->bn_backward_sums(dgamma, dbeta, dout, xhat, c0, c1, M, C);
+}
+
+void mn_bn_input_grad(float *dinp, const float *dout, const float *xhat, const float *gamma,
+                      const float *invstd, const float *dgamma, const float *dbeta,
+                      ptrdiff_t rows, ptrdiff_t M, ptrdiff_t C)
+{
+    mn_active_gemm()->bn_input_grad(dinp, dout, xhat, gamma, invstd, dgamma, dbeta, rows, M, C);
+}
+
 void mn_maxpool2d_forward(float *out, int *argmax, const float *inp, const mn_window *g,
                           ptrdiff_t B)
 {

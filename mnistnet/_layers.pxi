@@ -328,44 +328,14 @@ DEF BN_GROUP = 64
 cdef void batchnorm_stats(float* mean, float* var, float* invstd, const float* inp,
                           double epsilon, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t M,
                           Py_ssize_t C) noexcept nogil:
-    cdef double acc[BN_GROUP]
-    cdef Py_ssize_t g0, g, r, j
-    cdef const float* row
-    cdef float d
-    cdef double v
-    for g0 in range(c0, c1, BN_GROUP):
-        g = min(BN_GROUP, c1 - g0)
-        for j in range(g):
-            acc[j] = 0
-        for r in range(M):
-            row = inp + r * C + g0
-            for j in range(g):
-                acc[j] += row[j]
-        for j in range(g):
-            mean[g0 + j] = <float>(acc[j] / M)
-            acc[j] = 0
-        for r in range(M):
-            row = inp + r * C + g0
-            for j in range(g):
-                d = row[j] - mean[g0 + j]
-                acc[j] += <double>d * <double>d
-        for j in range(g):
-            v = acc[j] / M
-            var[g0 + j] = <float>v
-            invstd[g0 + j] = <float>(1.0 / sqrt(v + epsilon))
+    mn_bn_stats(mean, var, invstd, inp, epsilon, c0, c1, M, C)
 
 
 cdef void batchnorm_normalize(float* out, float* xhat, const float* inp, const float* gamma,
                               const float* beta, const float* mean, const float* invstd,
                               Py_ssize_t M, Py_ssize_t C) noexcept nogil:
     # xhat = (x - mean) * invstd; out = gamma * xhat + beta.
-    cdef Py_ssize_t r, c
-    cdef float h
-    for r in range(M):
-        for c in range(C):
-            h = (inp[r * C + c] - mean[c]) * invstd[c]
-            xhat[r * C + c] = h
-            out[r * C + c] = gamma[c] * h + beta[c]
+    mn_bn_normalize(out, xhat, inp, gamma, beta, mean, invstd, M, C)
 
 
 cdef void batchnorm_inference(float* out, const float* inp, const float* gamma,
@@ -389,22 +359,7 @@ cdef void batchnorm_inference(float* out, const float* inp, const float* gamma,
 cdef void batchnorm_backward_sums(float* dgamma, float* dbeta, const float* dout,
                                   const float* xhat, Py_ssize_t c0, Py_ssize_t c1,
                                   Py_ssize_t M, Py_ssize_t C) noexcept nogil:
-    cdef double sx[BN_GROUP]
-    cdef double sy[BN_GROUP]
-    cdef Py_ssize_t g0, g, r, j, i
-    for g0 in range(c0, c1, BN_GROUP):
-        g = min(BN_GROUP, c1 - g0)
-        for j in range(g):
-            sx[j] = 0
-            sy[j] = 0
-        for r in range(M):
-            for j in range(g):
-                i = r * C + g0 + j
-                sy[j] += dout[i]
-                sx[j] += <double>dout[i] * <double>xhat[i]
-        for j in range(g):
-            dgamma[g0 + j] = <float>sx[j]
-            dbeta[g0 + j] = <float>sy[j]
+    mn_bn_backward_sums(dgamma, dbeta, dout, xhat, c0, c1, M, C)
 
 
 cdef void batchnorm_input_grad(float* dinp, const float* dout, const float* xhat,
@@ -413,17 +368,7 @@ cdef void batchnorm_input_grad(float* dinp, const float* dout, const float* xhat
                                Py_ssize_t C) noexcept nogil:
     # dinp = (gamma * invstd / M) * ((M * dout - dbeta) - xhat * dgamma), the factor in
     # double then rounded once.
-    cdef float k[BN_GROUP]
-    cdef float m = <float>M
-    cdef Py_ssize_t g0, g, r, j, i
-    for g0 in range(0, C, BN_GROUP):
-        g = min(BN_GROUP, C - g0)
-        for j in range(g):
-            k[j] = <float>(<double>gamma[g0 + j] * <double>invstd[g0 + j] / M)
-        for r in range(rows):
-            for j in range(g):
-                i = r * C + g0 + j
-                dinp[i] = k[j] * ((m * dout[i] - dbeta[g0 + j]) - xhat[i] * dgamma[g0 + j])
+    mn_bn_input_grad(dinp, dout, xhat, gamma, invstd, dgamma, dbeta, rows, M, C)
 
 
 # ---- losses and metrics ----------------------------------------------------------------------
