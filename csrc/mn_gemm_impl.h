@@ -552,8 +552,9 @@ MN_ALWAYS_INLINE void conv_tile(const int mr, const int nv, const int full_last,
         float *cr = c + r * OC;
         MN_UNROLL for (int v = 0; v < nv; v++) {
             const int last = (v == nv - 1) && !full_last;
-            VF out = V_ADD(acc[r][v], last ? V_LOADN(bias + v * VW, tail)
-                                            : V_LOAD(bias + v * VW));
+            VF out = acc[r][v];
+            if (bias)
+                out = V_ADD(out, last ? V_LOADN(bias + v * VW, tail) : V_LOAD(bias + v * VW));
             if (last)
                 V_STOREN(cr + v * VW, out, tail);
             else
@@ -665,7 +666,7 @@ static void conv_wgrad_tile_any(int mr, int nv, float *c, const ptrdiff_t *off,
 }
 
 /* out (OH, OW, OC) = the convolution of one image x (H, W, C, the windows inside it) with
- * the kernel w (KH*KW*C, OC), + bias: column panels outside (the kernel's slice of a panel
+ * the kernel w (KH*KW*C, OC), + bias (unless NULL): column panels outside (the kernel's slice of a panel
  * stays in cache), then the image's output rows, each in tiles of pixels. */
 static void conv_forward(float *out, const float *x, const float *w, const float *bias,
                          const mn_window *g, ptrdiff_t OC)
@@ -681,7 +682,7 @@ static void conv_forward(float *out, const float *x, const float *w, const float
             for (ptrdiff_t ow = 0; ow < g->OW; ow += rows) {
                 const int mr = (int)(g->OW - ow < rows ? g->OW - ow : rows);
                 conv_tile_any(mr, nv, out + (oh * g->OW + ow) * OC + j0, xr + ow * g->SW * C,
-                              w + j0, bias + j0, g, OC, tail);
+                              w + j0, bias ? bias + j0 : NULL, g, OC, tail);
             }
         }
     }

@@ -68,6 +68,17 @@ void mn_conv2d_forward(float *out, float *padded, const float *inp, const float 
 void mn_conv2d_weight_grad(float *dweight, const float *x, const float *dout,
                            const mn_window *g, ptrdiff_t B, ptrdiff_t OC, ptrdiff_t k0,
                            ptrdiff_t k1);
+/* Whether mn_conv2d_input_grad applies (stride 1); else im2col's adjoint (mn_col2im). */
+int mn_conv2d_input_grad_direct(const mn_window *g);
+/* flipped (KH*KW*OC, C): the kernel turned round (its cell (KH-1-kh, KW-1-kw) at (kh, kw)),
+ * input and output channels swapped: what mn_conv2d_input_grad reads. */
+void mn_conv2d_flip_kernel(float *flipped, const float *weight, const mn_window *g,
+                           ptrdiff_t OC);
+/* dinp (B, H, W, C) = the gradient of a stride-1 convolution's input from its output's,
+ * dout (B, OH, OW, OC): the correlation of dout, zero-padded, with the flipped kernel, each
+ * pixel a sum over (kh, kw, oc). scratch: (OH + 2 KH - 2) * (OW + 2 KW - 2) * OC floats. */
+void mn_conv2d_input_grad(float *dinp, float *scratch, const float *dout,
+                          const float *flipped, const mn_window *g, ptrdiff_t B, ptrdiff_t OC);
 /* GFLOP/s of a register-resident loop of the active SIMD path's multiply-adds on `threads`
  * threads at once, run for about `seconds`: the machine's arithmetic limit. */
 double mn_fma_peak_gflops(int threads, double seconds);

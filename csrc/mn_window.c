@@ -132,6 +132,58 @@ void mn_conv2d_forward(float *out, float *padded, const float *inp, const float 
                         &in, OC);
 }
 
+int mn_conv2d_input_grad_direct(const mn_window *g)
+{
+    return g->SH == 1 && g->SW == 1;
+}
+
+void mn_conv2d_flip_kernel(float *flipped, const float *weight, const mn_window *g,
+                           ptrdiff_t OC)
+{
+    const ptrdiff_t C = g->C;
+    for (ptrdiff_t kh = 0; kh < g->KH; kh++)
+        for (ptrdiff_t kw = 0; kw < g->KW; kw++) {
+            const float *w = weight + ((g->KH - 1 - kh) * g->KW + (g->KW - 1 - kw)) * C * OC;
+            float *f = flipped + (kh * g->KW + kw) * OC * C;
+            for (ptrdiff_t oc = 0; oc < OC; oc++)
+                for (ptrdiff_t c = 0; c < C; c++) f[oc * C + c] = w[c * OC + oc];
+        }
+}
+
+void mn_conv2d_input_grad(float *dinp, float *scratch, const float *dout,
+                          const float *flipped, const mn_window *g, ptrdiff_t B, ptrdiff_t OC)
+{
+    /* dout zero-padded by KH-1 rows and KW-1 columns all round, then correlated with the
+     * flipped kernel: each input pixel's gradient a sum over (kh, kw, oc), the padding
+     * adding zeros. Only the image's own pixels are computed (the span's padding is not). */
+    mn_window d;
+    d.C = OC;
+    d.H = g->OH + 2 * (g->KH - 1);
+    d.W = g->OW + 2 * (g->KW - 1);
+    d.KH = g->KH;
+    d.KW = g->KW;
+    d.SH = d.SW = 1;
+    d.OH = g->H;
+    d.OW = g->W;
+    d.PT = d.PL = 0;
+    const ptrdiff_t n_out = g->OH * g->OW * OC, n_img = g->H * g->W * g->C;
+    const mn_gemm_table *t = mn_active_gemm();
+    for (ptrdiff_t b = 0; b < B; b++) {
+        const float *src = dout + b * n_out;
+        zero_run(scratch, (g->KH - 1) * d.W * OC);
+        for (ptrdiff_t oh = 0; oh < g->OH; oh++) {
+            float *row = scratch + (g->KH - 1 + oh) * d.W * OC;
+            zero_run(row, (g->KW - 1) * OC);
+            copy_run(row + (g->KW - 1) * OC, src + oh * g->OW * OC, g->OW * OC);
+            zero_run(row + (g->KW - 1 + g->OW) * OC, (g->KW - 1) * OC);
+        }
+        zero_run(scratch + (g->KH - 1 + g->OH) * d.W * OC, (g->KH - 1) * d.W * OC);
+        /* input pixel (h, w) is span pixel (h + PT, w + PL) */
+        t->conv_forward(dinp + b * n_img, scratch + (g->PT * d.W + g->PL) * OC, flipped, NULL,
+                        &d, g->C);
+    }
+}
+
 void mn_conv2d_weight_grad(float *dweight, const float *x, const float *dout,
                            const mn_window *g, ptrdiff_t B, ptrdiff_t OC, ptrdiff_t k0,
                            ptrdiff_t k1)

@@ -50,6 +50,12 @@ cdef extern from "mn_kernels.h" nogil:
                                const mn_window *g, Py_ssize_t B, Py_ssize_t OC, Py_ssize_t k0,
                                Py_ssize_t k1)
     double mn_fma_peak_gflops(int threads, double seconds)
+    int mn_conv2d_input_grad_direct(const mn_window *g)
+    void mn_conv2d_flip_kernel(float *flipped, const float *weight, const mn_window *g,
+                               Py_ssize_t OC)
+    void mn_conv2d_input_grad(float *dinp, float *scratch, const float *dout,
+                              const float *flipped, const mn_window *g, Py_ssize_t B,
+                              Py_ssize_t OC)
     void mn_bn_stats(float *mean, float *var, float *invstd, const float *x, double epsilon,
                      Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t M, Py_ssize_t C)
     void mn_bn_normalize(float *out, float *xhat, const float *x, const float *gamma,

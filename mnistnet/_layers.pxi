@@ -122,13 +122,29 @@ cdef void conv2d_weight_grad(float* dweight, const float* x, const float* dout,
     mn_conv2d_weight_grad(dweight, x, dout, <const mn_window*>g, B, OC, k0, k1)
 
 
-cdef void conv2d_input_grad(float* dinp, float* dpatches, const float* dout,
+cdef void conv2d_kernel_for_input_grad(float* dst, const float* weight, const Window* g,
+                                       Py_ssize_t OC) noexcept nogil:
+    # What conv2d_input_grad reads of the kernel: turned round with its channels swapped
+    # (stride 1), else transposed (OC, KH*KW*C).
+    if mn_conv2d_input_grad_direct(<const mn_window*>g):
+        mn_conv2d_flip_kernel(dst, weight, <const mn_window*>g, OC)
+    else:
+        transpose(dst, weight, g.KH * g.KW * g.C, OC)
+
+
+cdef void conv2d_input_grad(float* dinp, float* scratch, const float* dout,
                             const float* weight_t, const Window* g, Py_ssize_t B,
                             Py_ssize_t OC) noexcept nogil:
-    """dinp = col2im(dout @ weight^T), image by image, from the kernel already transposed
-    (so the product is a row-major GEMM along the patch, not dot products over OC); each
-    image's patch gradient goes to dpatches (OH*OW x KH*KW*C floats) first."""
+    """dinp from dout and the kernel as conv2d_kernel_for_input_grad made it: for stride 1,
+    a direct correlation of dout (zero-padded in scratch) with the flipped kernel, no patches
+    (csrc/mn_window.c); otherwise col2im(dout @ weight^T), image by image, each image's patch
+    gradient first in scratch (OH*OW x KH*KW*C floats). See conv2d_grad_scratch_floats in
+    mnistnet/codes.py for scratch's size."""
     cdef Py_ssize_t b, K = g.KH * g.KW * g.C, P = g.OH * g.OW, n_img = g.H * g.W * g.C
+    cdef float* dpatches = scratch
+    if mn_conv2d_input_grad_direct(<const mn_window*>g):
+        mn_conv2d_input_grad(dinp, scratch, dout, weight_t, <const mn_window*>g, B, OC)
+        return
     for b in range(B):
         if g.KH == 1 and g.KW == 1 and g.SH == 1 and g.SW == 1:  # 1x1: patches are pixels
             mn_sgemm_nn(dinp + b * n_img, dout + b * P * OC, weight_t, NULL, P, OC, K)
@@ -147,7 +163,7 @@ cdef void conv2d_backward(float* dinp, float* dweight, float* dbias, float* scra
     conv2d_weight_grad(dweight, x, dout, g, B, OC, 0, K)
     mn_column_sums(dbias, dout, M, OC)
     if dinp != NULL:
-        transpose(scratch, weight, K, OC)
+        conv2d_kernel_for_input_grad(scratch, weight, g, OC)
         conv2d_input_grad(dinp, scratch + OC * K, dout, scratch, g, B, OC)
 
 

@@ -372,9 +372,15 @@ cdef void transpose_kernels(const Net* net, float* ws) noexcept nogil:
     # workspace (once a step: the weights change only between steps).
     cdef Py_ssize_t l
     cdef const LayerPlan* p
+    cdef Window g
     for l in range(net.n_layers):
         p = &net.plan[l]
-        if p.wt >= 0:
+        if p.wt < 0:
+            continue
+        if p.kind == KIND_CONV2D:
+            window_of(&g, p)
+            conv2d_kernel_for_input_grad(ws + p.wt, net.params + p.param, &g, p.out_c)
+        else:
             transpose(ws + p.wt, net.params + p.param, p.fan_in, p.out_c)
 
 

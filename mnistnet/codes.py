@@ -112,6 +112,18 @@ def conv2d_padded_shape(image: tuple[int, ...], kernel_size: tuple[int, int],
     return (span[0], span[1], int(image[2])) if pads else tuple(int(v) for v in image)
 
 
+def conv2d_grad_scratch_floats(out_hw: tuple[int, int], kernel_size: tuple[int, int],
+                               strides: tuple[int, int], in_c: int, out_c: int) -> int:
+    """Floats a conv layer's input gradient needs as scratch for one image: its output
+    gradient zero-padded all round by the kernel's size - 1 (stride 1: a direct correlation
+    with the flipped kernel), else one image's patch gradient (OH*OW x KH*KW*C, before
+    col2im)."""
+    (oh, ow), (kh, kw) = out_hw, kernel_size
+    if strides == (1, 1):
+        return (oh + 2 * (kh - 1)) * (ow + 2 * (kw - 1)) * out_c
+    return oh * ow * kh * kw * in_c
+
+
 def window_geometry(size: int, window: int, stride: int, padding: str) -> tuple[int, int]:
     """(output size, padding before) of a window sliding along one axis of `size`, as Keras
     (TensorFlow) computes them: "valid" keeps the windows inside the input; "same" gives

@@ -23,7 +23,8 @@ from mnistnet._kernels import (  # noqa: F401  (re-exported: runtime configurati
     set_num_threads, sgemm, simd_path, simd_supported,
 )
 from mnistnet.codes import (  # noqa: F401  (the codes both backends expose)
-    ACTIVATIONS, LOSSES, OPTIMIZER_DTYPE, OPTIMIZERS, PLAN_DTYPE, conv2d_padded_shape,
+    ACTIVATIONS, LOSSES, OPTIMIZER_DTYPE, OPTIMIZERS, PLAN_DTYPE, conv2d_grad_scratch_floats,
+    conv2d_padded_shape,
     dropout_threshold,
     optimizer_slots, window_geometry,
 )
@@ -489,7 +490,8 @@ def conv2d_backward(dinp, dweight, dbias, dout, padded, inp, weight, strides=(1,
     dinp = _out(dinp, "dinp", inp.shape)
     dweight = _out(dweight, "dweight", weight.shape)
     dbias = _out(dbias, "dbias", (OC,))
-    scratch = np.empty(OC * K + g.OH * g.OW * K, dtype=np.float32)
+    scratch = np.empty(OC * K + conv2d_grad_scratch_floats(
+        (g.OH, g.OW), (g.KH, g.KW), (g.SH, g.SW), g.C, OC), dtype=np.float32)
     cdef float* pdi = _io(dinp)
     cdef float* pdw = _io(dweight)
     cdef float* pdb = _io(dbias)

@@ -27,7 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from mnistnet.codes import ACTIVATIONS, PLAN_DTYPE, PLAN_FIELDS  # noqa: F401  (re-exported)
+from mnistnet.codes import (  # noqa: F401  (PLAN_DTYPE and PLAN_FIELDS: re-exported)
+    ACTIVATIONS,
+    PLAN_DTYPE,
+    PLAN_FIELDS,
+    conv2d_grad_scratch_floats,
+)
 from mnistnet.kinds import Kind, kind_of
 from mnistnet.layers import Dense, Layer, Shape, _positive_int
 
@@ -151,11 +156,12 @@ class Plan:
         is a row-major GEMM along the kernel's rows)."""
         t = self.table
         t["wt"] = -1
-        # A convolution's patch gradient: a GEMM kind over images.
-        self.patch_grad_floats = max([int(r["gemm_rows"] * r["fan_in"])
-                                      for r, kind in zip(t, self.kinds, strict=True)
-                                      if kind.gemm and kind.takes_images and r["dact_in"] >= 0],
-                                     default=0)
+        # A convolution's input-gradient scratch: a GEMM kind over images.
+        self.patch_grad_floats = max([conv2d_grad_scratch_floats(
+            (int(r["out_h"]), int(r["out_w"])), (int(r["k_h"]), int(r["k_w"])),
+            (int(r["s_h"]), int(r["s_w"])), int(r["in_c"]), int(r["out_c"]))
+            for r, kind in zip(t, self.kinds, strict=True)
+            if kind.gemm and kind.takes_images and r["dact_in"] >= 0], default=0)
         ws = self.patch_grad_floats
         if not self.dense_only:
             for row, kind in zip(t, self.kinds, strict=True):

@@ -290,6 +290,14 @@ def _conv_padded(inp, kernel_size, strides, padding):
     return _padded(inp, pads, span, 0.0)
 
 
+def _patches_of(padded, kernel_size, strides):
+    """im2col of the padded input (its windows all inside it), in its own dtype."""
+    (oh, ow), _, _ = _windows(padded.shape[1:], kernel_size, strides, "valid")
+    patches = np.empty((padded.shape[0], oh, ow, kernel_size[0] * kernel_size[1]
+                        * padded.shape[3]), padded.dtype)
+    return im2col(patches, padded, kernel_size, strides, "valid")
+
+
 def conv2d_forward(out, padded, inp, weight, bias, strides=(1, 1), padding="valid"):
     """out = im2col(inp) @ weight + bias; padded receives inp as the windows read it (the
     backward pass reads it).   out (B, OH, OW, OC), padded (B, Hs, Ws, C) (see
@@ -298,7 +306,7 @@ def conv2d_forward(out, padded, inp, weight, bias, strides=(1, 1), padding="vali
     padded = _out(padded, (inp.shape[0],
                            *conv2d_padded_shape(inp.shape[1:], (kh, kw), strides, padding)))
     padded[...] = _conv_padded(inp, (kh, kw), strides, padding)
-    patches = im2col(None, padded, (kh, kw), strides, "valid")
+    patches = _patches_of(padded, (kh, kw), strides)
     out = _out(out, (*patches.shape[:3], oc))
     np.matmul(patches.reshape(-1, kh * kw * c), weight.reshape(-1, oc), out=out.reshape(-1, oc))
     out += bias
@@ -313,7 +321,7 @@ def conv2d_backward(dinp, dweight, dbias, dout, padded, inp, weight, strides=(1,
     inp (B, H, W, C), weight as dweight. Returns (dinp, dweight, dbias)."""
     kh, kw, c, oc = weight.shape
     k = kh * kw * c
-    patches = im2col(None, padded, (kh, kw), strides, "valid")
+    patches = _patches_of(padded, (kh, kw), strides)
     rows, grad = patches.reshape(-1, k), dout.reshape(-1, oc)
     dweight = _out(dweight, weight.shape)
     dbias = _out(dbias, (oc,))

@@ -65,25 +65,35 @@ def conv_arrays(case, batch):
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("case", CONV_CASES)
 def test_conv2d_forward_matches_reference(simd_path, case, batch):
+    """The output, and the padded input the windows read (kept for the backward pass), which
+    im2col over it (valid windows) turns into the layer's patches."""
     inp, weight, bias, strides, padding = conv_arrays(case, batch)
-    want_patches = reference.im2col(None, inp, weight.shape[:2], strides, padding)
-    want = reference.conv2d_forward(None, None, inp, weight, bias, strides, padding)
-    patches = np.full(want_patches.shape, np.nan, np.float32)
-    got = fast.conv2d_forward(None, patches, inp, weight, bias, strides, padding)
+    shape = (batch, *reference.conv2d_padded_shape(inp.shape[1:], weight.shape[:2], strides,
+                                                   padding))
+    want_padded = np.full(shape, np.nan, np.float32)
+    want = reference.conv2d_forward(None, want_padded, inp, weight, bias, strides, padding)
+    padded = np.full(shape, np.nan, np.float32)
+    got = fast.conv2d_forward(None, padded, inp, weight, bias, strides, padding)
     what = f"conv2d_forward[{simd_path}] {case} batch {batch}"
-    np.testing.assert_array_equal(patches, want_patches, err_msg=what + " patches")
+    np.testing.assert_array_equal(padded, want_padded, err_msg=what + " padded")
+    np.testing.assert_array_equal(
+        reference.im2col(None, padded, weight.shape[:2], strides, "valid"),
+        reference.im2col(None, inp, weight.shape[:2], strides, padding), err_msg=what)
     assert_close(got, want, FORWARD_RTOL, what)
 
 
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("case", CONV_CASES)
 def test_conv2d_backward_matches_reference(simd_path, case, batch):
-    inp, weight, _, strides, padding = conv_arrays(case, batch)
-    patches = reference.im2col(None, inp, weight.shape[:2], strides, padding)
-    dout = normal(rng_for("dout", case, batch), (*patches.shape[:3], weight.shape[3]))
-    want = reference.conv2d_backward(None, None, None, dout, patches, inp, weight, strides,
+    inp, weight, bias, strides, padding = conv_arrays(case, batch)
+    shape = (batch, *reference.conv2d_padded_shape(inp.shape[1:], weight.shape[:2], strides,
+                                                   padding))
+    padded = np.empty(shape, np.float32)
+    out = reference.conv2d_forward(None, padded, inp, weight, bias, strides, padding)
+    dout = normal(rng_for("dout", case, batch), out.shape)
+    want = reference.conv2d_backward(None, None, None, dout, padded, inp, weight, strides,
                                      padding)
-    got = fast.conv2d_backward(None, None, None, dout, patches, inp, weight, strides, padding)
+    got = fast.conv2d_backward(None, None, None, dout, padded, inp, weight, strides, padding)
     for name, g, w in zip(("dinp", "dweight", "dbias"), got, want, strict=True):
         assert_close(g, w, BACKWARD_RTOL, f"conv2d_backward[{simd_path}] {name} {case} "
                                           f"batch {batch}")
@@ -119,7 +129,7 @@ def test_conv2d_arguments_are_checked():
         fast.conv2d_forward(None, None, inp, weight, bias, padding="full")
     with pytest.raises(ValueError, match="strides must be an int >= 1"):
         fast.conv2d_forward(None, None, inp, weight, bias, strides=(0, 1))
-    with pytest.raises(ValueError, match="patches has shape"):
+    with pytest.raises(ValueError, match="padded has shape"):
         fast.conv2d_forward(None, np.zeros((1, 3, 3, 62), np.float32), inp, weight, bias)
 
 
