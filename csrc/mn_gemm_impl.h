@@ -524,16 +524,18 @@ static void maxpool2d_forward(float *restrict out, int *restrict argmax,
 
 MN_ALWAYS_INLINE void conv_tile(const int mr, const int nv, const int full_last, float *c,
                                 const float *a, const float *b, const float *bias,
-                                const mn_window *g, ptrdiff_t OC, int tail)
+                                const mn_window *g, ptrdiff_t OC, int tail, ptrdiff_t kh0,
+                                ptrdiff_t kh1)
 {
     /* c: the tile's first output pixel (pixels OC floats apart); a: that pixel's window's
-     * top-left input cell; b: the kernel as a (KH*KW*C, OC) matrix, at the panel's column. */
+     * top-left input cell; b: the kernel as a (KH*KW*C, OC) matrix, at the panel's column.
+     * Kernel rows kh0..kh1 only: the others would read rows of zeros. */
     VF acc[MR_MAX][NV_MAX];
     MN_UNROLL for (int r = 0; r < mr; r++)
         MN_UNROLL for (int v = 0; v < nv; v++) acc[r][v] = V_ZERO();
     const ptrdiff_t C = g->C, a_rs = g->SW * C, row = g->W * C;
-    const float *bk = b;
-    for (ptrdiff_t kh = 0; kh < g->KH; kh++)
+    const float *bk = b + kh0 * g->KW * C * OC;
+    for (ptrdiff_t kh = kh0; kh < kh1; kh++)
         for (ptrdiff_t kw = 0; kw < g->KW; kw++) {
             const float *ak = a + kh * row + kw * C;
             for (ptrdiff_t ch = 0; ch < C; ch++, bk += OC) {
@@ -639,10 +641,11 @@ MN_ALWAYS_INLINE void conv_wgrad_tile(const int mr, const int nv, const int full
 #endif
 
 static void conv_tile_any(int mr, int nv, float *c, const float *a, const float *b,
-                          const float *bias, const mn_window *g, ptrdiff_t OC, int tail)
+                          const float *bias, const mn_window *g, ptrdiff_t OC, int tail,
+                          ptrdiff_t kh0, ptrdiff_t kh1)
 {
     const int full_last = tail == VW;
-#define TILE_CALL(MR, NV, FULL) conv_tile(MR, NV, FULL, c, a, b, bias, g, OC, tail)
+#define TILE_CALL(MR, NV, FULL) conv_tile(MR, NV, FULL, c, a, b, bias, g, OC, tail, kh0, kh1)
     switch (mr * 8 + nv - 1) {
         CONV_CASES
         default: abort(); /* unreachable: the caller clamps mr and nv to the tile */
@@ -666,10 +669,12 @@ static void conv_wgrad_tile_any(int mr, int nv, float *c, const ptrdiff_t *off,
 }
 
 /* out (OH, OW, OC) = the convolution of one image x (H, W, C, the windows inside it) with
- * the kernel w (KH*KW*C, OC), + bias (unless NULL): column panels outside (the kernel's slice of a panel
- * stays in cache), then the image's output rows, each in tiles of pixels. */
+ * the kernel w (KH*KW*C, OC), + bias (unless NULL): column panels outside (the kernel's
+ * slice of a panel stays in cache), then the image's output rows, each in tiles of pixels.
+ * x's first and last `zero_rows` rows may be known zeros: kernel rows that would only read
+ * them are skipped (their products add nothing). */
 static void conv_forward(float *out, const float *x, const float *w, const float *bias,
-                         const mn_window *g, ptrdiff_t OC)
+                         const mn_window *g, ptrdiff_t OC, ptrdiff_t zero_rows)
 {
     const ptrdiff_t panel = (ptrdiff_t)panel_vectors(OC) * VW, C = g->C;
     for (ptrdiff_t j0 = 0; j0 < OC; j0 += panel) {
@@ -679,10 +684,13 @@ static void conv_forward(float *out, const float *x, const float *w, const float
         const int rows = TILE_ROWS(nv);
         for (ptrdiff_t oh = 0; oh < g->OH; oh++) {
             const float *xr = x + oh * g->SH * g->W * C;
+            /* kernel rows kh read x's row oh * SH + kh: skip those in the zero rows */
+            const ptrdiff_t top = zero_rows - oh * g->SH, bottom = g->H - zero_rows - oh * g->SH;
+            const ptrdiff_t kh0 = top > 0 ? top : 0, kh1 = bottom < g->KH ? bottom : g->KH;
             for (ptrdiff_t ow = 0; ow < g->OW; ow += rows) {
                 const int mr = (int)(g->OW - ow < rows ? g->OW - ow : rows);
                 conv_tile_any(mr, nv, out + (oh * g->OW + ow) * OC + j0, xr + ow * g->SW * C,
-                              w + j0, bias ? bias + j0 : NULL, g, OC, tail);
+                              w + j0, bias ? bias + j0 : NULL, g, OC, tail, kh0, kh1);
             }
         }
     }

@@ -129,7 +129,7 @@ void mn_conv2d_forward(float *out, float *padded, const float *inp, const float 
     const mn_gemm_table *t = mn_active_gemm();
     for (ptrdiff_t b = 0; b < B; b++)
         t->conv_forward(out + b * g->OH * g->OW * OC, x + b * in.H * in.W * in.C, weight, bias,
-                        &in, OC);
+                        &in, OC, 0);
 }
 
 int mn_conv2d_input_grad_direct(const mn_window *g)
@@ -156,9 +156,9 @@ void mn_conv2d_input_grad(float *dinp, float *scratch, const float *dout,
     /* dout zero-padded by KH-1 rows and KW-1 columns all round, then correlated with the
      * flipped kernel: each input pixel's gradient a sum over (kh, kw, oc), the padding
      * adding zeros. Only the image's own pixels are computed (the span's padding is not). */
-    mn_window d;
+    mn_window d; /* the windows over the padded dout, from the image's first row on */
     d.C = OC;
-    d.H = g->OH + 2 * (g->KH - 1);
+    d.H = g->OH + 2 * (g->KH - 1) - g->PT;
     d.W = g->OW + 2 * (g->KW - 1);
     d.KH = g->KH;
     d.KW = g->KW;
@@ -180,7 +180,7 @@ void mn_conv2d_input_grad(float *dinp, float *scratch, const float *dout,
         zero_run(scratch + (g->KH - 1 + g->OH) * d.W * OC, (g->KH - 1) * d.W * OC);
         /* input pixel (h, w) is span pixel (h + PT, w + PL) */
         t->conv_forward(dinp + b * n_img, scratch + (g->PT * d.W + g->PL) * OC, flipped, NULL,
-                        &d, g->C);
+                        &d, g->C, g->KH - 1 - g->PT);
     }
 }
 
