@@ -761,8 +761,8 @@ def export_int8_c(model: Model, directory: str | os.PathLike, x_calibration: np.
     """Quantise `model` on x_calibration (see quantize) and write it as int8 C99,
     DIR/<name>.h and DIR/<name>.c (see mnistnet.export_int8); returns their paths. The name
     and folder are checked before the (slower) quantisation."""
-    from mnistnet.export import _existing_folder, check_c_name
+    from mnistnet.export import check_c_name, check_output_folder
 
     check_c_name(name)
-    _existing_folder(directory, "output folder")
+    check_output_folder(directory, f"output folder {directory}")
     return quantize(model, x_calibration).export_c(directory, name)

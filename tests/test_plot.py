@@ -431,6 +431,14 @@ def test_the_command_draws_every_picture(perceptron, data, dataset, tmp_path, ca
 
 
 @needs_matplotlib
+def test_the_command_makes_missing_folders(perceptron, tmp_path, capsys) -> None:
+    perceptron.save(tmp_path / "model.npz")
+    out = tmp_path / "pictures" / "perceptron"
+    assert plot_command(tmp_path / "model.npz", "--what", "weights", "--out", out) == 0
+    assert capsys.readouterr().out == f"{out / 'weights.png'}\n"
+
+
+@needs_matplotlib
 def test_the_command_draws_one_picture_as_svg(perceptron, tmp_path, capsys) -> None:
     perceptron.save(tmp_path / "model.npz")
     assert plot_command(tmp_path / "model.npz", "--what", "weights", "--format", "svg",
@@ -443,7 +451,7 @@ def test_the_command_draws_one_picture_as_svg(perceptron, tmp_path, capsys) -> N
 @pytest.mark.parametrize(("argv", "message"), [
     (["--out", "."], "give a MODEL.npz, --history FILE.json, or both"),
     (["--what", "weights", "--history", "h.json", "--out", "."], "--what draws a model"),
-    (["model.npz", "--out", "missing/pictures"], "its parent folder .*missing does not exist"),
+    (["model.npz", "--out", "model.npz/pictures"], "model.npz is a file, not a folder"),
     (["model.npz", "--out", "model.npz"], "exists and is not a folder"),
     (["model.npz", "--out", ""], "empty folder name"),
 ])
