@@ -54,10 +54,11 @@ from mnistnet.codes import window_geometry
 from mnistnet.export import (
     C_ACTIVATIONS,
     _c_comment,
-    _existing_folder,
     _write_atomically,
     c_float,
     check_c_name,
+    check_output_folder,
+    make_output_folder,
 )
 
 if TYPE_CHECKING:
@@ -638,10 +639,11 @@ def export_quantized_c(q: QuantizedModel, directory: str | os.PathLike,
     """Write the int8 model `q` as C99, `directory/<name>.h` and `directory/<name>.c` (each
     atomically), and return their paths; see this module's docstring for what they hold.
     `name` must be a C identifier that is no C/C++ keyword (ValueError otherwise);
-    `directory` must exist."""
+    `directory` is made if missing, with its parents."""
     check_c_name(name)
-    folder = _existing_folder(directory, "output folder")
+    check_output_folder(directory, f"output folder {directory}")
     program = c_program(q, name)
+    folder = make_output_folder(directory, f"output folder {directory}")
     header, source = folder / f"{name}.h", folder / f"{name}.c"
     _write_atomically(header, _c_header(q, name, program).encode())
     _write_atomically(source, _c_source(q, program).encode())

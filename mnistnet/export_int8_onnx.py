@@ -31,9 +31,10 @@ from mnistnet.export import (
     DEFAULT_OPSET,
     OnnxGraph,
     _check_opset,
-    _existing_folder,
     _import_onnx,
     _write_atomically,
+    check_output_folder,
+    make_output_folder,
     window_pads,
 )
 
@@ -185,8 +186,10 @@ def export_quantized_onnx(q: QuantizedModel, path: str | os.PathLike,
                           opset: int = DEFAULT_OPSET) -> Path:
     """Write the int8 model as an ONNX QDQ file at `path` (atomically) and return the path."""
     target = Path(path)
-    _existing_folder(target.parent, "output folder")
+    check_output_folder(target.parent, f"output file {target}")
     if target.is_dir():
         raise IsADirectoryError(f"{target} is a folder, not a file name")
-    _write_atomically(target, quantized_onnx_model(q, opset).SerializeToString())
+    data = quantized_onnx_model(q, opset).SerializeToString()
+    make_output_folder(target.parent, f"output file {target}")
+    _write_atomically(target, data)
     return target

@@ -696,8 +696,10 @@ class QuantizedModel:
         softmax or sigmoid applied in float."""
         return self.dequantize_output(self.predict_int8(self.quantize_input(x)))
 
-    def summary(self) -> str:
-        """The integer network: input, one line per operation, the exit, the sizes."""
+    def summary(self, print_fn: Callable[[str], Any] | None = None) -> None:
+        """Print the integer network: input, one line per operation, the exit, the sizes;
+        returns None, as Model.summary (and Keras). print_fn is called with each line
+        instead of print, e.g. ``lines.append`` to keep the text."""
         lines = [f"int8 model, calibrated on {self.calibration_rows} rows: input "
                  f"{self.input_shape} scale {self.input_q.scale:.6g} zero point "
                  f"{self.input_q.zero_point}"]
@@ -706,7 +708,8 @@ class QuantizedModel:
         lines.append(f"  then {self.exit_activation} in float; int8 constants "
                      f"{self.weight_bytes:,} bytes (float32 weights: "
                      f"{self.float_weight_bytes:,})")
-        return "\n".join(lines)
+        for line in lines:
+            (print_fn or print)(line)
 
     def export_c(self, directory: str | os.PathLike, name: str = "model") -> tuple[Path, Path]:
         """Write DIR/<name>.h and DIR/<name>.c: this int8 network as C99 (see
@@ -758,8 +761,8 @@ def export_int8_c(model: Model, directory: str | os.PathLike, x_calibration: np.
     """Quantise `model` on x_calibration (see quantize) and write it as int8 C99,
     DIR/<name>.h and DIR/<name>.c (see mnistnet.export_int8); returns their paths. The name
     and folder are checked before the (slower) quantisation."""
-    from mnistnet.export import _existing_folder, check_c_name
+    from mnistnet.export import check_c_name, check_output_folder
 
     check_c_name(name)
-    _existing_folder(directory, "output folder")
+    check_output_folder(directory, f"output folder {directory}")
     return quantize(model, x_calibration).export_c(directory, name)

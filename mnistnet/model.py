@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +32,19 @@ from mnistnet.optimizers import SGD, Optimizer, optimizer_from_config, optimizer
 from mnistnet.plan import Plan, aligned_zeros, input_shape_of
 from mnistnet.trainer import History, Trainer
 
-__all__ = ["BACKENDS", "History", "Model"]
+__all__ = ["BACKENDS", "History", "Model", "loss_for_output"]
 
 BACKENDS = {"fast": fast, "reference": reference}
 ACTIVATIONS = tuple(ACTIVATION_CODES)
 LOSSES = tuple(LOSS_CODES)
 PREDICT_CHUNK = 256  # rows per forward pass in predict/evaluate: keeps activations in cache
+
+
+def loss_for_output(activation: str) -> str:
+    """The loss a model gets when none is given, from its output layer's activation:
+    categorical cross-entropy after a softmax (probabilities), MSE after anything else
+    (sigmoid, linear, tanh, relu), the pairs the presets use."""
+    return "categorical_crossentropy" if activation == "softmax" else "mse"
 
 
 class Model(Trainer):
@@ -51,7 +58,9 @@ class Model(Trainer):
         input_shape: or the shape of one sample: (784,) or, channels last, (28, 28, 1).
             Neither given: MNIST's, (28, 28, 1) if the first layer is a Conv2D or
             MaxPool2D, else (784,).
-        loss: "mse" or "categorical_crossentropy" (needs a softmax output layer).
+        loss: "mse" or "categorical_crossentropy" (needs a softmax output layer); None
+            (default): the output's, categorical cross-entropy after a softmax, else MSE
+            (see loss_for_output).
         optimizer: SGD (default SGD(0.01)), Adam, AdamW or RMSprop.
         seed: seeds the Glorot-uniform initialisation, every epoch's shuffle and the dropout
             masks.
@@ -59,7 +68,7 @@ class Model(Trainer):
     """
 
     def __init__(self, layers: Sequence[Layer], input_dim: int | None = None,
-                 loss: str = "mse", optimizer: Optimizer | None = None, seed: int = 0,
+                 loss: str | None = None, optimizer: Optimizer | None = None, seed: int = 0,
                  backend: str = "fast", input_shape: Sequence[int] | None = None) -> None:
         if isinstance(layers, Layer) or not isinstance(layers, Sequence) or not layers:
             raise TypeError("layers must be a non-empty list of layers (Dense, Conv2D, ...)")
@@ -69,7 +78,8 @@ class Model(Trainer):
                                 f"Flatten, Dropout, ...), got {type(layer).__name__}")
         self.layers = list(layers)
         self.input_shape = input_shape_of(self.layers, input_dim, input_shape)
-        self.loss = _choice(loss, LOSSES, "loss")
+        output = self.layers[-1].activation
+        self.loss = loss_for_output(output) if loss is None else _choice(loss, LOSSES, "loss")
         if self.loss == "categorical_crossentropy" and self.layers[-1].activation != "softmax":
             raise ValueError("loss 'categorical_crossentropy' needs a softmax output layer, "
                              f"got {self.layers[-1].activation!r}")
@@ -184,18 +194,32 @@ class Model(Trainer):
                                                             for la in self.layers)
         return f"Model({arch}, loss={self.loss!r}, backend={self.backend!r})"
 
-    def summary(self) -> str:
-        """A table of the layers with their output shapes and weight counts (also printed)."""
+    def summary(self, print_fn: Callable[[str], Any] | None = None) -> None:
+        """Print a table of the layers with their output shapes and weight counts, then the
+        input, the weight count, the loss and the optimizer; returns None, as Keras' does.
+
+        Args:
+            print_fn: called with each line instead of print (Keras' argument), e.g.
+                ``lines.append`` to keep the text.
+        """
         rows = [("layer", "output shape", "params")]
         for d in self.plan.describe():
             rows.append((f"{d['class']}", str(tuple(d["output_shape"])), str(d["params"])))
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
         lines.append(f"input {self.input_shape}; {self.plan.n_params:,} weights; loss "
-                     f"{self.loss}; {self.optimizer!r}")
-        text = "\n".join(lines)
-        print(text)
-        return text
+                     f"{self._describe_loss()}; {self.optimizer!r}")
+        for line in lines:
+            (print_fn or print)(line)
+
+    def _describe_loss(self) -> str:
+        """The loss and how it relates to the output layer, e.g. "categorical_crossentropy
+        (the default for a softmax output)"."""
+        output = self.layers[-1].activation
+        default = loss_for_output(output)
+        if self.loss == default:
+            return f"{self.loss} (the default for a {output} output)"
+        return f"{self.loss} (given; a {output} output's default is {default})"
 
     # -- weights ---------------------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:

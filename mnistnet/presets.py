@@ -65,19 +65,23 @@ def lenet5_layers() -> list[Layer]:
             Dense(10, activation="softmax")]
 
 
-# Each preset: its layers, its input and its loss.
+# Each preset: its layers, its input, its loss, and what it is in a few words (for --help).
 PRESETS: dict[str, dict[str, Any]] = {
-    "perceptron": {"layers": _dense((10, "sigmoid")), "input_shape": (784,), "loss": "mse"},
+    "perceptron": {"layers": _dense((10, "sigmoid")), "input_shape": (784,), "loss": "mse",
+                   "about": "784-10 sigmoid, MSE"},
     "hidden-relu": {"layers": _dense((128, "relu"), (64, "relu"), (10, "sigmoid")),
-                    "input_shape": (784,), "loss": "mse"},
+                    "input_shape": (784,), "loss": "mse",
+                    "about": "784-128-64-10, relu then sigmoid, MSE"},
     "cross-entropy": {"layers": _dense((128, "relu"), (64, "relu"), (10, "softmax")),
-                      "input_shape": (784,), "loss": "categorical_crossentropy"},
+                      "input_shape": (784,), "loss": "categorical_crossentropy",
+                      "about": "the same with softmax and categorical cross-entropy"},
     "convnet": {"layers": convnet_layers, "input_shape": MNIST_IMAGE,
-                "loss": "categorical_crossentropy"},
+                "loss": "categorical_crossentropy", "about": "Keras' simple MNIST convnet"},
     "convnet-plus": {"layers": convnet_plus_layers, "input_shape": MNIST_IMAGE,
-                     "loss": "categorical_crossentropy"},
+                     "loss": "categorical_crossentropy",
+                     "about": "the convnet with BatchNormalization and RandomTranslation"},
     "lenet5": {"layers": lenet5_layers, "input_shape": MNIST_IMAGE,
-               "loss": "categorical_crossentropy"},
+               "loss": "categorical_crossentropy", "about": "LeCun et al.'s LeNet-5, tanh"},
 }
 # Each preset's training recipe, as the tutorial (SGD 0.01, batch 32, 30 epochs) and Keras'
 # "Simple MNIST convnet" example (Adam 0.001, batch 128, 15 epochs) train them; lenet5's was

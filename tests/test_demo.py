@@ -566,6 +566,67 @@ def test_test_digits_through_the_pages_preparation(page, model, digits) -> None:
         assert same_reading >= 19, f"{same_reading} of 20 test digits read as before"
 
 
+PAD_PNG = "return document.getElementById('pad').toDataURL('image/png')"
+
+
+def pad_picture(page: WebDriver, path: Path) -> Path:
+    """The pad's drawing as the PNG file the browser makes of it (what a user would save)."""
+    import base64
+
+    url = page.run(PAD_PNG)
+    assert url.startswith("data:image/png;base64,"), url[:40]
+    path.write_bytes(base64.b64decode(url.partition(",")[2]))
+    return path
+
+
+def test_the_python_preparation_is_the_pages(page, model, tmp_path, capsys) -> None:
+    """mnistnet.images, the preparation `mnistnet predict digit.png` uses, gives what the
+    page's own JavaScript gives on the same drawing: drawn with the pen, saved as PNG (and
+    as its negative, dark on light); and `mnistnet predict` reads the digit the page shows."""
+    image = pytest.importorskip("PIL.Image", reason='Pillow: pip install "mnistnet[image]"')
+    from mnistnet import images
+    from mnistnet.cli import main
+
+    page.stroke("#pad", [(-60, -90), (50, -95), (20, -20), (-10, 60), (-25, 105)])
+    page.stroke("#pad", [(-30, -10), (45, -15)])
+    digit, seen = shown(page)
+    picture = pad_picture(page, tmp_path / "drawing.png")
+    np.testing.assert_allclose(images.load_digit(picture), seen, rtol=0, atol=1e-6)
+    with image.open(picture) as drawn:
+        negative = 255 - np.asarray(drawn.convert("L"))
+    image.fromarray(negative).save(tmp_path / "negative.png")
+    np.testing.assert_allclose(images.load_digit(tmp_path / "negative.png"), seen, rtol=0,
+                               atol=1e-6)
+    model_file = tmp_path / "model.npz"
+    model.save(model_file)
+    capsys.readouterr()
+    assert main(["predict", str(model_file), str(picture)]) == 0
+    assert capsys.readouterr().out.startswith(f"{picture}[0]: digit {digit} (p=")
+
+
+def test_the_python_preparation_is_the_pages_on_test_digits(page, digits) -> None:
+    """The pad's grey levels (MNIST test digits, or blobs, painted 8x larger off centre) made
+    into a digit by mnistnet.images.prepare_digit and by the page."""
+    from mnistnet import images
+
+    if digits is None:
+        pictures = blobs(10)
+    else:
+        pictures = np.round(digits[1][0][:10] * 255).astype(np.uint8).reshape(-1, SIDE, SIDE)
+    for original in pictures:
+        page.run(PAINT_AND_UPDATE, original.ravel().tolist(), SIDE, 8)
+        _, seen = shown(page)
+        gray = np.array(page.run(PAD_GRAY), dtype=np.float32).reshape(280, 280)
+        np.testing.assert_allclose(images.prepare_digit(gray), seen, rtol=0, atol=1e-6)
+
+
+PAD_GRAY = """
+const pad = document.getElementById('pad');
+const {data} = pad.getContext('2d').getImageData(0, 0, pad.width, pad.height);
+return Array.from({length: pad.width * pad.height}, (_, i) => data[4 * i] / 255);
+"""
+
+
 def test_clearing_while_asking_forgets_the_old_drawing(page) -> None:
     """Clear while one request is on its way and another waits: neither answer is shown."""
     image = blobs(1)[0]

@@ -389,9 +389,9 @@ def test_c_refuses_a_bad_name(name: str, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_c_needs_an_existing_folder(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="absent does not exist"):
-        case("perceptron").q.export_c(tmp_path / "absent")
+def test_c_creates_its_folder(tmp_path: Path) -> None:
+    header, source = case("perceptron").q.export_c(tmp_path / "new" / "firmware")
+    assert header.is_file() and source.is_file() and header.parent == tmp_path / "new/firmware"
 
 
 def test_c_write_is_atomic(monkeypatch, tmp_path: Path) -> None:
@@ -408,8 +408,9 @@ def test_export_int8_c_checks_name_and_folder_before_quantising(tmp_path: Path) 
     model = case("perceptron").model
     with pytest.raises(ValueError, match="C name 'int'"):
         int8.export_int8_c(model, tmp_path, None, "int")
-    with pytest.raises(FileNotFoundError, match="absent does not exist"):
-        int8.export_int8_c(model, tmp_path / "absent", None)
+    (tmp_path / "notes").write_text("hello\n")
+    with pytest.raises(NotADirectoryError, match="notes is a file, not a folder"):
+        int8.export_int8_c(model, tmp_path / "notes" / "firmware", None)
 
 
 def test_export_int8_c_writes_the_files(tmp_path: Path) -> None:

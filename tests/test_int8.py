@@ -260,7 +260,9 @@ def test_weights_are_symmetric_per_channel() -> None:
 
 def test_summary_and_sizes() -> None:
     q = case("convnet").q
-    text = q.summary()
+    lines = []
+    assert q.summary(print_fn=lines.append) is None
+    text = "\n".join(lines)
     assert "calibrated on 1000 rows" in text and "then softmax in float" in text
     assert q.weight_bytes == 288 + 18432 + 16000 + 12 * (32 + 64 + 10)
     assert q.float_weight_bytes == 4 * 34826

@@ -5,6 +5,7 @@ evaluate, predict, bench, export, plot, demo, sweep, info.
     mnistnet train --preset convnet --epochs 5 --checkpoint ckpt.npz --save model.npz
     mnistnet train --resume model.npz --epochs 5 --save model.npz
     mnistnet evaluate model.npz
+    mnistnet predict model.npz digit.png --show seen.png
     mnistnet predict model.npz digit.pgm more.npy t10k-images-idx3-ubyte.gz
     mnistnet plot model.npz --out pictures
     mnistnet export model.npz --onnx model.onnx --c firmware/ --name digits

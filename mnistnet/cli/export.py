@@ -11,12 +11,13 @@ from mnistnet.export import (
     DEFAULT_OPSET,
     MIN_OPSET,
     _check_opset,
-    _existing_folder,
     _import_onnx,
     check_c_name,
+    check_output_folder,
     export_c,
     export_onnx,
 )
+from mnistnet.model import Model
 
 NAME = "export"
 HELP = "write a saved model as an ONNX file or as a dependency-free C source file"
@@ -35,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help=f"ONNX opset version, {MIN_OPSET} or later (default: "
                              f"{DEFAULT_OPSET})")
     parser.add_argument("--c", metavar="DIR", dest="c_dir",
-                        help="write NAME.h and NAME.c into this existing folder")
+                        help="write NAME.h and NAME.c into this folder (made if missing)")
     parser.add_argument("--name", help=f"C name: the files' names and the prefix of "
                                        f"NAME_predict (default: {DEFAULT_C_NAME})")
     return parser
@@ -54,17 +55,34 @@ def run(args: argparse.Namespace) -> int:
     name = check_c_name(DEFAULT_C_NAME if args.name is None else args.name)
     opset = DEFAULT_OPSET if args.opset is None else args.opset
     if args.c_dir is not None:
-        _existing_folder(args.c_dir, "--c: folder")
+        check_output_folder(args.c_dir, f"--c {args.c_dir}")
     if args.onnx is not None:
-        _existing_folder(Path(args.onnx).parent, f"--onnx {args.onnx}: folder")
+        check_output_folder(Path(args.onnx).parent, f"--onnx {args.onnx}")
         try:
             _check_opset(_import_onnx(), opset)
         except ImportError as exc:
             raise CLIError(str(exc)) from None
     model = load_model(args.model, "fast")
     if args.onnx is not None:
-        print(f"wrote {export_onnx(model, args.onnx, opset)}")
+        print(f"wrote {export_onnx(model, args.onnx, opset)}: {onnx_signature(model)}")
     if args.c_dir is not None:
         header, source = export_c(model, args.c_dir, name)
-        print(f"wrote {header} and {source}")
+        print(f"wrote {header} and {source}: {c_signature(model, name)}")
     return 0
+
+
+def onnx_signature(model: Model) -> str:
+    """What the ONNX graph takes and gives: a convnet's input is images, not predict's rows."""
+    shape = ", ".join(["n", *map(str, model.input_shape)])
+    text = f"input 'input' of shape ({shape}), float32"
+    if len(model.input_shape) > 1:
+        text += f" (for rows of {model.input_dim}: x.reshape(-1, {shape[3:]}))"
+    return f"{text}; output 'output' of shape (n, {model.n_outputs})"
+
+
+def c_signature(model: Model, name: str) -> str:
+    """What NAME_predict reads and writes."""
+    one = (f"one {tuple(model.input_shape)} image, row-major, channels last"
+           if len(model.input_shape) > 1 else "one row")
+    return (f"{name}_predict(input, output) reads {model.input_dim} floats ({one}) and writes "
+            f"{model.n_outputs}")

@@ -8,6 +8,7 @@ from pathlib import Path
 from mnistnet import plot
 from mnistnet.cli.common import add_backend, load_data, load_model
 from mnistnet.data import load_mnist_test
+from mnistnet.export import check_output_folder
 from mnistnet.model import Model
 
 NAME = "plot"
@@ -29,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="also draw the learning curves of 'train --history FILE.json', "
                              "beside the tutorial's for its presets")
     parser.add_argument("--out", metavar="DIR", required=True,
-                        help="folder for the pictures (created if its parent exists)")
+                        help="folder for the pictures (made if missing)")
     parser.add_argument("--data", metavar="DIR",
                         help="folder holding the four MNIST IDX files, for confusion and "
                              "mistakes; default: $MNISTNET_DATA, else the per-user cache, "
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         figures.update(_model_figures(model, args.what or "all", args.data))
     if args.history is not None:
         figures["history"] = plot.history(args.history)
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     for name, figure in figures.items():
         print(plot.save(figure, out / f"{name}.{args.format}"), flush=True)
     return 0
@@ -78,14 +79,14 @@ def _model_figures(model: Model, what: str, data: str | None) -> dict[str, objec
 
 
 def _output_folder(text: str) -> Path:
-    """--out as a Path, checked before any work: an existing folder, or a new one whose
-    parent exists (created when the pictures are written)."""
+    """--out as a Path, checked before any work: an existing folder, or one that can be made
+    with its missing parents (when the pictures are written), as `mnistnet export` does."""
     if not text:
         raise ValueError("--out: empty folder name")
     folder = Path(text)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--out {text}: exists and is not a folder")
-    if not folder.exists() and not folder.absolute().parent.is_dir():
-        raise ValueError(f"--out {text}: its parent folder {folder.absolute().parent} does not "
-                    "exist")
-    return folder
+    try:
+        return check_output_folder(folder, f"--out {text}")
+    except NotADirectoryError as exc:  # the CLI reports ValueError in one line
+        raise ValueError(str(exc)) from None

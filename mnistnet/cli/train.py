@@ -7,6 +7,8 @@ import json
 import math
 import sys
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +50,8 @@ from mnistnet.trainer import History
 
 NAME = "train"
 HELP = "train a network on MNIST and report its test accuracy"
-DEFAULT_PRESET_EPOCHS = 30
+# What a --layers network trains with unless told otherwise: the tutorial's recipe.
+LAYERS_RECIPE = {"optimizer": "sgd", "learning_rate": 0.01, "batch_size": 32, "epochs": 30}
 
 
 class TrainingDiverged(Exception):
@@ -90,17 +93,25 @@ DESCRIPTION = ("Train a network by minibatch gradient descent, validating on the
                     "and a --checkpoint file keeps the last completed epoch.")
 
 
+def _by_recipe(setting: str, show: Callable[[Any], str] = str) -> str:
+    """Each preset's value of a recipe setting, presets of one value together: "30 for
+    perceptron, hidden-relu, cross-entropy; 15 for convnet, convnet-plus; 10 for lenet5"."""
+    groups: dict[str, list[str]] = {}
+    for name, recipe in RECIPES.items():
+        groups.setdefault(show(recipe.get(setting)), []).append(name)
+    return "; ".join(f"{value} for {', '.join(names)}" for value, names in groups.items())
+
+
+def _presets_help() -> str:
+    listed = ", ".join(f"{name} ({spec['about']})" for name, spec in PRESETS.items())
+    return (f"a preset network, trained with its recipe unless told otherwise: {listed}; the "
+            "first three are the tutorial's")
+
+
 def add_arguments(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``mnistnet train``."""
     arch = sub.add_mutually_exclusive_group(required=True)
-    arch.add_argument("--preset", choices=tuple(PRESETS),
-                      help="one of the tutorial's networks: perceptron (784-10 sigmoid, MSE), "
-                           "hidden-relu (784-128-64-10, relu/sigmoid, MSE), cross-entropy "
-                           "(the same with softmax and categorical cross-entropy); convnet "
-                           "(Keras' simple MNIST convnet, trained with Adam 0.001, batch 128, "
-                           "15 epochs); or convnet-plus (the convnet with BatchNormalization, "
-                           "RandomTranslation and a one-cycle schedule); or lenet5 (LeCun et "
-                           "al.'s LeNet-5 of 1998)")
+    arch.add_argument("--preset", choices=tuple(PRESETS), help=_presets_help())
     arch.add_argument("--layers", type=_layers, metavar="LAYER,...",
                       help="a custom stack, input side first, e.g. 128:relu,64:relu,10:softmax "
                            "or conv:32:3:relu,pool:2,flatten,dropout:0.5,10:softmax; "
@@ -111,25 +122,31 @@ def add_arguments(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
                            "epoch's shuffle and masks), so that 5 epochs, then 5 more, give "
                            "the same weights as 10 straight; needs --epochs (how many more)")
     sub.add_argument("--loss", choices=LOSSES,
-                     help="loss of a --layers network (default: mse; a preset has its own)")
+                     help="loss of a --layers network (default: the output's, "
+                          "categorical_crossentropy after softmax, else mse; a preset has "
+                          "its own)")
     sub.add_argument("--epochs", type=positive_int,
-                     help="epochs to train (default: the preset's, 30 for the tutorial's and "
-                          "--layers, 15 for convnet)")
+                     help=f"epochs to train (default: the preset's, {_by_recipe('epochs')}; "
+                          f"{LAYERS_RECIPE['epochs']} for --layers)")
     sub.add_argument("--batch-size", type=positive_int,
-                     help="rows per step (default: the preset's, 32; 128 for convnet)")
+                     help=f"rows per step (default: the preset's, "
+                          f"{_by_recipe('batch_size')}; {LAYERS_RECIPE['batch_size']} for "
+                          "--layers)")
     sub.add_argument("--optimizer", choices=tuple(OPTIMIZER_RATES),
-                     help="default: the preset's (sgd; adam for the convnets), sgd for "
-                          "--layers")
+                     help=f"default: the preset's, {_by_recipe('optimizer')}; "
+                          f"{LAYERS_RECIPE['optimizer']} for --layers")
     sub.add_argument("--lr", type=learning_rate,
-                     help="learning rate, or a schedule's peak (default: the preset's, else "
+                     help=f"learning rate, or a schedule's peak (default: the preset's, "
+                          f"{_by_recipe('learning_rate', lambda rate: f'{rate:g}')}; else "
                           "0.01 for sgd and 0.001 for the others)")
     sub.add_argument("--schedule", type=_schedule_spec, metavar="SCHEDULE",
                      help="the learning rate step by step: cosine (to 0 over the training, "
                           "after a linear warmup from lr/10 over WARMUP_EPOCHS), exponential "
                           "(times RATE every EVERY_EPOCHS, default 1), piecewise (lr, then "
                           "each LR from the end of its EPOCH on), onecycle (up to lr and down "
-                          f"again); {SCHEDULE_GRAMMAR} (default: the preset's, onecycle "
-                          "for convnet-plus; none for the others and --layers)")
+                          f"again); {SCHEDULE_GRAMMAR} (default: the preset's, "
+                          f"{_by_recipe('schedule', lambda s: s or 'none')}; none for "
+                          "--layers)")
     sub.add_argument("--l2", type=l2_factor, metavar="L2",
                      help="L2 regularisation of every Dense and Conv2D kernel (adds "
                           "L2 * sum(w^2) to the loss)")
@@ -149,7 +166,9 @@ def add_arguments(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
                           "last completed epoch's file intact); {epoch} in the name numbers "
                           "the files")
     add_data_and_backend(sub)
-    sub.add_argument("--save", metavar="FILE.npz", help="write the trained model here")
+    sub.add_argument("--save", metavar="FILE.npz",
+                     help="write the trained model here (for evaluate, predict, plot, export "
+                          "and demo); without it, nothing is saved")
     sub.add_argument("--history", metavar="FILE.json",
                      help="write the per-epoch metrics and the settings here as JSON")
     sub.add_argument("--quiet", action="store_true",
@@ -172,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
     (x_train, y_train), (x_test, y_test) = load_data(load_mnist, args.data)
     model = resumed or _build_model(args, input_dim=x_train.shape[1],
                                     steps=_steps_per_epoch(args, x_train.shape[0]))
+    _say(args, f"loss: {model.loss} ({_why_this_loss(model, args)})")
     try:
         history = _fit(model, args, x_train, y_train, (x_test, y_test))
     except KeyboardInterrupt:
@@ -186,11 +206,24 @@ def run(args: argparse.Namespace) -> int:
     if args.save is not None:
         model.save(args.save)
         _say(args, f"saved model to {args.save}")
+    else:
+        _say(args, "model not saved (add --save model.npz to keep it)")
     if args.history is not None:
         _write_history(args.history, history, model, args, diverged=False)
         _say(args, f"saved history to {args.history}")
     print(f"test accuracy: {scores['accuracy']:.4f} (loss {scores['loss']:.4f})", flush=True)
     return EXIT_OK
+
+
+def _why_this_loss(model: Model, args: argparse.Namespace) -> str:
+    """Where the loss came from, for the log's first line."""
+    if args.resume is not None:
+        return "the model file's"
+    if args.preset is not None:
+        return f"the {args.preset} preset's"
+    if args.loss is not None:
+        return "--loss"
+    return f"chosen for the {model.layers[-1].activation} output; --loss to change it"
 
 
 def _resumed_model(args: argparse.Namespace) -> Model:
@@ -288,9 +321,7 @@ def _say(args: argparse.Namespace, message: str) -> None:
 def _resolve_recipe(args: argparse.Namespace) -> None:
     """Fill in the settings left unset: the preset's recipe, or --layers' defaults (SGD
     0.01, batch 32, 30 epochs); --lr defaults to the chosen optimizer's rate."""
-    recipe = dict(RECIPES[args.preset]) if args.preset is not None else {
-        "optimizer": "sgd", "learning_rate": 0.01, "batch_size": 32,
-        "epochs": DEFAULT_PRESET_EPOCHS}
+    recipe = dict(RECIPES[args.preset] if args.preset is not None else LAYERS_RECIPE)
     if args.optimizer is None:
         args.optimizer = recipe["optimizer"]
     if args.momentum is not None and args.optimizer not in ("sgd", "rmsprop"):
@@ -333,7 +364,7 @@ def _build_model(args: argparse.Namespace, input_dim: int, steps: int) -> Model:
         layers, shape = model.layers, {"input_shape": model.input_shape}
         loss = model.loss
     else:
-        layers, loss = args.layers, args.loss or "mse"
+        layers, loss = args.layers, args.loss  # None: the output's (Model's default)
         images = kind_of(layers[0]).takes_images
         side = math.isqrt(input_dim)
         shape = {"input_shape": (side, side, 1)} if images and side * side == input_dim else {
