@@ -836,7 +836,11 @@ static double fma_loop(long long iters, float *sink)
     const VF x = V_SET1(0.999999f), y = V_SET1(1e-7f);
     for (int i = 0; i < FMA_CHAINS; i++) acc[i] = V_SET1((float)i);
     for (long long it = 0; it < iters; it++) {
-        MN_UNROLL for (int i = 0; i < FMA_CHAINS; i++) acc[i] = V_MADD(y, acc[i], x);
+        /* unrolled whole, so that the chains stay in registers */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC unroll 16
+#endif
+        for (int i = 0; i < FMA_CHAINS; i++) acc[i] = V_MADD(y, acc[i], x);
     }
     VF total = acc[0];
     for (int i = 1; i < FMA_CHAINS; i++) total = V_ADD(total, acc[i]);
