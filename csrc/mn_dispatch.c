@@ -132,8 +132,7 @@ const char *mn_simd_name(void) { return mn_active_gemm()->name; }
 
 /* ---- the arithmetic limit ---------------------------------------------------------------- */
 
-/* Seconds of CPU the calling thread has used (wall seconds where there is no such clock). */
-static double thread_seconds(void)
+double mn_thread_seconds(void)
 {
 #if defined(CLOCK_THREAD_CPUTIME_ID)
     struct timespec ts;
@@ -152,9 +151,9 @@ double mn_fma_peak_gflops(int threads, double seconds)
     long long iters = 1 << 14; /* calibrate on this thread: rounds for about 20 ms */
     double took;
     for (;;) {
-        const double start = thread_seconds();
+        const double start = mn_thread_seconds();
         t->fma_loop(iters, &sink);
-        took = thread_seconds() - start;
+        took = mn_thread_seconds() - start;
         if (took >= 0.02 || iters >= (1LL << 40)) break;
         iters *= 2;
     }
@@ -165,9 +164,9 @@ double mn_fma_peak_gflops(int threads, double seconds)
 #endif
     {
         float mine = 0.0f;
-        const double start = thread_seconds();
+        const double start = mn_thread_seconds();
         const double flops = t->fma_loop(rounds, &mine);
-        rate += flops / (thread_seconds() - start) / 1e9 + (mine == 1234.5f ? 1e-9 : 0.0);
+        rate += flops / (mn_thread_seconds() - start) / 1e9 + (mine == 1234.5f ? 1e-9 : 0.0);
     }
     return rate + (sink == 1234.5f ? 1e-9 : 0.0); /* the sinks keep the loops alive */
 }

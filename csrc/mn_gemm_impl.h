@@ -479,10 +479,35 @@ static int copy_finite(float *restrict dst, const float *restrict src, ptrdiff_t
  * Channels last: each window cell is a run of C channels, compared and selected lane by lane
  * (no branch), which the compiler vectorises. The first cell inside the image is taken first;
  * later cells replace it only where strictly larger: the first maximum, as np.argmax. */
+/* A 2x2 window inside the image, its cells at offsets 0, dx, dy, dy + dx from `first`: the
+ * four cells compared in registers, row-major, the output written once. */
+static inline void maxpool_2x2_inside(float *restrict o, int *restrict am,
+                                      const float *restrict img, int first, int dx, int dy,
+                                      int C)
+{
+    /* four pointers, not offsets in int arithmetic: the loads stay contiguous vectors */
+    const float *restrict p0 = img + first, *restrict p1 = p0 + dx, *restrict p2 = p0 + dy,
+                          *restrict p3 = p2 + dx;
+    for (int c = 0; c < C; c++) {
+        float best = p0[c];
+        int at = first + c;
+        const float v1 = p1[c], v2 = p2[c], v3 = p3[c];
+        at = v1 > best ? first + dx + c : at;
+        best = v1 > best ? v1 : best;
+        at = v2 > best ? first + dy + c : at;
+        best = v2 > best ? v2 : best;
+        at = v3 > best ? first + dy + dx + c : at;
+        best = v3 > best ? v3 : best;
+        o[c] = best;
+        am[c] = at;
+    }
+}
+
 static void maxpool2d_forward(float *restrict out, int *restrict argmax,
                               const float *restrict inp, const mn_window *g, ptrdiff_t B)
 {
     const ptrdiff_t C = g->C, n_img = g->H * g->W * C, n_out = g->OH * g->OW * C;
+    const int is_2x2 = g->KH == 2 && g->KW == 2;
     for (ptrdiff_t b = 0; b < B; b++) {
         const float *img = inp + b * n_img;
         for (ptrdiff_t oh = 0; oh < g->OH; oh++) {
@@ -494,6 +519,10 @@ static void maxpool2d_forward(float *restrict out, int *restrict argmax,
                 float *restrict o = out + b * n_out + (oh * g->OW + ow) * C;
                 int *restrict am = argmax + b * n_out + (oh * g->OW + ow) * C;
                 const int first = (int)(((h0 + i0) * g->W + w0 + j0) * C);
+                if (is_2x2 && i1 - i0 == 2 && j1 - j0 == 2) {
+                    maxpool_2x2_inside(o, am, img, first, (int)C, (int)(g->W * C), (int)C);
+                    continue;
+                }
                 /* int indices in the channel loop: the same width as the floats' lanes */
                 for (int c = 0; c < (int)C; c++) {
                     o[c] = img[first + c];

@@ -82,6 +82,8 @@ void mn_conv2d_input_grad(float *dinp, float *scratch, const float *dout,
 /* GFLOP/s of a register-resident loop of the active SIMD path's multiply-adds on `threads`
  * threads at once, run for about `seconds`: the machine's arithmetic limit. */
 double mn_fma_peak_gflops(int threads, double seconds);
+/* Seconds of CPU the calling thread has used (wall seconds where there is no such clock). */
+double mn_thread_seconds(void);
 /* patches[b, oh, ow, :] = the KH x KW x C inputs of that output's window, in Keras' kernel
  * order (row, column, channel), zero outside the image.  patches (B, OH*OW, KH*KW*C) */
 void mn_im2col(float *patches, const float *inp, const mn_window *g, ptrdiff_t B);
@@ -92,7 +94,10 @@ void mn_col2im(float *dinp, const float *dpatches, const mn_window *g, ptrdiff_t
  * out, argmax (B, OH, OW, C), inp (B, H, W, C) */
 void mn_maxpool2d_forward(float *out, int *argmax, const float *inp, const mn_window *g,
                           ptrdiff_t B);
-/* dinp = 0, then dout added at each output's argmax, in output order.  dinp (B, H, W, C) */
+/* dinp = 0, then dout added at each output's argmax, in output order.  dinp (B, H, W, C)
+ * Where g's windows tile the image (KH = SH, KW = SW, no padding), each argmax in its own
+ * window as the forward gives it, each input is written once instead (the same values);
+ * KH = 0: no window known, the scatter. */
 void mn_maxpool2d_backward(float *dinp, const float *dout, const int *argmax,
                            const mn_window *g, ptrdiff_t B);
 

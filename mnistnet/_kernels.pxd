@@ -311,6 +311,11 @@ cdef struct Net:
     # (out, in), in the workspace, used in place of params' and grads' during the call.
     float* w0t
     float* g0t
+    # NULL, or (n_layers + 1, 3) seconds of the calling thread's CPU to which each layer adds
+    # its forward, its backward (input gradient) and its weight gradient with the update;
+    # the last row's backward: the loss and the output's deltas (fast.profile_step, one
+    # thread only).
+    double* profile
 
 # One training step's settings.
 cdef struct Step:
@@ -348,6 +353,9 @@ cdef void net_predict(const Net* net,
                       float* out,                  # OUT (N, n_outputs)
                       Py_ssize_t N) noexcept nogil
 cdef double train_step(const Net* net, Py_ssize_t n, const Step* step) noexcept nogil
+# train_step `steps` times on one thread (steps t, t + 1, ...); the mean CPU seconds a step.
+cdef double profile_steps(const Net* net, Py_ssize_t n, const Step* step,
+                          Py_ssize_t steps) noexcept nogil
 # Layer l alone on the n samples in its input region: forward (step NULL: inference), then
 # in training its input gradient from the gradient at its output (for tests of each kind).
 cdef void layer_pair(const Net* net, const Step* step, Py_ssize_t l, Py_ssize_t n) noexcept nogil

@@ -104,6 +104,7 @@ cdef extern from "mn_kernels.h" nogil:
     void mn_team_barrier()
     int mn_openmp_enabled()
     double mn_seconds()
+    double mn_thread_seconds()
 
 cdef extern from "mn_internal.h" nogil:
     void mn_set_thread_limit(int n)

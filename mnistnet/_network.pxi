@@ -70,6 +70,18 @@ cdef inline void step_for(const EpochArgs* args, Py_ssize_t start, Step* s) noex
     s.batch = min(args.batch_size, args.N - start)
 
 
+cdef inline double profile_start(const Net* net) noexcept nogil:
+    # The thread's CPU clock when the net is profiled (fast.profile_step), else 0.
+    return mn_thread_seconds() if net.profile != NULL else 0
+
+
+cdef inline void profile_add(const Net* net, Py_ssize_t l, int phase,
+                             double started) noexcept nogil:
+    # Adds the CPU time since `started` to layer l's phase (0 forward, 1 backward, 2 update).
+    if net.profile != NULL:
+        net.profile[3 * l + phase] += mn_thread_seconds() - started
+
+
 # ---- activations -----------------------------------------------------------------------------
 
 cdef void activation_forward(int code, float* x, Py_ssize_t B, Py_ssize_t C) noexcept nogil:
@@ -119,6 +131,7 @@ cdef void forward_rows(const Net* net, const Step* s, Py_ssize_t first, const fl
     cdef const float* inp = x
     cdef float* o
     cdef const LayerPlan* p
+    cdef double started
     for l in range(first, L):
         p = &net.plan[l]
         if p.kind == KIND_FLATTEN:  # its output is its input
@@ -127,7 +140,9 @@ cdef void forward_rows(const Net* net, const Step* s, Py_ssize_t first, const fl
             inp = <const float*>out if l == L - 1 else inp
             continue
         o = out if l == L - 1 else act_at(net, p.act_out) + r0 * p.n_out
+        started = profile_start(net)
         layer_forward(net, s, l, o, inp, r0, n)
+        profile_add(net, l, 0, started)
         inp = o
 
 
@@ -229,20 +244,28 @@ cdef void deltas_rows(const Net* net, const Step* s, const float* target, Py_ssi
     cdef const LayerPlan* p = &net.plan[L - 1]
     cdef const LayerPlan* q
     cdef float* dinp
+    cdef double started = profile_start(net)
     output_deltas(net, dact_at(net, p.dact_out) + r0 * OC, act_at(net, p.act_out) + r0 * OC,
                   target + r0 * OC, nr, n)
+    profile_add(net, L, 1, started)
     for l in range(L - 1, -1, -1):
         p = &net.plan[l]
+        started = profile_start(net)
         if p.kind == KIND_BATCHNORMALIZATION:
             batchnorm_sums_team(net, p, n)
         if l == 0 or p.dact_in < 0:
+            profile_add(net, l, 1, started)
             break
         dinp = dact_at(net, p.dact_in) + r0 * p.n_in
         layer_input_grad(net, s, l, dinp, dact_at(net, p.dact_out) + r0 * p.n_out, r0, nr, n,
                          ws)
         q = &net.plan[l - 1]
+        # the activation's backward belongs to the layer whose output it was
+        profile_add(net, l, 1, started)
+        started = profile_start(net)
         activation_backward(<int>q.act, dinp, act_at(net, q.act_out) + r0 * q.n_out,
                             nr * q.out_h * q.out_w, q.out_c)
+        profile_add(net, l - 1, 1, started)
 
 
 cdef void batchnorm_sums_team(const Net* net, const LayerPlan* p, Py_ssize_t n) noexcept nogil:
@@ -493,13 +516,16 @@ cdef bint row_blocks_update(const Net* net, const Step* s, Py_ssize_t first, int
     whether every updated value stayed finite."""
     cdef Py_ssize_t l, c0, c1, b0, b1, OC
     cdef bint finite = True
+    cdef double started
     for l in range(first, net.n_layers):
         if net.plan[l].param < 0:
             continue
         OC = net.plan[l].out_c
+        started = profile_start(net)
         if net.plan[l].kind == KIND_BATCHNORMALIZATION:
             block_of(OC, rank, size, &b0, &b1)
             finite &= batchnorm_update(net, s, &net.plan[l], b0, b1)
+            profile_add(net, l, 2, started)
             continue
         if l == 0 and net.w0t != NULL:
             column_block(width(net, 0), rank, size, &c0, &c1)  # columns of w0t's rows
@@ -511,6 +537,7 @@ cdef bint row_blocks_update(const Net* net, const Step* s, Py_ssize_t first, int
         else:
             column_block(OC, rank, size, &b0, &b1)
         finite &= weight_grads_update_rows(net, s, l, c0, c1, n, b0, b1)
+        profile_add(net, l, 2, started)
     return finite
 
 
@@ -527,6 +554,21 @@ cdef double train_step(const Net* net, Py_ssize_t n, const Step* step) noexcept 
     cdef double loss = net_step(&t, &s, n)
     end_training(&t)
     return loss
+
+
+cdef double profile_steps(const Net* net, Py_ssize_t n, const Step* step,
+                          Py_ssize_t steps) noexcept nogil:
+    cdef Step s = step[0]
+    cdef Py_ssize_t i
+    cdef double started
+    mn_set_thread_cap(1)
+    started = mn_thread_seconds()
+    for i in range(steps):
+        train_step(net, n, &s)
+        s.t += 1
+    started = mn_thread_seconds() - started
+    mn_set_thread_cap(0)
+    return started / steps
 
 
 cdef double net_step(const Net* net, const Step* s, Py_ssize_t n) noexcept nogil:

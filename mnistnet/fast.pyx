@@ -8,7 +8,7 @@ Kernels never see arrays that are not C-contiguous float32.
 """
 cimport mnistnet._kernels as k
 cimport numpy as cnp
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from mnistnet._kernels cimport (
     EpochArgs, EpochResult, LayerPlan, Net, OptimizerSettings, Step, Window,
 )
@@ -525,9 +525,13 @@ def maxpool2d_forward(out, argmax, inp, pool_size=(2, 2), strides=None, padding=
     return out, argmax
 
 
-def maxpool2d_backward(dinp, dout, argmax, input_shape):
+def maxpool2d_backward(dinp, dout, argmax, input_shape, pool_size=None, strides=None,
+                       padding="valid"):
     """dinp = dout added at each window's argmax, zero elsewhere. dinp (B, H, W, C) =
-    input_shape, dout and argmax (B, OH, OW, C) from maxpool2d_forward. Returns dinp."""
+    input_shape, dout and argmax (B, OH, OW, C) from maxpool2d_forward. With the forward's
+    window (pool_size, strides, padding) given, each argmax must lie in its own window, and
+    windows that tile the image write each input once (the network's path); the result is
+    the same. Returns dinp."""
     _check(dout, "dout", 4)
     input_shape = tuple(int(v) for v in input_shape)
     if len(input_shape) != 4 or input_shape[0] != dout.shape[0] or (
@@ -537,10 +541,19 @@ def maxpool2d_backward(dinp, dout, argmax, input_shape):
     cdef Py_ssize_t n_img = input_shape[1] * input_shape[2] * input_shape[3]
     if argmax.size and (argmax.min() < 0 or argmax.max() >= n_img):
         raise ValueError(f"argmax must index the {n_img} elements of an image")
-    dinp = _out(dinp, "dinp", input_shape)
     cdef Window g
+    memset(&g, 0, sizeof(Window))  # no window: the kernel's general scatter
     g.H, g.W, g.C = input_shape[1:]
     g.OH, g.OW = dout.shape[1:3]
+    if pool_size is not None:
+        pool = _two(pool_size, "pool_size")
+        g = _window(input_shape[1:], pool, pool if strides is None else
+                    _two(strides, "strides"), padding)
+        if (g.OH, g.OW) != dout.shape[1:3]:
+            raise ValueError(f"dout has shape {dout.shape}, the windows give "
+                             f"{(g.OH, g.OW)} pixels")
+        _check_argmax_in_windows(argmax, &g)
+    dinp = _out(dinp, "dinp", input_shape)
     cdef Py_ssize_t B = dout.shape[0]
     cdef float* pd = _io(dinp)
     cdef const float* pg = _in(dout)
@@ -548,6 +561,18 @@ def maxpool2d_backward(dinp, dout, argmax, input_shape):
     with nogil:
         k.maxpool2d_backward(pd, pg, pa, &g, B)
     return dinp
+
+
+cdef void _check_argmax_in_windows(argmax, const Window* g) except *:
+    # Each index (h * W + w) * C + c of output pixel (oh, ow, c) names a cell of its window.
+    h, rest = np.divmod(argmax, g.W * g.C)
+    w, c = np.divmod(rest, g.C)
+    oh = np.arange(g.OH).reshape(1, -1, 1, 1) * g.SH - g.PT
+    ow = np.arange(g.OW).reshape(1, 1, -1, 1) * g.SW - g.PL
+    inside = ((c == np.arange(g.C)) & (h >= oh) & (h < oh + g.KH)
+              & (w >= ow) & (w < ow + g.KW))
+    if not inside.all():
+        raise ValueError("argmax must index a cell of its own window")
 
 
 def dropout_key(unsigned long long seed, long long epoch, long long step, long long layer):
@@ -775,6 +800,7 @@ cdef Net _net(plan, params, grads, state, acts, dacts, int loss, Py_ssize_t rows
     net.team_threads = 1
     net.w0t = NULL
     net.g0t = NULL
+    net.profile = NULL
     net.opt.code = k.OPT_SGD
     if grads is None:
         return net
@@ -848,6 +874,32 @@ def train_step(plan, params, grads, state, acts, dacts, int loss, x, y, optimize
     with nogil:
         out = k.train_step(&net, n, &s)
     return out
+
+
+def profile_step(plan, params, grads, state, acts, dacts, int loss, x, y, optimizer,
+                 float learning_rate, long long iterations, key, int steps=10):
+    """train_step `steps` times (steps iterations + 1, + 2, ...) on one thread, timing each
+    layer's parts in the thread's CPU seconds. Returns (times, step): times (n_layers + 1, 3),
+    the mean seconds a step of each layer's forward, backward (its input gradient, and the
+    backward of its own activation) and weight gradient with the update, the last row's
+    backward the loss's deltas; step the mean CPU seconds of a whole step."""
+    _check_data(x, y, plan)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    cdef Py_ssize_t n = x.shape[0]
+    cdef Net net = _net(plan, params, grads, state, acts, dacts, loss, n, optimizer)
+    times = np.zeros((plan.table.shape[0] + 1, 3), dtype=np.float64)
+    cdef double[:, ::1] t = times
+    net.profile = &t[0, 0]
+    cdef Step s
+    _set_step(&s, learning_rate, iterations, key)
+    acts[: x.size] = x.reshape(-1)
+    start = n * plan.targets
+    acts[start: start + y.size] = y.reshape(-1)
+    cdef double step_seconds
+    with nogil:
+        step_seconds = k.profile_steps(&net, n, &s, steps)
+    return times / steps, step_seconds
 
 
 def train_epoch(plan, params, grads, state, acts, dacts, int loss, x, y, perm,

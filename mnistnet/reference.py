@@ -355,9 +355,12 @@ def maxpool2d_forward(out, argmax, inp, pool_size=(2, 2), strides=None, padding=
     return out, argmax
 
 
-def maxpool2d_backward(dinp, dout, argmax, input_shape):
+def maxpool2d_backward(dinp, dout, argmax, input_shape, pool_size=None, strides=None,
+                       padding="valid"):
     """dinp = dout added at each window's argmax (zero elsewhere): a scatter-add, summed
-    where windows overlap.   dinp (B, H, W, C) = input_shape, dout and argmax (B, OH, OW, C)"""
+    where windows overlap.   dinp (B, H, W, C) = input_shape, dout and argmax (B, OH, OW, C)
+    The window (pool_size, strides, padding) does not change the result: the compiled kernel
+    takes it to write each input once where windows tile the image."""
     dinp = _out(dinp, tuple(input_shape))
     b, n_img = dinp.shape[0], dinp[0].size
     where = (np.arange(b)[:, None] * n_img + argmax.reshape(b, -1)).reshape(-1)

@@ -38,6 +38,8 @@ POOL_CASES = {
     "overlapping": (5, 5, 7, (3, 3), (1, 1), "valid"),
     "overlapping-same-33ch": (6, 5, 33, (3, 2), (2, 1), "same"),
     "1x1": (1, 1, 1, (1, 1), None, "valid"),
+    "3x3-tiles-remainder": (10, 9, 5, (3, 3), None, "valid"),
+    "gaps": (7, 8, 2, (2, 2), (3, 3), "valid"),
     "convnet-pool1": (26, 26, 32, (2, 2), None, "valid"),
     "convnet-pool2": (11, 11, 64, (2, 2), None, "valid"),
 }
@@ -155,9 +157,14 @@ def test_maxpool2d_matches_reference(simd_path, case, batch):
     np.testing.assert_array_equal(np.take_along_axis(flat, argmax.reshape(batch, -1), 1),
                                   got.reshape(batch, -1), err_msg=what + " value at argmax")
     dout = normal(rng_for("pool-dout", case, batch), got.shape)
-    assert_close(fast.maxpool2d_backward(None, dout, argmax, inp.shape),
-                 reference.maxpool2d_backward(None, dout, want_argmax, inp.shape),
+    want_dinp = reference.maxpool2d_backward(None, dout, want_argmax, inp.shape)
+    assert_close(fast.maxpool2d_backward(None, dout, argmax, inp.shape), want_dinp,
                  BACKWARD_RTOL, what + " backward")
+    # with the window: the network's path (windows that tile the image write each input once,
+    # and zero those outside every window), into a buffer holding an earlier step's values
+    stale = np.full(inp.shape, np.nan, np.float32)
+    assert_close(fast.maxpool2d_backward(stale, dout, argmax, inp.shape, pool, strides, padding),
+                 want_dinp, BACKWARD_RTOL, what + " backward, window given")
 
 
 def test_maxpool2d_takes_the_first_maximum_of_a_tie():
@@ -183,6 +190,25 @@ def test_maxpool2d_padding_never_wins():
         assert out.shape == (1, 2, 2, 1)
         np.testing.assert_array_equal(out[0, :, :, 0], [[-1, -3], [-7, -9]])
         assert argmax.min() >= 0 and argmax.max() < 9
+
+
+def test_maxpool2d_backward_refuses_an_argmax_outside_its_window():
+    dout = np.ones((1, 2, 2, 1), np.float32)
+    argmax = np.array([0, 2, 8, 15], np.int32).reshape(1, 2, 2, 1)
+    fast.maxpool2d_backward(None, dout, argmax, (1, 4, 4, 1), (2, 2))
+    argmax[0, 0, 0, 0] = 2  # the next window's cell
+    with pytest.raises(ValueError, match="a cell of its own window"):
+        fast.maxpool2d_backward(None, dout, argmax, (1, 4, 4, 1), (2, 2))
+
+
+def test_maxpool2d_backward_keeps_the_sign_of_a_zero_gradient_as_the_scatter_does():
+    """0 + (-0) is +0: a window's -0 gradient reaches its argmax as +0 on either path."""
+    inp = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+    out, argmax = fast.maxpool2d_forward(None, None, inp, (2, 2))
+    dout = np.full(out.shape, -0.0, np.float32)
+    for window in ((), ((2, 2),)):
+        dinp = fast.maxpool2d_backward(None, dout, argmax, inp.shape, *window)
+        assert not np.signbit(dinp).any()
 
 
 def test_maxpool2d_backward_refuses_an_argmax_outside_the_image():
