@@ -22,6 +22,7 @@ samples starts at rows * offset. The plan is independent of the batch size.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -277,6 +278,16 @@ def input_shape_of(layers: Sequence[Layer], input_dim: Any = None,
 
 def _size(shape: Shape) -> int:
     return int(np.prod(shape, dtype=np.int64))
+
+
+def physical_memory() -> int:
+    """Bytes of memory this machine has: no model may need more (mnistnet.saving checks a
+    model file's size against it). Where the system does not tell, 2**47 (the user address
+    space of x86-64 Linux)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 47
 
 
 def _hwc(shape: Shape) -> tuple[int, int, int]:

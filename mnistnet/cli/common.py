@@ -4,6 +4,7 @@ argument types, and reading a model file or the data the way a command line repo
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import secrets
@@ -21,7 +22,6 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
 PROG = "mnistnet"
-_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # an .npz is a zip archive
 
 # Errors the library (and the file system) raise for things a user can get wrong.
 USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, EOFError)
@@ -155,12 +155,11 @@ def load_data(loader: Callable[..., Any], data: str | None) -> Any:
 
 
 def load_model(path: str, backend: str) -> Model:
-    """Model.load, refusing up front a file that is not even a zip archive (np.load would
-    take it for a pickle and suggest allow_pickle=True, which is no advice to give)."""
-    with open(path, "rb") as stream:
-        head = stream.read(4)
-    if not head.startswith(_ZIP_MAGICS):
-        raise CLIError(f"{path}: not a mnistnet model file (not an .npz archive)")
+    """Model.load: it refuses, with one clear line, what is not a model file (not a zip
+    archive, a device, a FIFO, a file larger than the machine's memory) before reading it.
+    A missing file is said as the system says it, as for every file the commands read."""
+    if not os.path.lexists(path):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
     return Model.load(path, backend=backend)
 
 
