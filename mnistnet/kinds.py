@@ -266,7 +266,9 @@ def _conv_fill(row, layer, ins, outs):
 
 def _conv_scratch(row):
     """The patches, unless the convolution reads its input as its patches."""
-    return 0 if conv_reads_input_as_patches(row) else int(row["gemm_rows"] * row["fan_in"])
+    if conv_reads_input_as_patches(row):
+        return 0
+    return int(row["gemm_rows"]) * int(row["fan_in"])  # exact: the plan checks its size
 
 
 def conv_reads_input_as_patches(row: np.void) -> bool:

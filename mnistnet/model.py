@@ -80,6 +80,8 @@ class Model(Trainer):
                             f"{type(optimizer).__name__}")
         self.optimizer = optimizer
         self.seed = _positive_int(seed, "seed", minimum=0)
+        if self.seed >= 1 << 64:  # the dropout and translation keys take it as 64 bits
+            raise ValueError(f"seed must be below 2**64, got {seed}")
         self.backend = backend
 
         self.plan = Plan(self.layers, self.input_shape)

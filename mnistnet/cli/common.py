@@ -23,8 +23,10 @@ EXIT_BROKEN_PIPE = 141
 
 PROG = "mnistnet"
 
-# Errors the library (and the file system) raise for things a user can get wrong.
-USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, EOFError)
+# Errors the library (and the file system) raise for things a user can get wrong: absurd
+# sizes too, which may reach numpy as a MemoryError or an OverflowError.
+USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, EOFError, MemoryError,
+               OverflowError)
 
 
 class CLIError(Exception):
@@ -170,6 +172,10 @@ def one_line(message: str) -> str:
 
 
 def describe(exc: BaseException) -> str:
+    """One line for a user error: the file and the reason for an OSError, the message
+    otherwise (a MemoryError's is often empty)."""
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         return f"{exc.filename}: {exc.strerror}"
+    if isinstance(exc, MemoryError):
+        return f"out of memory ({one_line(str(exc)) or 'MemoryError'}); try smaller sizes"
     return one_line(str(exc)) or type(exc).__name__

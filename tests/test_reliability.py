@@ -1,0 +1,119 @@
+"""Reliability, second round (issue 19): no crash, no traceback, no unbounded wait, whatever
+the input. One section per class of the issue, then its four gaps. (Model files that are
+devices, FIFOs or huge: test_model_files; thread counts: test_threads.)
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from test_cli import check_main_error, write_dataset
+
+import mnistnet as mn
+from mnistnet import plan as plan_module
+
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """100 training and 20 test images of noise, in MNIST's four files."""
+    return write_dataset(tmp_path_factory.mktemp("tiny"), 100, 20)
+
+
+def _peak_while(call) -> tuple[BaseException | None, int]:
+    """(what call() raised, the peak of Python's allocations meanwhile)."""
+    tracemalloc.start()
+    try:
+        call()
+        raised = None
+    except Exception as exc:
+        raised = exc
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return raised, peak
+
+
+# =========================================================================== 6. absurd sizes
+
+# case -> (the layers, the one refused, its repr's start, the unit of the memory it needs)
+ABSURD = {
+    "conv 2**62 filters": (lambda: [mn.Conv2D(2**62, 3), mn.Flatten(), mn.Dense(10)], 0,
+                           "Conv2D(filters=4611686018427387904", "ZiB"),
+    "conv 10**9 filters": (lambda: [mn.Conv2D(10**9, 3), mn.Flatten(), mn.Dense(10)], 0,
+                           "Conv2D(filters=1000000000", "TiB"),
+    "conv kernel 99999999": (lambda: [mn.Conv2D(2, 99999999, padding="same"), mn.Flatten(),
+                                      mn.Dense(10)], 0, "Conv2D(filters=2, kernel_size="
+                                                        "[99999999, 99999999]", "PiB"),
+    "dense 10**20 units": (lambda: [mn.Flatten(), mn.Dense(10**20, activation="relu"),
+                                    mn.Dense(10)], 1, "Dense(100000000000000000000", "ZiB"),
+    "dense after a small one": (lambda: [mn.Flatten(), mn.Dense(10), mn.Dense(10**15),
+                                         mn.Dense(10)], 2, "Dense(1000000000000000", "PiB"),
+}
+
+
+@pytest.mark.parametrize("case", ABSURD)
+def test_absurd_sizes_are_one_error_naming_the_layer_before_any_allocation(case):
+    """numpy's MemoryError ("Unable to allocate 24.6 TiB") or OverflowError ("Python int too
+    large to convert to C long") used to come out of Model(...); now the plan's sizes are
+    checked first, as exact integers."""
+    layers, index, names, unit = ABSURD[case]
+    raised, peak = _peak_while(lambda: mn.Model(layers(), input_shape=(28, 28, 1)))
+    assert isinstance(raised, ValueError), repr(raised)
+    message = str(raised)
+    assert message.startswith(f"layers[{index}] {names}"), message
+    assert " is too large: " in message
+    assert " weights and " in message and " outputs per sample need " in message
+    assert f" {unit} of memory to train, and this machine has " in message
+    assert peak < MIB
+
+
+def test_a_model_too_large_as_a_whole_names_its_largest_layer(monkeypatch):
+    monkeypatch.setattr(plan_module, "physical_memory", lambda: 2 * MIB)
+    layers = [mn.Dense(200, activation="relu"), mn.Dense(200, activation="relu"), mn.Dense(10)]
+    with pytest.raises(ValueError) as raised:
+        mn.Model(layers, input_dim=784)
+    assert str(raised.value).startswith("the model is too large: training it needs ")
+    assert ("and this machine has 2.0 MiB; its largest layer is layers[0] Dense(200, "
+            "activation='relu'), with 157,000 weights and 200 outputs per sample"
+            in str(raised.value))
+    monkeypatch.undo()
+    mn.Model(layers, input_dim=784)  # fits this machine
+
+
+@pytest.mark.parametrize("layers", ["conv:1000000000:3,flatten,10:softmax",
+                                    "conv:2:99999999:padding=same,flatten,10:softmax",
+                                    "99999999999999999999:relu,10:softmax"])
+def test_absurd_cli_layers_are_one_line(layers, tiny_data, capsys):
+    line = check_main_error(["train", "--layers", layers, "--epochs", "1", "--data",
+                             str(tiny_data), "--quiet"], capsys)
+    assert " is too large: " in line and " of memory to train" in line
+
+
+@pytest.mark.parametrize("error, shown", [
+    (MemoryError(), "out of memory (MemoryError); try smaller sizes"),
+    (MemoryError("Unable to allocate 24.6 TiB for an array"),
+     "out of memory (Unable to allocate 24.6 TiB for an array); try smaller sizes"),
+    (OverflowError("Python int too large to convert to C long"),
+     "Python int too large to convert to C long")])
+def test_memory_and_overflow_errors_are_one_line_in_the_cli(error, shown, tiny_data, capsys,
+                                                            monkeypatch):
+    """Whatever size gets past the checks, the CLI reports it without a traceback."""
+    def failing_fit(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(mn.Model, "fit", failing_fit)
+    line = check_main_error(["train", "--layers", "10:softmax", "--epochs", "1", "--data",
+                             str(tiny_data), "--quiet"], capsys)
+    assert line == f"mnistnet: error: {shown}"
+
+
+def test_a_seed_beyond_64_bits_is_refused_by_name(tiny_data, capsys):
+    with pytest.raises(ValueError, match=r"^seed must be below 2\*\*64, got 18446744073709551616$"):
+        mn.Model([mn.Dense(10)], input_dim=784, seed=2**64)
+    line = check_main_error(["train", "--layers", "10:softmax", "--epochs", "1", "--seed",
+                             str(2**64), "--data", str(tiny_data), "--quiet"], capsys)
+    assert line.endswith("seed must be below 2**64, got 18446744073709551616")
