@@ -197,11 +197,13 @@ class Trainer:
         _, n_acts, n_dacts = self.plan.buffer_sizes(rows, threads)
         return aligned_zeros(n_acts), aligned_zeros(n_dacts)
 
-    def _epoch_arguments(self, acts, dacts, x, targets, order, batch_size, first_step):
+    def _epoch_arguments(self, acts, dacts, x, targets, order, batch_size, first_step,
+                         rates=None):
         """train_epoch's arguments for the batches of `order`, the first being step
-        first_step of the epoch."""
-        steps = -(-len(order) // batch_size)
-        rates = self.optimizer.rates(self.optimizer.iterations, steps)
+        first_step of the epoch, at the learning rates `rates` (one per batch; default: the
+        optimizer's from its step on)."""
+        if rates is None:
+            rates = self.optimizer.rates(self.optimizer.iterations, -(-len(order) // batch_size))
         return (self.plan, self.params, self.grads, self.optimizer_state, acts, dacts,
                 self._loss_code, x, targets, order, batch_size,
                 self.optimizer.kernel_settings(), rates, self.optimizer.iterations,
@@ -229,13 +231,16 @@ class Trainer:
             start = time.perf_counter()
             totals = [0.0, 0, 0, 0]  # loss_sum, correct, seen, batches
             status = EPOCH_DONE
+            # Every rate the epoch will read, checked as float32 before its first step.
+            rates = self.optimizer.rates(self.optimizer.iterations, steps)
             # On a terminal the step counter moves: run the epoch in a few compiled segments.
             segments = 20 if log.live else 1
             seg_steps = -(-steps // segments)
             for first in range(0, steps, seg_steps):
                 rows = order[first * batch_size: (first + seg_steps) * batch_size]
                 result = self._kernels.train_epoch(*self._epoch_arguments(
-                    acts, dacts, x, targets, rows, batch_size, first))
+                    acts, dacts, x, targets, rows, batch_size, first,
+                    rates[first: first + seg_steps]))
                 self.optimizer.iterations += result[3]
                 for i in range(4):
                     totals[i] += result[i]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_cli import check_main_error, write_dataset
 
@@ -117,3 +118,70 @@ def test_a_seed_beyond_64_bits_is_refused_by_name(tiny_data, capsys):
     line = check_main_error(["train", "--layers", "10:softmax", "--epochs", "1", "--seed",
                              str(2**64), "--data", str(tiny_data), "--quiet"], capsys)
     assert line.endswith("seed must be below 2**64, got 18446744073709551616")
+
+
+# =========================================================================== 3. float32 numbers
+
+ROWS = np.random.default_rng(19).random((64, 6), dtype=np.float32)
+LABELS = np.arange(64) % 3
+
+
+def _small(optimizer=None, backend: str = "fast", **kwargs) -> mn.Model:
+    return mn.Model([mn.Dense(3, activation="softmax", **kwargs)], input_dim=6,
+                    loss="categorical_crossentropy", optimizer=optimizer, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["fast", "reference"])
+def test_a_schedule_beyond_float32_is_refused_before_the_epoch_that_would_read_it(backend):
+    """ExponentialDecay(0.01, 1, 1e10) gives 1e48 at step 5: finite in float64, where it
+    was checked, Inf once cast; the epoch trained at an infinite rate."""
+    model = _small(mn.SGD(mn.schedules.ExponentialDecay(0.01, 1, 1e10)), backend)
+    before = model.params.copy()
+    with pytest.raises(ValueError, match=r"^ExponentialDecay\(.*\) gives the learning rate "
+                                         r"1e\+48 at step 5; a rate must be a finite number "
+                                         r">= 0, at most 3.4e\+38 \(float32"):
+        model.fit(ROWS, LABELS, epochs=2, batch_size=8, verbose=0)
+    np.testing.assert_array_equal(model.params, before)
+    assert model.epochs_trained == 0 and model.optimizer.iterations == 0
+
+
+def test_schedule_rates_are_checked_as_float32_wherever_they_are_read():
+    schedule = mn.schedules.ExponentialDecay(1e-30, 8, 1e10)
+    assert np.isfinite(schedule.rates(0, 48)).all()
+    with pytest.raises(ValueError, match=r"gives the learning rate [\d.e+]+ at step 55;"):
+        schedule.rates(48, 8)
+    with pytest.raises(ValueError, match=r"at step 55;"):
+        mn.SGD(schedule).rates(50, 10)
+    with pytest.raises(ValueError, match=r"at step 55;"):
+        schedule(55)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: mn.schedules.PiecewiseConstantDecay([10], [1e39, 0.001]),
+     r"^values must be at most 3.4e\+38 \(float32, which the kernels compute in\), got 1e\+39$"),
+    (lambda: mn.schedules.ExponentialDecay(1e39, 10, 0.5), r"^initial_learning_rate must be "
+                                                           r"at most 3.4e\+38"),
+    (lambda: mn.schedules.CosineDecay(0.0, 10, warmup_target=1e39, warmup_steps=5),
+     r"^warmup_target must be at most 3.4e\+38"),
+    (lambda: mn.schedules.OneCycle(1e39, 100), r"^max_learning_rate must be at most 3.4e\+38"),
+    (lambda: mn.AdamW(weight_decay=1e39), r"^weight_decay must lie in \[0, 3.4e\+38\] "
+                                          r"\(float32\), got 1e\+39$"),
+    (lambda: mn.Adam(epsilon=1e39), r"^epsilon must lie in \[1.18e-38, 3.4e\+38\] \(float32\)"),
+    (lambda: mn.RMSprop(epsilon=1e-50), r"^epsilon must lie in \[1.18e-38, 3.4e\+38\]"),
+    (lambda: mn.regularizers.L2(1e39), r"^l2 must be at most 1.7e\+38"),
+], ids=["piecewise values", "exponential start", "cosine warmup", "one-cycle peak",
+        "adamw weight decay", "adam epsilon", "rmsprop epsilon", "l2"])
+def test_numbers_finite_in_float64_but_not_in_float32_are_refused_up_front(make, message):
+    """SGD(1e39) was refused while these were taken and cast to Inf (or 0) in the kernels."""
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_a_learning_rate_set_on_the_optimizer_is_checked_as_the_constructor_checks_it():
+    model = _small(mn.SGD(0.1))
+    for value in (1e39, 0.0, -1.0, 1e-50):
+        with pytest.raises(ValueError, match=r"^learning_rate must "):
+            model.optimizer.learning_rate = value
+    assert model.optimizer.learning_rate == 0.1
+    model.optimizer.learning_rate = 0.5
+    np.testing.assert_array_equal(model.optimizer.rates(0, 2), np.float32([0.5, 0.5]))
