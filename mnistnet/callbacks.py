@@ -290,11 +290,12 @@ class ModelCheckpoint(Callback):
 class ReduceLROnPlateau(Callback):
     """Multiply the learning rate by `factor` when a metric has stopped improving for
     `patience` epochs (Keras 3's rule); the optimizer's learning rate must be a number, not
-    a schedule.
+    a schedule. As in Keras the rate is held in float32: with min_lr=0 (the default) it
+    may end at float32's subnormal numbers, then at 0, and training carries on.
 
     Args:
         monitor: the logs key to watch.
-        factor: in (0, 1): new_lr = max(lr * factor, min_lr).
+        factor: in (0, 1): new_lr = max(lr * factor, min_lr), rounded to float32.
         patience: epochs without improvement before a reduction.
         verbose: 1 prints each reduction.
         mode: "min", "max" or "auto".
@@ -317,6 +318,9 @@ class ReduceLROnPlateau(Callback):
         self.min_delta = _non_negative(min_delta, "min_delta")
         self.cooldown = _non_negative(cooldown, "cooldown", integer=True)
         self.min_lr = _non_negative(min_lr, "min_lr")
+        if self.min_lr > np.finfo(np.float32).max:  # Keras compares it as float32
+            raise ValueError(f"min_lr must be at most {np.finfo(np.float32).max:.3g} "
+                             f"(float32), got {min_lr}")
         self._reset()
 
     def _reset(self) -> None:
@@ -348,15 +352,21 @@ class ReduceLROnPlateau(Callback):
         elif self.cooldown_counter <= 0:
             self.wait += 1
             if self.wait >= self.patience:
-                old = float(optimizer.learning_rate)
-                if old > self.min_lr:
-                    new = max(old * self.factor, self.min_lr)
-                    _set_rate(optimizer, new)
-                    if self.verbose > 0:
-                        print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning "
-                              f"rate to {new}.")
-                    self.cooldown_counter = self.cooldown
-                    self.wait = 0
+                self._reduce(optimizer, epoch)
+
+    def _reduce(self, optimizer: Any, epoch: int) -> None:
+        """Keras 3's reduction: the float32 rate times factor, not below min_lr, held as
+        float32. With min_lr=0 the rate goes down through float32's subnormal numbers to 0,
+        and training carries on (at 0 nothing moves); it stops being reduced there."""
+        old = float(np.float32(optimizer.learning_rate))
+        if old > np.float32(self.min_lr):
+            new = max(old * self.factor, self.min_lr)
+            optimizer.set_float32_rate(new)
+            if self.verbose > 0:
+                print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to "
+                      f"{new}.")
+            self.cooldown_counter = self.cooldown
+            self.wait = 0
 
 
 class LearningRateScheduler(Callback):

@@ -43,6 +43,13 @@ def _learning_rate(value: Any) -> float | LearningRateSchedule:
     return float(value)
 
 
+def float32_rate(value: Any) -> float:
+    """A learning rate number rounded to float32, which may be subnormal or 0: finite,
+    >= 0 and at most float32's maximum, else ValueError."""
+    rate = _float32_number(value, "learning_rate")
+    return float(np.float32(rate))
+
+
 def _float32_number(value: Any, name: str, lowest: float = 0.0) -> float:
     """A finite number >= lowest (> 0 if lowest > 0) that float32 holds: the kernels read
     these settings as float32, where a float64 beyond 3.4e38 is Inf."""
@@ -87,6 +94,12 @@ class Optimizer:
     @learning_rate.setter
     def learning_rate(self, value: float | LearningRateSchedule) -> None:
         self._learning_rate = _learning_rate(value)
+
+    def set_float32_rate(self, rate: float) -> None:
+        """Set the learning rate as Keras' float32 variable holds what is assigned to it:
+        rounded to float32, where a rate lowered step by step reaches subnormal numbers,
+        then 0 (which moves nothing) instead of an error (ReduceLROnPlateau's way down)."""
+        self._learning_rate = float32_rate(rate)
 
     def rates(self, first_step: int, steps: int) -> np.ndarray:
         """float32 learning rates of steps first_step .. first_step + steps - 1, checked as
@@ -262,6 +275,18 @@ def optimizer_from_config(config: dict[str, Any]) -> Optimizer:
     name = config.pop("class", "SGD")
     if name not in OPTIMIZER_CLASSES:
         raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZER_CLASSES)}")
-    if isinstance(config.get("learning_rate"), dict):
-        config["learning_rate"] = schedule_from_config(config["learning_rate"])
-    return OPTIMIZER_CLASSES[name](**config)
+    rate = config.get("learning_rate")
+    if isinstance(rate, dict):
+        config["learning_rate"] = schedule_from_config(rate)
+    elif _below_normal(rate):  # where ReduceLROnPlateau took it (set_float32_rate)
+        config["learning_rate"] = FLOAT32_TINY
+    optimizer = OPTIMIZER_CLASSES[name](**config)
+    if _below_normal(rate):
+        optimizer.set_float32_rate(rate)
+    return optimizer
+
+
+def _below_normal(rate: Any) -> bool:
+    """A number in [0, FLOAT32_TINY): a rate lowered below float32's normal range."""
+    return (isinstance(rate, (int, float)) and not isinstance(rate, bool)
+            and 0 <= rate < FLOAT32_TINY)

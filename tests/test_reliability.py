@@ -185,3 +185,32 @@ def test_a_learning_rate_set_on_the_optimizer_is_checked_as_the_constructor_chec
     assert model.optimizer.learning_rate == 0.1
     model.optimizer.learning_rate = 0.5
     np.testing.assert_array_equal(model.optimizer.rates(0, 2), np.float32([0.5, 0.5]))
+
+
+# =========================================================================== 4. ReduceLROnPlateau
+
+def test_reduce_lr_on_plateau_with_min_lr_0_carries_on_as_keras_does(tmp_path):
+    """After about 37 reductions by 0.1 the rate fell below float32's smallest normal number
+    and fit stopped with 'learning_rate must lie in [1.18e-38, ...]'. Keras holds the rate in
+    float32 and goes on: through the subnormal numbers to 0, where it stays."""
+    model = _small(mn.SGD(0.01))
+    # Only the first epoch improves (min_delta is huge): every later one reduces the rate.
+    reducer = mn.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.1, patience=0,
+                                             min_delta=100.0)
+    model.fit(ROWS, LABELS, epochs=50, batch_size=64, verbose=0, callbacks=[reducer])
+    assert model.epochs_trained == 50 and len(model.history.epoch) == 50
+    logged = model.history.history["learning_rate"]
+    expected, rate = [0.01, 0.01], 0.01  # Keras' rule, by hand: float32 * factor, as float32
+    while len(expected) < 50:
+        rate = float(np.float32(max(float(np.float32(rate)) * 0.1, 0.0)))
+        expected.append(rate)
+    assert logged == expected
+    tiny = float(np.finfo(np.float32).tiny)
+    assert any(0 < r < tiny for r in logged) and logged[-1] == 0.0
+    assert model.optimizer.learning_rate == 0.0
+    # At rate 0 nothing moves, and the model saves and loads with its rate.
+    before = model.params.copy()
+    model.fit(ROWS, LABELS, epochs=1, batch_size=64, verbose=0)
+    np.testing.assert_array_equal(model.params, before)
+    model.save(tmp_path / "m.npz")
+    assert mn.Model.load(tmp_path / "m.npz").optimizer.learning_rate == 0.0
