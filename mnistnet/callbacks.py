@@ -20,6 +20,8 @@ from __future__ import annotations
 import csv
 import math
 import os
+import string
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -222,13 +224,72 @@ class EarlyStopping(Callback):
             self.model.set_weights(self.best_weights)
 
 
+# ---- file names ---------------------------------------------------------------------------
+
+_CONVERSIONS = (None, "r", "s", "a")
+
+
+def check_name_fields(name: str, what: str) -> None:
+    """Refuse a file name whose format fields no epoch and logs can fill: unbalanced braces,
+    positional fields ("{}", "{0}"), attributes or indexes ("{epoch.x}", "{epoch[0]}"),
+    nested fields in a format spec, unknown conversions. One ValueError, "<what> '<name>'
+    ...": what names the argument ("ModelCheckpoint: filepath")."""
+    try:
+        fields = [(field, spec, conversion)
+                  for _, field, spec, conversion in string.Formatter().parse(name)
+                  if field is not None]
+    except ValueError as exc:
+        raise ValueError(f"{what} {name!r} is not a valid format string "
+                         f"({exc}); write a literal brace twice: {{{{ or }}}}") from None
+    for field, spec, conversion in fields:
+        if not field.isidentifier() or "{" in spec or conversion not in _CONVERSIONS:
+            raise ValueError(f"{what} {name!r} has the field "
+                             f"{{{field}{'!' + conversion if conversion else ''}"
+                             f"{':' + spec if spec else ''}}}; a field is {{epoch}} or a logs "
+                             "key such as {val_loss}, optionally with a format spec "
+                             "({epoch:03d}, {val_loss:.4f}), and nothing else")
+
+
+def fill_file_name(name: str, epoch: int, logs: dict[str, float], what: str) -> str:
+    """name with {epoch} (from 1) and the logs' keys filled in; one ValueError naming what
+    (as check_name_fields), the name and the keys there are when it cannot be (an unknown
+    key, a format spec that does not fit the value)."""
+    try:
+        return name.format(epoch=epoch, **logs)
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
+        keys = ", ".join(["epoch", *logs])
+        raise ValueError(f"{what} {name!r} cannot be filled from the "
+                         f"epoch and the logs' keys ({keys}): {type(exc).__name__}: {exc}"
+                         ) from None
+
+
+def check_writable_folder(path: str, who: str) -> None:
+    """Fail now, not at the first write, if path's folder is missing or cannot be written
+    (found by writing there: access() says yes to root, and file systems may be read-only);
+    or if path is a folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{who}: {path} is a folder; name a file")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{who}: folder {folder} does not exist (for {path})")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise PermissionError(f"{who}: folder {folder} cannot be written ({exc.strerror or exc})"
+                              f" (for {path})") from None
+
+
 class ModelCheckpoint(Callback):
     """Save the model (Model.save: weights, optimizer state and training position, written
     atomically) after each epoch, or only when the monitored metric improves.
 
     Args:
         filepath: where to write; "{epoch}" (from 1) and any logs key with a format spec,
-            "{val_loss:.4f}", are filled in (str.format).
+            "{val_loss:.4f}", are filled in (str.format). A name with other fields
+            ("{epoch.x}", "{epoch[0]}", "{}") is refused here; one whose keys the logs
+            will not have, or whose folder is missing or not writable, before the first
+            epoch.
         monitor: the logs key that save_best_only compares.
         verbose: 1 prints each save.
         save_best_only: write only when the metric beats the best so far.
@@ -243,6 +304,7 @@ class ModelCheckpoint(Callback):
         self.filepath = os.fspath(filepath)
         if not self.filepath:
             raise ValueError("filepath must not be empty")
+        check_name_fields(self.filepath, "ModelCheckpoint: filepath")
         self.monitor = str(monitor)
         self.verbose = verbose
         self.save_best_only = bool(save_best_only)
@@ -259,18 +321,10 @@ class ModelCheckpoint(Callback):
     def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
         if self.save_best_only:
             _check_monitor(self.monitor, self.params, "ModelCheckpoint")
-        self._check_format()
-
-    def _check_format(self) -> None:
-        # A misspelt key in the file name fails here, before any epoch, not after one.
+        # A misspelt key or a missing folder fails here, before any epoch, not after one.
         sample = {key: 0.0 for key in self.params.get("metrics", ())}
-        try:
-            self.filepath.format(epoch=1, **sample)
-        except (KeyError, IndexError, ValueError) as exc:
-            if "metrics" in self.params:
-                raise ValueError(f"ModelCheckpoint: filepath {self.filepath!r} cannot be "
-                                 f"filled from the epoch and the logs' keys "
-                                 f"({', '.join(sample)}): {exc!r}") from None
+        check_writable_folder(fill_file_name(self.filepath, 1, sample,
+                                             "ModelCheckpoint: filepath"), "ModelCheckpoint")
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         logs = logs or {}
@@ -280,7 +334,7 @@ class ModelCheckpoint(Callback):
             if not better:
                 return
             self.best = current
-        path = self.filepath.format(epoch=epoch + 1, **logs)
+        path = fill_file_name(self.filepath, epoch + 1, logs, "ModelCheckpoint: filepath")
         self.model.save(path)
         self.last_saved = path
         if self.verbose > 0:
@@ -451,9 +505,10 @@ class CSVLogger(Callback):
             with open(self.filename, newline="") as f:
                 header = next(csv.reader(f, delimiter=self.sep), [])
             self.keys = header[1:] if header[:1] == ["epoch"] else None
-        if not self.append:
-            with open(self.filename, "w", newline=""):
-                pass  # truncated now: a failure to write shows before the first epoch
+        # Truncated (or, appending, created) now: a failure to write shows before the first
+        # epoch, as when Keras opens the file in on_train_begin.
+        with open(self.filename, "a" if self.append else "w", newline=""):
+            pass
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         logs = logs or {}

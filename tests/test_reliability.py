@@ -5,6 +5,7 @@ devices, FIFOs or huge: test_model_files; thread counts: test_threads.)
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 from pathlib import Path
 
@@ -214,3 +215,102 @@ def test_reduce_lr_on_plateau_with_min_lr_0_carries_on_as_keras_does(tmp_path):
     np.testing.assert_array_equal(model.params, before)
     model.save(tmp_path / "m.npz")
     assert mn.Model.load(tmp_path / "m.npz").optimizer.learning_rate == 0.0
+
+
+# =========================================================================== 5. file names
+
+BAD_NAMES = {
+    "attribute": ("m-{epoch.bogus}.npz", "has the field {epoch.bogus}; a field is {epoch} or"),
+    "index": ("m-{epoch[0]}.npz", "has the field {epoch[0]}; a field is"),
+    "positional": ("m-{}.npz", "has the field {}; a field is"),
+    "numbered": ("m-{0}.npz", "has the field {0}; a field is"),
+    "conversion": ("m-{epoch!x}.npz", "has the field {epoch!x}; a field is"),
+    "nested spec": ("m-{epoch:{width}}.npz", "has the field {epoch:{width}}; a field is"),
+    "open brace": ("m-{epoch.npz", "is not a valid format string (expected '}' before end of "
+                                   "string); write a literal brace twice: {{ or }}"),
+    "lone close": ("m-}.npz", "is not a valid format string (Single '}' encountered"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_NAMES)
+def test_a_checkpoint_name_with_bad_fields_is_refused_when_made(case):
+    """ModelCheckpoint("m-{epoch.bogus}.npz") raised a bare AttributeError after the first
+    epoch, and {epoch[0]} a TypeError."""
+    name, message = BAD_NAMES[case]
+    with pytest.raises(ValueError) as raised:
+        mn.callbacks.ModelCheckpoint(name)
+    assert str(raised.value).startswith(f"ModelCheckpoint: filepath {name!r} ")
+    assert message in str(raised.value)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("m-{val_los}.npz", "KeyError: 'val_los'"),
+    ("m-{val_loss:d}.npz", "ValueError: Unknown format code 'd' for object of type 'float'"),
+    ("m-{epoch:.4q}.npz", "ValueError: Unknown format code 'q'"),
+])
+def test_a_checkpoint_name_the_logs_cannot_fill_is_refused_before_epoch_1(name, message,
+                                                                          tmp_path):
+    model = _small(mn.SGD(0.1))
+    checkpoint = mn.callbacks.ModelCheckpoint(tmp_path / name)
+    with pytest.raises(ValueError) as raised:
+        model.fit(ROWS, LABELS, epochs=2, verbose=0, validation_split=0.25,
+                  callbacks=[checkpoint])
+    assert str(raised.value).startswith(
+        f"ModelCheckpoint: filepath {str(tmp_path / name)!r} cannot be filled from the "
+        f"epoch and the logs' keys (epoch, loss, accuracy, val_loss, val_accuracy): {message}")
+    assert model.epochs_trained == 0 and not list(tmp_path.iterdir())
+
+
+def _no_folder(tmp_path: Path) -> Path:
+    return tmp_path / "missing" / "out"
+
+
+def _a_file(tmp_path: Path) -> Path:
+    (tmp_path / "file").write_text("")
+    return tmp_path / "file" / "out"
+
+
+@pytest.mark.parametrize("where", [_no_folder, _a_file], ids=["missing", "a file"])
+@pytest.mark.parametrize("writer", ["checkpoint", "checkpoint per epoch", "csv", "csv append"])
+def test_a_folder_that_cannot_take_the_files_is_found_before_epoch_1(writer, where, tmp_path):
+    """ModelCheckpoint (and CSVLogger appending) found a missing folder only when writing,
+    after the first epoch had trained."""
+    base = where(tmp_path)
+    callback = {"checkpoint": lambda: mn.callbacks.ModelCheckpoint(f"{base}.npz"),
+                "checkpoint per epoch": lambda: mn.callbacks.ModelCheckpoint(
+                    f"{base}-{{epoch}}.npz"),
+                "csv": lambda: mn.callbacks.CSVLogger(f"{base}.csv"),
+                "csv append": lambda: mn.callbacks.CSVLogger(f"{base}.csv", append=True)}[writer]
+    model = _small(mn.SGD(0.1))
+    with pytest.raises(OSError, match=str(base.parent)):
+        model.fit(ROWS, LABELS, epochs=2, verbose=0, callbacks=[callback()])
+    assert model.epochs_trained == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="root writes into read-only folders")
+def test_a_checkpoint_folder_that_cannot_be_written_is_found_before_epoch_1(tmp_path):
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o500)
+    model = _small(mn.SGD(0.1))
+    with pytest.raises(PermissionError, match=f"folder {folder} cannot be written"):
+        model.fit(ROWS, LABELS, epochs=2, verbose=0,
+                  callbacks=[mn.callbacks.ModelCheckpoint(folder / "m.npz")])
+    assert model.epochs_trained == 0
+
+
+@pytest.mark.parametrize("name, message", [
+    ("m-{epoch.bogus}.npz", "has the field {epoch.bogus}"),
+    ("m-{epoch[0]}.npz", "has the field {epoch[0]}"),
+    ("m-{val_los}.npz", "KeyError: 'val_los'"),
+    ("m-{epoch:.4q}.npz", "Unknown format code 'q'"),
+    ("missing/m-{epoch}.npz", "missing/m-1.npz: folder"),
+])
+def test_bad_checkpoint_names_through_the_cli_are_one_line(name, message, tiny_data, tmp_path,
+                                                           capsys, monkeypatch):
+    """Through mnistnet train --checkpoint the same names printed a Python traceback."""
+    monkeypatch.chdir(tmp_path)
+    line = check_main_error(["train", "--layers", "10:softmax", "--epochs", "1", "--data",
+                             str(tiny_data), "--checkpoint", name, "--quiet"], capsys)
+    assert message in line and "--checkpoint" in line
+    assert not list(tmp_path.iterdir())

@@ -11,7 +11,13 @@ import warnings
 import numpy as np
 
 from mnistnet._version import __version__
-from mnistnet.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from mnistnet.callbacks import (
+    Callback,
+    EarlyStopping,
+    ModelCheckpoint,
+    check_name_fields,
+    fill_file_name,
+)
 from mnistnet.cli.common import (
     EXIT_DIVERGED,
     EXIT_INTERRUPTED,
@@ -73,6 +79,20 @@ def _schedule_spec(text: str) -> tuple[str, list[str]]:
     if kind not in shapes or not shapes[kind][0] <= len(fields) <= shapes[kind][1]:
         raise argparse.ArgumentTypeError(f"expected {SCHEDULE_GRAMMAR}, got {text!r}")
     return kind, fields
+
+
+# The logs' keys in the command's training: it always validates (test set or split).
+METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def _checkpoint_name(text: str) -> str:
+    """A --checkpoint name whose fields the epoch and the logs can fill."""
+    try:
+        check_name_fields(text, "the file name")
+        fill_file_name(text, 1, dict.fromkeys(METRICS, 0.0), "the file name")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _layers(text: str) -> list[Layer]:
@@ -143,10 +163,10 @@ def add_arguments(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
     sub.add_argument("--early-stopping", type=non_negative_int, metavar="PATIENCE",
                      help="stop once val_loss has not improved for PATIENCE epochs, and keep "
                           "the best epoch's weights")
-    sub.add_argument("--checkpoint", metavar="FILE.npz",
+    sub.add_argument("--checkpoint", metavar="FILE.npz", type=_checkpoint_name,
                      help="save the model after every epoch (atomically: Ctrl-C leaves the "
                           "last completed epoch's file intact); {epoch} in the name numbers "
-                          "the files")
+                          "the files, and a logs key ({val_loss:.4f}) may be in it too")
     add_data_and_backend(sub)
     sub.add_argument("--save", metavar="FILE.npz", help="write the trained model here")
     sub.add_argument("--history", metavar="FILE.json",
@@ -164,8 +184,10 @@ def run(args: argparse.Namespace) -> int:
     resumed = _resumed_model(args) if args.resume is not None else None
     if resumed is None:
         _resolve_recipe(args)
+    first_checkpoint = (None if args.checkpoint is None else fill_file_name(
+        args.checkpoint, 1, dict.fromkeys(METRICS, 0.0), "--checkpoint"))  # checked: no error
     for option, path in (("--save", args.save), ("--history", args.history),
-                         ("--checkpoint", args.checkpoint)):
+                         ("--checkpoint", first_checkpoint)):
         if path is not None:
             check_output_path(option, path)
     (x_train, y_train), (x_test, y_test) = load_data(load_mnist, args.data)
