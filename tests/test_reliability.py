@@ -314,3 +314,47 @@ def test_bad_checkpoint_names_through_the_cli_are_one_line(name, message, tiny_d
                              str(tiny_data), "--checkpoint", name, "--quiet"], capsys)
     assert message in line and "--checkpoint" in line
     assert not list(tmp_path.iterdir())
+
+
+# =========================================================================== gap: AdamW
+
+ADAMW = dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=3,
+             weight_decay=0.04)
+
+
+def _adamw_update(backend, params, grads, moments):
+    """params after one AdamW update in `backend` from moments (m, v), copies all."""
+    new, m, v = params.copy(), moments[0].copy(), moments[1].copy()
+    with np.errstate(all="ignore"):
+        (mn.fast if backend == "fast" else mn.reference).adamw_update(
+            new, grads, m, v, *ADAMW.values())
+    return new
+
+
+@pytest.mark.parametrize("backend", ["fast", "reference"])
+def test_an_adamw_step_rejected_as_non_finite_keeps_no_weight_decay(backend):
+    """Where Adam's step makes a weight NaN or Inf, the weight kept its value *after* the
+    decoupled weight decay: the step was rejected, its decay applied."""
+    params = np.float32([1.0, -2.0, 0.5, 3.0, -1.5])
+    grads = np.float32([0.3, np.inf, np.nan, -0.7, -np.inf])
+    moments = np.random.default_rng(7).random((2, params.size), dtype=np.float32)
+    new = _adamw_update(backend, params, grads, moments)
+    rejected = ~np.isfinite(grads)
+    np.testing.assert_array_equal(new[rejected], params[rejected])  # not decayed either
+    # The others took the whole step, as they do alone.
+    kept = ~rejected
+    alone = _adamw_update(backend, params[kept], grads[kept], moments[:, kept])
+    np.testing.assert_array_equal(new[kept], alone)
+    assert (new[kept] != params[kept]).all()
+
+
+def test_the_reference_dispatch_rejects_the_whole_adamw_step_and_says_so():
+    settings = mn.AdamW(0.01, weight_decay=0.04).kernel_settings()
+    params = np.float32([1.0, -2.0, 0.5])
+    grads = np.float32([0.3, np.inf, -0.7])
+    state = np.zeros(6, np.float32)
+    new = params.copy()
+    with np.errstate(all="ignore"):
+        finite = mn.reference.apply_update(settings, new, grads, state, 0.01, 1)
+    assert not finite
+    assert new[1] == params[1] and new[0] != params[0] and new[2] != params[2]
