@@ -42,8 +42,9 @@ __all__ = [
 
 class Callback:
     """Base class: override the hooks you need. `model` is the model being trained and
-    `params` {"epochs", "steps", "verbose", "metrics"} (metrics: the keys `logs` will have
-    at the end of an epoch)."""
+    `params` {"epochs", "steps", "verbose", "metrics"} (epochs: the model's epoch count when
+    this fit ends, as Keras' epochs with initial_epoch; metrics: the keys `logs` will have at
+    the end of an epoch)."""
 
     def __init__(self) -> None:
         self.model: Model | None = None

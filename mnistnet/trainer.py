@@ -30,7 +30,10 @@ __all__ = ["History", "Trainer", "format_epoch_line", "shuffle_order"]
 
 class History:
     """What fit returns: `history[name]` lists one value per completed epoch, under Keras'
-    names: loss, accuracy, and val_loss, val_accuracy when there is validation data."""
+    names: loss, accuracy, and val_loss, val_accuracy when there is validation data;
+    `epoch` lists each epoch's index in the model's count (0 for its first ever), as Keras'
+    History does when fit starts at initial_epoch: a model trained for 2 epochs, then fit
+    again for 1, has epoch == [2] in the second History."""
 
     def __init__(self) -> None:
         self.history: dict[str, list[float]] = {}
@@ -164,9 +167,11 @@ class Trainer:
         val = self._validation_arrays(validation_data, names)
         batch_size = min(batch_size, x.shape[0])
         metrics = ["loss", "accuracy"] + (["val_loss", "val_accuracy"] if val else [])
+        # "epochs": where this fit will end in the model's count (Keras' epochs argument, with
+        # initial_epoch the epochs already trained).
         hooks = CallbackList(callbacks, self, {
-            "epochs": epochs, "steps": -(-x.shape[0] // batch_size), "verbose": verbose,
-            "metrics": metrics})
+            "epochs": self._epochs_done + epochs, "steps": -(-x.shape[0] // batch_size),
+            "verbose": verbose, "metrics": metrics})
         if not self._training.acquire(blocking=False):
             raise RuntimeError("this model is already training (fit is running in another "
                                "thread); wait for it or train a copy")
@@ -220,12 +225,15 @@ class Trainer:
         n = x.shape[0]
         steps = -(-n // batch_size)
         self.stop_training = False
+        # Epochs are numbered in the model's count, as Keras numbers them from initial_epoch:
+        # resuming a model of 1 epoch for 1 more logs "Epoch 2/2".
+        last = self._epochs_done + epochs
         hooks.on_train_begin()
-        for epoch in range(epochs):
+        for _ in range(epochs):
             if self.stop_training:
                 break
             hooks.on_epoch_begin(self._epochs_done)
-            log.epoch_start(epoch + 1, epochs)
+            log.epoch_start(self._epochs_done + 1, last)
             order = (shuffle_order(self.seed, self._epochs_done, n) if shuffle
                      else np.arange(n, dtype=np.int64))
             start = time.perf_counter()
@@ -256,7 +264,7 @@ class Trainer:
                 self._restore_training_state(state)
                 raise ValueError("x contains NaN or Inf")
             if status == EPOCH_NONFINITE_LOSS:
-                warnings.warn(f"loss became NaN or Inf at epoch {epoch + 1}, batch "
+                warnings.warn(f"loss became NaN or Inf at epoch {self._epochs_done + 1}, batch "
                               f"{totals[3] + 1}; training stopped (the weights are finite: "
                               f"that batch's update was not applied, or where it would "
                               f"have overflowed float32, not to those weights)",
@@ -270,7 +278,7 @@ class Trainer:
                 logs["val_accuracy"] = scores["accuracy"]
             log.epoch_end(steps, time.perf_counter() - start, logs)
             hooks.on_epoch_end(self._epochs_done - 1, logs)
-            history.append(epoch, logs)
+            history.append(self._epochs_done - 1, logs)
         hooks.on_train_end()
         return history
 

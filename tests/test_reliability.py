@@ -5,13 +5,14 @@ devices, FIFOs or huge: test_model_files; thread counts: test_threads.)
 
 from __future__ import annotations
 
+import json
 import os
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import check_main_error, write_dataset
+from test_cli import check_main_error, run_cli, write_dataset
 
 import mnistnet as mn
 from mnistnet import plan as plan_module
@@ -358,3 +359,49 @@ def test_the_reference_dispatch_rejects_the_whole_adamw_step_and_says_so():
         finite = mn.reference.apply_update(settings, new, grads, state, 0.01, 1)
     assert not finite
     assert new[1] == params[1] and new[0] != params[0] and new[2] != params[2]
+
+
+# =========================================================================== gap: epoch numbers
+
+class _Seen(mn.callbacks.Callback):
+    """What a callback sees: params, and the epochs of on_epoch_begin and on_epoch_end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.begun: list[int] = []
+        self.ended: list[int] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.begun.append(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.ended.append(epoch)
+
+
+def test_a_second_fit_numbers_its_epochs_as_keras_does_from_initial_epoch(tmp_path, capsys):
+    """History counted within one fit call ([0]) while callbacks saw the model's total (1),
+    and the log said "Epoch 1/1" for the model's second epoch; Keras with initial_epoch=1
+    and epochs=2 says "Epoch 2/2", and its History and callbacks say 1."""
+    model = _small(mn.SGD(0.1))
+    model.fit(ROWS, LABELS, epochs=1, verbose=0)
+    seen = _Seen()
+    history = model.fit(ROWS, LABELS, epochs=2, verbose=2, callbacks=[
+        seen, mn.callbacks.CSVLogger(tmp_path / "log.csv")])
+    log = capsys.readouterr().out.splitlines()
+    assert [line for line in log if line.startswith("Epoch ")] == ["Epoch 2/3", "Epoch 3/3"]
+    assert history.epoch == seen.begun == seen.ended == [1, 2]
+    assert seen.params["epochs"] == 3
+    assert [row.split(",")[0] for row in (tmp_path / "log.csv").read_text().splitlines()] == [
+        "epoch", "1", "2"]
+
+
+def test_resume_through_the_cli_numbers_the_models_epochs(tiny_data, tmp_path):
+    first = run_cli("train", "--layers", "10:softmax", "--epochs", "1", "--data", tiny_data,
+                    "--save", "m.npz", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines()[0] == "Epoch 1/1"
+    resumed = run_cli("train", "--resume", "m.npz", "--epochs", "1", "--data", tiny_data,
+                      "--history", "h.json", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.splitlines()[0] == "Epoch 2/2"
+    assert json.loads((tmp_path / "h.json").read_text())["epoch"] == [1]

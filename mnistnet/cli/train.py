@@ -193,10 +193,11 @@ def run(args: argparse.Namespace) -> int:
     (x_train, y_train), (x_test, y_test) = load_data(load_mnist, args.data)
     model = resumed or _build_model(args, input_dim=x_train.shape[1],
                                     steps=_steps_per_epoch(args, x_train.shape[0]))
+    last = model.epochs_trained + args.epochs  # epochs are numbered in the model's count
     try:
         history = _fit(model, args, x_train, y_train, (x_test, y_test))
     except KeyboardInterrupt:
-        return _report_interrupt(model, args)
+        return _report_interrupt(model, args, last)
     except TrainingDiverged as exc:
         if args.history is not None:
             _write_history(args.history, exc.history, model, args, diverged=True)
@@ -383,14 +384,17 @@ def _fit(model: Model, args: argparse.Namespace, x: np.ndarray, y: np.ndarray,
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     # Fewer epochs than asked for: early stopping, else a NaN/Inf loss.
     if len(history.epoch) < args.epochs and not model.stop_training:
-        raise TrainingDiverged(f"epoch {len(history.epoch) + 1}/{args.epochs}", history)
+        last = model.epochs_trained - len(history.epoch) + args.epochs
+        raise TrainingDiverged(f"epoch {model.epochs_trained + 1}/{last}", history)
     return history
 
 
-def _report_interrupt(model: Model, args: argparse.Namespace) -> int:
-    """After Ctrl-C in fit: save the weights of the last completed step if asked to."""
+def _report_interrupt(model: Model, args: argparse.Namespace, last: int) -> int:
+    """After Ctrl-C in fit: save the weights of the last completed step if asked to. Epochs
+    are numbered in the model's count, as the log numbers them (up to `last`)."""
     done = len(model.history.epoch) if model.history is not None else 0
-    where = f"interrupted during epoch {done + 1}/{args.epochs} ({done} completed)"
+    where = (f"interrupted during epoch {model.epochs_trained + 1}/{last} ({done} completed"
+             f"{' in this run' if model.epochs_trained > done else ''})")
     kept = (f"; {args.checkpoint} holds the last completed epoch"
             if args.checkpoint is not None and done else "")
     if args.save is None:
