@@ -122,6 +122,35 @@ def _split_off(x: np.ndarray, targets: np.ndarray, split: float):
     return x[:at], targets[:at], (x[at:], targets[at:])
 
 
+class _EpochState:
+    """A model's training state at the start of an epoch (weights, gradients, optimizer
+    state and step, epochs done, learning rate), in buffers made once per fit: what fit
+    puts back when an epoch finds NaN or Inf in x, so that the model is as its last
+    completed epoch left it, and as the files callbacks wrote after that epoch say."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.params = np.empty_like(model.params)
+        self.grads = np.empty_like(model.grads)
+        self.optimizer_state = np.empty_like(model.optimizer_state)
+
+    def take(self) -> None:
+        m = self.model
+        np.copyto(self.params, m.params)
+        np.copyto(self.grads, m.grads)
+        np.copyto(self.optimizer_state, m.optimizer_state)
+        # A callback may set the rate in on_epoch_begin (LearningRateScheduler).
+        self.scalars = (m.optimizer.iterations, m._epochs_done, m.optimizer.learning_rate)
+
+    def restore(self) -> None:
+        m = self.model
+        np.copyto(m.params, self.params)
+        np.copyto(m.grads, self.grads)
+        np.copyto(m.optimizer_state, self.optimizer_state)
+        m.optimizer.iterations, m._epochs_done, rate = self.scalars
+        m.optimizer._learning_rate = rate  # as it was: already checked
+
+
 class Trainer:
     """fit, for Model (its buffers, kernels and optimizer are the model's)."""
 
@@ -139,9 +168,12 @@ class Trainer:
         both backends, and so do the dropout masks. The epoch runs in compiled code without
         the GIL (fast backend). Ctrl-C stops between two steps with KeyboardInterrupt; the
         model keeps the last completed step. A NaN/Inf loss stops training with a
-        RuntimeWarning, before that batch's update. NaN or Inf in x is a ValueError, and the
-        model is left as it was: the epoch checks each batch's rows as it reads them (one
-        pass over x fewer than a check up front).
+        RuntimeWarning, before that batch's update. NaN or Inf in x is a ValueError: the
+        epoch checks each batch's rows as it reads them (one pass over x fewer than a check
+        up front), and the model goes back to the end of the last completed epoch, as it was
+        before fit if none was (x changed during fit: a callback wrote into it). What
+        callbacks wrote (checkpoints, CSV rows) is about completed epochs only, so it stays
+        true of the model.
 
         validation_split: in (0, 1), Keras' meaning: the last fraction of the rows of x and
         y, taken before shuffling, is held out and scored after each epoch as val_loss and
@@ -215,11 +247,12 @@ class Trainer:
                 (self.seed, self._epochs_done, first_step))
 
     def _fit(self, x, targets, epochs, batch_size, val, log, shuffle, hooks) -> History:
-        # What a ValueError for NaN/Inf in x puts back.
-        before = (self._training_state(), self.grads.copy(), self.history)
+        previous = self.history  # model.history again if no epoch of this fit completes
         # Kept on the model as it grows, so after Ctrl-C `model.history` holds the
         # completed epochs (as in Keras).
         history = self.history = History()
+        # What a ValueError for NaN/Inf in x puts back: the last completed epoch.
+        completed = _EpochState(self)
         acts, dacts = self._training_buffers(batch_size)
         self.fit_batch_size = batch_size
         n = x.shape[0]
@@ -232,6 +265,7 @@ class Trainer:
         for _ in range(epochs):
             if self.stop_training:
                 break
+            completed.take()
             hooks.on_epoch_begin(self._epochs_done)
             log.epoch_start(self._epochs_done + 1, last)
             order = (shuffle_order(self.seed, self._epochs_done, n) if shuffle
@@ -260,9 +294,13 @@ class Trainer:
             if status == EPOCH_NONFINITE_INPUT or (
                     status == EPOCH_NONFINITE_LOSS
                     and not self._kernels.all_finite(x)):  # rows the epoch did not reach
-                state, self.grads[:], self.history = before
-                self._restore_training_state(state)
-                raise ValueError("x contains NaN or Inf")
+                completed.restore()
+                if not history.epoch:
+                    self.history = previous
+                    raise ValueError("x contains NaN or Inf")
+                raise ValueError(f"x contains NaN or Inf (found in epoch {self._epochs_done + 1}"
+                                 f"; the model is back at the end of epoch "
+                                 f"{self._epochs_done}, the last completed one)")
             if status == EPOCH_NONFINITE_LOSS:
                 warnings.warn(f"loss became NaN or Inf at epoch {self._epochs_done + 1}, batch "
                               f"{totals[3] + 1}; training stopped (the weights are finite: "

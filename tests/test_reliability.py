@@ -405,3 +405,51 @@ def test_resume_through_the_cli_numbers_the_models_epochs(tiny_data, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.splitlines()[0] == "Epoch 2/2"
     assert json.loads((tmp_path / "h.json").read_text())["epoch"] == [1]
+
+
+# =========================================================================== gap: NaN mid-fit
+
+class _Spoil(mn.callbacks.Callback):
+    """Writes NaN into x (the caller's array, which fit reads in place) after epoch `after`
+    (the model's count), as a careless callback or another thread might."""
+
+    def __init__(self, x: np.ndarray, after: int) -> None:
+        super().__init__()
+        self.x, self.after = x, after
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.after:
+            self.x[17, 3] = np.nan
+
+
+@pytest.mark.parametrize("backend", ["fast", "reference"])
+def test_nan_found_mid_fit_rolls_back_to_the_last_completed_epoch(backend, tmp_path):
+    """It rolled the model back to the start of fit, while the checkpoints and CSV rows of
+    the epochs it undid stayed. Chosen: back to the last completed epoch, which is what the
+    callbacks' files describe."""
+    x = ROWS.copy()
+    model = _small(mn.SGD(0.1, momentum=0.9), backend)
+    model.fit(x, LABELS, epochs=1, batch_size=16, verbose=0)  # an earlier fit
+    callbacks = [mn.callbacks.ModelCheckpoint(tmp_path / "ckpt-{epoch}.npz"),
+                 mn.callbacks.CSVLogger(tmp_path / "log.csv"),
+                 mn.callbacks.LearningRateScheduler(lambda epoch, lr: 0.1 / (epoch + 1)),
+                 _Spoil(x, after=2)]
+    with pytest.raises(ValueError, match=r"^x contains NaN or Inf \(found in epoch 4; the "
+                                         r"model is back at the end of epoch 3, the last "
+                                         r"completed one\)$"):
+        model.fit(x, LABELS, epochs=5, batch_size=16, verbose=0, callbacks=callbacks)
+    assert model.epochs_trained == 3 and model.optimizer.iterations == 12
+    assert model.history.epoch == [1, 2]
+    assert model.optimizer.learning_rate == pytest.approx(0.1 / 3)  # epoch 4's not kept
+    saved = mn.Model.load(tmp_path / "ckpt-3.npz", backend=backend)
+    np.testing.assert_array_equal(model.params, saved.params)
+    np.testing.assert_array_equal(model.optimizer_state, saved.optimizer_state)
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-2.npz", "ckpt-3.npz"]
+    rows = (tmp_path / "log.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows] == ["epoch", "1", "2"]
+    # The same as three epochs trained without the NaN.
+    straight = _small(mn.SGD(0.1, momentum=0.9), backend)
+    straight.fit(ROWS, LABELS, epochs=1, batch_size=16, verbose=0)
+    straight.fit(ROWS, LABELS, epochs=2, batch_size=16, verbose=0, callbacks=[
+        mn.callbacks.LearningRateScheduler(lambda epoch, lr: 0.1 / (epoch + 1))])
+    np.testing.assert_array_equal(model.params, straight.params)
