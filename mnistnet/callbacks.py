@@ -13,6 +13,14 @@ resumes from a file goes on counting where it stopped, as Keras does with `initi
 
 An exception raised by a callback reaches the caller of `fit`; the model then holds the last
 completed epoch.
+
+EarlyStopping and ReduceLROnPlateau keep their counters (wait, best, ReduceLROnPlateau's
+cooldown, EarlyStopping's best weights) on the model, in `model.callback_state`, after every
+epoch: a later fit, or a model saved and loaded (model files hold that state), goes on
+counting where they were, so that 5 epochs, then 5 more, stop and restore as 10 straight do.
+(Keras resets them at each fit: mnistnet's fit continues the model's training, epochs
+included.) Clear `model.callback_state` to count afresh. ModelCheckpoint writes once every
+callback has ended the epoch (after_epoch_end), so its file holds that state too.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import math
 import os
 import string
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -69,6 +77,26 @@ class Callback:
         """After epoch `epoch`; logs holds its metrics (callbacks may add keys, as
         "learning_rate")."""
 
+    def after_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        """After every callback's on_epoch_end for epoch `epoch` (not a Keras hook): the
+        model, its learning rate and the callbacks' state are then what the next epoch
+        starts from. ModelCheckpoint writes here."""
+
+    # -- state kept on the model across fit calls and in model files ------------------------
+    @property
+    def state_key(self) -> str | None:
+        """Under which key of model.callback_state this callback keeps its state; None (the
+        default): it keeps none."""
+        return None
+
+    def get_state(self) -> dict[str, Any]:
+        """The state to keep: JSON values, and float32 arrays of the parameters' size."""
+        return {}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Take up a state get_state returned (checked by check_state when read from a
+        file)."""
+
 
 class CallbackList:
     """The callbacks of one fit call, called in order."""
@@ -85,6 +113,7 @@ class CallbackList:
                 raise TypeError(f"callbacks[{i}] must be a mnistnet.callbacks.Callback, got "
                                 f"{type(cb).__name__}")
         self.callbacks = list(callbacks)
+        self.model = model
         for cb in self.callbacks:
             cb.set_model(model)
             cb.set_params(params)
@@ -104,6 +133,10 @@ class CallbackList:
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         for cb in self.callbacks:
             cb.on_epoch_end(epoch, logs)
+        self.model.callback_state.update(
+            {cb.state_key: cb.get_state() for cb in self.callbacks if cb.state_key})
+        for cb in self.callbacks:
+            cb.after_epoch_end(epoch, logs)
 
 
 # ---- monitoring a metric ------------------------------------------------------------------
@@ -142,6 +175,68 @@ def _monitored(logs: dict[str, float], monitor: str, who: str) -> float:
         raise ValueError(f"{who}: monitor {monitor!r} is not a key of the logs; they hold "
                          f"{', '.join(logs)}")
     return float(logs[monitor])
+
+
+# ---- state kept on the model ----------------------------------------------------------------
+
+def _resume(callback: Callback) -> None:
+    """Take up the state the model keeps for callback (from an earlier fit or a model
+    file), if it was kept in the same mode (min or max: the best value means nothing in
+    the other)."""
+    state = callback.model.callback_state.get(callback.state_key)
+    if state is not None and state.get("mode") == callback.mode:
+        callback.set_state(state)
+
+
+def _is_mode(value: Any) -> bool:
+    return value in ("min", "max")
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _is_number_or_none(value: Any) -> bool:
+    return value is None or (type(value) in (int, float) and math.isfinite(value))
+
+
+def _check_fields(state: Any, required: dict[str, Callable[[Any], bool]],
+                  optional: Collection[str] = ()) -> None:
+    if not isinstance(state, dict):
+        raise ValueError(f"a state must be an object, got {type(state).__name__}")
+    missing = set(required) - set(state)
+    unknown = set(state) - set(required) - set(optional)
+    if missing or unknown:
+        raise ValueError(f"the fields are {sorted(state)}, expected {sorted(required)}"
+                         f"{f' and maybe {sorted(optional)}' if optional else ''}")
+    for name, valid in required.items():
+        if not valid(state[name]):
+            raise ValueError(f"{name} is {state[name]!r}")
+
+
+def _check_weights(value: Any, n_params: int, name: str) -> None:
+    if (not isinstance(value, np.ndarray) or value.dtype != np.float32
+            or value.shape != (n_params,)):
+        raise ValueError(f"{name} must be float32 ({n_params},), got "
+                         f"{getattr(value, 'dtype', type(value).__name__)} "
+                         f"{getattr(value, 'shape', '')}")
+    if not np.isfinite(value).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def check_state(key: Any, state: Any, n_params: int) -> bool:
+    """Whether model.callback_state[key] = state is a state this version keeps (False: a
+    key of no stateful callback here, to be ignored); ValueError naming the key if the state
+    is malformed. n_params: the model's parameter count (the size of weight arrays)."""
+    stateful = {"EarlyStopping": EarlyStopping, "ReduceLROnPlateau": ReduceLROnPlateau}
+    name = key.split(":", 1)[0] if isinstance(key, str) and ":" in key else None
+    if name not in stateful:
+        return False
+    try:
+        stateful[name].check_state(state, n_params)
+    except ValueError as exc:
+        raise ValueError(f"callback state {key!r}: {exc}") from None
+    return True
 
 
 class EarlyStopping(Callback):
@@ -195,6 +290,35 @@ class EarlyStopping(Callback):
     def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
         _check_monitor(self.monitor, self.params, "EarlyStopping")
         self._reset()
+        _resume(self)
+
+    @property
+    def state_key(self) -> str:
+        return f"EarlyStopping:{self.monitor}"
+
+    def get_state(self) -> dict[str, Any]:
+        state = {"mode": self.mode, "wait": self.wait, "best": self.best,
+                 "best_epoch": self.best_epoch}
+        if self.best_weights is not None:  # one flat float32 array, the parameters' layout
+            flat = np.empty(self.model.plan.n_params, np.float32)
+            for view, weights in zip(self.model.plan.weight_views(flat), self.best_weights,
+                                     strict=True):
+                view[...] = weights
+            state["best_weights"] = flat
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.wait, self.best, self.best_epoch = state["wait"], state["best"], state["best_epoch"]
+        if self.restore_best_weights and "best_weights" in state:
+            self.best_weights = self.model.plan.weight_views(state["best_weights"].copy())
+
+    @staticmethod
+    def check_state(state: dict[str, Any], n_params: int) -> None:
+        """ValueError unless state is one get_state could have returned."""
+        _check_fields(state, {"mode": _is_mode, "wait": _is_count, "best": _is_number_or_none,
+                              "best_epoch": _is_count}, {"best_weights"})
+        if "best_weights" in state:
+            _check_weights(state["best_weights"], n_params, "best_weights")
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         if epoch < self.start_from_epoch:
@@ -313,6 +437,7 @@ class ModelCheckpoint(Callback):
         self.initial_value_threshold = initial_value_threshold
         self.best = self._initial_best()
         self.last_saved: str | None = None  # the path of the latest write
+        self._write = False  # whether this epoch's file is to be written
 
     def _initial_best(self) -> float:
         if self.initial_value_threshold is not None:
@@ -328,14 +453,19 @@ class ModelCheckpoint(Callback):
                                              "ModelCheckpoint: filepath"), "ModelCheckpoint")
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        logs = logs or {}
+        self._write = not self.save_best_only
         if self.save_best_only:
-            current = _monitored(logs, self.monitor, "ModelCheckpoint")
+            current = _monitored(logs or {}, self.monitor, "ModelCheckpoint")
             better = current < self.best if self.mode == "min" else current > self.best
-            if not better:
-                return
-            self.best = current
-        path = fill_file_name(self.filepath, epoch + 1, logs, "ModelCheckpoint: filepath")
+            if better:
+                self.best, self._write = current, True
+
+    def after_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        # Written once every callback has ended the epoch: the file then holds the rate
+        # and the callbacks' state the next epoch starts from (an exact resume).
+        if not self._write:
+            return
+        path = fill_file_name(self.filepath, epoch + 1, logs or {}, "ModelCheckpoint: filepath")
         self.model.save(path)
         self.last_saved = path
         if self.verbose > 0:
@@ -392,6 +522,26 @@ class ReduceLROnPlateau(Callback):
         _check_monitor(self.monitor, self.params, "ReduceLROnPlateau")
         _numeric_rate(self.model, "ReduceLROnPlateau")
         self._reset()
+        _resume(self)
+
+    @property
+    def state_key(self) -> str:
+        return f"ReduceLROnPlateau:{self.monitor}"
+
+    def get_state(self) -> dict[str, Any]:
+        return {"mode": self.mode, "best": self.best if math.isfinite(self.best) else None,
+                "wait": self.wait, "cooldown_counter": self.cooldown_counter}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if state["best"] is not None:  # None: nothing seen yet (the reset's infinity)
+            self.best = state["best"]
+        self.wait, self.cooldown_counter = state["wait"], state["cooldown_counter"]
+
+    @staticmethod
+    def check_state(state: dict[str, Any], n_params: int) -> None:
+        """ValueError unless state is one get_state could have returned."""
+        _check_fields(state, {"mode": _is_mode, "best": _is_number_or_none,
+                              "wait": _is_count, "cooldown_counter": _is_count})
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         logs = logs if logs is not None else {}

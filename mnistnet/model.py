@@ -95,6 +95,9 @@ class Model(Trainer):
         self.stop_training = False  # a callback sets it to end fit after this epoch
         self.fit_batch_size: int | None = None  # the last fit's (saved: resume needs it)
         self.fit_validation_split: float | None = None  # likewise
+        # Stateful callbacks' counters by callback (mnistnet.callbacks): carried across fit
+        # calls and in model files, so that resuming is exact.
+        self.callback_state: dict[str, dict[str, Any]] = {}
         self._training = threading.Lock()
         self._initialise()
 

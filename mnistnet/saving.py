@@ -12,7 +12,14 @@ Format 2 (this version writes it):
     fit_batch_size    int64, optional: the batch size of the last fit (what a resumed
                       training needs to continue exactly: `mnistnet train --resume`)
     fit_validation_split  float64, optional: the last fit's validation_split, if any
+    callback_state    JSON, optional: model.callback_state, the counters of EarlyStopping
+                      and ReduceLROnPlateau ({"EarlyStopping:val_loss": {"mode", "wait",
+                      "best", "best_epoch", "best_weights"}, ...}), each array in it
+                      written as a member of its own and named there as {"array": name}
+    callback_array_<i>  float32 (n_params,): such an array (EarlyStopping's best weights)
     mnistnet_version  the writer's version
+Older readers of format 2 ignore the optional members they do not know, as this one ignores
+states of callbacks it does not know.
 Format 1 (mnistnet 0.1; still read): Dense layers only, config {"layers": [{"units",
 "activation"}], "input_dim", "loss", "optimizer": {"learning_rate"}, "seed"}, and params.
 
@@ -33,6 +40,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from mnistnet._version import __version__
+from mnistnet.callbacks import check_state
 from mnistnet.kinds import layer_from_config
 from mnistnet.plan import Plan, input_shape_of, physical_memory
 
@@ -59,6 +67,8 @@ def save_model(model: Model, path: str | os.PathLike) -> None:
              else {"fit_batch_size": np.array(model.fit_batch_size, dtype=np.int64)})
     if model.fit_validation_split is not None:
         extra["fit_validation_split"] = np.array(model.fit_validation_split, dtype=np.float64)
+    if model.callback_state:
+        extra.update(_callback_members(model.callback_state))
     fd, tmp = tempfile.mkstemp(prefix=".mnistnet-", suffix=".npz.tmp", dir=folder)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
@@ -241,6 +251,60 @@ def _restore_training(model: Model, arrays: dict[str, Any], path: str) -> None:
                 or not 0 < float(split) < 1):
             raise ValueError(f"{path}: fit_validation_split must be a number in (0, 1)")
         model.fit_validation_split = float(split)
+    model.callback_state = _callback_state(arrays, path, model.plan.n_params)
+
+
+ARRAY_MEMBER = "callback_array_"
+
+
+def _callback_members(states: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:
+    """The members that hold model.callback_state: its JSON, each array named in it by
+    {"array": member} and written as that member."""
+    members: dict[str, np.ndarray] = {}
+
+    def encoded(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            name = f"{ARRAY_MEMBER}{len(members)}"
+            members[name] = value
+            return {"array": name}
+        return value
+
+    text = json.dumps({key: {field: encoded(value) for field, value in state.items()}
+                       for key, state in states.items()})
+    return {"callback_state": np.array(text), **members}
+
+
+def _callback_state(arrays: dict[str, Any], path: str, n_params: int
+                    ) -> dict[str, dict[str, Any]]:
+    """model.callback_state from a file's members ({} without them), each state checked by
+    mnistnet.callbacks.check_state; states of callbacks this version does not know are
+    left out."""
+    text = arrays.get("callback_state")
+    if text is None:
+        return {}
+    try:
+        states = json.loads(str(text[()])) if isinstance(text, np.ndarray) else None
+        if not isinstance(states, dict) or not all(isinstance(s, dict)
+                                                   for s in states.values()):
+            raise ValueError("not an object of objects")
+        decoded = {key: {field: _array_member(value, arrays) for field, value in state.items()}
+                   for key, state in states.items()}
+        return {key: state for key, state in decoded.items()
+                if check_state(key, state, n_params)}
+    except (ValueError, TypeError, RecursionError, IndexError) as exc:
+        raise ValueError(f"{path}: bad callback_state in the model file ({exc})") from None
+
+
+def _array_member(value: Any, arrays: dict[str, Any]) -> Any:
+    """value, or the member it names as {"array": name}."""
+    if isinstance(value, dict):
+        name = value.get("array")
+        if set(value) != {"array"} or not (isinstance(name, str)
+                                           and name.startswith(ARRAY_MEMBER)
+                                           and name in arrays):
+            raise ValueError(f"{value!r} names no {ARRAY_MEMBER}<i> member")
+        return arrays[name]
+    return value
 
 
 def _umask() -> int:

@@ -378,3 +378,69 @@ def test_an_archive_that_would_unpack_beyond_the_limit_is_refused_unread(tmp_pat
                         rf"would unpack to [\d,]+ bytes, more than this machine's memory, "
                         rf"4,194,304 bytes\)", str(raised.value))
     assert peak < MIB
+
+
+# =========================================================================== callback state
+
+def _with_state(state: object, **members: np.ndarray) -> dict[str, np.ndarray]:
+    text = state if isinstance(state, str) else json.dumps(state)
+    return _arrays(callback_state=np.array(text), **members)
+
+
+GOOD_STOP = {"mode": "min", "wait": 1, "best": 0.5, "best_epoch": 2}
+BAD_STATES = {
+    "not JSON": (_with_state("{oops"), "bad callback_state"),
+    "a list": (_with_state([1]), "not an object of objects"),
+    "wait negative": (_with_state({"EarlyStopping:val_loss": {**GOOD_STOP, "wait": -1}}),
+                      "callback state 'EarlyStopping:val_loss': wait is -1"),
+    "wait a float": (_with_state({"EarlyStopping:val_loss": {**GOOD_STOP, "wait": 1.5}}),
+                     "wait is 1.5"),
+    "best infinite": (_with_state({"EarlyStopping:val_loss": {**GOOD_STOP, "best": 1e999}}),
+                      "best is inf"),
+    "mode unknown": (_with_state({"ReduceLROnPlateau:loss": {
+        "mode": "up", "best": None, "wait": 0, "cooldown_counter": 0}}), "mode is 'up'"),
+    "field missing": (_with_state({"ReduceLROnPlateau:loss": {"mode": "min", "best": None,
+                                                              "wait": 0}}),
+                      "expected \\['best', 'cooldown_counter', 'mode', 'wait'\\]"),
+    "array missing": (_with_state({"EarlyStopping:val_loss": {
+        **GOOD_STOP, "best_weights": {"array": "callback_array_0"}}}),
+        "names no callback_array_<i> member"),
+    "array short": (_with_state({"EarlyStopping:val_loss": {
+        **GOOD_STOP, "best_weights": {"array": "callback_array_0"}}},
+        callback_array_0=np.zeros(7, np.float32)), r"best_weights must be float32 \(8,\)"),
+    "array nan": (_with_state({"EarlyStopping:val_loss": {
+        **GOOD_STOP, "best_weights": {"array": "callback_array_0"}}},
+        callback_array_0=np.full(8, np.nan, np.float32)), "best_weights contains NaN"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_STATES)
+def test_a_bad_callback_state_is_a_value_error_naming_the_file(case, tmp_path):
+    content, message = BAD_STATES[case]
+    path = _write_model_file(tmp_path / "m.npz", content)
+    with pytest.raises(ValueError, match=message) as raised:
+        mn.Model.load(path)
+    assert str(raised.value).startswith(f"{path}: bad callback_state in the model file (")
+
+
+def test_callback_state_round_trips_and_stays_in_format_2(tmp_path):
+    """The state is optional members of format 2: older readers, which ignore members they
+    do not know, read the file as before; this one ignores states of unknown callbacks."""
+    model = mn.Model([mn.Dense(2)], input_dim=3, seed=0)
+    best = np.arange(8, dtype=np.float32)
+    model.callback_state = {"EarlyStopping:loss": {**GOOD_STOP, "best_weights": best},
+                            "ReduceLROnPlateau:loss": {"mode": "max", "best": None, "wait": 2,
+                                                       "cooldown_counter": 1}}
+    model.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as data:
+        assert int(data["format_version"]) == 2
+        assert {"callback_state", "callback_array_0"} <= set(data.files)
+    loaded = mn.Model.load(tmp_path / "m.npz")
+    assert loaded.callback_state.keys() == model.callback_state.keys()
+    np.testing.assert_array_equal(loaded.callback_state["EarlyStopping:loss"]["best_weights"],
+                                  best)
+    assert loaded.callback_state["ReduceLROnPlateau:loss"] == model.callback_state[
+        "ReduceLROnPlateau:loss"]
+    unknown = _write_model_file(tmp_path / "unknown.npz", _with_state(
+        {"Future:loss": {"anything": [1, 2]}}))
+    assert mn.Model.load(unknown).callback_state == {}

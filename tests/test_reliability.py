@@ -453,3 +453,94 @@ def test_nan_found_mid_fit_rolls_back_to_the_last_completed_epoch(backend, tmp_p
     straight.fit(ROWS, LABELS, epochs=2, batch_size=16, verbose=0, callbacks=[
         mn.callbacks.LearningRateScheduler(lambda epoch, lr: 0.1 / (epoch + 1))])
     np.testing.assert_array_equal(model.params, straight.params)
+
+
+# =========================================================================== gap: exact resume
+
+VAL_ROWS = np.random.default_rng(20).random((32, 6), dtype=np.float32)
+VAL_LABELS = np.random.default_rng(21).integers(0, 3, 32)
+
+
+def _stateful(kind: str) -> list[mn.callbacks.Callback]:
+    """Fresh callbacks whose counters matter: val_loss wanders at SGD(0.5) on these rows."""
+    if kind == "early stopping":
+        return [mn.callbacks.EarlyStopping(patience=2, restore_best_weights=True)]
+    return [mn.callbacks.ReduceLROnPlateau(patience=1, factor=0.5, min_delta=0.0, cooldown=1)]
+
+
+def _train(model: mn.Model, epochs: int, callbacks) -> mn.History:
+    return model.fit(ROWS, LABELS, epochs=epochs, batch_size=16, verbose=0,
+                     validation_data=(VAL_ROWS, VAL_LABELS), callbacks=callbacks)
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    """Whether two models' callback_state are equal (arrays compared by value)."""
+    if a.keys() != b.keys():
+        return False
+    return all(s.keys() == b[key].keys() and all(np.array_equal(v, b[key][f])
+                                                   for f, v in s.items())
+               for key, s in a.items())
+
+
+@pytest.mark.parametrize("kind", ["early stopping", "reduce on plateau"])
+def test_resuming_from_a_checkpoint_with_stateful_callbacks_is_exact(kind, tmp_path):
+    """A resumed EarlyStopping started counting afresh (wait 0, no best), and so did
+    ReduceLROnPlateau: a run resumed from its checkpoints stopped elsewhere, restored other
+    weights, or lowered the rate at other epochs. Their counters now travel in the model
+    file (written after them: ModelCheckpoint comes first in the list on purpose)."""
+    straight = _small(mn.SGD(0.5))
+    history = _train(straight, 12, [mn.callbacks.ModelCheckpoint(tmp_path / "ckpt-{epoch}.npz"),
+                                    *_stateful(kind)])
+    done = straight.epochs_trained
+    if kind == "early stopping":
+        assert 4 <= done < 12, "no early stop: a weak check"
+    else:
+        assert straight.optimizer.learning_rate < 0.5 / 2, "under two reductions: a weak check"
+    counting = 0  # checkpoints with some wait or cooldown under way
+    for resume_at in range(1, done):
+        resumed = mn.Model.load(tmp_path / f"ckpt-{resume_at}.npz")
+        state = dict(next(iter(getattr(resumed, "callback_state", {None: {}}).values())))
+        counting += state.get("wait", 0) > 0 or state.get("cooldown_counter", 0) > 0
+        tail = _train(resumed, 12 - resume_at, _stateful(kind))
+        assert resumed.epochs_trained == done, resume_at
+        assert tail.epoch == history.epoch[resume_at:]
+        assert tail.history == {key: values[resume_at:]
+                                for key, values in history.history.items()}
+        np.testing.assert_array_equal(resumed.params, straight.params)
+        assert resumed.optimizer.learning_rate == straight.optimizer.learning_rate
+        assert _same_state(resumed.callback_state, straight.callback_state)
+    assert counting >= 2, "the counters were at rest at every checkpoint: a weak check"
+
+
+def test_callback_state_carries_across_fit_calls_in_memory():
+    straight = _small(mn.SGD(0.5))
+    _train(straight, 12, _stateful("early stopping"))
+    halves = _small(mn.SGD(0.5))
+    _train(halves, 3, _stateful("early stopping"))
+    _train(halves, 9, _stateful("early stopping"))
+    assert halves.epochs_trained == straight.epochs_trained < 12
+    np.testing.assert_array_equal(halves.params, straight.params)
+    halves.callback_state.clear()  # counting afresh: the documented way
+    _train(halves, 1, _stateful("early stopping"))
+    assert halves.epochs_trained == straight.epochs_trained + 1
+
+
+def test_resume_with_early_stopping_through_the_cli_is_exact(tiny_data, tmp_path):
+    train = ["train", "--layers", "32:relu,10:softmax", "--loss", "categorical_crossentropy",
+             "--lr", "0.5", "--early-stopping", "1", "--data", tiny_data, "--quiet"]
+    straight = run_cli(*train, "--epochs", "12", "--checkpoint", "ckpt-{epoch}.npz", "--save",
+                       "straight.npz", "--history", "straight.json", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
+    record = json.loads((tmp_path / "straight.json").read_text())
+    stopped = len(record["epoch"])
+    assert 2 <= stopped < 12, record["history"]["val_loss"]
+    resumed = run_cli(*[a for a in train if a not in ("--layers", "32:relu,10:softmax", "--loss",
+                                                      "categorical_crossentropy", "--lr", "0.5")],
+                      "--resume", f"ckpt-{stopped - 1}.npz", "--epochs", str(13 - stopped),
+                      "--save", "resumed.npz", "--history", "resumed.json", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    tail = json.loads((tmp_path / "resumed.json").read_text())
+    assert tail["epoch"] == record["epoch"][-1:]
+    a, b = mn.Model.load(tmp_path / "straight.npz"), mn.Model.load(tmp_path / "resumed.npz")
+    np.testing.assert_array_equal(b.params, a.params)
+    assert _same_state(b.callback_state, a.callback_state)  # the counters, saved with it

@@ -127,8 +127,9 @@ def add_arguments(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
     arch.add_argument("--resume", metavar="MODEL.npz",
                       help="continue training a model written by --save or --checkpoint: "
                            "its architecture, optimizer state and position (the next "
-                           "epoch's shuffle and masks), so that 5 epochs, then 5 more, give "
-                           "the same weights as 10 straight; needs --epochs (how many more)")
+                           "epoch's shuffle and masks) and --early-stopping's counters, so "
+                           "that 5 epochs, then 5 more, give the same weights as 10 "
+                           "straight; needs --epochs (how many more)")
     sub.add_argument("--loss", choices=LOSSES,
                      help="loss of a --layers network (default: mse; a preset has its own)")
     sub.add_argument("--epochs", type=positive_int,
