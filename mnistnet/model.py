@@ -90,6 +90,8 @@ class Model(Trainer):
                             f"{type(optimizer).__name__}")
         self.optimizer = optimizer
         self.seed = _positive_int(seed, "seed", minimum=0)
+        if self.seed >= 1 << 64:  # the dropout and translation keys take it as 64 bits
+            raise ValueError(f"seed must be below 2**64, got {seed}")
         self.backend = backend
 
         self.plan = Plan(self.layers, self.input_shape)
@@ -103,6 +105,9 @@ class Model(Trainer):
         self.stop_training = False  # a callback sets it to end fit after this epoch
         self.fit_batch_size: int | None = None  # the last fit's (saved: resume needs it)
         self.fit_validation_split: float | None = None  # likewise
+        # Stateful callbacks' counters by callback (mnistnet.callbacks): carried across fit
+        # calls and in model files, so that resuming is exact.
+        self.callback_state: dict[str, dict[str, Any]] = {}
         self._training = threading.Lock()
         self._initialise()
 

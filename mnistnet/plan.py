@@ -22,6 +22,8 @@ samples starts at rows * offset. The plan is independent of the batch size.
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +40,7 @@ from mnistnet.layers import Dense, Layer, Shape, _positive_int
 
 CACHE_LINE = 64  # bytes
 CACHE_LINE_FLOATS = CACHE_LINE // 4
+FLOAT_BYTES = 4
 MNIST_IMAGE = (28, 28, 1)
 # A dense net this narrow or narrower in its first layer keeps transposed copies of it (see
 # _kernels.pyx: trains_transposed); the workspace always has room for them.
@@ -71,6 +74,7 @@ class Plan:
         if len(self.shapes[-1]) != 1:
             raise ValueError(f"the last layer's output has shape {self.shapes[-1]}; the model "
                              "needs rows of class scores: end with Flatten() and Dense(10)")
+        self._check_sizes()
         if not any(layer.weight_shapes(shape)
                    for layer, shape in zip(self.layers, self.shapes, strict=False)):
             raise ValueError("the model has no layer with weights (Dense or Conv2D)")
@@ -80,6 +84,55 @@ class Plan:
         self._fill_table()
         self.n_inputs = int(self.table[0]["n_in"])
         self.has_l2 = bool(np.any(self.table["l2"] > 0))
+        self._check_total()
+
+    # -- sizes -----------------------------------------------------------------------------
+    def _check_sizes(self) -> None:
+        """Refuse, before the table (int64) or any buffer is made, a layer whose weights
+        and outputs alone would not fit in this machine's memory: sizes as exact integers,
+        so that no size overflows on the way (Conv2D(2**62, 3) would)."""
+        inputs = math.prod(self.input_shape)
+        if 2 * FLOAT_BYTES * inputs > physical_memory():
+            raise ValueError(f"input_shape {self.input_shape}: {inputs:,} floats per sample "
+                             f"need {_bytes(2 * FLOAT_BYTES * inputs)} of memory, and this "
+                             f"machine has {_bytes(physical_memory())}")
+        for i in range(len(self.layers)):
+            weights, outputs = self._weights_and_outputs(i)
+            self._check_layer(i, self._layer_bytes(i), f"{weights:,} weights and {outputs:,} "
+                              "outputs per sample")
+
+    def _weights_and_outputs(self, i: int) -> tuple[int, int]:
+        """Layer i's weight count and its outputs per sample, as exact integers."""
+        weights = sum(math.prod(s) for s in self.layers[i].weight_shapes(self.shapes[i]))
+        return weights, math.prod(self.shapes[i + 1])
+
+    def _layer_bytes(self, i: int) -> int:
+        """What training layer i needs at the least: its weights and their gradients, its
+        outputs for one sample and their gradients."""
+        weights, outputs = self._weights_and_outputs(i)
+        return FLOAT_BYTES * 2 * (weights + outputs)
+
+    def _check_layer(self, i: int, need: int, what: str) -> None:
+        """ValueError naming layer i, its size and the memory it needs, if that is more
+        than this machine has."""
+        if need > physical_memory():
+            raise ValueError(f"layers[{i}] {self.layers[i]!r} is too large: {what} need "
+                             f"{_bytes(need)} of memory to train, and this machine has "
+                             f"{_bytes(physical_memory())}")
+
+    def _check_total(self) -> None:
+        """The whole model's blocks for one sample and one thread, against the machine's
+        memory; the error names the largest layer."""
+        floats = (2 * self.n_params + self.acts_per_row + self.dacts_per_row
+                  + self.workspace_floats(1, 1))
+        if FLOAT_BYTES * floats > physical_memory():
+            largest = max(range(len(self.layers)), key=self._layer_bytes)
+            weights, outputs = self._weights_and_outputs(largest)
+            raise ValueError(f"the model is too large: training it needs "
+                             f"{_bytes(FLOAT_BYTES * floats)} of memory, and this machine has "
+                             f"{_bytes(physical_memory())}; its largest layer is "
+                             f"layers[{largest}] {self.layers[largest]!r}, with {weights:,} "
+                             f"weights and {outputs:,} outputs per sample")
 
     # -- construction ----------------------------------------------------------------------
     def _fill_table(self) -> None:
@@ -127,6 +180,8 @@ class Plan:
                 act += int(row["n_out"])
             scratch = kind.scratch(row, layer)
             if scratch:
+                self._check_layer(i, FLOAT_BYTES * scratch, f"{scratch:,} floats of scratch "
+                                  "per sample")
                 row["scratch"], row["n_scratch"] = act, scratch
                 act += scratch
             # Gradients: only where some layer at or before this one has weights.
@@ -289,7 +344,28 @@ def input_shape_of(layers: Sequence[Layer], input_dim: Any = None,
 
 
 def _size(shape: Shape) -> int:
-    return int(np.prod(shape, dtype=np.int64))
+    return math.prod(int(v) for v in shape)
+
+
+def physical_memory() -> int:
+    """Bytes of memory this machine has: no model may need more (Plan checks its sizes
+    against it, mnistnet.saving a model file's). Where the system does not tell, 2**47 (the
+    user address space of x86-64 Linux)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 47
+
+
+def _bytes(n: int) -> str:
+    """A byte count for people: "24.6 TiB" (exact integers of any size)."""
+    units = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB")
+    power = min((n.bit_length() - 1) // 10, len(units) - 1) if n > 0 else 0
+    if power == 0:
+        return f"{n} bytes"
+    if n < 1 << 1000:  # a float holds it
+        return f"{n / 1024 ** power:.1f} {units[power]}"
+    return f"{n // 1024 ** power:,} {units[power]}"
 
 
 def _hwc(shape: Shape) -> tuple[int, int, int]:

@@ -52,8 +52,9 @@ compiled kernels; losses are accumulated in float64, as there. Derivations:
               w -= step (momentum: u = momentum * u + step, w -= u)
   L2 regularisation (kernel_regularizer) adds 2 * l2 * w to a kernel's gradient before the
   update (and l2 * sum(w^2) to the reported loss).
-  An element whose new weight would be NaN or Inf keeps its old value, and the update
-  reports it (the epoch then stops).
+  An element whose new weight would be NaN or Inf keeps its old value (AdamW's: from before
+  its decay, the whole step being rejected), and the update reports it (the epoch then
+  stops).
 """
 
 from __future__ import annotations
@@ -582,13 +583,18 @@ def adam_alpha(learning_rate, beta_1, beta_2, step) -> np.float32:
     return np.float32(lr * np.sqrt(1.0 - float(beta_2) ** step) / (1.0 - float(beta_1) ** step))
 
 
-def _adam(params, grads, m, v, learning_rate, beta_1, beta_2, epsilon, step) -> bool:
+def _adam(params, grads, m, v, learning_rate, beta_1, beta_2, epsilon, step,
+          weight_decay=None) -> bool:
+    """Adam's step; with weight_decay (AdamW), from the weights decayed first. One update of
+    each weight: where its result is NaN or Inf, it keeps its old value, decay included."""
     alpha = adam_alpha(learning_rate, beta_1, beta_2, step)
     one = np.float32(1)
     with np.errstate(over="ignore", invalid="ignore"):
         m += (grads - m) * (one - np.float32(beta_1))
         v += (grads * grads - v) * (one - np.float32(beta_2))
-        new = params - (m * alpha) / (np.sqrt(v) + np.float32(epsilon))
+        start = params if weight_decay is None else _decayed(params, learning_rate,
+                                                             weight_decay)
+        new = start - (m * alpha) / (np.sqrt(v) + np.float32(epsilon))
     return _keep_finite(params, new)
 
 
@@ -612,17 +618,16 @@ def adam_update(params, grads, m, v, learning_rate, beta_1, beta_2, epsilon, ste
     return params
 
 
-def _weight_decay(params, learning_rate, weight_decay) -> bool:
-    with np.errstate(over="ignore", invalid="ignore"):
-        new = params - (params * np.float32(weight_decay)) * np.float32(learning_rate)
-    return _keep_finite(params, new)
+def _decayed(params, learning_rate, weight_decay):
+    """AdamW's decoupled weight decay: params - (params * weight_decay) * learning_rate."""
+    return params - (params * np.float32(weight_decay)) * np.float32(learning_rate)
 
 
 def adamw_update(params, grads, m, v, learning_rate, beta_1, beta_2, epsilon, step,
                  weight_decay):
-    """Keras' AdamW, in place: the decoupled weight decay, then Adam's step."""
-    _weight_decay(params, learning_rate, weight_decay)
-    _adam(params, grads, m, v, learning_rate, beta_1, beta_2, epsilon, step)
+    """Keras' AdamW, in place: the decoupled weight decay, then Adam's step, as one step (a
+    weight whose result would be NaN or Inf keeps its old value, decay included)."""
+    _adam(params, grads, m, v, learning_rate, beta_1, beta_2, epsilon, step, weight_decay)
     return params
 
 
@@ -678,11 +683,8 @@ def apply_update(optimizer, params, grads, state, learning_rate, step, start=0,
         average = slot[-1] if centered else None
         return _rmsprop(params, grads, slot[0], average, moment, learning_rate, rho, momentum,
                         epsilon)
-    finite = True
-    if code == OPTIMIZERS["adamw"]:
-        finite = _weight_decay(params, learning_rate, decay)
-    return finite & _adam(params, grads, slot[0], slot[1], learning_rate, beta_1, beta_2,
-                          epsilon, step)
+    return _adam(params, grads, slot[0], slot[1], learning_rate, beta_1, beta_2, epsilon, step,
+                 decay if code == OPTIMIZERS["adamw"] else None)
 
 
 # ---- the network ---------------------------------------------------------------------------

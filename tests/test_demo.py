@@ -241,6 +241,45 @@ def test_a_malformed_request_gets_a_4xx_in_json(server, model, log, data, expect
     assert "Traceback" not in log.getvalue()
 
 
+def raw_answer(server: demo.DemoServer, data: bytes) -> bytes:
+    """Everything the server sends back for bytes sent as they are."""
+    host, port = server.server_address[:2]
+    with socket.create_connection((host, port), timeout=TIMEOUT) as connection:
+        connection.sendall(data)
+        connection.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := connection.recv(65536):
+            reply += chunk
+    return reply
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"GET\r\n\r\n", 400),
+    (b"HTTP/9.9\r\n\r\n", 400),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
+    (b"\x00\xff junk\r\n\r\n", 400),
+    (b"GET /\r\n\r\n", 400),
+    (b"GET /predict\r\n", 400),
+    (b"GET / HTTP/9.9\r\n\r\n", 505),
+], ids=["garbage", "bare GET", "HTTP/9.9", "TLS hello", "binary junk", "HTTP/0.9 GET",
+        "HTTP/0.9 GET predict", "version 9.9"])
+def test_a_request_line_taken_for_http_0_9_gets_a_status_line(server, model, log, data,
+                                                               expected) -> None:
+    """http.server answers such lines as HTTP/0.9: the JSON error went out with no status
+    line and no headers (and "GET /" got the page so), though the docstring promised a
+    4xx."""
+    head, _, body = raw_answer(server, data).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert re.fullmatch(rf"HTTP/1\.[01] {expected} [A-Za-z ]+", lines[0]), lines
+    assert "Content-Type: application/json" in lines
+    assert f"Content-Length: {len(body)}" in lines
+    message = json.loads(body)["error"]
+    assert 0 < len(message) < 120 and "\n" not in message
+    assert_answers(server, model, some_pixels(2))  # and it goes on serving
+    assert "Traceback" not in log.getvalue()
+
+
 def test_refusals_are_logged_one_line_each(server, log) -> None:
     request(server, "/predict", b"{", content_type="application/json")
     last = log.getvalue().splitlines()[-1]

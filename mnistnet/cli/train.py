@@ -13,7 +13,13 @@ from typing import Any
 import numpy as np
 
 from mnistnet._version import __version__
-from mnistnet.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from mnistnet.callbacks import (
+    Callback,
+    EarlyStopping,
+    ModelCheckpoint,
+    check_name_fields,
+    fill_file_name,
+)
 from mnistnet.cli.common import (
     EXIT_DIVERGED,
     EXIT_INTERRUPTED,
@@ -78,6 +84,20 @@ def _schedule_spec(text: str) -> tuple[str, list[str]]:
     return kind, fields
 
 
+# The logs' keys in the command's training: it always validates (test set or split).
+METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def _checkpoint_name(text: str) -> str:
+    """A --checkpoint name whose fields the epoch and the logs can fill."""
+    try:
+        check_name_fields(text, "the file name")
+        fill_file_name(text, 1, dict.fromkeys(METRICS, 0.0), "the file name")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _layers(text: str) -> list[Layer]:
     """--layers' value parsed by the table of kinds' grammar."""
     try:
@@ -119,8 +139,9 @@ def add_arguments(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
     arch.add_argument("--resume", metavar="MODEL.npz",
                       help="continue training a model written by --save or --checkpoint: "
                            "its architecture, optimizer state and position (the next "
-                           "epoch's shuffle and masks), so that 5 epochs, then 5 more, give "
-                           "the same weights as 10 straight; needs --epochs (how many more)")
+                           "epoch's shuffle and masks) and --early-stopping's counters, so "
+                           "that 5 epochs, then 5 more, give the same weights as 10 "
+                           "straight; needs --epochs (how many more)")
     sub.add_argument("--loss", choices=LOSSES,
                      help="loss of a --layers network (default: the output's, "
                           "categorical_crossentropy after softmax, else mse; a preset has "
@@ -161,10 +182,10 @@ def add_arguments(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
     sub.add_argument("--early-stopping", type=non_negative_int, metavar="PATIENCE",
                      help="stop once val_loss has not improved for PATIENCE epochs, and keep "
                           "the best epoch's weights")
-    sub.add_argument("--checkpoint", metavar="FILE.npz",
+    sub.add_argument("--checkpoint", metavar="FILE.npz", type=_checkpoint_name,
                      help="save the model after every epoch (atomically: Ctrl-C leaves the "
                           "last completed epoch's file intact); {epoch} in the name numbers "
-                          "the files")
+                          "the files, and a logs key ({val_loss:.4f}) may be in it too")
     add_data_and_backend(sub)
     sub.add_argument("--save", metavar="FILE.npz",
                      help="write the trained model here (for evaluate, predict, plot, export "
@@ -184,18 +205,21 @@ def run(args: argparse.Namespace) -> int:
     resumed = _resumed_model(args) if args.resume is not None else None
     if resumed is None:
         _resolve_recipe(args)
+    first_checkpoint = (None if args.checkpoint is None else fill_file_name(
+        args.checkpoint, 1, dict.fromkeys(METRICS, 0.0), "--checkpoint"))  # checked: no error
     for option, path in (("--save", args.save), ("--history", args.history),
-                         ("--checkpoint", args.checkpoint)):
+                         ("--checkpoint", first_checkpoint)):
         if path is not None:
             check_output_path(option, path)
     (x_train, y_train), (x_test, y_test) = load_data(load_mnist, args.data)
     model = resumed or _build_model(args, input_dim=x_train.shape[1],
                                     steps=_steps_per_epoch(args, x_train.shape[0]))
     _say(args, f"loss: {model.loss} ({_why_this_loss(model, args)})")
+    last = model.epochs_trained + args.epochs  # epochs are numbered in the model's count
     try:
         history = _fit(model, args, x_train, y_train, (x_test, y_test))
     except KeyboardInterrupt:
-        return _report_interrupt(model, args)
+        return _report_interrupt(model, args, last)
     except TrainingDiverged as exc:
         if args.history is not None:
             _write_history(args.history, exc.history, model, args, diverged=True)
@@ -395,14 +419,17 @@ def _fit(model: Model, args: argparse.Namespace, x: np.ndarray, y: np.ndarray,
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     # Fewer epochs than asked for: early stopping, else a NaN/Inf loss.
     if len(history.epoch) < args.epochs and not model.stop_training:
-        raise TrainingDiverged(f"epoch {len(history.epoch) + 1}/{args.epochs}", history)
+        last = model.epochs_trained - len(history.epoch) + args.epochs
+        raise TrainingDiverged(f"epoch {model.epochs_trained + 1}/{last}", history)
     return history
 
 
-def _report_interrupt(model: Model, args: argparse.Namespace) -> int:
-    """After Ctrl-C in fit: save the weights of the last completed step if asked to."""
+def _report_interrupt(model: Model, args: argparse.Namespace, last: int) -> int:
+    """After Ctrl-C in fit: save the weights of the last completed step if asked to. Epochs
+    are numbered in the model's count, as the log numbers them (up to `last`)."""
     done = len(model.history.epoch) if model.history is not None else 0
-    where = f"interrupted during epoch {done + 1}/{args.epochs} ({done} completed)"
+    where = (f"interrupted during epoch {model.epochs_trained + 1}/{last} ({done} completed"
+             f"{' in this run' if model.epochs_trained > done else ''})")
     kept = (f"; {args.checkpoint} holds the last completed epoch"
             if args.checkpoint is not None and done else "")
     if args.save is None:
