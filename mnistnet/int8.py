@@ -66,7 +66,8 @@ if TYPE_CHECKING:
     from mnistnet.model import Model
 
 __all__ = ["DEFAULT_CALIBRATION_ROWS", "MIN_CALIBRATION_ROWS", "QParams", "QuantizationError",
-           "QuantizedLayer", "QuantizedModel", "calibration_sample", "export_int8_c", "quantize"]
+           "QuantizedLayer", "QuantizedModel", "calibration_sample", "check_quantizable",
+           "export_int8_c", "quantize"]
 
 INT8_MIN, INT8_MAX = -128, 127
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -803,6 +804,12 @@ def quantize_steps(steps: Sequence[LayerStep], input_shape: Shape, x_calibration
                           tuple(layers), lowering.exit_activation,
                           lowering.exit_group or math.prod(output_shape), tuple(about),
                           x.shape[0], float_weight_bytes)
+
+
+def check_quantizable(model: Model) -> None:
+    """Raise QuantizationError naming the first layer of `model` that int8 cannot hold, as
+    quantize would, without calibrating (a check before loading calibration images)."""
+    lower(layer_steps(model))
 
 
 def quantize(model: Model, x_calibration: np.ndarray) -> QuantizedModel:

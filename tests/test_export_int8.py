@@ -4,8 +4,8 @@ int8 outputs bit for bit on 1,000 images, for every preset, for odd architecture
 average pooling and for hidden tanh and sigmoid (tables, fused with the layers around them
 or not); its float entry point gives the twin's predict; it has no allocation, no
 writable global, no float outside <name>_predict; its header's sizes are right; the ONNX QDQ
-graph runs in onnxruntime within one quantisation step of the twin; and the errors a user
-can cause.
+graph runs in onnxruntime within one quantisation step of the twin (or a few, said where);
+`mnistnet export --int8` writes what mn.quantize writes; and the errors a user can cause.
 
 Inputs: see int8_models. Without a C compiler (or onnx and onnxruntime) these tests skip;
 MNISTNET_REQUIRE=compiler (onnx) turns the skips into failures (see test_export).
@@ -35,13 +35,16 @@ from int8_models import (
     write_driver,
     write_inputs,
 )
+from test_cli import write_dataset
 from test_export import (
     C_FLAGS,
     CXX_FLAGS,
     SANITIZE_FLAGS,
     WRITABLE_DATA_SYMBOLS,
     build,
+    check_export_error,
     compiler,
+    export_main,
     nm,
     probe,
     skip_or_fail,
@@ -456,3 +459,106 @@ def test_export_int8_c_writes_the_files(tmp_path: Path) -> None:
     header, source = int8.export_int8_c(c.model, tmp_path, x, "digits")
     assert (header.name, source.name) == ("digits.h", "digits.c")
     assert "calibrated on 200 rows" in header.read_text()
+
+
+# ---- the command line: mnistnet export --int8 ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_mnist(tmp_path_factory) -> Path:
+    """300 training and 20 test images of noise in MNIST's four-file layout."""
+    return write_dataset(tmp_path_factory.mktemp("tiny-mnist"), 300, 20)
+
+
+@pytest.fixture
+def lenet5_file(tmp_path: Path) -> Path:
+    path = tmp_path / "lenet5.npz"
+    case("lenet5").model.save(path)
+    return path
+
+
+def test_cli_int8_help(capsys) -> None:
+    assert export_main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for option in ("--int8", "--calibration N", "--data DIR"):
+        assert option in out
+
+
+def test_cli_int8_writes_what_quantize_writes(lenet5_file: Path, tiny_mnist: Path, ort,
+                                              tmp_path: Path, capsys) -> None:
+    """--int8 --calibration 150 --data DIR: the C and ONNX files of mn.quantize on 150
+    training images drawn by calibration_sample, byte for byte, and a line of sizes."""
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = [str(lenet5_file), "--int8", "--calibration", "150", "--data", str(tiny_mnist),
+            "--c", str(out), "--name", "digits", "--onnx", str(out / "digits.onnx")]
+    assert export_main(argv) == 0
+    (x_train, _), _ = mn.load_mnist(tiny_mnist)
+    q = mn.quantize(case("lenet5").model, int8.calibration_sample(x_train, 150))
+    sizes = export_int8.c_sizes(q)
+    assert capsys.readouterr().out.splitlines() == [
+        f"wrote {out / 'digits.onnx'}", f"wrote {out / 'digits.h'} and {out / 'digits.c'}",
+        f"int8: calibrated on 150 MNIST training images; constants {q.weight_bytes:,} bytes "
+        f"(float32 weights: {q.float_weight_bytes:,}), layer buffers "
+        f"{sizes['scratch_bytes']:,} bytes"]
+    (tmp_path / "want").mkdir()
+    for path in (*q.export_c(tmp_path / "want", "digits"),
+                 q.export_onnx(tmp_path / "want" / "digits.onnx")):
+        assert (out / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_cli_int8_calibrates_on_mnist_by_default(lenet5_file: Path, monkeypatch, tmp_path: Path,
+                                                 capsys) -> None:
+    """Without --data: $MNISTNET_DATA (here the noise set, as the cache would be read the
+    same way), 1,000 rows by default."""
+    monkeypatch.setenv("MNISTNET_DATA", str(write_dataset(tmp_path / "data", 1200, 10)))
+    assert export_main([str(lenet5_file), "--int8", "--c", str(tmp_path)]) == 0
+    assert "calibrated on 1000 MNIST training images" in capsys.readouterr().out
+    assert "calibrated on 1000 rows" in (tmp_path / "model.h").read_text()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    pytest.param(["--calibration", "500"], "--calibration applies to --int8 only",
+                 id="calibration-without-int8"),
+    pytest.param(["--data", "{data}"], "--data applies to --int8 only", id="data-without-int8"),
+    pytest.param(["--int8", "--calibration", "99"],
+                 "--calibration 99: calibrating int8 ranges needs at least 100 images "
+                 "(default 1000)", id="too-few-rows"),
+    pytest.param(["--int8", "--calibration", "0"], "argument --calibration: must be an "
+                 "integer >= 1, got '0'", id="zero-rows"),
+    pytest.param(["--int8", "--calibration", "301"],
+                 "--calibration 301: the training set has 300 images", id="more-rows-than-images"),
+    pytest.param(["--int8", "--data", "{tmp}/absent"], "{tmp}/absent: no such folder",
+                 id="missing-data-folder"),
+])
+def test_cli_int8_errors(argv: list[str], message: str, lenet5_file: Path, tiny_mnist: Path,
+                         capsys) -> None:
+    tmp = lenet5_file.parent
+    argv = [a.format(tmp=tmp, data=tiny_mnist) for a in argv]
+    if "--data" not in argv:
+        argv += ["--data", str(tiny_mnist)]
+    err = check_export_error([str(lenet5_file), "--c", str(tmp), *argv], capsys)
+    assert message.format(tmp=tmp) in err
+    assert list(tmp.iterdir()) == [lenet5_file]
+
+
+@pytest.mark.parametrize(("layers", "input_shape", "message"), [
+    pytest.param([mn.Dense(10)], (100,),
+                 "takes inputs of shape (100,), and --int8 calibrates on MNIST images (784 "
+                 "pixels): quantise it in Python, mnistnet.quantize(model, x_calibration)",
+                 id="not-784-inputs"),
+    pytest.param([mn.Conv2D(4, 3), mn.Flatten(), mn.Dense(10)], (32, 32, 1),
+                 "takes inputs of shape (32, 32, 1), and --int8 calibrates on MNIST images",
+                 id="32x32-images"),
+    pytest.param([mn.Dense(8, activation="softmax"), mn.Dense(10)], (784,),
+                 "cannot quantise layer 1 (Dense) to int8: it follows layer 0's softmax",
+                 id="unquantisable"),
+])
+def test_cli_int8_refuses_a_model_it_cannot_quantise(layers, input_shape, message: str,
+                                                     tiny_mnist: Path, tmp_path: Path,
+                                                     capsys) -> None:
+    model_path = tmp_path / "model.npz"
+    mn.Model(layers, input_shape=input_shape).save(model_path)
+    err = check_export_error([str(model_path), "--int8", "--c", str(tmp_path), "--data",
+                              str(tiny_mnist)], capsys)
+    assert message in err
+    assert list(tmp_path.iterdir()) == [model_path]

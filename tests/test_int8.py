@@ -468,6 +468,13 @@ def test_unquantisable_models_are_refused(layers, input_shape, message) -> None:
     x = np.random.default_rng(0).random((200, model.input_dim), dtype=np.float32)
     with pytest.raises(QuantizationError, match=message):
         mn.quantize(model, x)
+    with pytest.raises(QuantizationError, match=message):
+        int8.check_quantizable(model)  # the same, before any calibration
+
+
+def test_check_quantizable_passes_what_quantises() -> None:
+    for name in ("lenet5", "odd-lookups", "convnet-plus"):
+        int8.check_quantizable(case(name).model)
 
 
 def test_an_unknown_activation_is_refused() -> None:
