@@ -9,6 +9,7 @@ evaluate, predict, bench, export, plot, demo, sweep, info.
     mnistnet predict model.npz digit.pgm more.npy t10k-images-idx3-ubyte.gz
     mnistnet plot model.npz --out pictures
     mnistnet export model.npz --onnx model.onnx --c firmware/ --name digits
+    mnistnet export model.npz --c firmware/ --int8 --calibration 1000
     mnistnet demo model.npz
 
 Each subcommand's module has NAME, HELP, DESCRIPTION, add_arguments(parser) and run(args);
