@@ -1,17 +1,23 @@
 """`mnistnet bench` on a few synthetic rows: the comparison runs for a dense preset and the
 convnet, its figures are consistent, and the peers run in processes of their own (or say why
-they cannot)."""
+they cannot); each extra section (short epochs, predict against onnxruntime, epochs under
+load) produces well-formed, consistent output. No timing is asserted: speed targets live in
+the benchmarks."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
 import pytest
+from test_cli import write_dataset
+from test_export import skip_or_fail
 
 import mnistnet as mn
 from mnistnet import bench
+from mnistnet.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +28,15 @@ def tiny():
     return (x, rng.integers(0, 10, 256)), (xt, rng.integers(0, 10, 64))
 
 
-def test_comparison_of_a_dense_preset_and_the_convnet(tiny, monkeypatch):
+@pytest.fixture
+def quick(monkeypatch):
+    """No settling pauses, a small context GEMM and a short FMA probe."""
     monkeypatch.setattr(bench, "SETTLE_SECONDS", 0.0)
     monkeypatch.setattr(bench, "CONTEXT_GEMM_SIZE", 256)
+    monkeypatch.setattr(bench, "FMA_PEAK_SECONDS", 0.02)
+
+
+def test_comparison_of_a_dense_preset_and_the_convnet(tiny, quick):
     result = bench.run_comparison(["perceptron", "convnet"], data=tiny)
     rows = {row["preset"]: row for row in result["presets"]}
     conv = rows["convnet"]
@@ -38,8 +50,12 @@ def test_comparison_of_a_dense_preset_and_the_convnet(tiny, monkeypatch):
         assert row["speedup"] == pytest.approx(row["reference_seconds_per_epoch"]
                                                / row["fast_seconds_per_epoch"])
         assert row["after_reference_over_after_pause"] > 0
+        assert row["fast_share_of_fma_peak"] == pytest.approx(
+            row["fast_gflops"] / result["context"]["fma_peak_gflops"])
+        assert row["fast_share_of_matmul"] == pytest.approx(
+            row["fast_gflops"] / result["context"]["numpy_matmul_gflops"])
     report = bench.format_report(result)
-    assert "convnet" in report and "after ref" in report
+    assert "convnet" in report and "after ref" in report and "of peak" in report
     json.dumps(result)  # JSON-serialisable, as --json prints it
 
 
@@ -48,7 +64,7 @@ def test_a_peer_that_cannot_import_its_framework_says_so(tiny, tmp_path):
     config.write_text(json.dumps(bench.peer_config(mn.preset("perceptron"), 256, 32, 1)))
     (x, y), (xt, yt) = tiny
     np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
-    out = bench._run_peer("torch", str(config), str(tmp_path / "d.npz"), 1, 32,
+    out = bench.run_peer("torch", str(config), str(tmp_path / "d.npz"), 1, 32,
                           sys.executable)
     try:
         import torch  # noqa: F401
@@ -59,7 +75,7 @@ def test_a_peer_that_cannot_import_its_framework_says_so(tiny, tmp_path):
 
 
 def test_a_peer_interpreter_that_does_not_exist(tiny, tmp_path):
-    out = bench._run_peer("keras", "c.json", "d.npz", 1, 32, str(tmp_path / "no-python"))
+    out = bench.run_peer("keras", "c.json", "d.npz", 1, 32, str(tmp_path / "no-python"))
     assert "unavailable" in out and "FileNotFoundError" in out["unavailable"]
 
 
@@ -83,3 +99,124 @@ def test_keras_same_padding_is_keras():
     pool = mn.MaxPool2D(2, padding="same")
     pads = mn.kinds.kind_of(pool).torch(pool, (7, 7, 3), (4, 4, 3))[0]
     assert pads["module"] == "ConstantPad2d" and pads["args"][0] == (0, 1, 0, 1)
+
+
+# ---- the machine's limit -------------------------------------------------------------------
+
+def test_the_context_names_the_cpu_and_measures_the_fma_peak(quick):
+    context = bench.machine_context()
+    assert context["cpu_model"] == bench.cpu_model() and context["cpu_model"].strip()
+    assert context["simd_path"] == mn.fast.simd_path()
+    assert context["fma_peak_threads"] == mn.get_num_threads()
+    assert context["fma_peak_gflops_one_thread"] > 0 and context["fma_peak_gflops"] > 0
+    for name in ("numpy_matmul", "fast_sgemm"):
+        assert context[f"{name}_share_of_fma_peak"] == pytest.approx(
+            context[f"{name}_gflops"] / context["fma_peak_gflops"])
+    lines = bench.format_identity(context)
+    assert context["cpu_model"] in lines[0] and context["simd_path"] in lines[0]
+
+
+def test_the_cpu_model_without_proc_cpuinfo(monkeypatch):
+    def missing(*args, **kwargs):
+        raise FileNotFoundError("/proc/cpuinfo")
+
+    monkeypatch.setattr("builtins.open", missing)
+    monkeypatch.setattr(bench.platform, "processor", lambda: "Some CPU")
+    assert bench.cpu_model() == "Some CPU"
+
+
+# ---- the extra sections --------------------------------------------------------------------
+
+def test_short_epochs_against_the_full_epoch(tiny, quick):
+    result = bench.run_comparison(["perceptron"], data=tiny, subset=64, compare=False,
+                                  repeats=2)
+    assert result["presets"] == [] and result["setup"]["compare"] is False
+    (row,) = result["subset"]
+    assert (row["subset_rows"], row["full_rows"]) == (64, 256)
+    assert row["subset_us_per_image"] == pytest.approx(row["subset_seconds"] / 64 * 1e6)
+    assert row["full_us_per_image"] == pytest.approx(row["full_seconds"] / 256 * 1e6)
+    assert row["subset_over_full_per_image"] == pytest.approx(
+        row["subset_us_per_image"] / row["full_us_per_image"])
+    peak = result["context"]["fma_peak_gflops"]
+    assert row["subset_share_of_fma_peak"] == pytest.approx(
+        bench.preset_flops("perceptron", 64) / row["subset_seconds"] / 1e9 / peak)
+    assert "short/full per image" in bench.format_report(result)
+    json.dumps(result)
+
+
+def test_the_busy_loop_runs_in_a_child_and_is_stopped(tmp_path):
+    with bench.busy_loop() as child:
+        assert child.poll() is None and child.pid != os.getpid()
+    assert child.poll() is not None  # stopped (by SIGTERM on POSIX)
+
+
+def test_epochs_under_load_on_the_team_and_on_one_thread(tiny, quick):
+    threads = mn.get_num_threads()
+    result = bench.run_comparison(["perceptron"], data=tiny, subset=64, busy_core=True,
+                                  compare=False)
+    assert mn.get_num_threads() == threads  # the count in effect before is set back
+    busy = result["busy_core"]
+    assert [(r["preset"], r["rows"]) for r in busy["epochs"]] == [("perceptron", 256),
+                                                                 ("perceptron", 64)]
+    for row in busy["epochs"]:
+        assert row["team_threads"] == mn.fast.available_cores()
+        assert row["team_over_one_thread"] == pytest.approx(row["team_seconds"]
+                                                            / row["one_thread_seconds"])
+    if hasattr(os, "getpriority"):
+        assert busy["busy_nice"] == os.getpriority(os.PRIO_PROCESS, 0)
+    assert "team/one-thread" in bench.format_report(result)
+    json.dumps(result)
+
+
+def test_predict_against_onnxruntime(tiny, monkeypatch):
+    missing = bench._onnxruntime_missing()
+    if missing:
+        skip_or_fail("onnx", missing)
+    monkeypatch.setattr(bench, "ONE_IMAGE_CALLS", 3)
+    result = bench.predict_against_onnxruntime(["perceptron", "convnet"], tiny[1][0], 1,
+                                               rows=100)
+    assert result["available"] and result["threads"] == mn.get_num_threads()
+    for row in result["presets"]:
+        assert row["rows"] == 100 and row["max_abs_output_diff"] < 1e-4
+        assert row["onnxruntime_over_fast"] == pytest.approx(row["onnxruntime_seconds"]
+                                                             / row["fast_seconds"])
+        assert row["onnxruntime_over_fast_one_image"] == pytest.approx(
+            row["onnxruntime_one_image_us"] / row["fast_one_image_us"])
+    lines = bench._format_predict(result)
+    assert "convnet" in "\n".join(lines) and "onnxruntime" in lines[-1]
+
+
+def test_predict_without_onnxruntime_says_why(monkeypatch, tiny):
+    monkeypatch.setattr(bench, "_onnxruntime_missing", lambda: "onnxruntime is not installed")
+    result = bench.predict_against_onnxruntime(["perceptron"], tiny[1][0], 1)
+    assert result == {"available": False, "reason": "onnxruntime is not installed"}
+    assert "not installed" in bench._format_predict(result)[0]
+
+
+# ---- the command line ----------------------------------------------------------------------
+
+def test_the_command_line_runs_the_sections_alone(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "CONTEXT_GEMM_SIZE", 128)
+    monkeypatch.setattr(bench, "SETTLE_SECONDS", 0.0)
+    data = write_dataset(tmp_path / "data", 96, 32)
+    code = main(["bench", "--presets", "perceptron", "--skip-comparison", "--subset", "32",
+                 "--data", str(data)])
+    out = capsys.readouterr().out
+    assert code == 0 and "short epoch" in out and "reference s/ep" not in out
+
+
+def refused(argv: list[str], message: str, capsys) -> None:
+    """`mnistnet bench ARGV` exits 2 with `message` on stderr, before running anything."""
+    assert main(["bench", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and message in captured.err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--skip-comparison"], "leaves nothing to run"),
+    (["--skip-comparison", "--subset", "10", "--peers"], "drop --skip-comparison"),
+    (["--subset", "0"], "must be an integer >= 1"),
+    (["--presets", "nope"], "unknown preset"),
+])
+def test_the_command_line_refuses_what_cannot_run(argv, message, capsys):
+    refused(argv, message, capsys)
