@@ -633,9 +633,21 @@ def write_peer_data(data: Data, folder: str) -> str:
     return path
 
 
+def peer_loss(loss: Any) -> dict[str, Any]:
+    """The loss as peers.py reads it, {"name": ..., "label_smoothing": ...}, from a model
+    config's "loss": a name, or a dict with a "name" and the loss's arguments."""
+    if isinstance(loss, str):
+        return {"name": loss}
+    if isinstance(loss, dict) and "name" in loss:
+        return dict(loss)
+    raise TypeError(f"cannot give the peers the loss {loss!r}: expected a name or a dict "
+                    "with a 'name'")
+
+
 def peer_config(model: Model, rows: int, batch_size: int, epochs: int) -> dict[str, Any]:
     """What mnistnet/peers.py builds and trains: each layer as the table of kinds maps it to
-    Keras and PyTorch, the input shape, the loss, and the optimizer with the learning rate
+    Keras and PyTorch, the input shape, the loss (with its label smoothing, if any), and the
+    optimizer's settings (use_ema and ema_momentum among them, if set) with the learning rate
     of every step of `epochs` epochs of `rows` rows (so a schedule is followed exactly)."""
     steps = epochs * -(-rows // batch_size)
     optimizer = {k: v for k, v in model.optimizer.get_config().items() if k != "learning_rate"}
@@ -643,7 +655,7 @@ def peer_config(model: Model, rows: int, batch_size: int, epochs: int) -> dict[s
     optimizer["rates"] = [float(r) for r in model.optimizer.rates(0, steps)]
     return {"layers": peer_layers(model.layers, model.plan.shapes),
             "input_shape": list(model.input_shape), "outputs": model.n_outputs,
-            "loss": {"name": model.loss}, "optimizer": optimizer}
+            "loss": peer_loss(model.get_config()["loss"]), "optimizer": optimizer}
 
 
 def write_peer_config(model: Model, rows: int, batch_size: int, epochs: int,
@@ -682,12 +694,15 @@ def _peer_timings(label: str, presets: Sequence[str], data_path: str, epochs: in
 
 
 def run_peer(label: str, config_path: str, data_path: str, epochs: int, batch_size: int,
-             python: str) -> dict[str, Any]:
-    """One run of mnistnet/peers.py; its JSON result, or {"unavailable": reason}."""
+             python: str, seed: int = 0, target: float | None = None) -> dict[str, Any]:
+    """One run of mnistnet/peers.py (seed `seed`; stopping after the first epoch whose test
+    accuracy reaches `target`, if given); its JSON result, or {"unavailable": reason}."""
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers.py")
     command = [python, script, "--framework", label, "--config", config_path, "--data",
                data_path, "--epochs", str(epochs), "--batch-size", str(batch_size),
-               "--threads", str(fast.get_num_threads())]
+               "--threads", str(fast.get_num_threads()), "--seed", str(seed)]
+    if target is not None:
+        command += ["--target", repr(target)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=PEER_TIMEOUT,
                               check=False)

@@ -1,14 +1,21 @@
 """`mnistnet bench` on a few synthetic rows: the comparison runs for a dense preset and the
 convnet, its figures are consistent, and the peers run in processes of their own (or say why
 they cannot); each extra section (short epochs, predict against onnxruntime, epochs under
-load) produces well-formed, consistent output. No timing is asserted: speed targets live in
-the benchmarks."""
+load) produces well-formed, consistent output; the peers report per epoch, stop at a
+target, and honour label smoothing and EMA. No timing is asserted: speed
+targets live in the benchmarks.
+
+The peers' tests run mnistnet/peers.py with $MNISTNET_PEERS_PYTHON (default: this
+interpreter); they skip when it imports neither torch nor keras, unless MNISTNET_REQUIRE
+lists "peers"."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,3 +227,105 @@ def refused(argv: list[str], message: str, capsys) -> None:
 ])
 def test_the_command_line_refuses_what_cannot_run(argv, message, capsys):
     refused(argv, message, capsys)
+
+
+# ---- the peers: per-epoch figures, a target, label smoothing and EMA -----------------------
+
+PEERS_SCRIPT = """
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import peers
+configs = json.load(open(sys.argv[2]))
+rng = np.random.default_rng(0)
+data = {"x_train": rng.random((96, 784), dtype=np.float32), "y_train": rng.integers(0, 10, 96),
+        "x_test": rng.random((32, 784), dtype=np.float32), "y_test": rng.integers(0, 10, 32)}
+results = {}
+for framework, run in peers.RUNNERS.items():
+    for name, (config, target) in configs.items():
+        try:
+            results[f"{framework}/{name}"] = run(config, data, 3, 32, 1, seed=0, target=target)
+        except ImportError as exc:
+            results[f"{framework}/{name}"] = {"unavailable": str(exc)}
+print(json.dumps(results))
+"""
+
+
+def peers_python() -> str:
+    return os.environ.get("MNISTNET_PEERS_PYTHON", sys.executable)
+
+
+def with_changes(config: dict, loss: dict | None = None, optimizer: dict | None = None):
+    changed = json.loads(json.dumps(config))
+    changed["loss"].update(loss or {})
+    changed["optimizer"].update(optimizer or {})
+    return changed
+
+
+@pytest.fixture(scope="module")
+def peer_runs(tmp_path_factory):
+    """A small convnet trained 3 epochs by each peer, plain and with hand-made label
+    smoothing and EMA settings (the presets that use them are not there yet), in one process
+    of the peers' interpreter: {"<framework>/<case>": peers.py's result}."""
+    model = mn.Model([mn.Conv2D(4, 3, activation="relu"), mn.MaxPool2D(2), mn.Flatten(),
+                      mn.Dense(10, activation="softmax")], input_shape=(28, 28, 1),
+                     optimizer=mn.Adam(0.003))
+    plain = bench.peer_config(model, 96, 32, 3)
+    cases = {
+        "plain": (plain, None),
+        "target": (plain, 0.0),  # reached after the first epoch
+        "smoothing": (with_changes(plain, loss={"label_smoothing": 0.1}), None),
+        "ema-0": (with_changes(plain, optimizer={"use_ema": True, "ema_momentum": 0.0}), None),
+        "ema-0.9": (with_changes(plain, optimizer={"use_ema": True, "ema_momentum": 0.9}),
+                    None),
+    }
+    folder = tmp_path_factory.mktemp("peer-runs")
+    (folder / "configs.json").write_text(json.dumps(cases))
+    env = {**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow")}
+    done = subprocess.run([peers_python(), "-c", PEERS_SCRIPT,
+                           str(Path(bench.__file__).parent), str(folder / "configs.json")],
+                          capture_output=True, text=True, timeout=900, env=env, check=False)
+    if done.returncode != 0:
+        pytest.fail(f"the peers' interpreter {peers_python()} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def framework_runs(peer_runs: dict, framework: str) -> dict:
+    runs = {key.split("/")[1]: out for key, out in peer_runs.items()
+            if key.startswith(framework + "/")}
+    if "unavailable" in runs["plain"]:
+        skip_or_fail("peers", f"{framework} is not installed for the peers "
+                              f"({runs['plain']['unavailable']}); set MNISTNET_PEERS_PYTHON "
+                              "to an interpreter that has it")
+    return runs
+
+
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_a_peer_reports_every_epoch_and_stops_at_its_target(peer_runs, framework):
+    runs = framework_runs(peer_runs, framework)
+    plain, stopped = runs["plain"], runs["target"]
+    for key in ("train_seconds", "eval_seconds", "accuracy", "val_accuracy", "val_loss"):
+        assert len(plain[key]) == 3 and len(stopped[key]) == 1, key
+    assert all(t > 0 for t in plain["train_seconds"] + plain["eval_seconds"])
+    assert plain["seed"] == 0 and plain["target"] is None and stopped["target"] == 0.0
+    assert plain["ema"] is False and plain["label_smoothing"] == 0.0
+
+
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_a_peer_honours_label_smoothing(peer_runs, framework):
+    runs = framework_runs(peer_runs, framework)
+    assert runs["smoothing"]["label_smoothing"] == pytest.approx(0.1)
+    assert runs["smoothing"]["val_loss"] != runs["plain"]["val_loss"]
+
+
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_a_peer_evaluates_the_averaged_weights(peer_runs, framework):
+    """EMA leaves the training alone (the same training accuracy), and the test set is
+    scored on the average: with momentum 0 it is the weights themselves (the same test
+    loss), with 0.9 another model (another test loss)."""
+    runs = framework_runs(peer_runs, framework)
+    plain, same, averaged = runs["plain"], runs["ema-0"], runs["ema-0.9"]
+    assert same["ema"] is True and averaged["ema"] is True
+    assert averaged["accuracy"] == plain["accuracy"]
+    assert same["val_loss"] == plain["val_loss"]
+    assert averaged["val_loss"] != plain["val_loss"]
