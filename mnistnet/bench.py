@@ -20,7 +20,8 @@ name) and SIMD path ran. Optional sections::
     mnistnet bench --presets convnet --skip-comparison --subset 12000   # the section alone
 
 The peers (--peers) each train in a process of their own (mnistnet/peers.py), so that their
-thread pools never slow down the timing of mnistnet's own epochs.
+thread pools never slow down the timing of mnistnet's own epochs. The time to an accuracy
+(``--time-to``) is mnistnet.time_to_accuracy.
 
 The machine is usually shared: compare the ratios within one run, not the seconds across runs.
 For a fair NumPy baseline run with ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` unset

@@ -1,8 +1,8 @@
 """`mnistnet bench` on a few synthetic rows: the comparison runs for a dense preset and the
 convnet, its figures are consistent, and the peers run in processes of their own (or say why
 they cannot); each extra section (short epochs, predict against onnxruntime, epochs under
-load) produces well-formed, consistent output; the peers report per epoch, stop at a
-target, and honour label smoothing and EMA. No timing is asserted: speed
+load) and the time to accuracy produce well-formed, consistent output; the peers report per
+epoch, stop at a target, and honour label smoothing and EMA. No timing is asserted: speed
 targets live in the benchmarks.
 
 The peers' tests run mnistnet/peers.py with $MNISTNET_PEERS_PYTHON (default: this
@@ -24,6 +24,7 @@ from test_export import skip_or_fail
 
 import mnistnet as mn
 from mnistnet import bench
+from mnistnet import time_to_accuracy as tta
 from mnistnet.cli import main
 
 
@@ -329,3 +330,111 @@ def test_a_peer_evaluates_the_averaged_weights(peer_runs, framework):
     assert averaged["accuracy"] == plain["accuracy"]
     assert same["val_loss"] == plain["val_loss"]
     assert averaged["val_loss"] != plain["val_loss"]
+
+
+# ---- time to accuracy ----------------------------------------------------------------------
+
+@pytest.fixture
+def short_recipe(monkeypatch):
+    """The perceptron's recipe cut to 4 epochs (of batch 32)."""
+    monkeypatch.setitem(mn.RECIPES, "perceptron", {**mn.RECIPES["perceptron"], "epochs": 4})
+
+
+def test_time_to_accuracy_reports_the_first_epoch_reaching_the_target(tiny, short_recipe):
+    full = tta.time_to_accuracy(1.0, ["perceptron"], [0], data=tiny, full_recipe=True)
+    (run,) = full["presets"][0]["runs"]
+    assert run["epochs"] == 4 and len(run["train_seconds"]) == len(run["eval_seconds"]) == 4
+    accuracies = run["test_accuracy"]
+    target = max(accuracies[:2])  # reached by epoch 2 at the latest
+    first = next(i for i, a in enumerate(accuracies) if a >= target) + 1
+    stopped = tta.time_to_accuracy(target, ["perceptron"], [0], data=tiny)
+    (run,) = stopped["presets"][0]["runs"]
+    assert run["epochs_to_target"] == run["epochs"] == first  # and training stopped there
+    assert run["test_accuracy"] == accuracies[:first]  # the same seed, the same epochs
+    assert run["seconds_to_target"] == pytest.approx(sum(run["train_seconds"]))
+    summary = stopped["presets"][0]
+    assert summary["seeds_reached"] == 1 and summary["mean_seconds_to_target"] == pytest.approx(
+        run["seconds_to_target"])
+    assert stopped["setup"]["stop_at_target"] and not full["setup"]["stop_at_target"]
+    assert "evaluations after each epoch excluded" in stopped["setup"]["clock"]
+    json.dumps(stopped)
+
+
+def test_time_to_accuracy_reports_every_seed_even_those_that_miss(tiny, short_recipe):
+    result = tta.time_to_accuracy(1.0, ["perceptron"], [0, 1], data=tiny)
+    row = result["presets"][0]
+    assert [r["seed"] for r in row["runs"]] == [0, 1]
+    for run in row["runs"]:  # random labels: 100% is out of reach, every epoch runs
+        assert run["epochs"] == 4 and run["epochs_to_target"] is None
+        assert run["seconds_to_target"] is None
+    assert row["seeds_reached"] == 0 and row["mean_seconds_to_target"] is None
+    assert row["runs"][0]["test_accuracy"] != row["runs"][1]["test_accuracy"]
+    report = tta.format_time_to_report(result)
+    assert "0/2 seeds reached 1.0" in report and "s to 1.0" in report
+
+
+def test_the_fit_clock_excludes_the_evaluation(tiny, short_recipe, monkeypatch):
+    """On a clock that only the evaluation moves, every second is evaluation's."""
+    now = [100.0]
+    evaluate = mn.Model.evaluate
+
+    def evaluate_in_5_seconds(self, x, y):
+        now[0] += 5.0
+        return evaluate(self, x, y)
+
+    monkeypatch.setattr(tta.FitClock, "clock", staticmethod(lambda: now[0]))
+    monkeypatch.setattr(mn.Model, "evaluate", evaluate_in_5_seconds)
+    (run,) = tta.time_to_accuracy(1.0, ["perceptron"], [0], data=tiny)["presets"][0]["runs"]
+    assert run["eval_seconds"] == [5.0] * 4 and run["train_seconds"] == [0.0] * 4
+
+
+@pytest.mark.parametrize(("text", "seeds"), [("0,1,2", [0, 1, 2]), ("0-3", [0, 1, 2, 3]),
+                                             ("0-2, 7", [0, 1, 2, 7]), ("5", [5])])
+def test_seeds(text, seeds):
+    assert tta.parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["", "a", "1-", "-1", "0,,1"])
+def test_bad_seeds(text):
+    with pytest.raises(ValueError, match="seeds"):
+        tta.parse_seeds(text)
+
+
+def test_the_command_line_times_a_preset_to_an_accuracy(tmp_path, capsys, short_recipe):
+    data = write_dataset(tmp_path / "data", 128, 32)
+    code = main(["bench", "--time-to", "0.05", "--presets", "perceptron", "--seeds", "0-1",
+                 "--data", str(data), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and result["setup"]["target"] == 0.05 and result["setup"]["seeds"] == [0, 1]
+    assert [r["epochs_to_target"] for r in result["presets"][0]["runs"]] == [1, 1]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--time-to", "0.9", "--repeats", "2"], "--repeats cannot be used --time-to"),
+    (["--time-to", "0.9", "--subset", "10"], "--subset cannot be used --time-to"),
+    (["--seeds", "0,1"], "--seeds cannot be used without --time-to"),
+    (["--full-recipe"], "--full-recipe cannot be used without --time-to"),
+    (["--time-to", "1.5"], "must lie in (0, 1]"),
+    (["--time-to", "0.9", "--presets", "nope"], "unknown preset"),
+])
+def test_the_command_line_refuses_what_time_to_cannot_run(argv, message, capsys):
+    refused(argv, message, capsys)
+
+
+def test_time_to_accuracy_with_the_peers(tiny, short_recipe):
+    python = peers_python()
+    result = tta.time_to_accuracy(0.01, ["perceptron"], [0], data=tiny, peers=True,
+                                  peers_python=python)
+    peers = result["peers"]
+    if peers["message"]:
+        skip_or_fail("peers", f"{python} imports neither torch nor keras ({peers['message']})")
+    mnistnet_mean = result["presets"][0]["mean_seconds_to_target"]
+    for info in peers["frameworks"].values():
+        if not info["available"]:
+            continue
+        run = info["presets"]["perceptron"]
+        (seed,) = run["runs"]
+        assert seed["epochs"] == seed["epochs_to_target"] == 1  # stopped at the target
+        assert run["over_mnistnet"] == pytest.approx(run["mean_seconds_to_target"]
+                                                     / mnistnet_mean)
+    assert "x mnistnet's time" in tta.format_time_to_report(result)
