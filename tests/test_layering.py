@@ -29,8 +29,8 @@ RANKS = {
     "the model's parts": ("layers", "kinds", "plan", "optimizers", "callbacks"),
     "library": ("inputs", "saving", "trainer", "model", "presets", "export", "plot", "_figure",
                 "images", "demo",
-                "bench", "peers", "sklearn", "runtime", "datasets", "sweep", "int8",
-                "export_int8", "export_int8_onnx"),
+                "bench", "time_to_accuracy", "peers", "sklearn", "runtime", "datasets", "sweep",
+                "int8", "export_int8", "export_int8_onnx"),
     "package root": ("__init__",),
     "command line": ("cli", "__main__"),
 }
