@@ -697,29 +697,41 @@ static void conv_wgrad_tile_any(int mr, int nv, float *c, const ptrdiff_t *off,
 #undef TILE_CALL
 }
 
+/* x <= 0 ? 0 : x over n floats in place: relu_forward's rule (NaN stays NaN, -0 becomes 0). */
+static inline void relu_run(float *x, ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; i++) x[i] = x[i] <= 0.0f ? 0.0f : x[i];
+}
+
 /* out (OH, OW, OC) = the convolution of one image x (H, W, C, the windows inside it) with
- * the kernel w (KH*KW*C, OC), + bias (unless NULL): column panels outside (the kernel's
- * slice of a panel stays in cache), then the image's output rows, each in tiles of pixels.
+ * the kernel w (KH*KW*C, OC), + bias (unless NULL), then ReLU if `relu` (each tile while it
+ * is in cache: the same bits as a pass after): column panels outside (the kernel's slice of
+ * a panel stays in cache), then the image's output rows, each in tiles of pixels of equal
+ * size but one (26 pixels in tiles of 8: 7, 7, 6, 6 rather than 8, 8, 8, 2).
  * x's first and last `zero_rows` rows may be known zeros: kernel rows that would only read
  * them are skipped (their products add nothing). */
 static void conv_forward(float *out, const float *x, const float *w, const float *bias,
-                         const mn_window *g, ptrdiff_t OC, ptrdiff_t zero_rows)
+                         const mn_window *g, ptrdiff_t OC, ptrdiff_t zero_rows, int relu)
 {
     const ptrdiff_t panel = (ptrdiff_t)panel_vectors(OC) * VW, C = g->C;
     for (ptrdiff_t j0 = 0; j0 < OC; j0 += panel) {
         const ptrdiff_t nc = OC - j0 < panel ? OC - j0 : panel;
         const int nv = (int)((nc + VW - 1) / VW);
         const int tail = (int)(nc - (ptrdiff_t)(nv - 1) * VW);
-        const int rows = TILE_ROWS(nv);
+        const ptrdiff_t rows = TILE_ROWS(nv), tiles = (g->OW + rows - 1) / rows;
         for (ptrdiff_t oh = 0; oh < g->OH; oh++) {
             const float *xr = x + oh * g->SH * g->W * C;
             /* kernel rows kh read x's row oh * SH + kh: skip those in the zero rows */
             const ptrdiff_t top = zero_rows - oh * g->SH, bottom = g->H - zero_rows - oh * g->SH;
             const ptrdiff_t kh0 = top > 0 ? top : 0, kh1 = bottom < g->KH ? bottom : g->KH;
-            for (ptrdiff_t ow = 0; ow < g->OW; ow += rows) {
-                const int mr = (int)(g->OW - ow < rows ? g->OW - ow : rows);
-                conv_tile_any(mr, nv, out + (oh * g->OW + ow) * OC + j0, xr + ow * g->SW * C,
-                              w + j0, bias ? bias + j0 : NULL, g, OC, tail, kh0, kh1);
+            for (ptrdiff_t t = 0, ow = 0; t < tiles; t++) {
+                const int mr = (int)((g->OW - ow) / (tiles - t)); /* the larger ones last */
+                float *o = out + (oh * g->OW + ow) * OC + j0;
+                conv_tile_any(mr, nv, o, xr + ow * g->SW * C, w + j0, bias ? bias + j0 : NULL,
+                              g, OC, tail, kh0, kh1);
+                if (relu)
+                    for (int r = 0; r < mr; r++) relu_run(o + r * OC, nc);
+                ow += mr;
             }
         }
     }

@@ -104,9 +104,10 @@ typedef struct {
                             float scale, uint64_t key, ptrdiff_t first, ptrdiff_t n);
     /* out (OH, OW, OC) = one image x (H, W, C; its windows inside it, no padding: g's PT and
      * PL are 0) convolved with w (KH*KW*C, OC), + bias (mn_window.c pads); x's first and
-     * last zero_rows rows may be known zeros (their kernel rows are skipped) */
+     * last zero_rows rows may be known zeros (their kernel rows are skipped); then ReLU if
+     * relu */
     void (*conv_forward)(float *out, const float *x, const float *w, const float *bias,
-                         const mn_window *g, ptrdiff_t OC, ptrdiff_t zero_rows);
+                         const mn_window *g, ptrdiff_t OC, ptrdiff_t zero_rows, int relu);
     /* rows k0..k1 of dw (KH*KW*C, OC): the kernel gradient over n images x (x_stride floats
      * apart, as conv_forward reads them) and their output gradients dz (n, OH*OW, OC) */
     void (*conv_weight_grad)(float *dw, const float *x, ptrdiff_t x_stride, const float *dz,

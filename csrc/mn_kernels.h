@@ -57,11 +57,12 @@ int mn_conv_inside(const mn_window *g, mn_window *inside);
 /* That copy of B images.   padded (B, inside.H, inside.W, C), inp (B, H, W, C) */
 void mn_pad_images(float *padded, const float *inp, const mn_window *g, ptrdiff_t B);
 /* out = inp (B, H, W, C) convolved with weight (KH, KW, C, OC), + bias: each output the sum
- * over its window in (kh, kw, c) order, as im2col + the GEMM would give it; padded receives
- * the padded copy when the layer pads (else it is not touched and may be NULL).
- * out (B, OH, OW, OC) */
+ * over its window in (kh, kw, c) order, as im2col + the GEMM would give it, then ReLU if relu
+ * (mn_relu_forward's rule); padded receives the padded copy when the layer pads (else it is
+ * not touched and may be NULL).   out (B, OH, OW, OC) */
 void mn_conv2d_forward(float *out, float *padded, const float *inp, const float *weight,
-                       const float *bias, const mn_window *g, ptrdiff_t B, ptrdiff_t OC);
+                       const float *bias, const mn_window *g, ptrdiff_t B, ptrdiff_t OC,
+                       int relu);
 /* Rows k0..k1 of dweight (KH*KW*C, OC) = the sum over B images of each window cell times
  * the gradient at its output: x is what mn_conv2d_forward read (padded, or inp), dout
  * (B, OH, OW, OC). Rows are independent: threads may each take a block. */

@@ -118,7 +118,8 @@ void mn_pad_images(float *padded, const float *inp, const mn_window *g, ptrdiff_
 }
 
 void mn_conv2d_forward(float *out, float *padded, const float *inp, const float *weight,
-                       const float *bias, const mn_window *g, ptrdiff_t B, ptrdiff_t OC)
+                       const float *bias, const mn_window *g, ptrdiff_t B, ptrdiff_t OC,
+                       int relu)
 {
     mn_window in;
     const float *x = inp;
@@ -129,7 +130,7 @@ void mn_conv2d_forward(float *out, float *padded, const float *inp, const float 
     const mn_gemm_table *t = mn_active_gemm();
     for (ptrdiff_t b = 0; b < B; b++)
         t->conv_forward(out + b * g->OH * g->OW * OC, x + b * in.H * in.W * in.C, weight, bias,
-                        &in, OC, 0);
+                        &in, OC, 0, relu);
 }
 
 int mn_conv2d_input_grad_direct(const mn_window *g)
@@ -180,7 +181,7 @@ void mn_conv2d_input_grad(float *dinp, float *scratch, const float *dout,
         zero_run(scratch + (g->KH - 1 + g->OH) * d.W * OC, (g->KH - 1) * d.W * OC);
         /* input pixel (h, w) is span pixel (h + PT, w + PL) */
         t->conv_forward(dinp + b * n_img, scratch + (g->PT * d.W + g->PL) * OC, flipped, NULL,
-                        &d, g->C, g->KH - 1 - g->PT);
+                        &d, g->C, g->KH - 1 - g->PT, 0);
     }
 }
 

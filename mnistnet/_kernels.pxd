@@ -80,7 +80,8 @@ cdef void conv2d_forward(float* out,               # OUT (B, OH, OW, OC)
                          const float* inp,         # IN  (B, H, W, C)
                          const float* weight,      # IN  (KH, KW, C, OC)
                          const float* bias,        # IN  (OC,)
-                         const Window* g, Py_ssize_t B, Py_ssize_t OC) noexcept nogil
+                         const Window* g, Py_ssize_t B, Py_ssize_t OC,
+                         bint relu) noexcept nogil  # then max(out, 0) (relu_forward's rule)
 cdef void conv2d_input_grad(float* dinp,           # OUT (B, H, W, C)
                             float* dpatches,       # scratch (OH*OW, KH*KW*C): one image's
                             const float* dout,     # IN  (B, OH, OW, OC)

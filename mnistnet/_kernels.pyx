@@ -45,7 +45,8 @@ cdef extern from "mn_kernels.h" nogil:
         pass
     int mn_conv_inside(const mn_window *g, mn_window *inside)
     void mn_conv2d_forward(float *out, float *padded, const float *inp, const float *weight,
-                           const float *bias, const mn_window *g, Py_ssize_t B, Py_ssize_t OC)
+                           const float *bias, const mn_window *g, Py_ssize_t B, Py_ssize_t OC,
+                           int relu)
     void mn_conv2d_weight_grad(float *dweight, const float *x, const float *dout,
                                const mn_window *g, Py_ssize_t B, Py_ssize_t OC, Py_ssize_t k0,
                                Py_ssize_t k1)

@@ -107,12 +107,13 @@ cdef bint conv2d_pads(const Window* g) noexcept nogil:
 
 
 cdef void conv2d_forward(float* out, float* padded, const float* inp, const float* weight,
-                         const float* bias, const Window* g, Py_ssize_t B,
-                         Py_ssize_t OC) noexcept nogil:
+                         const float* bias, const Window* g, Py_ssize_t B, Py_ssize_t OC,
+                         bint relu) noexcept nogil:
     # out = im2col(inp) @ weight + bias, weight as its (KH*KW*C, OC) matrix, each output the
     # same chain of multiply-adds, computed directly from the (padded) input: the patches
-    # never go to memory (csrc/mn_gemm_impl.h, per SIMD path).
-    mn_conv2d_forward(out, padded, inp, weight, bias, <const mn_window*>g, B, OC)
+    # never go to memory (csrc/mn_gemm_impl.h, per SIMD path); then ReLU if relu, on each
+    # tile while it is in cache.
+    mn_conv2d_forward(out, padded, inp, weight, bias, <const mn_window*>g, B, OC, relu)
 
 
 cdef void conv2d_weight_grad(float* dweight, const float* x, const float* dout,

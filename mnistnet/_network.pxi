@@ -172,7 +172,9 @@ cdef void layer_forward(const Net* net, const Step* s, Py_ssize_t l, float* o,
     elif p.kind == KIND_CONV2D:
         window_of(&g, p)
         conv2d_forward(o, scratch if p.n_scratch > 0 else <float*>inp, inp, w,
-                       w + p.fan_in * p.out_c, &g, n, p.out_c)
+                       w + p.fan_in * p.out_c, &g, n, p.out_c, p.act == ACT_RELU)
+        if p.act == ACT_RELU:
+            return  # applied to each tile of the output while it was in cache
     elif p.kind == KIND_MAXPOOL2D:
         window_of(&g, p)
         maxpool2d_forward(o, <int*>scratch, inp, &g, n)

@@ -443,11 +443,13 @@ cdef object _check_int32(object a, str name, tuple shape):
     return a
 
 
-def conv2d_forward(out, padded, inp, weight, bias, strides=(1, 1), padding="valid"):
-    """out = im2col(inp) @ weight + bias, channels last, computed without the patches;
-    padded (None allocates) receives inp as the windows read it, for the backward pass
-    (reference.conv2d_padded_shape). out (B, OH, OW, OC), padded (B, Hs, Ws, C),
-    inp (B, H, W, C), weight (KH, KW, C, OC), bias (OC,). Returns out."""
+def conv2d_forward(out, padded, inp, weight, bias, strides=(1, 1), padding="valid",
+                   bint relu=False):
+    """out = im2col(inp) @ weight + bias, channels last, computed without the patches, then
+    relu_forward's max(out, 0) if relu; padded (None allocates) receives inp as the windows
+    read it, for the backward pass (reference.conv2d_padded_shape). out (B, OH, OW, OC),
+    padded (B, Hs, Ws, C), inp (B, H, W, C), weight (KH, KW, C, OC), bias (OC,). Returns
+    out."""
     _check(inp, "inp", 4); _check(weight, "weight", 4); _check(bias, "bias", 1)
     if weight.shape[2] != inp.shape[3]:
         raise ValueError(f"inp has shape {inp.shape} but weight has shape {weight.shape}")
@@ -465,7 +467,7 @@ def conv2d_forward(out, padded, inp, weight, bias, strides=(1, 1), padding="vali
     cdef const float* pb = _in(bias)
     cdef bint pads = k.conv2d_pads(&g)
     with nogil:
-        k.conv2d_forward(po, pp, pi, pw, pb, &g, B, OC)
+        k.conv2d_forward(po, pp, pi, pw, pb, &g, B, OC, relu)
     if not pads:  # the windows read inp itself: that is what padded holds
         padded[...] = inp
     return out

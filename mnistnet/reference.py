@@ -299,10 +299,12 @@ def _patches_of(padded, kernel_size, strides):
     return im2col(patches, padded, kernel_size, strides, "valid")
 
 
-def conv2d_forward(out, padded, inp, weight, bias, strides=(1, 1), padding="valid"):
-    """out = im2col(inp) @ weight + bias; padded receives inp as the windows read it (the
-    backward pass reads it).   out (B, OH, OW, OC), padded (B, Hs, Ws, C) (see
-    conv2d_padded_shape), inp (B, H, W, C), weight (KH, KW, C, OC), bias (OC,)"""
+def conv2d_forward(out, padded, inp, weight, bias, strides=(1, 1), padding="valid",
+                   relu=False):
+    """out = im2col(inp) @ weight + bias, then relu_forward if relu; padded receives inp as
+    the windows read it (the backward pass reads it).   out (B, OH, OW, OC), padded
+    (B, Hs, Ws, C) (see conv2d_padded_shape), inp (B, H, W, C), weight (KH, KW, C, OC),
+    bias (OC,)"""
     kh, kw, c, oc = weight.shape
     padded = _out(padded, (inp.shape[0],
                            *conv2d_padded_shape(inp.shape[1:], (kh, kw), strides, padding)))
@@ -311,7 +313,7 @@ def conv2d_forward(out, padded, inp, weight, bias, strides=(1, 1), padding="vali
     out = _out(out, (*patches.shape[:3], oc))
     np.matmul(patches.reshape(-1, kh * kw * c), weight.reshape(-1, oc), out=out.reshape(-1, oc))
     out += bias
-    return out
+    return relu_forward(out, out) if relu else out
 
 
 def conv2d_backward(dinp, dweight, dbias, dout, padded, inp, weight, strides=(1, 1),

@@ -82,6 +82,11 @@ def test_conv2d_forward_matches_reference(simd_path, case, batch):
         reference.im2col(None, padded, weight.shape[:2], strides, "valid"),
         reference.im2col(None, inp, weight.shape[:2], strides, padding), err_msg=what)
     assert_close(got, want, FORWARD_RTOL, what)
+    # with the ReLU on each tile (the network's conv layers with activation="relu"): that
+    # output, bit for bit, through relu_forward's rule
+    fused = fast.conv2d_forward(None, padded, inp, weight, bias, strides, padding, relu=True)
+    np.testing.assert_array_equal(fused, fast.relu_forward(None, got), err_msg=what + " relu")
+    assert_close(fused, reference.relu_forward(None, want), FORWARD_RTOL, what + " relu")
 
 
 @pytest.mark.parametrize("batch", BATCHES)
