@@ -29,7 +29,16 @@ except ImportError:  # the source folder without its compiled extensions
     from mnistnet._source_tree import missing_extensions
 
     raise missing_extensions() from None
-from mnistnet import callbacks, datasets, kinds, layers, reference, regularizers, schedules
+from mnistnet import (
+    callbacks,
+    datasets,
+    kinds,
+    layers,
+    losses,
+    reference,
+    regularizers,
+    schedules,
+)
 from mnistnet.data import load_mnist
 from mnistnet.int8 import QuantizedModel, quantize
 from mnistnet.layers import *  # noqa: F403  (every layer class, mnistnet.layers.__all__)
@@ -68,6 +77,7 @@ __all__ = [
     "kinds",
     "layers",
     "load_mnist",
+    "losses",
     "preset",
     "quantize",
     "reference",

@@ -17,8 +17,9 @@ cdef Py_ssize_t NARROW_WIDTH = 32
 
 cdef inline bint dense_fast_paths(const Net* net) noexcept nogil:
     # The dense nets' special layouts and teams (transposed first layer, column and input
-    # teams) fuse plain SGD into their own loops.
-    return net.dense_only and net.opt.code == OPT_SGD and not net.has_l2
+    # teams) fuse plain SGD into their own loops (without the weights' moving average).
+    return (net.dense_only and net.opt.code == OPT_SGD and not net.has_l2
+            and not net.opt.use_ema)
 
 
 cdef inline bint trains_transposed(const Net* net) noexcept nogil:

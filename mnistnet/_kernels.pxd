@@ -282,6 +282,10 @@ cdef struct OptimizerSettings:
     double rho              # RMSprop's
     Py_ssize_t centered     # RMSprop's (0 or 1)
     double weight_decay     # AdamW's
+    Py_ssize_t use_ema      # any optimizer's (0 or 1): the moving average of the weights
+    double ema_momentum
+    Py_ssize_t ema_overwrite_frequency  # the average into the weights every this many steps
+    Py_ssize_t ema_slot     # the average's block of state
 
 cdef struct Net:
     const LayerPlan* plan   # (n_layers,)
@@ -354,6 +358,10 @@ cdef void net_predict(const Net* net,
                       float* out,                  # OUT (N, n_outputs)
                       Py_ssize_t N) noexcept nogil
 cdef double train_step(const Net* net, Py_ssize_t n, const Step* step) noexcept nogil
+# The optimizer on params[offset: offset + n] (and its state), then the weights' moving
+# average with use_ema; whether every new weight is finite.
+cdef bint update_block(const Net* net, const Step* s, Py_ssize_t offset,
+                       Py_ssize_t n) noexcept nogil
 # train_step `steps` times on one thread (steps t, t + 1, ...); the mean CPU seconds a step.
 cdef double profile_steps(const Net* net, Py_ssize_t n, const Step* step,
                           Py_ssize_t steps) noexcept nogil

@@ -176,10 +176,12 @@ def optimizer_layout():
     cdef OptimizerSettings o
     cdef char* base = <char*>&o
     names = ("code", "momentum", "nesterov", "beta_1", "beta_2", "epsilon", "rho", "centered",
-             "weight_decay")
+             "weight_decay", "use_ema", "ema_momentum", "ema_overwrite_frequency", "ema_slot")
     offsets = (<char*>&o.code - base, <char*>&o.momentum - base, <char*>&o.nesterov - base,
                <char*>&o.beta_1 - base, <char*>&o.beta_2 - base, <char*>&o.epsilon - base,
-               <char*>&o.rho - base, <char*>&o.centered - base, <char*>&o.weight_decay - base)
+               <char*>&o.rho - base, <char*>&o.centered - base, <char*>&o.weight_decay - base,
+               <char*>&o.use_ema - base, <char*>&o.ema_momentum - base,
+               <char*>&o.ema_overwrite_frequency - base, <char*>&o.ema_slot - base)
     return names, offsets, sizeof(OptimizerSettings)
 
 

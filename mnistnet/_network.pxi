@@ -442,7 +442,8 @@ cdef bint weight_grads_update_rows(const Net* net, const Step* s, Py_ssize_t l, 
         window_of(&win, p)
         conv2d_weight_grad(gw, inp, dz, &win, n, OC, c0, c1)
         finite = kernel_rows_update(net, s, p, c0, c1)
-    elif net.opt.code == OPT_SGD and OC >= FUSED_SGD_MIN_WIDTH and p.l2 == 0:
+    elif (net.opt.code == OPT_SGD and OC >= FUSED_SGD_MIN_WIDTH and p.l2 == 0
+          and not net.opt.use_ema):
         finite = mn_sgemm_sgd(gw + c0 * OC, OC, inp + c0, 1, K, dz, OC, w + c0 * OC, OC,
                               s.learning_rate, c1 - c0, M, OC)
     else:

@@ -114,7 +114,33 @@ cdef bint update_block(const Net* net, const Step* s, Py_ssize_t offset,
                        Py_ssize_t n) noexcept nogil:
     """The net's optimizer on params[offset: offset + n] from the same elements of grads
     and of each slot of optimizer state (RMSprop's: the average of squares, then the momentum
-    if any, then the centered average if centered; reference.apply_update)."""
+    if any, then the centered average if centered; reference.apply_update), then with
+    use_ema the moving average of those weights."""
+    cdef bint finite = optimizer_block(net, s, offset, n)
+    cdef const OptimizerSettings* o = &net.opt
+    if o.use_ema:
+        ema_update(net.params + offset, slot(net, o.ema_slot, offset), n,
+                   0 if s.t == 1 else <float>o.ema_momentum,
+                   o.ema_overwrite_frequency > 0 and s.t % o.ema_overwrite_frequency == 0)
+    return finite
+
+
+cdef void ema_update(float* w, float* average, Py_ssize_t n, float momentum,
+                     bint overwrite) noexcept nogil:
+    # Keras 3's use_ema after each step: average = momentum * average + (1 - momentum) * w,
+    # momentum 0 at the first step (the average starts as the weights); every
+    # ema_overwrite_frequency steps the weights take the average.
+    cdef float rest = 1 - momentum
+    cdef Py_ssize_t i
+    for i in range(n):
+        average[i] = momentum * average[i] + rest * w[i]
+    if overwrite:
+        memcpy(w, average, n * sizeof(float))
+
+
+cdef bint optimizer_block(const Net* net, const Step* s, Py_ssize_t offset,
+                          Py_ssize_t n) noexcept nogil:
+    # update_block's optimizer step alone.
     cdef const OptimizerSettings* o = &net.opt
     cdef float* w = net.params + offset
     cdef const float* g = net.grads + offset

@@ -30,6 +30,7 @@ import math
 import os
 import string
 import tempfile
+import warnings
 from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,7 @@ __all__ = [
     "LearningRateScheduler",
     "ModelCheckpoint",
     "ReduceLROnPlateau",
+    "SwapEMAWeights",
 ]
 
 
@@ -609,6 +611,22 @@ class LearningRateScheduler(Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         if logs is not None:
             logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+
+
+class SwapEMAWeights(Callback):
+    """Score the validation data on the weights' moving average (Keras 3's callback, for an
+    optimizer with use_ema): fit swaps the average in for each epoch's val_loss and
+    val_accuracy, and back for training. Without use_ema it changes nothing. Keras'
+    swap_on_epoch (the average in the weights while other callbacks run) is not offered:
+    fit already ends with the average in the weights.
+    """
+
+    swaps_ema_weights = True  # what fit looks for
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        if not self.model.optimizer.use_ema:
+            warnings.warn("SwapEMAWeights: the optimizer has no use_ema, so there is no "
+                          "moving average to score", RuntimeWarning, stacklevel=2)
 
 
 def _numeric_rate(model: Model, who: str) -> None:

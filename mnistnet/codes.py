@@ -61,35 +61,48 @@ OPTIMIZER_FIELDS = (
     "rho",                    # RMSprop's
     "centered",               # RMSprop's (0 or 1)
     "weight_decay",           # AdamW's
+    "use_ema",                # any optimizer's (0 or 1): Keras 3's moving average of weights
+    "ema_momentum",           # its momentum
+    "ema_overwrite_frequency",  # write the average into the weights every this many steps
+                              # (0: never; Keras' None)
+    "ema_slot",               # the average's block of state: after the optimizer's own
 )
-OPTIMIZER_INT_FIELDS = ("code", "nesterov", "centered")
+OPTIMIZER_INT_FIELDS = ("code", "nesterov", "centered", "use_ema", "ema_overwrite_frequency",
+                        "ema_slot")
 OPTIMIZER_DTYPE = np.dtype([(name, np.int64 if name in OPTIMIZER_INT_FIELDS else np.float64)
                             for name in OPTIMIZER_FIELDS])
 
 
 def optimizer_settings(code: str, **values: Any) -> np.ndarray:
     """One OPTIMIZER_DTYPE record (a 0-d structured array) for the optimizer named `code`
-    (a key of OPTIMIZERS), the fields not given 0."""
-    unknown = set(values) - set(OPTIMIZER_FIELDS)
+    (a key of OPTIMIZERS), the fields not given 0; with use_ema, ema_slot is set."""
+    unknown = set(values) - set(OPTIMIZER_FIELDS) | ({"ema_slot"} & set(values))
     if unknown:
         raise ValueError(f"unknown optimizer settings {sorted(unknown)}")
     record = np.zeros((), dtype=OPTIMIZER_DTYPE)
     record["code"] = OPTIMIZERS[code]
     for name, value in values.items():
         record[name] = value
+    record["ema_slot"] = _own_slots(record)
     return record
 
 
-def optimizer_slots(settings: np.ndarray) -> int:
-    """Blocks of optimizer state, each with the parameters' layout, that the settings need:
-    none for SGD, the velocity for momentum, Adam's two moments, RMSprop's average of squares
-    then its momentum (if momentum > 0) then its average gradient (if centered). The one
-    statement of this rule."""
+def _own_slots(settings: np.ndarray) -> int:
+    """The optimizer's own blocks of state: none for SGD, the velocity for momentum, Adam's
+    two moments, RMSprop's average of squares then its momentum (if momentum > 0) then its
+    average gradient (if centered)."""
     code = int(settings["code"])
     if code == OPTIMIZERS["rmsprop"]:
         return 1 + int(settings["momentum"] > 0) + int(bool(settings["centered"]))
     return {OPTIMIZERS["sgd"]: 0, OPTIMIZERS["momentum"]: 1, OPTIMIZERS["adam"]: 2,
             OPTIMIZERS["adamw"]: 2}[code]
+
+
+def optimizer_slots(settings: np.ndarray) -> int:
+    """Blocks of optimizer state, each with the parameters' layout, that the settings need:
+    the optimizer's own (_own_slots), then with use_ema the moving average of the weights
+    (block ema_slot). The one statement of this rule."""
+    return _own_slots(settings) + int(bool(settings["use_ema"]))
 
 
 def dropout_threshold(rate: float) -> int:

@@ -832,10 +832,50 @@ cdef OptimizerSettings _optimizer_settings(object optimizer) except *:
                         f"mnistnet.codes.optimizer_settings), got {record.dtype}")
     if int(record["code"]) not in OPTIMIZERS.values():
         raise ValueError(f"unknown optimizer code {int(record['code'])}")
+    if record["use_ema"] and (int(record["ema_slot"]) != optimizer_slots(record) - 1
+                              or not 0 <= float(record["ema_momentum"]) <= 1
+                              or int(record["ema_overwrite_frequency"]) < 0):
+        raise ValueError("the optimizer's use_ema settings are inconsistent (ema_slot must "
+                         "follow the optimizer's own slots, ema_momentum lie in [0, 1])")
     cdef OptimizerSettings o
     cdef const unsigned char[::1] raw = np.ascontiguousarray(record).view(np.uint8).reshape(-1)
     memcpy(&o, &raw[0], sizeof(OptimizerSettings))
     return o
+
+
+def apply_update(optimizer, params, grads, state, float learning_rate, long long step,
+                 Py_ssize_t start=0, stop=None):
+    """One optimizer step on params[start:stop] (default: all) from the same elements of
+    grads and of each slot of state, then with use_ema the weights' moving average: the
+    compiled update of one block of a training step (optimizer: a
+    mnistnet.codes.OPTIMIZER_DTYPE record; step: t, from 1). Returns whether every new
+    weight is finite."""
+    _check(params, "params", 1); _check(grads, "grads", 1)
+    cdef Py_ssize_t n = params.shape[0]
+    cdef Py_ssize_t end = n if stop is None else stop
+    if grads.shape[0] != n or not 0 <= start <= end <= n:
+        raise ValueError(f"grads must match params ({n}) and 0 <= start <= stop <= {n}")
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    cdef Net net
+    memset(&net, 0, sizeof(Net))
+    net.opt = _optimizer_settings(optimizer)
+    net.n_params = n
+    net.params = _io(params)
+    net.grads = _io(grads)
+    if optimizer_slots(optimizer):
+        _check(state, "state", 1)
+        if state.shape[0] != optimizer_slots(optimizer) * n:
+            raise ValueError(f"state holds {state.shape[0]} floats, the optimizer needs "
+                             f"{optimizer_slots(optimizer) * n}")
+        net.state = _io(state)
+    cdef Step s
+    s.learning_rate = learning_rate
+    s.t = step
+    cdef bint finite
+    with nogil:
+        finite = k.update_block(&net, &s, start, end - start)
+    return bool(finite)
 
 
 def _check_data(x, y, plan):

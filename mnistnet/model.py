@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mnistnet import fast, reference, saving
+from mnistnet import fast, losses, reference, saving
 from mnistnet.codes import ACTIVATIONS as ACTIVATION_CODES
 from mnistnet.codes import LOSSES as LOSS_CODES
 from mnistnet.inputs import as_features, as_targets
@@ -38,6 +38,17 @@ BACKENDS = {"fast": fast, "reference": reference}
 ACTIVATIONS = tuple(ACTIVATION_CODES)
 LOSSES = tuple(LOSS_CODES)
 PREDICT_CHUNK = 256  # rows per forward pass in predict/evaluate: keeps activations in cache
+
+
+def _loss_object(loss: Any) -> losses.Loss:
+    """A loss given by name (mnistnet's, LOSSES), as a mnistnet.losses object, or as its
+    config (a model file's)."""
+    if isinstance(loss, str):
+        return losses.get(_choice(loss, LOSSES, "loss"))
+    if isinstance(loss, (losses.Loss, dict)):
+        return losses.get(loss)
+    raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}, or a "
+                     "mnistnet.losses object (CategoricalCrossentropy(label_smoothing=...))")
 
 
 def loss_for_output(activation: str) -> str:
@@ -58,9 +69,10 @@ class Model(Trainer):
         input_shape: or the shape of one sample: (784,) or, channels last, (28, 28, 1).
             Neither given: MNIST's, (28, 28, 1) if the first layer is a Conv2D or
             MaxPool2D, else (784,).
-        loss: "mse" or "categorical_crossentropy" (needs a softmax output layer); None
-            (default): the output's, categorical cross-entropy after a softmax, else MSE
-            (see loss_for_output).
+        loss: "mse" or "categorical_crossentropy" (needs a softmax output layer), or a
+            mnistnet.losses object such as CategoricalCrossentropy(label_smoothing=0.1);
+            None (default): the output's, categorical cross-entropy after a softmax, else
+            MSE (see loss_for_output).
         optimizer: SGD (default SGD(0.01)), Adam, AdamW or RMSprop.
         seed: seeds the Glorot-uniform initialisation, every epoch's shuffle and the dropout
             masks.
@@ -68,7 +80,8 @@ class Model(Trainer):
     """
 
     def __init__(self, layers: Sequence[Layer], input_dim: int | None = None,
-                 loss: str | None = None, optimizer: Optimizer | None = None, seed: int = 0,
+                 loss: str | losses.Loss | None = None, optimizer: Optimizer | None = None,
+                 seed: int = 0,
                  backend: str = "fast", input_shape: Sequence[int] | None = None) -> None:
         if isinstance(layers, Layer) or not isinstance(layers, Sequence) or not layers:
             raise TypeError("layers must be a non-empty list of layers (Dense, Conv2D, ...)")
@@ -79,7 +92,8 @@ class Model(Trainer):
         self.layers = list(layers)
         self.input_shape = input_shape_of(self.layers, input_dim, input_shape)
         output = self.layers[-1].activation
-        self.loss = loss_for_output(output) if loss is None else _choice(loss, LOSSES, "loss")
+        self.loss_object = _loss_object(loss_for_output(output) if loss is None else loss)
+        self.loss = self.loss_object.name  # the kernels' name for it
         if self.loss == "categorical_crossentropy" and self.layers[-1].activation != "softmax":
             raise ValueError("loss 'categorical_crossentropy' needs a softmax output layer, "
                              f"got {self.layers[-1].activation!r}")
@@ -165,20 +179,23 @@ class Model(Trainer):
     def get_config(self) -> dict[str, Any]:
         """The architecture, loss, optimizer and seed as JSON-able values."""
         return {"layers": [layer_to_config(layer) for layer in self.layers],
-                "input_shape": list(self.input_shape), "loss": self.loss,
+                "input_shape": list(self.input_shape),
+                "loss": losses.to_config(self.loss_object),
                 "optimizer": optimizer_to_config(self.optimizer), "seed": self.seed}
 
     def _training_state(self) -> dict[str, Any]:
         """What training depends on beyond the architecture: weights, optimizer state and
         step count, epochs done (the next shuffle and dropout keys)."""
         return {"params": self.params.copy(), "optimizer_state": self.optimizer_state.copy(),
-                "iterations": self.optimizer.iterations, "epochs_done": self._epochs_done}
+                "iterations": self.optimizer.iterations, "epochs_done": self._epochs_done,
+                "ema_swapped": self._ema_swapped}
 
     def _restore_training_state(self, state: dict[str, Any]) -> None:
         self.params[...] = state["params"]
         self.optimizer_state[...] = state["optimizer_state"]
         self.optimizer.iterations = int(state["iterations"])
         self._epochs_done = int(state["epochs_done"])
+        self._ema_swapped = bool(state.get("ema_swapped", False))
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickle (multiprocessing, joblib) as architecture + training state: the training
@@ -222,9 +239,11 @@ class Model(Trainer):
         (the default for a softmax output)"."""
         output = self.layers[-1].activation
         default = loss_for_output(output)
+        smoothing = getattr(self.loss_object, "label_smoothing", 0)
+        name = self.loss + (f" with label_smoothing={smoothing:g}" if smoothing else "")
         if self.loss == default:
-            return f"{self.loss} (the default for a {output} output)"
-        return f"{self.loss} (given; a {output} output's default is {default})"
+            return f"{name} (the default for a {output} output)"
+        return f"{name} (given; a {output} output's default is {default})"
 
     # -- weights ---------------------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:
@@ -252,6 +271,7 @@ class Model(Trainer):
             if not np.isfinite(new).all():
                 raise ValueError(f"weights[{i}] contains NaN or Inf (or values beyond float32)")
             converted.append(new)
+        self._ema_keep_average()  # training starts from these, the average goes on
         for new, old in zip(converted, expected, strict=True):
             old[...] = new
 
@@ -283,10 +303,15 @@ class Model(Trainer):
     def _evaluate_arrays(self, x, targets) -> dict[str, float]:
         pred = self._predict_array(x)
         k = self._kernels
-        loss = (k.crossentropy_forward(pred, targets) if self.loss == "categorical_crossentropy"
-                else k.mse_forward(pred, targets))
+        smoothed = self._loss_targets(targets)
+        loss = (k.crossentropy_forward(pred, smoothed) if self.loss == "categorical_crossentropy"
+                else k.mse_forward(pred, smoothed))
         loss += reference.l2_penalty(self.plan, self.params)  # Keras reports it in the loss
         return {"loss": float(loss), "accuracy": k.count_correct(pred, targets) / x.shape[0]}
+
+    def _loss_targets(self, targets: np.ndarray) -> np.ndarray:
+        """The targets the loss compares with: smoothed with the loss's label_smoothing."""
+        return losses.smooth_targets(targets, getattr(self.loss_object, "label_smoothing", 0))
 
     # -- files -----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

@@ -78,13 +78,70 @@ def _epsilon(value: Any) -> float:
     return _float32_number(value, "epsilon", lowest=FLOAT32_TINY)
 
 
+def _ema_momentum(value: Any) -> float:
+    """Keras 3's ema_momentum: a number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+        raise TypeError(f"ema_momentum must be a number, got {type(value).__name__}")
+    if not 0 <= value <= 1:  # also refuses NaN
+        raise ValueError(f"ema_momentum must lie in [0, 1], got {value}")
+    return float(value)
+
+
+def _overwrite_frequency(value: Any) -> int | None:
+    """Keras 3's ema_overwrite_frequency: None, or a whole number of steps >= 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"ema_overwrite_frequency must be None or an int >= 1, got "
+                         f"{value!r}")
+    if value >= 1 << 62:
+        raise ValueError(f"ema_overwrite_frequency must be below 2**62, got {value}")
+    return int(value)
+
+
 class Optimizer:
     """What the model asks of an optimizer: its state's size, its kernel settings, the
-    learning rate of each step, and its config."""
+    learning rate of each step, and its config.
 
-    def __init__(self, learning_rate: float | LearningRateSchedule) -> None:
+    Every optimizer takes Keras 3's weight averaging:
+
+        use_ema: keep an exponential moving average of the trainable weights, updated after
+            every step: average = ema_momentum * average + (1 - ema_momentum) * weights (at
+            the first step, the weights themselves). At the end of each fit the model's
+            weights become the average, as Keras' fit leaves them; the weights training had
+            reached are kept with the optimizer's state, and the next fit (or a resume from a
+            saved model) continues from them, so that training in parts gives the same bits
+            as in one go (Keras' next fit would continue from the average). Validation during
+            fit scores the weights being trained, unless a callbacks.SwapEMAWeights is given.
+        ema_momentum: in [0, 1] (default 0.99).
+        ema_overwrite_frequency: None (default), or every this many steps the weights take
+            the average.
+    """
+
+    def __init__(self, learning_rate: float | LearningRateSchedule, use_ema: bool = False,
+                 ema_momentum: float = 0.99, ema_overwrite_frequency: int | None = None) -> None:
         self.learning_rate = learning_rate
         self.iterations = 0  # optimizer steps taken (Adam's bias correction counts them)
+        if not isinstance(use_ema, (bool, np.bool_)):
+            raise TypeError(f"use_ema must be True or False, got {use_ema!r}")
+        self.use_ema = bool(use_ema)
+        self.ema_momentum = _ema_momentum(ema_momentum)
+        self.ema_overwrite_frequency = _overwrite_frequency(ema_overwrite_frequency)
+
+    def _ema_settings(self) -> dict[str, Any]:
+        """The kernel settings of the weights' moving average (none without use_ema)."""
+        if not self.use_ema:
+            return {}
+        return {"use_ema": 1, "ema_momentum": self.ema_momentum,
+                "ema_overwrite_frequency": self.ema_overwrite_frequency or 0}
+
+    def _ema_config(self) -> dict[str, Any]:
+        """use_ema and its settings for get_config (nothing without use_ema: older files'
+        configs stay as they were)."""
+        if not self.use_ema:
+            return {}
+        return {"use_ema": True, "ema_momentum": self.ema_momentum,
+                "ema_overwrite_frequency": self.ema_overwrite_frequency}
 
     @property
     def learning_rate(self) -> float | LearningRateSchedule:
@@ -147,11 +204,14 @@ class SGD(Optimizer):
         learning_rate: step size (Keras' default 0.01), or a schedule (mnistnet.schedules).
         momentum: in [0, 1) (default 0: plain SGD, no state).
         nesterov: Nesterov momentum (only with momentum > 0).
+        use_ema, ema_momentum, ema_overwrite_frequency: the weights' moving average
+            (Optimizer).
     """
 
     def __init__(self, learning_rate: float | LearningRateSchedule = 0.01,
-                 momentum: float = 0.0, nesterov: bool = False) -> None:
-        super().__init__(learning_rate)
+                 momentum: float = 0.0, nesterov: bool = False, use_ema: bool = False,
+                 ema_momentum: float = 0.99, ema_overwrite_frequency: int | None = None) -> None:
+        super().__init__(learning_rate, use_ema, ema_momentum, ema_overwrite_frequency)
         self.momentum = _unit_interval(momentum, "momentum")
         if not isinstance(nesterov, (bool, np.bool_)):
             raise TypeError(f"nesterov must be True or False, got {nesterov!r}")
@@ -160,14 +220,14 @@ class SGD(Optimizer):
     def kernel_settings(self) -> np.ndarray:
         if self.momentum > 0:
             return optimizer_settings("momentum", momentum=self.momentum,
-                                      nesterov=self.nesterov)
-        return optimizer_settings("sgd", nesterov=self.nesterov)
+                                      nesterov=self.nesterov, **self._ema_settings())
+        return optimizer_settings("sgd", nesterov=self.nesterov, **self._ema_settings())
 
     def get_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"learning_rate": self._rate_config()}
         if self.momentum > 0 or self.nesterov:
             config.update(momentum=self.momentum, nesterov=self.nesterov)
-        return config
+        return {**config, **self._ema_config()}
 
 
 class Adam(Optimizer):
@@ -182,22 +242,26 @@ class Adam(Optimizer):
         learning_rate: step size (default 0.001), or a schedule (mnistnet.schedules).
         beta_1, beta_2: decay rates of the moment estimates, in [0, 1) (0.9, 0.999).
         epsilon: > 0, added to sqrt(v) (Keras' default 1e-7).
+        use_ema, ema_momentum, ema_overwrite_frequency: the weights' moving average
+            (Optimizer).
     """
 
     def __init__(self, learning_rate: float | LearningRateSchedule = 0.001,
-                 beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7) -> None:
-        super().__init__(learning_rate)
+                 beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7,
+                 use_ema: bool = False, ema_momentum: float = 0.99,
+                 ema_overwrite_frequency: int | None = None) -> None:
+        super().__init__(learning_rate, use_ema, ema_momentum, ema_overwrite_frequency)
         self.beta_1 = _unit_interval(beta_1, "beta_1")
         self.beta_2 = _unit_interval(beta_2, "beta_2")
         self.epsilon = _epsilon(epsilon)
 
     def kernel_settings(self) -> np.ndarray:
         return optimizer_settings("adam", beta_1=self.beta_1, beta_2=self.beta_2,
-                                  epsilon=self.epsilon)
+                                  epsilon=self.epsilon, **self._ema_settings())
 
     def get_config(self) -> dict[str, Any]:
         return {"learning_rate": self._rate_config(), "beta_1": self.beta_1,
-                "beta_2": self.beta_2, "epsilon": self.epsilon}
+                "beta_2": self.beta_2, "epsilon": self.epsilon, **self._ema_config()}
 
 
 class AdamW(Adam):
@@ -207,21 +271,25 @@ class AdamW(Adam):
     Args:
         learning_rate: step size (default 0.001), or a schedule.
         weight_decay: >= 0 (Keras' default 0.004).
-        beta_1, beta_2, epsilon: as Adam's.
+        beta_1, beta_2, epsilon, use_ema, ema_momentum, ema_overwrite_frequency: as Adam's.
     """
 
     def __init__(self, learning_rate: float | LearningRateSchedule = 0.001,
                  weight_decay: float = 0.004, beta_1: float = 0.9, beta_2: float = 0.999,
-                 epsilon: float = 1e-7) -> None:
-        super().__init__(learning_rate, beta_1, beta_2, epsilon)
+                 epsilon: float = 1e-7, use_ema: bool = False, ema_momentum: float = 0.99,
+                 ema_overwrite_frequency: int | None = None) -> None:
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, use_ema, ema_momentum,
+                         ema_overwrite_frequency)
         self.weight_decay = _float32_number(weight_decay, "weight_decay")
 
     def kernel_settings(self) -> np.ndarray:
         return optimizer_settings("adamw", beta_1=self.beta_1, beta_2=self.beta_2,
-                                  epsilon=self.epsilon, weight_decay=self.weight_decay)
+                                  epsilon=self.epsilon, weight_decay=self.weight_decay,
+                                  **self._ema_settings())
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "weight_decay": self.weight_decay}
+        config = {k: v for k, v in super().get_config().items() if k not in self._ema_config()}
+        return {**config, "weight_decay": self.weight_decay, **self._ema_config()}
 
 
 class RMSprop(Optimizer):
@@ -239,11 +307,15 @@ class RMSprop(Optimizer):
         momentum: in [0, 1) (0).
         epsilon: > 0 (1e-7).
         centered: normalise by the variance rather than the second moment.
+        use_ema, ema_momentum, ema_overwrite_frequency: the weights' moving average
+            (Optimizer).
     """
 
     def __init__(self, learning_rate: float | LearningRateSchedule = 0.001, rho: float = 0.9,
-                 momentum: float = 0.0, epsilon: float = 1e-7, centered: bool = False) -> None:
-        super().__init__(learning_rate)
+                 momentum: float = 0.0, epsilon: float = 1e-7, centered: bool = False,
+                 use_ema: bool = False, ema_momentum: float = 0.99,
+                 ema_overwrite_frequency: int | None = None) -> None:
+        super().__init__(learning_rate, use_ema, ema_momentum, ema_overwrite_frequency)
         self.rho = _unit_interval(rho, "rho")
         self.momentum = _unit_interval(momentum, "momentum")
         self.epsilon = _epsilon(epsilon)
@@ -253,12 +325,12 @@ class RMSprop(Optimizer):
 
     def kernel_settings(self) -> np.ndarray:
         return optimizer_settings("rmsprop", momentum=self.momentum, epsilon=self.epsilon,
-                                  rho=self.rho, centered=self.centered)
+                                  rho=self.rho, centered=self.centered, **self._ema_settings())
 
     def get_config(self) -> dict[str, Any]:
         return {"learning_rate": self._rate_config(), "rho": self.rho,
                 "momentum": self.momentum, "epsilon": self.epsilon,
-                "centered": self.centered}
+                "centered": self.centered, **self._ema_config()}
 
 
 OPTIMIZER_CLASSES: dict[str, type[Optimizer]] = {

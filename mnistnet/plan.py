@@ -305,6 +305,15 @@ class Plan:
         off, k, oc = int(row["param"]), int(row["fan_in"]), int(row["out_c"])
         return flat[off: off + k * oc].reshape(k, oc), flat[off + k * oc: off + k * oc + oc]
 
+    def trainable(self) -> np.ndarray:
+        """A bool mask over the parameter block: the weights the optimizer trains (not
+        BatchNormalization's moving statistics)."""
+        mask = np.zeros(self.n_params, dtype=bool)
+        for row in self.table:
+            if row["param"] >= 0:
+                mask[row["param"]: row["param"] + row["n_train"]] = True
+        return mask
+
     def describe(self) -> list[dict[str, Any]]:
         """Per layer: its class, config, input and output shapes and weight count."""
         return [{"class": type(layer).__name__, "config": layer.get_config(),

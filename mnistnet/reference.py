@@ -666,7 +666,32 @@ def apply_update(optimizer, params, grads, state, learning_rate, step, start=0,
     grads and of each slot of state; optimizer is the kernel settings (a
     mnistnet.codes.OPTIMIZER_DTYPE record); state holds its slots, each with the layout of
     params (RMSprop: the average of squares, then the momentum if any, then the centered
-    average). Returns whether every new weight is finite."""
+    average; with use_ema, then the moving average of the weights, block ema_slot). Returns
+    whether every new weight is finite."""
+    finite = _optimizer_step(optimizer, params, grads, state, learning_rate, step, start, stop)
+    if optimizer["use_ema"]:
+        n = params.shape[0]
+        stop = n if stop is None else stop
+        at = int(optimizer["ema_slot"]) * n
+        every = int(optimizer["ema_overwrite_frequency"])
+        ema_update(params[start:stop], state[at + start: at + stop],
+                   0.0 if step == 1 else float(optimizer["ema_momentum"]),
+                   every > 0 and step % every == 0)
+    return finite
+
+
+def ema_update(weights, average, momentum, overwrite) -> None:
+    """Keras 3's use_ema after step t: average = momentum * average + (1 - momentum) *
+    weights in float32, momentum 0 at t = 1 (the average starts as the weights); overwrite
+    (every ema_overwrite_frequency steps): the weights take the average. In place."""
+    m = np.float32(momentum)
+    average[...] = m * average + (np.float32(1) - m) * weights
+    if overwrite:
+        weights[...] = average
+
+
+def _optimizer_step(optimizer, params, grads, state, learning_rate, step, start, stop) -> bool:
+    """apply_update's optimizer step alone."""
     code, momentum, nesterov, rho, centered, decay = (
         int(optimizer["code"]), float(optimizer["momentum"]), bool(optimizer["nesterov"]),
         float(optimizer["rho"]), bool(optimizer["centered"]),

@@ -17,6 +17,9 @@ Format 2 (this version writes it):
                       "best", "best_epoch", "best_weights"}, ...}), each array in it
                       written as a member of its own and named there as {"array": name}
     callback_array_<i>  float32 (n_params,): such an array (EarlyStopping's best weights)
+    ema_swapped       int64, optional (optimizers with use_ema): 1 when params hold the
+                      moving average of the weights (as fit leaves them) and the average's
+                      block of optimizer_state the weights training continues from
     mnistnet_version  the writer's version
 Older readers of format 2 ignore the optional members they do not know, as this one ignores
 states of callbacks it does not know.
@@ -69,6 +72,8 @@ def save_model(model: Model, path: str | os.PathLike) -> None:
         extra["fit_validation_split"] = np.array(model.fit_validation_split, dtype=np.float64)
     if model.callback_state:
         extra.update(_callback_members(model.callback_state))
+    if model.optimizer.use_ema:
+        extra["ema_swapped"] = np.array(int(model._ema_swapped), dtype=np.int64)
     fd, tmp = tempfile.mkstemp(prefix=".mnistnet-", suffix=".npz.tmp", dir=folder)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
@@ -252,6 +257,14 @@ def _restore_training(model: Model, arrays: dict[str, Any], path: str) -> None:
             raise ValueError(f"{path}: fit_validation_split must be a number in (0, 1)")
         model.fit_validation_split = float(split)
     model.callback_state = _callback_state(arrays, path, model.plan.n_params)
+    swapped = arrays.get("ema_swapped")
+    if swapped is not None:
+        if (not model.optimizer.use_ema or not isinstance(swapped, np.ndarray)
+                or swapped.dtype.kind not in "iu" or swapped.shape != ()
+                or int(swapped) not in (0, 1)):
+            raise ValueError(f"{path}: ema_swapped must be 0 or 1, for an optimizer with "
+                             "use_ema")
+        model._ema_swapped = bool(swapped)
 
 
 ARRAY_MEMBER = "callback_array_"

@@ -155,6 +155,41 @@ class Trainer:
     """fit, for Model (its buffers, kernels and optimizer are the model's)."""
 
     _training: threading.Lock
+    # With the optimizer's use_ema: True while the weights hold the moving average (from
+    # the end of a fit) and the optimizer state's average block the weights training reached.
+    _ema_swapped: bool = False
+
+    # -- the weights' moving average (use_ema) ----------------------------------------------
+    def _ema_block(self) -> np.ndarray:
+        """The optimizer state's block of the weights' moving average."""
+        n = self.plan.n_params
+        at = int(self.optimizer.kernel_settings()["ema_slot"]) * n
+        return self.optimizer_state[at: at + n]
+
+    def _swap_ema(self) -> None:
+        """Swap the trainable weights with their moving average (Keras' fit ends by writing
+        the average into the weights; the weights reached are kept in its place)."""
+        mask = self.plan.trainable()
+        block = self._ema_block()
+        reached = self.params[mask]
+        self.params[mask] = block[mask]
+        block[mask] = reached
+        self._ema_swapped = not self._ema_swapped
+
+    def _ema_keep_average(self) -> None:
+        """Before the weights are written from outside (set_weights, load): if they hold the
+        average, it stays the average (Keras keeps its EMA variables) and training will
+        start from whatever is written."""
+        if self._ema_swapped:
+            mask = self.plan.trainable()
+            self._ema_block()[mask] = self.params[mask]
+            self._ema_swapped = False
+
+    def _averaged_weights(self) -> Any:
+        """A context in which the weights are their moving average (callbacks.SwapEMAWeights,
+        the bench's time to accuracy): nothing to do without use_ema, before the first step
+        (the average is the weights) or when fit has already put the average in."""
+        return _AveragedWeights(self)
 
     def fit(self, x: np.ndarray, y: np.ndarray, epochs: int = 1, batch_size: int = 32,
             validation_data: tuple[np.ndarray, np.ndarray] | None = None, verbose: int = 1,
@@ -197,6 +232,7 @@ class Trainer:
             x, targets, validation_data = _split_off(x, targets, split)
             names = (f"x's last {split} (validation_split)", f"y's last {split}")
         val = self._validation_arrays(validation_data, names)
+        targets = self._loss_targets(targets)  # label smoothing (val's: in _evaluate_arrays)
         batch_size = min(batch_size, x.shape[0])
         metrics = ["loss", "accuracy"] + (["val_loss", "val_accuracy"] if val else [])
         # "epochs": where this fit will end in the model's count (Keras' epochs argument, with
@@ -247,6 +283,11 @@ class Trainer:
                 (self.seed, self._epochs_done, first_step))
 
     def _fit(self, x, targets, epochs, batch_size, val, log, shuffle, hooks) -> History:
+        if self._ema_swapped:
+            self._swap_ema()  # train on from the weights the last fit reached
+        return self._epochs(x, targets, epochs, batch_size, val, log, shuffle, hooks)
+
+    def _epochs(self, x, targets, epochs, batch_size, val, log, shuffle, hooks) -> History:
         previous = self.history  # model.history again if no epoch of this fit completes
         # Kept on the model as it grows, so after Ctrl-C `model.history` holds the
         # completed epochs (as in Keras).
@@ -311,14 +352,24 @@ class Trainer:
             self._epochs_done += 1
             logs = self._train_logs(totals)
             if val is not None:
-                scores = self._evaluate_arrays(*val)
+                scores = self._validation_scores(val, hooks)
                 logs["val_loss"] = scores["loss"]
                 logs["val_accuracy"] = scores["accuracy"]
             log.epoch_end(steps, time.perf_counter() - start, logs)
             hooks.on_epoch_end(self._epochs_done - 1, logs)
             history.append(self._epochs_done - 1, logs)
+        if self.optimizer.use_ema and epochs > 0 and self.optimizer.iterations > 0:
+            self._swap_ema()  # as Keras' fit ends: the average into the weights, then callbacks
         hooks.on_train_end()
         return history
+
+    def _validation_scores(self, val, hooks: CallbackList) -> dict[str, float]:
+        """The validation arrays scored: on the weights' moving average if a callback asks
+        for it (callbacks.SwapEMAWeights), else on the weights being trained (Keras')."""
+        if any(getattr(c, "swaps_ema_weights", False) for c in hooks.callbacks):
+            with self._averaged_weights():
+                return self._evaluate_arrays(*val)
+        return self._evaluate_arrays(*val)
 
     @staticmethod
     def _train_logs(totals) -> dict[str, float]:
@@ -326,3 +377,21 @@ class Trainer:
         return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1)}
 
     # -- inference -------------------------------------------------------------------------
+
+
+class _AveragedWeights:
+    """Trainer._averaged_weights' context."""
+
+    def __init__(self, model: Trainer) -> None:
+        self.model = model
+        self.swapped = False
+
+    def __enter__(self) -> None:
+        m = self.model
+        if m.optimizer.use_ema and m.optimizer.iterations > 0 and not m._ema_swapped:
+            m._swap_ema()
+            self.swapped = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.swapped:
+            self.model._swap_ema()

@@ -270,7 +270,7 @@ def test_ctrl_c_on_the_command_keeps_the_finished_runs_and_a_rerun_completes(tmp
                "--data", str(data), "--out", str(out), "--scheduler", "sequential"]
     env = {**os.environ, "MNISTNET_NUM_THREADS": "1"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=env)
+                               text=True, env=env, cwd=tmp_path)
     try:
         for line in process.stdout:
             if line.startswith("[1/6]"):
@@ -284,7 +284,7 @@ def test_ctrl_c_on_the_command_keeps_the_finished_runs_and_a_rerun_completes(tmp
     finished = len(read_table(out))
     assert 1 <= finished < 6
     rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120,
-                           check=False)
+                           check=False, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     assert f"6 runs: {finished} already in {out}, {6 - finished} to train" in rerun.stdout
     assert len(read_table(out)) == 6
@@ -411,7 +411,8 @@ def test_a_scheduler_that_does_not_answer_is_a_timeout_not_a_hang(kind, silent_s
     result = subprocess.run([sys.executable, "-m", "mnistnet", "sweep", "--preset",
                              "perceptron", "--grid", "seed=0", "--out", str(tmp_path / "t.csv"),
                              "--data", str(tiny), "--scheduler", address, "--timeout", "2"],
-                            capture_output=True, text=True, timeout=30, check=False)
+                            capture_output=True, text=True, timeout=30, check=False,
+                            cwd=tmp_path)
     assert time.monotonic() - start < 20
     code, err = result.returncode, result.stderr
     assert code == 2
@@ -428,6 +429,6 @@ def test_missing_dask_says_how_to_install_it(tiny, tmp_path):
             f"sys.exit(main(['sweep', '--preset', 'perceptron', '--grid', 'seed=0', '--out', "
             f"{str(tmp_path / 't.csv')!r}, '--data', {str(tiny)!r}]))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=60, check=False)
+                            timeout=60, check=False, cwd=tmp_path)
     assert result.returncode == 2
     assert_one_error_line(result.stderr, 'pip install "mnistnet[dask]"', "sequential")
