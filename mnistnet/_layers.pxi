@@ -414,6 +414,33 @@ cdef void batchnorm_input_grad(float* dinp, const float* dout, const float* xhat
                 dinp[i] = k[j] * ((m * dout[i] - dbeta[g0 + j]) - xhat[i] * dgamma[g0 + j])
 
 
+# ---- rescaling -------------------------------------------------------------------------------
+
+cdef void rescaling_forward(float* out, const float* inp, double scale, double offset,
+                            Py_ssize_t N) noexcept nogil:
+    # In double, rounded once: pixels p through scale 1/255 give float32(p) / 255 exactly
+    # (float32 products by float32(1/255) miss it by an ulp for 126 of the 256 values).
+    cdef Py_ssize_t i
+    for i in range(N):
+        out[i] = <float>(<double>inp[i] * scale + offset)
+
+
+cdef void rescaling_backward(float* dinp, const float* dout, double scale,
+                             Py_ssize_t N) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(N):
+        dinp[i] = <float>(<double>dout[i] * scale)
+
+
+cdef void pixels_as_floats(float* out, const unsigned char* pixels, const float* values,
+                           Py_ssize_t N) noexcept nogil:
+    # A table of 256: as fast as converting and scaling (0.2 ns an element), and any
+    # Rescaling's outputs to the bit.
+    cdef Py_ssize_t i
+    for i in range(N):
+        out[i] = values[pixels[i]]
+
+
 # ---- losses and metrics ----------------------------------------------------------------------
 
 cdef double mse_forward(const float* pred, const float* target,

@@ -229,10 +229,16 @@ class Model(Trainer):
     # -- training --------------------------------------------------------------------------
     def predict(self, x: np.ndarray, batch_size: int = PREDICT_CHUNK) -> np.ndarray:
         """Outputs (n, outputs) float32 for x, samples of input_shape or flattened (dropout
-        is off); safe to call from several threads at once (each call has its own scratch
-        buffers)."""
-        return self._predict_array(as_features(x, self.input_shape),
+        is off); uint8 pixels as they are when the first layer is Rescaling. Safe to call
+        from several threads at once (each call has its own scratch buffers)."""
+        return self._predict_array(self._features(x),
                                    _positive_int(batch_size, "batch_size"))
+
+    def _features(self, x: Any, name: str = "x", check_finite: bool = True) -> np.ndarray:
+        """x as the kernels read it (mnistnet.inputs.as_features): float32 rows, or uint8
+        pixels as they are when the first layer is Rescaling."""
+        return as_features(x, self.input_shape, name, check_finite,
+                           pixels=self.plan.takes_pixels)
 
     def _predict_array(self, x: np.ndarray, batch_size: int = PREDICT_CHUNK) -> np.ndarray:
         """predict for x already through as_features (fit's validation data, every epoch)."""
@@ -244,8 +250,9 @@ class Model(Trainer):
         return self._kernels.predict(self.plan, self.params, acts, x, out, chunk)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        """{"loss": mean loss over the rows, "accuracy": fraction with the right argmax}."""
-        x = as_features(x, self.input_shape)
+        """{"loss": mean loss over the rows, "accuracy": fraction with the right argmax}.
+        x as predict takes it."""
+        x = self._features(x)
         targets = as_targets(y, x.shape[0], self.n_outputs)
         if x.shape[0] == 0:
             raise ValueError("x has no rows")

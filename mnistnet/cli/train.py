@@ -35,6 +35,7 @@ from mnistnet.kinds import kind_of, layers_grammar, parse_layers
 from mnistnet.layers import Layer
 from mnistnet.model import LOSSES, Model
 from mnistnet.optimizers import SGD, Adam, AdamW, Optimizer, RMSprop
+from mnistnet.plan import takes_images
 from mnistnet.presets import PRESETS, RECIPES, preset
 from mnistnet.regularizers import L2
 from mnistnet.schedules import (
@@ -331,7 +332,7 @@ def _build_model(args: argparse.Namespace, input_dim: int, steps: int) -> Model:
         loss = model.loss
     else:
         layers, loss = args.layers, args.loss or "mse"
-        images = kind_of(layers[0]).takes_images
+        images = takes_images(layers)
         side = math.isqrt(input_dim)
         shape = {"input_shape": (side, side, 1)} if images and side * side == input_dim else {
             "input_dim": input_dim}
