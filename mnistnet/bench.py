@@ -11,6 +11,9 @@ fast epoch started right after a reference epoch is than one started after a pau
     mnistnet bench --presets convnet                # the convnet (a reference epoch: minutes)
     mnistnet bench --presets perceptron --json      # machine-readable
     mnistnet bench --gemm --peers                   # + per-layer GEMMs, PyTorch/Keras epochs
+    mnistnet bench --presets perceptron --uint8     # + the epoch and fit's peak memory from
+                                                    #   uint8 images through Rescaling(1/255)
+    mnistnet bench --dataset fashion-mnist          # on another dataset of the family
 
 The peers (--peers) each train in a process of their own (mnistnet/peers.py), so that their
 thread pools never slow down the timing of mnistnet's own epochs.
@@ -37,15 +40,15 @@ from typing import Any
 
 import numpy as np
 
-from mnistnet import fast, reference
+from mnistnet import datasets, fast, reference
 from mnistnet._version import __version__
-from mnistnet.data import load_mnist
 from mnistnet.kinds import peer_layers
 from mnistnet.model import Model
 from mnistnet.presets import PRESETS, RECIPES, preset
 from mnistnet.trainer import History
 
-__all__ = ["epoch_flops", "format_report", "machine_context", "run_comparison"]
+__all__ = ["epoch_flops", "fit_peak_memory", "format_report", "machine_context",
+           "run_comparison", "uint8_comparison"]
 
 DEFAULT_PRESETS = ("perceptron", "hidden-relu", "cross-entropy")
 BATCH_SIZE = 32  # the tutorial's; the per-layer GEMMs of --gemm are a step of it
@@ -144,25 +147,37 @@ def _load_average() -> float | None:
         return None
 
 
-def _load_data(data: Any) -> Data:
-    """data as load_mnist's ((x_train, y_train), (x_test, y_test)): None loads MNIST from the
-    usual places ($MNISTNET_DATA, the cache, a download); a str/PathLike names a folder."""
+def _load_data(data: Any, dataset: str = "mnist") -> Data:
+    """data as load_mnist's ((x_train, y_train), (x_test, y_test)): None loads the dataset
+    (MNIST by default) from the usual places ($MNISTNET_DATA, $MNISTNET_DATASETS, the cache,
+    a download); a str/PathLike names a folder of its files."""
     if data is None or isinstance(data, (str, os.PathLike)):
-        return load_mnist(data)
+        return datasets.load(dataset, data)
     (x_train, y_train), (x_test, y_test) = data
     return (x_train, y_train), (x_test, y_test)
+
+
+def _classes(data: Data) -> int:
+    """The presets' output units for the data: its class names', else MNIST's 10 (or more
+    if the labels need them)."""
+    if isinstance(data, datasets.Dataset):
+        return len(data.class_names)
+    (_, y_train), (_, y_test) = data
+    return max(10, int(max(np.max(y_train), np.max(y_test))) + 1)
 
 
 # ---- the comparison ------------------------------------------------------------------------
 
 def _fit_timed(name: str, backend: str, data: Data, epochs: int,
-               settle: bool = True) -> tuple[float, Model, History]:
+               settle: bool = True, input_dtype: str = "float32") -> tuple[float, Model, History]:
     """Seconds of `epochs` epochs of the preset's recipe (fit with validation), and the
     model and History. settle: pause first, so that the previous run's BLAS threads go idle
     (OpenBLAS workers spin for about 0.1 s after their last call, and would take a core
-    from whichever run comes next)."""
+    from whichever run comes next). input_dtype "uint8": the preset starting with
+    Rescaling(1/255), on data of uint8 pixels."""
     (x_train, y_train), (x_test, y_test) = data
-    model = preset(name, seed=0, backend=backend)
+    model = preset(name, seed=0, backend=backend, input_dtype=input_dtype,
+                   classes=_classes(data))
     if settle:
         time.sleep(SETTLE_SECONDS)
     start = time.perf_counter()
@@ -216,14 +231,20 @@ def _compare_preset(name: str, data: Data, epochs: int, repeats: int,
 
 def run_comparison(presets: Sequence[str] = DEFAULT_PRESETS, *, epochs: int = 1,
                    data: Any = None, repeats: int = 1, peers: bool = False,
-                   gemm: bool = False, peers_python: str | None = None) -> dict[str, Any]:
+                   gemm: bool = False, peers_python: str | None = None,
+                   dataset: str = "mnist", uint8: bool = False) -> dict[str, Any]:
     """Time the same training on the reference and fast backends, preset by preset.
 
     Args:
         presets: names from mnistnet.model.PRESETS.
         epochs: epochs trained per timing (reported per epoch).
-        data: None (load MNIST the usual way), a folder holding the four MNIST files, or
+        data: None (load the dataset the usual way), a folder holding its four files, or
             load_mnist's ((x_train, y_train), (x_test, y_test)).
+        dataset: which of mnistnet.datasets.NAMES to load (data None or a folder); the
+            presets get one output per class.
+        uint8: also time the fast epoch from uint8 images through Rescaling(1/255) against
+            the float32 one, check they end with the same weights, and measure fit's peak
+            memory both ways, each in a process of its own (uint8_comparison).
         repeats: each timing is the best of this many runs (fresh model, same seed).
         peers: also time PyTorch and Keras 3 on the same training, each in a process of its
             own run by the interpreter `peers_python` (default: this one), if it can import
@@ -231,7 +252,8 @@ def run_comparison(presets: Sequence[str] = DEFAULT_PRESETS, *, epochs: int = 1,
         gemm: also time the GEMMs of one batch-32 step of 784-128-64-10, per layer.
 
     Returns a JSON-serialisable dict: "context" (machine_context), "presets" (one dict per
-    preset, see the keys of _compare_preset), "peers" and "gemm" when asked for."""
+    preset, see the keys of _compare_preset), "peers", "gemm" and "uint8" when asked
+    for."""
     presets = list(presets)
     unknown = [p for p in presets if p not in PRESETS]
     if unknown:
@@ -239,16 +261,19 @@ def run_comparison(presets: Sequence[str] = DEFAULT_PRESETS, *, epochs: int = 1,
                          f"{', '.join(PRESETS)}")
     if epochs < 1 or repeats < 1:
         raise ValueError(f"epochs and repeats must be >= 1, got {epochs} and {repeats}")
-    loaded = _load_data(data)
+    loaded = _load_data(data, dataset)
     context = machine_context()
     result: dict[str, Any] = {
         "context": context,
-        "setup": {"epochs": epochs, "repeats": repeats,
+        "setup": {"epochs": epochs, "repeats": repeats, "dataset": _dataset_name(loaded),
                   "train_rows": int(loaded[0][0].shape[0]),
                   "val_rows": int(loaded[1][0].shape[0])},
         "presets": [_compare_preset(name, loaded, epochs, repeats,
                                     context["numpy_matmul_gflops"]) for name in presets],
     }
+    if uint8:
+        folder = data if data is None or isinstance(data, (str, os.PathLike)) else False
+        result["uint8"] = uint8_comparison(presets, loaded, epochs, repeats, folder, dataset)
     if gemm:
         result["gemm"] = gemm_comparison()
     if peers:
@@ -256,6 +281,104 @@ def run_comparison(presets: Sequence[str] = DEFAULT_PRESETS, *, epochs: int = 1,
                                           peers_python or sys.executable)
     context["load_average_end"] = _load_average()
     return result
+
+
+def _dataset_name(data: Data) -> str | None:
+    return data.name if isinstance(data, datasets.Dataset) else None
+
+
+# ---- uint8 images through Rescaling (--uint8) ----------------------------------------------
+
+def as_pixels(x: np.ndarray) -> np.ndarray:
+    """float32 images that are uint8 pixels / 255 (load_mnist's) as those pixels; exact:
+    p / 255 correctly rounded times 255 rounds back to p."""
+    pixels = np.rint(np.asarray(x, dtype=np.float64) * 255).astype(np.uint8)
+    if not np.array_equal(pixels.astype(np.float32) / np.float32(255), x):
+        raise ValueError("the uint8 comparison needs images that are pixels / 255 (as "
+                         "mn.load_mnist and mn.datasets.load give them)")
+    return pixels
+
+
+def uint8_comparison(presets: Sequence[str], data: Data, epochs: int = 1, repeats: int = 1,
+                     folder: Any = None, dataset: str = "mnist") -> list[dict[str, Any]]:
+    """Per preset, the fast backend's seconds per epoch (fit with validation, best of
+    `repeats`, the two routes interleaved) from float32 images and from the same images as
+    uint8 through Rescaling(1/255) (mn.preset(..., input_dtype="uint8")), whether both end
+    with the same weights (they should, bit for bit), and, unless `folder` is False (data
+    given as arrays), the peak memory of a fit of one epoch each way, each in a process of
+    its own that loads the dataset itself (fit_peak_memory)."""
+    (x_train, y_train), (x_test, y_test) = data
+    pixels = ((as_pixels(x_train), y_train), (as_pixels(x_test), y_test))
+    rows = []
+    for name in presets:
+        best = {"float32": float("inf"), "uint8": float("inf")}
+        models: dict[str, Model] = {}
+        for _ in range(repeats):
+            for route, route_data in (("float32", data), ("uint8", pixels)):
+                elapsed, models[route], _ = _fit_timed(name, "fast", route_data, epochs,
+                                                       input_dtype=route)
+                best[route] = min(best[route], elapsed / epochs)
+        row: dict[str, Any] = {
+            "preset": name, "float32_seconds_per_epoch": best["float32"],
+            "uint8_seconds_per_epoch": best["uint8"],
+            "uint8_speedup": best["float32"] / best["uint8"],
+            "same_weights": bool(np.array_equal(models["float32"].params,
+                                                models["uint8"].params))}
+        if folder is not False:
+            for route in ("float32", "uint8"):
+                row[f"{route}_fit_peak_mb"] = fit_peak_memory(name, route, folder, dataset)
+            row["peak_mb_saved"] = row["float32_fit_peak_mb"] - row["uint8_fit_peak_mb"]
+        rows.append(row)
+    return rows
+
+
+# The child process of fit_peak_memory: load the dataset as the route takes it, reset the
+# peak RSS (Linux: /proc/self/clear_refs), fit one epoch, report the peak since the reset
+# (VmHWM: getrusage's ru_maxrss also keeps the parent's peak, inherited through exec).
+PEAK_SCRIPT = """
+import json, resource, sys
+import mnistnet as mn
+name, route, folder, dataset, classes = sys.argv[1:]
+(x, y), (xt, yt) = mn.datasets.load(dataset, folder or None, normalize=route == "float32")
+model = mn.preset(name, input_dtype=route, classes=int(classes))
+def peak_mb():
+    try:
+        with open("/proc/self/status") as f:
+            line = next(line for line in f if line.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):  # not Linux: the process's peak, in KiB or bytes
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 1024 if sys.platform != "darwin" else rss / 2**20
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    since = "fit"
+except OSError:
+    since = "start"
+model.fit(x, y, epochs=1, batch_size=mn.RECIPES[name]["batch_size"],
+          validation_data=(xt, yt), verbose=0)
+print(json.dumps({"peak_mb": peak_mb(), "since": since}))
+"""
+
+
+def fit_peak_memory(name: str, input_dtype: str, folder: Any = None,
+                    dataset: str = "mnist") -> float:
+    """MB of the peak resident memory of a process during a fit of one epoch of preset
+    `name` (with validation), its data loaded as float32 in [0, 1] (input_dtype "float32")
+    or as uint8 pixels into the preset started with Rescaling(1/255) ("uint8"): the data it
+    holds, the model and the epoch's buffers. On Linux the peak is reset once the data is
+    loaded (/proc/self/clear_refs) and read as VmHWM; elsewhere it is getrusage's peak of
+    the whole process, loading included."""
+    classes = len(datasets.class_names(dataset))
+    command = [sys.executable, "-c", PEAK_SCRIPT, name, input_dtype,
+               "" if folder is None else os.fspath(folder), dataset, str(classes)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=PEER_TIMEOUT,
+                          check=False)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"the peak-memory process failed ({done.returncode}): {tail}")
+    return float(json.loads(lines[-1])["peak_mb"])
 
 
 # ---- per-layer GEMMs (--gemm) --------------------------------------------------------------
@@ -322,6 +445,7 @@ def peer_comparison(presets: Sequence[str], data: Data, epochs: int, repeats: in
     many threads as the compiled kernels (all cores by default), so MNISTNET_NUM_THREADS=1
     compares single-threaded runs."""
     fast_seconds = {row["preset"]: row["fast_seconds_per_epoch"] for row in rows}
+    classes = _classes(data)
     out: dict[str, Any] = {"frameworks": {}, "message": None, "python": python}
     with tempfile.TemporaryDirectory(prefix="mnistnet-peers-") as folder:
         data_path = os.path.join(folder, "mnist.npz")
@@ -330,7 +454,7 @@ def peer_comparison(presets: Sequence[str], data: Data, epochs: int, repeats: in
         for label in ("torch", "keras"):
             out["frameworks"][label] = _peer_timings(label, presets, data_path, epochs,
                                                      repeats, python, fast_seconds, folder,
-                                                     x_train.shape[0])
+                                                     x_train.shape[0], classes)
     if not any(f["available"] for f in out["frameworks"].values()):
         out["message"] = PEERS_MISSING
     return out
@@ -351,12 +475,13 @@ def peer_config(model: Model, rows: int, batch_size: int, epochs: int) -> dict[s
 
 def _peer_timings(label: str, presets: Sequence[str], data_path: str, epochs: int,
                   repeats: int, python: str, fast_seconds: dict[str, float],
-                  folder: str, rows: int) -> dict[str, Any]:
+                  folder: str, rows: int, classes: int = 10) -> dict[str, Any]:
     timings, version = {}, None
     for name in presets:
         config_path = os.path.join(folder, f"{name}.json")
         with open(config_path, "w", encoding="utf-8") as f:
-            json.dump(peer_config(preset(name), rows, RECIPES[name]["batch_size"], epochs), f)
+            json.dump(peer_config(preset(name, classes=classes), rows,
+                                  RECIPES[name]["batch_size"], epochs), f)
         best, run = float("inf"), {}
         for _ in range(repeats):
             run = _run_peer(label, config_path, data_path, epochs, RECIPES[name]["batch_size"],
@@ -450,10 +575,28 @@ def format_report(result: dict[str, Any]) -> str:
             table.append([row["op"], row["shape"], f"{row['fast_us']:.2f}",
                           f"{row['numpy_us']:.2f}", f"{row['numpy_over_fast']:.2f}x"])
         lines += _align(table)
+    if "uint8" in result:
+        lines.append("")
+        lines += _format_uint8(result["uint8"])
     if "peers" in result:
         lines.append("")
         lines += _format_peers(result["peers"])
     return "\n".join(lines)
+
+
+def _format_uint8(rows: list[dict[str, Any]]) -> list[str]:
+    table = [["uint8 through Rescaling", "float32 s/ep", "uint8 s/ep", "speed-up",
+              "same weights", "fit peak MB float32", "uint8", "saved"]]
+    for row in rows:
+        memory = ([f"{row[k]:.0f}" for k in ("float32_fit_peak_mb", "uint8_fit_peak_mb",
+                                              "peak_mb_saved")]
+                  if "peak_mb_saved" in row else ["-", "-", "-"])
+        table.append([row["preset"], f"{row['float32_seconds_per_epoch']:.3f}",
+                      f"{row['uint8_seconds_per_epoch']:.3f}", f"{row['uint8_speedup']:.2f}x",
+                      "yes" if row["same_weights"] else "NO", *memory])
+    note = ("fast backend, one run each way per repeat, interleaved; the peak memory of a "
+            "fit of one epoch in a process of its own, counted from the data loaded")
+    return [*_align(table), note]
 
 
 def _format_peers(peers: dict[str, Any]) -> list[str]:

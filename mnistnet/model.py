@@ -40,6 +40,20 @@ LOSSES = tuple(LOSS_CODES)
 PREDICT_CHUNK = 256  # rows per forward pass in predict/evaluate: keeps activations in cache
 
 
+def _checked_names(names: Sequence[str], n_outputs: int) -> tuple[str, ...]:
+    """names as a tuple, if it names each of the n_outputs outputs with a string."""
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise TypeError(f"class_names must be a sequence of strings, got "
+                        f"{type(names).__name__}")
+    names = tuple(names)
+    if not all(isinstance(name, str) for name in names):
+        raise TypeError("class_names must all be strings")
+    if len(names) != n_outputs:
+        raise ValueError(f"{len(names)} class_names for a model of {n_outputs} outputs: give "
+                         "one name per output")
+    return names
+
+
 class Model(Trainer):
     """A stack of layers trained by minibatch gradient descent.
 
@@ -56,11 +70,19 @@ class Model(Trainer):
         seed: seeds the Glorot-uniform initialisation, every epoch's shuffle and the dropout
             masks.
         backend: "fast" (compiled kernels) or "reference" (NumPy twin).
+        class_names: what each output means, e.g. mn.datasets.class_names("fashion-mnist");
+            default "0", "1", ... (MNIST's digits). Saved with the model; shown by predict's
+            command, the pictures and the demo page.
+        dataset: the name (mnistnet.datasets.NAMES) of the data it learns from, if it is
+            one of them: saved with the model, and the command line's default --dataset for
+            it.
     """
 
     def __init__(self, layers: Sequence[Layer], input_dim: int | None = None,
                  loss: str = "mse", optimizer: Optimizer | None = None, seed: int = 0,
-                 backend: str = "fast", input_shape: Sequence[int] | None = None) -> None:
+                 backend: str = "fast", input_shape: Sequence[int] | None = None,
+                 class_names: Sequence[str] | None = None,
+                 dataset: str | None = None) -> None:
         if isinstance(layers, Layer) or not isinstance(layers, Sequence) or not layers:
             raise TypeError("layers must be a non-empty list of layers (Dense, Conv2D, ...)")
         for i, layer in enumerate(layers):
@@ -94,6 +116,8 @@ class Model(Trainer):
         self.fit_batch_size: int | None = None  # the last fit's (saved: resume needs it)
         self.fit_validation_split: float | None = None  # likewise
         self._training = threading.Lock()
+        self.class_names = class_names  # type: ignore[assignment]  (None: the default)
+        self.dataset = dataset
         self._initialise()
 
     # -- construction ----------------------------------------------------------------------
@@ -132,6 +156,40 @@ class Model(Trainer):
         return np.array(self.plan.widths, dtype=np.int32)
 
     @property
+    def class_names(self) -> tuple[str, ...]:
+        """What each output means: the names given, else "0", "1", ... (digits)."""
+        if self._class_names is None:
+            return tuple(str(i) for i in range(self.n_outputs))
+        return self._class_names
+
+    @class_names.setter
+    def class_names(self, names: Sequence[str] | None) -> None:
+        self._class_names = None if names is None else _checked_names(names, self.n_outputs)
+
+    @property
+    def class_names_given(self) -> bool:
+        """Whether the model has class names of its own (given, or read from its file)."""
+        return self._class_names is not None
+
+    @property
+    def reads_digits(self) -> bool:
+        """Whether its classes are the digits "0", "1", ... in order (MNIST's), so that an
+        output is said as "digit 7"."""
+        return all(name == str(i) for i, name in enumerate(self.class_names))
+
+    @property
+    def dataset(self) -> str | None:
+        """The mnistnet.datasets name of the data the model learns from, or None."""
+        return self._dataset
+
+    @dataset.setter
+    def dataset(self, name: str | None) -> None:
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"dataset must be a dataset's name or None, got "
+                            f"{type(name).__name__}")
+        self._dataset = name
+
+    @property
     def epochs_trained(self) -> int:
         """Epochs completed by fit so far (over all calls); sets the next epoch's shuffle."""
         return self._epochs_done
@@ -145,13 +203,20 @@ class Model(Trainer):
         return cls(layers, input_dim=config["input_dim"] if shape is None else None,
                    input_shape=shape, loss=config["loss"],
                    optimizer=optimizer_from_config(config["optimizer"]), seed=config["seed"],
-                   backend=backend)
+                   backend=backend, class_names=config.get("class_names"),
+                   dataset=config.get("dataset"))
 
     def get_config(self) -> dict[str, Any]:
-        """The architecture, loss, optimizer and seed as JSON-able values."""
-        return {"layers": [layer_to_config(layer) for layer in self.layers],
-                "input_shape": list(self.input_shape), "loss": self.loss,
-                "optimizer": optimizer_to_config(self.optimizer), "seed": self.seed}
+        """The architecture, loss, optimizer and seed as JSON-able values, and the class
+        names and dataset when they were given."""
+        config = {"layers": [layer_to_config(layer) for layer in self.layers],
+                  "input_shape": list(self.input_shape), "loss": self.loss,
+                  "optimizer": optimizer_to_config(self.optimizer), "seed": self.seed}
+        if self._class_names is not None:
+            config["class_names"] = list(self._class_names)
+        if self._dataset is not None:
+            config["dataset"] = self._dataset
+        return config
 
     def _training_state(self) -> dict[str, Any]:
         """What training depends on beyond the architecture: weights, optimizer state and

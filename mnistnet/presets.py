@@ -23,6 +23,7 @@ from mnistnet.layers import (
     RandomTranslation,
     Rescaling,
     _choice,
+    _positive_int,
 )
 from mnistnet.model import Model
 from mnistnet.optimizers import SGD, Adam, Optimizer
@@ -114,7 +115,7 @@ INPUT_DTYPES = ("float32", "uint8")
 
 def preset(name: str, seed: int = 0, backend: str = "fast",
            learning_rate: float | None = None, optimizer: Optimizer | None = None,
-           input_dtype: str = "float32") -> Model:
+           input_dtype: str = "float32", classes: int = 10) -> Model:
     """One of the tutorial's networks, or a convnet:
 
     - "perceptron": 784-10 sigmoid, MSE;
@@ -136,14 +137,20 @@ def preset(name: str, seed: int = 0, backend: str = "fast",
     normalize=False)): the model then starts with Rescaling(1/255), which fit and predict
     apply as they read each row, so no float copy of the data is ever made (a quarter of the
     memory), and it trains to the same weights, bit for bit, as the float32 preset on x / 255.
+
+    classes: the output layer's units, one per class (10: MNIST's digits; 26 for EMNIST
+    Letters, 47 for Balanced, ...).
     """
     spec = PRESETS[_choice(name, tuple(PRESETS), "preset")]
     _choice(input_dtype, INPUT_DTYPES, "input_dtype")
+    classes = _positive_int(classes, "classes", minimum=2)
     if optimizer is None:
         optimizer = recipe_optimizer(name, learning_rate)
     elif learning_rate is not None:
         raise ValueError("give learning_rate or optimizer, not both")
     # Rescaling has no weights, so the initial weights (drawn in layer order) stay the same.
     rescaling = [Rescaling(1 / 255)] if input_dtype == "uint8" else []
-    return Model(rescaling + spec["layers"](), input_shape=spec["input_shape"],
+    *hidden, output = spec["layers"]()
+    output = Dense(classes, activation=output.activation)
+    return Model([*rescaling, *hidden, output], input_shape=spec["input_shape"],
                  loss=spec["loss"], optimizer=optimizer, seed=seed, backend=backend)

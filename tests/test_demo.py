@@ -125,7 +125,9 @@ def assert_answers(server: demo.DemoServer, model: mn.Model, pixels: np.ndarray)
     expected = model.predict(pixels.reshape(1, -1))[0]
     np.testing.assert_array_equal(np.array(answer["probabilities"], dtype=np.float32),
                                   expected)
-    assert answer["digit"] == int(np.argmax(expected))
+    best = int(np.argmax(expected))
+    assert answer["digit"] == answer["class"] == best
+    assert answer["label"] == model.class_names[best]
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -275,11 +277,11 @@ def test_concurrent_requests_each_get_their_own_answer(server, model) -> None:
     assert not failures, failures[0]
 
 
-def test_serve_refuses_a_model_that_does_not_read_digits() -> None:
-    with pytest.raises(ValueError, match="28x28 images and 10 outputs"):
+def test_serve_refuses_a_model_that_does_not_read_images_into_classes() -> None:
+    with pytest.raises(ValueError, match="28x28 images and 2 or more classes"):
         demo.serve(mn.Model([mn.Dense(10)], input_dim=64), port=0)
-    with pytest.raises(ValueError, match="28x28 images and 10 outputs"):
-        demo.serve(mn.Model([mn.Dense(2)], input_dim=784), port=0)
+    with pytest.raises(ValueError, match="28x28 images and 2 or more classes"):
+        demo.serve(mn.Model([mn.Dense(1)], input_dim=784), port=0)
 
 
 def test_close_releases_the_port(model) -> None:
@@ -457,7 +459,7 @@ def page(browser, server) -> WebDriver:
 def shown(page: WebDriver) -> tuple[str, np.ndarray]:
     """Once the page is idle: (the digit it shows, the 28x28 input it last sent)."""
     page.wait_until("return mnistDemo.isIdle()")
-    digit = page.run("return document.getElementById('digit').textContent")
+    digit = page.run("return document.getElementById('label').textContent")
     status = page.run("return document.getElementById('status').textContent")
     assert not status.startswith("No answer"), status
     pixels = np.array(page.run("return Array.from(mnistDemo.input)"), dtype=np.float32)

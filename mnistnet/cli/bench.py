@@ -7,6 +7,7 @@ import json
 import sys
 
 from mnistnet.bench import DEFAULT_PRESETS, format_report, run_comparison
+from mnistnet.cli.common import add_dataset
 from mnistnet.presets import PRESETS
 
 NAME = "bench"
@@ -28,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--epochs and --repeats must be >= 1")
     result = run_comparison(presets, epochs=args.epochs, data=args.data,
                             repeats=args.repeats, peers=args.peers, gemm=args.gemm,
-                            peers_python=args.peers_python)
+                            peers_python=args.peers_python, dataset=args.dataset or "mnist",
+                            uint8=args.uint8)
     if args.json:
         message = result.get("peers", {}).get("message")
         if message:  # keep stdout valid JSON
@@ -47,9 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help=f"presets to compare, space- or comma-separated, of "
                         f"{', '.join(PRESETS)} (default: {' '.join(DEFAULT_PRESETS)})")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per timing (default 1)")
-    parser.add_argument("--data", metavar="DIR", default=None,
-                        help="folder with the four MNIST files (default: $MNISTNET_DATA, the "
-                        "cache, or a download)")
+    add_dataset(parser)
+    parser.add_argument("--uint8", action="store_true",
+                        help="also time each preset's fast epoch from uint8 images through "
+                        "Rescaling(1/255) against float32, check the weights are the same, "
+                        "and measure a fit's peak memory both ways, each in its own process")
     parser.add_argument("--repeats", type=int, default=1,
                         help="report the best of this many runs (default 1)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
