@@ -231,3 +231,41 @@ def test_fit_from_uint8_peaks_far_below_float32(tmp_path) -> None:
     as_floats = bench.fit_peak_memory("perceptron", "float32", tmp_path)
     as_bytes = bench.fit_peak_memory("perceptron", "uint8", tmp_path)
     assert as_floats - as_bytes > 120, (as_floats, as_bytes)
+
+
+def test_int8_c_of_a_rescaling_model_matches_its_twin(tmp_path) -> None:
+    """The C's float entry point takes the pixels as they come (0..255 as floats) and
+    quantises them with the folded scale: the twin's int8 outputs, to the bit."""
+    from types import SimpleNamespace
+
+    from test_export_int8 import C_FLAGS, compiler, exported, probe, run_c
+
+    (tmp_path / "cc").mkdir()
+    cc = probe(compiler("CC", "cc", "CC"), C_FLAGS, tmp_path / "cc", "no working C compiler")
+    model = mn.preset("cross-entropy", input_dtype="uint8")
+    model.fit(pixels(ROWS), labels(ROWS), epochs=1, verbose=0)
+    q = mn.quantize(model, pixels(200, seed=6))
+    x = pixels(50, seed=7)
+    c = SimpleNamespace(name="rescaled", q=q, x=x.astype(np.float32), c_name="rescaled",
+                        x_int8=q.quantize_input(x))
+    got_int8, got_float = run_c(c, exported(c, tmp_path, C_FLAGS, cc))
+    np.testing.assert_array_equal(got_int8, q.predict_int8(c.x_int8))
+    assert np.abs(got_float - q.predict(x)).max() <= 1e-6
+
+
+def test_onnx_of_a_rescaling_model_takes_the_pixels_as_they_come(tmp_path) -> None:
+    """The float graph (Mul by the scale) and the int8 QDQ graph (quantised with the raw
+    scale, dequantised with the rescaled one) against predict and the twin."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    model = mn.preset("cross-entropy", input_dtype="uint8")
+    model.fit(pixels(ROWS), labels(ROWS), epochs=2, verbose=0)
+    x = pixels(50, seed=8)
+    session = ort.InferenceSession(str(model.export_onnx(tmp_path / "model.onnx")))
+    (got,) = session.run(["output"], {"input": x.astype(np.float32)})
+    assert np.abs(got - model.predict(x)).max() < 1e-5
+    q = mn.quantize(model, pixels(200, seed=6))
+    session = ort.InferenceSession(str(q.export_onnx(tmp_path / "int8.onnx")))
+    (got_int8,) = session.run(["output_int8"], {"input": x.astype(np.float32)})
+    steps = np.abs(got_int8.astype(int) - q.predict_int8(q.quantize_input(x)))
+    assert steps.max() <= 2, steps.max()  # onnxruntime rounds its own way (test_export_int8)
