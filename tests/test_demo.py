@@ -607,3 +607,22 @@ def test_the_preparation_stays_inside_a_box_in_the_corner(page) -> None:
     expected = np.zeros((SIDE, SIDE))
     expected[5:25, 5:25] = 1  # centre of mass 9.5: moved by 14 - 9.5, rounded up
     np.testing.assert_allclose(prepared.reshape(SIDE, SIDE), expected, atol=1e-6)
+
+
+def test_a_fashion_model_page_shows_its_class_names(browser) -> None:
+    """A model of Fashion-MNIST: the page asks for a piece of clothing, has one bar per class
+    labelled with its name, and shows the name of the class it reads."""
+    fashion = mn.preset("perceptron")
+    fashion.class_names = mn.datasets.class_names("fashion-mnist")
+    fashion.dataset = "fashion-mnist"
+    with demo.serve(fashion, port=0, log=None) as server:
+        browser.open(server.url)
+        browser.wait_until("return typeof mnistDemo === 'object' && mnistDemo.isIdle()")
+        heading = browser.run("return document.querySelector('h1').textContent")
+        bars = browser.run("return [...document.querySelectorAll('#bars li > span:first-child')]"
+                           ".map((s) => s.textContent)")
+        browser.stroke("#pad", [(0, -80), (0, 80)])
+        label, _ = shown(browser)
+    assert heading == "Draw a piece of clothing"
+    assert bars == list(fashion.class_names)
+    assert label in fashion.class_names
