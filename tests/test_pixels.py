@@ -269,3 +269,24 @@ def test_onnx_of_a_rescaling_model_takes_the_pixels_as_they_come(tmp_path) -> No
     (got_int8,) = session.run(["output_int8"], {"input": x.astype(np.float32)})
     steps = np.abs(got_int8.astype(int) - q.predict_int8(q.quantize_input(x)))
     assert steps.max() <= 2, steps.max()  # onnxruntime rounds its own way (test_export_int8)
+
+
+@pytest.mark.parametrize("backend", [fast, reference])
+def test_one_train_step_of_a_rescaling_plan_steps_the_layers_after_it(backend) -> None:
+    """fast.train_step (and its twin) take x through the plan's leading Rescaling, then
+    step plan.engine: the step of the plain perceptron on x / 255."""
+    x = pixels(32)
+    targets = np.eye(10, dtype=np.float32)[labels(32)]
+    results = []
+    for model, rows in ((mn.preset("perceptron", input_dtype="uint8"), x),
+                        (mn.preset("perceptron"), over_255(x))):
+        _, n_acts, n_dacts = model.plan.engine.buffer_sizes(32)
+        params, grads = model.params.copy(), np.zeros_like(model.params)
+        loss = backend.train_step(model.plan, params, grads, model.optimizer_state,
+                                  np.zeros(n_acts, np.float32), np.zeros(n_dacts, np.float32),
+                                  model._loss_code, rows, targets,
+                                  model.optimizer.kernel_settings(), 0.5, 0, (0, 0, 0))
+        results.append((loss, params))
+    assert results[0][0] == results[1][0]
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    assert not np.array_equal(results[0][1], mn.preset("perceptron").params)
