@@ -443,9 +443,10 @@ cdef void pixels_as_floats(float* out, const unsigned char* pixels, const float*
 cdef void pixels_scaled(float* out, const unsigned char* pixels, float hi, float lo,
                         Py_ssize_t N) noexcept nogil:
     # Products the compiler vectorises: 0.12 ns an element with SSE2, against the table's
-    # 0.2 (a Zen 3 core; MNIST's epoch reads 47 million pixels). p * hi is exact, and the
-    # sum rounds once: the correctly rounded p * (hi + lo) but near a tie, which the caller
-    # rules out by checking all 256 values against the table.
+    # 0.2 (on the shared AMD EPYC of these measurements; MNIST's epoch reads 47 million
+    # pixels). p * hi is exact, and the sum rounds once: the correctly rounded p * (hi + lo)
+    # but near a tie, which the caller rules out by checking all 256 values against the
+    # table.
     cdef Py_ssize_t i
     cdef float p
     for i in range(N):
