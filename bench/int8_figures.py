@@ -2,16 +2,19 @@
 the weights' bytes, peak scratch RAM, the Cortex-M4 build's text/data/bss, and host latency of
 one image, int8 C against float C.
 
-    MNISTNET_DATA=... python bench/int8_figures.py [perceptron=5 cross-entropy=5 convnet=3 ...]
+    MNISTNET_DATA=... python bench/int8_figures.py [perceptron[=EPOCHS] convnet=5 ...]
 
-Each preset trains with its recipe (optimizer, learning rate, batch size; seed 0) for the
-given epochs (defaults below, shorter than the recipes' 15-30), is quantised on 1,000 training
-images (mnistnet.int8.calibration_sample, seed 0), and both its float C (mnistnet.export) and
-its int8 C are built: with cc -std=c99 -O2 for the latency (the best of 5 passes over 1,000
-test images, the two programs alternating, in one process each), and with arm-none-eabi-gcc
--mcpu=cortex-m4 -mthumb -Os for the sizes (the model's object alone: its code and constants;
--fstack-usage for the stack). Needs a C compiler and gcc-arm-none-eabi; prints a Markdown
-table. Not a test: the machine's load moves the latencies, their ratio less so.
+Each preset (those named, else perceptron, cross-entropy, convnet and lenet5) trains with its
+recipe (optimizer, learning rate, batch size; seed 0) for the given epochs (default: the
+recipe's, 30, 30, 15 and 10), is quantised on 1,000 training images
+(mnistnet.int8.calibration_sample, seed 0), and both its float C (mnistnet.export) and its int8
+C are built: with cc -std=c99 -O2 for the latency (the best of 5 passes over 1,000 test
+images, the two programs alternating, in one process each) and to check that the int8 C gives
+the twin's int8 outputs on all 10,000 test images, bit for bit (the script stops if not); and
+with arm-none-eabi-gcc -mcpu=cortex-m4 -mthumb -Os for the sizes (the model's object alone:
+its code and constants; -fstack-usage for the stack). Needs a C compiler and
+gcc-arm-none-eabi; prints a Markdown table. Not a test: the machine's load moves the
+latencies, their ratio less so.
 
 On the Cortex-M4 (QEMU's mps2-an386), each build also runs 3 test images under -icount
 shift=0, where the SysTick counts instructions (40 a tick): instructions, not cycles (QEMU
@@ -31,7 +34,7 @@ import numpy as np
 import mnistnet as mn
 from mnistnet import export, export_int8, int8
 
-DEFAULT_EPOCHS = {"perceptron": 5, "hidden-relu": 5, "cross-entropy": 5, "convnet": 3}
+PRESETS = ("perceptron", "cross-entropy", "convnet", "lenet5")
 ARM = ["arm-none-eabi-gcc", "-mcpu=cortex-m4", "-mthumb", "-Os", "-std=c99", "-fstack-usage"]
 HOST = ["cc", "-std=c99", "-O2"]
 PASSES = 5
@@ -120,6 +123,27 @@ int main(void)
 """
 
 
+# Writes NAME_predict_int8's outputs for the int8 samples of inputs.i8 to outputs.i8.
+BIT_EXACT = """\
+#include <stdio.h>
+
+#include "NAME.h"
+
+int main(void)
+{
+    int8_t in[UPPER_INPUT_SIZE], out[UPPER_OUTPUT_SIZE];
+    FILE *src = fopen("inputs.i8", "rb"), *dst = fopen("outputs.i8", "wb");
+    if (src == NULL || dst == NULL)
+        return 1;
+    while (fread(in, 1, sizeof in, src) == sizeof in) {
+        NAME_predict_int8(in, out);
+        fwrite(out, 1, sizeof out, dst);
+    }
+    return fclose(dst) != 0;
+}
+"""
+
+
 def sh(argv: list[str], cwd: Path) -> str:
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=True).stdout
 
@@ -182,21 +206,41 @@ def arm_instructions(folder: Path, source: Path, name: str, fpu: bool,
             ticks_int8 * INSTRUCTIONS_PER_TICK / images)
 
 
+def c_int8_outputs(folder: Path, name: str, source: Path, x_int8: np.ndarray) -> np.ndarray:
+    """<name>_predict_int8's outputs for the rows of x_int8, from the C built for this
+    machine."""
+    (folder / f"{name}_exact.c").write_text(BIT_EXACT.replace("UPPER", name.upper()).replace(
+        "NAME", name))
+    sh([*HOST, "-Wall", "-Wextra", "-Werror", "-pedantic", source.name, f"{name}_exact.c",
+        "-o", f"{name}_exact", "-lm"], folder)
+    np.ascontiguousarray(x_int8).tofile(folder / "inputs.i8")
+    sh([str(folder / f"{name}_exact")], folder)
+    return np.fromfile(folder / "outputs.i8", dtype=np.int8).reshape(len(x_int8), -1)
+
+
 def figures(name: str, epochs: int, data, folder: Path) -> dict[str, object]:
     (x_train, y_train), (x_test, y_test) = data
     model = train(name, epochs, x_train, y_train)
     q = mn.quantize(model, int8.calibration_sample(x_train, int8.DEFAULT_CALIBRATION_ROWS))
-    acc_float = float((model.predict(x_test).argmax(1) == y_test).mean())
-    acc_int8 = float((q.predict(x_test).argmax(1) == y_test).mean())
+    float_classes, int8_classes = model.predict(x_test).argmax(1), q.predict(x_test).argmax(1)
+    acc_float, acc_int8 = ((classes == y_test).mean() for classes in (float_classes,
+                                                                      int8_classes))
     c = name.replace("-", "_")
     _, float_c = export.export_c(model, folder, f"{c}_f32")
     _, int8_c = q.export_c(folder, f"{c}_i8")
+    x_int8 = q.quantize_input(x_test)
+    mismatches = int((c_int8_outputs(folder, f"{c}_i8", int8_c, x_int8)
+                      != q.predict_int8(x_int8)).sum())
+    if mismatches:
+        raise SystemExit(f"{name}: the int8 C differs from the twin on {mismatches} outputs")
     float_scratch = 4 * sum(export.c_program(model, "m").buffers.values())
     images = folder / "images.f32"
     np.ascontiguousarray(x_test[:1000]).tofile(images)
     ns_float, ns_int8 = latencies([harness(folder, f"{c}_f32", float_c),
                                    harness(folder, f"{c}_i8", int8_c)], images)
-    return {"preset": name, "epochs": epochs, "acc_float": acc_float, "acc_int8": acc_int8,
+    return {"preset": name, "epochs": epochs, "acc_float": float(acc_float),
+            "acc_int8": float(acc_int8), "bit_exact": len(x_test),
+            "agreement": float((float_classes == int8_classes).mean()),
             "bytes_float": q.float_weight_bytes, "bytes_int8": q.weight_bytes,
             "float_scratch": float_scratch, **export_int8.c_sizes(q),
             "m4_int8": arm_figures(folder, int8_c, [f"{c}_i8_predict", f"{c}_i8_predict_int8"]),
@@ -209,16 +253,18 @@ def figures(name: str, epochs: int, data, folder: Path) -> dict[str, object]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| preset (epochs) | test acc. float → int8 | weights float → int8 | scratch RAM "
-             "float → int8 (int8_predict / predict) | Cortex-M4 int8 model.o text/data/bss "
-             "(float) | stack (frames) | host ns/image float → int8 | Cortex-M4 "
-             "instructions/image: int8 predict (predict_int8); float soft, FPU |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| preset (epochs) | test acc. float → int8 (same class) | int8 C = twin | weights "
+             "float → int8 | scratch RAM float → int8 (int8_predict / predict) | Cortex-M4 "
+             "int8 model.o text/data/bss (float) | stack (frames) | host ns/image float → "
+             "int8 | Cortex-M4 instructions/image: int8 predict (predict_int8); float soft, "
+             "FPU |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m4, m4f, mi = r["m4_int8"], r["m4_float"], r["m4_instructions"]
         lines.append(
             f"| {r['preset']} ({r['epochs']}) | {100 * r['acc_float']:.2f}% → "
-            f"{100 * r['acc_int8']:.2f}% ({100 * (r['acc_int8'] - r['acc_float']):+.2f}) | "
+            f"{100 * r['acc_int8']:.2f}% ({100 * (r['acc_int8'] - r['acc_float']):+.2f}; "
+            f"{100 * r['agreement']:.2f}%) | {r['bit_exact']:,} images | "
             f"{r['bytes_float']:,} → {r['bytes_int8']:,} B | {r['float_scratch']:,} → "
             f"{r['scratch_bytes']:,} / {r['predict_scratch_bytes']:,} B | "
             f"{m4['text']:,}/{m4['data']}/{m4['bss']} ({m4f['text']:,}/{m4f['data']}/"
@@ -231,10 +277,10 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    epochs = dict(DEFAULT_EPOCHS)
-    for arg in argv:
+    epochs = {}
+    for arg in argv or PRESETS:
         preset, _, n = arg.partition("=")
-        epochs[preset] = int(n)
+        epochs[preset] = int(n) if n else mn.RECIPES[preset]["epochs"]
     data = mn.load_mnist(os.environ.get("MNISTNET_DATA"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

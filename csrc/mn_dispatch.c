@@ -130,6 +130,48 @@ int mn_simd_select(const char *name)
 
 const char *mn_simd_name(void) { return mn_active_gemm()->name; }
 
+/* ---- the arithmetic limit ---------------------------------------------------------------- */
+
+double mn_thread_seconds(void)
+{
+#if defined(CLOCK_THREAD_CPUTIME_ID)
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0)
+        return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+#endif
+    return mn_seconds();
+}
+
+double mn_fma_peak_gflops(int threads, double seconds)
+{
+    /* Each thread's multiply-adds over its own CPU time, summed: what the cores do while
+     * they run this, unaffected by other processes taking turns on them. */
+    const mn_gemm_table *t = mn_active_gemm();
+    float sink = 0.0f;
+    long long iters = 1 << 14; /* calibrate on this thread: rounds for about 20 ms */
+    double took;
+    for (;;) {
+        const double start = mn_thread_seconds();
+        t->fma_loop(iters, &sink);
+        took = mn_thread_seconds() - start;
+        if (took >= 0.02 || iters >= (1LL << 40)) break;
+        iters *= 2;
+    }
+    const long long rounds = (long long)((double)iters * seconds / took) + 1;
+    double rate = 0.0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads < 1 ? 1 : threads) reduction(+ : rate)
+#endif
+    {
+        float mine = 0.0f;
+        const double start = mn_thread_seconds();
+        const double flops = t->fma_loop(rounds, &mine);
+        rate += flops / (mn_thread_seconds() - start) / 1e9 + (mine == 1234.5f ? 1e-9 : 0.0);
+    }
+    return rate + (sink == 1234.5f ? 1e-9 : 0.0); /* the sinks keep the loops alive */
+}
+
+
 /* ---- threads ----------------------------------------------------------------------------- */
 
 /* The count set by mn_set_num_threads (0: none, so OpenMP's own setting applies). */

@@ -27,6 +27,7 @@
  * with literal sizes), so accumulators live in registers. Every output element sees the same
  * operations whatever tile it lands in: partial tiles only mask lanes, never reorder sums.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -478,10 +479,35 @@ static int copy_finite(float *restrict dst, const float *restrict src, ptrdiff_t
  * Channels last: each window cell is a run of C channels, compared and selected lane by lane
  * (no branch), which the compiler vectorises. The first cell inside the image is taken first;
  * later cells replace it only where strictly larger: the first maximum, as np.argmax. */
+/* A 2x2 window inside the image, its cells at offsets 0, dx, dy, dy + dx from `first`: the
+ * four cells compared in registers, row-major, the output written once. */
+static inline void maxpool_2x2_inside(float *restrict o, int *restrict am,
+                                      const float *restrict img, int first, int dx, int dy,
+                                      int C)
+{
+    /* four pointers, not offsets in int arithmetic: the loads stay contiguous vectors */
+    const float *restrict p0 = img + first, *restrict p1 = p0 + dx, *restrict p2 = p0 + dy,
+                          *restrict p3 = p2 + dx;
+    for (int c = 0; c < C; c++) {
+        float best = p0[c];
+        int at = first + c;
+        const float v1 = p1[c], v2 = p2[c], v3 = p3[c];
+        at = v1 > best ? first + dx + c : at;
+        best = v1 > best ? v1 : best;
+        at = v2 > best ? first + dy + c : at;
+        best = v2 > best ? v2 : best;
+        at = v3 > best ? first + dy + dx + c : at;
+        best = v3 > best ? v3 : best;
+        o[c] = best;
+        am[c] = at;
+    }
+}
+
 static void maxpool2d_forward(float *restrict out, int *restrict argmax,
                               const float *restrict inp, const mn_window *g, ptrdiff_t B)
 {
     const ptrdiff_t C = g->C, n_img = g->H * g->W * C, n_out = g->OH * g->OW * C;
+    const int is_2x2 = g->KH == 2 && g->KW == 2;
     for (ptrdiff_t b = 0; b < B; b++) {
         const float *img = inp + b * n_img;
         for (ptrdiff_t oh = 0; oh < g->OH; oh++) {
@@ -493,6 +519,10 @@ static void maxpool2d_forward(float *restrict out, int *restrict argmax,
                 float *restrict o = out + b * n_out + (oh * g->OW + ow) * C;
                 int *restrict am = argmax + b * n_out + (oh * g->OW + ow) * C;
                 const int first = (int)(((h0 + i0) * g->W + w0 + j0) * C);
+                if (is_2x2 && i1 - i0 == 2 && j1 - j0 == 2) {
+                    maxpool_2x2_inside(o, am, img, first, (int)C, (int)(g->W * C), (int)C);
+                    continue;
+                }
                 /* int indices in the channel loop: the same width as the floats' lanes */
                 for (int c = 0; c < (int)C; c++) {
                     o[c] = img[first + c];
@@ -514,8 +544,343 @@ static void maxpool2d_forward(float *restrict out, int *restrict argmax,
     }
 }
 
+/* ---- direct convolution: im2col without the patches ----------------------------------------
+ * A convolution over channels-last images whose windows lie inside them (the caller pads a
+ * copy first when the layer pads, mn_window.c): output pixel (oh, ow) reads input pixels
+ * (oh * SH + kh, ow * SW + kw), channels 0..C-1, for every kernel cell (kh, kw). Each output
+ * is a chain of multiply-adds from 0 in im2col's patch order (kh, kw, c), then + bias: the
+ * bits im2col + gemm_block give, without writing and reading the patches. */
+
+MN_ALWAYS_INLINE void conv_tile(const int mr, const int nv, const int full_last, float *c,
+                                const float *a, const float *b, const float *bias,
+                                const mn_window *g, ptrdiff_t OC, int tail, ptrdiff_t kh0,
+                                ptrdiff_t kh1)
+{
+    /* c: the tile's first output pixel (pixels OC floats apart); a: that pixel's window's
+     * top-left input cell; b: the kernel as a (KH*KW*C, OC) matrix, at the panel's column.
+     * Kernel rows kh0..kh1 only: the others would read rows of zeros. */
+    VF acc[MR_MAX][NV_MAX];
+    MN_UNROLL for (int r = 0; r < mr; r++)
+        MN_UNROLL for (int v = 0; v < nv; v++) acc[r][v] = V_ZERO();
+    const ptrdiff_t C = g->C, a_rs = g->SW * C, row = g->W * C;
+    const float *bk = b + kh0 * g->KW * C * OC;
+    for (ptrdiff_t kh = kh0; kh < kh1; kh++)
+        for (ptrdiff_t kw = 0; kw < g->KW; kw++) {
+            const float *ak = a + kh * row + kw * C;
+            for (ptrdiff_t ch = 0; ch < C; ch++, bk += OC) {
+                VF bv[NV_MAX];
+                MN_UNROLL for (int v = 0; v < nv - 1; v++) bv[v] = V_LOAD(bk + v * VW);
+                bv[nv - 1] = full_last ? V_LOAD(bk + (nv - 1) * VW)
+                                       : V_LOADN(bk + (nv - 1) * VW, tail);
+                MN_UNROLL for (int r = 0; r < mr; r++) {
+                    VF ar = V_SET1(ak[r * a_rs + ch]);
+                    MN_UNROLL for (int v = 0; v < nv; v++)
+                        acc[r][v] = V_MADD(acc[r][v], ar, bv[v]);
+                }
+            }
+        }
+    MN_UNROLL for (int r = 0; r < mr; r++) {
+        float *cr = c + r * OC;
+        MN_UNROLL for (int v = 0; v < nv; v++) {
+            const int last = (v == nv - 1) && !full_last;
+            VF out = acc[r][v];
+            if (bias)
+                out = V_ADD(out, last ? V_LOADN(bias + v * VW, tail) : V_LOAD(bias + v * VW));
+            if (last)
+                V_STOREN(cr + v * VW, out, tail);
+            else
+                V_STORE(cr + v * VW, out);
+        }
+    }
+}
+
+/* The kernel gradient's register tile: mr rows of the kernel matrix (each an input cell of
+ * the window, at offset off[r] from the window's top-left cell) x nv vectors of output
+ * channels, summed over every output pixel of n images in order, continuing the sums already
+ * in c when resume. Each element is the chain of multiply-adds gemm_block runs over the
+ * patches' rows, so the same bits. */
+MN_ALWAYS_INLINE void conv_wgrad_tile(const int mr, const int nv, const int full_last,
+                                      float *c, const ptrdiff_t *off, const float *x,
+                                      ptrdiff_t x_stride, const float *dz, const mn_window *g,
+                                      ptrdiff_t OC, ptrdiff_t n, int tail, int resume)
+{
+    VF acc[MR_MAX][NV_MAX];
+    MN_UNROLL for (int r = 0; r < mr; r++)
+        MN_UNROLL for (int v = 0; v < nv; v++) {
+            const int last = (v == nv - 1) && !full_last;
+            acc[r][v] = !resume ? V_ZERO()
+                        : last  ? V_LOADN(c + r * OC + v * VW, tail)
+                                : V_LOAD(c + r * OC + v * VW);
+        }
+    const ptrdiff_t C = g->C, row = g->W * C, P = g->OH * g->OW;
+    ptrdiff_t o[MR_MAX];
+    MN_UNROLL for (int r = 0; r < mr; r++) o[r] = off[r];
+    for (ptrdiff_t b = 0; b < n; b++) {
+        const float *xb = x + b * x_stride, *dzb = dz + b * P * OC;
+        for (ptrdiff_t oh = 0; oh < g->OH; oh++) {
+            const float *xr = xb + oh * g->SH * row;
+            for (ptrdiff_t ow = 0; ow < g->OW; ow++, dzb += OC) {
+                const float *pix = xr + ow * g->SW * C;
+                VF bv[NV_MAX];
+                MN_UNROLL for (int v = 0; v < nv - 1; v++) bv[v] = V_LOAD(dzb + v * VW);
+                bv[nv - 1] = full_last ? V_LOAD(dzb + (nv - 1) * VW)
+                                       : V_LOADN(dzb + (nv - 1) * VW, tail);
+                MN_UNROLL for (int r = 0; r < mr; r++) {
+                    VF ar = V_SET1(pix[o[r]]);
+                    MN_UNROLL for (int v = 0; v < nv; v++)
+                        acc[r][v] = V_MADD(acc[r][v], ar, bv[v]);
+                }
+            }
+        }
+    }
+    MN_UNROLL for (int r = 0; r < mr; r++) {
+        float *cr = c + r * OC;
+        MN_UNROLL for (int v = 0; v < nv; v++) {
+            if ((v == nv - 1) && !full_last)
+                V_STOREN(cr + v * VW, acc[r][v], tail);
+            else
+                V_STORE(cr + v * VW, acc[r][v]);
+        }
+    }
+}
+
+#define CONV_CASE(MR, NV)                                                                      \
+    case (MR) * 8 + (NV) - 1:                                                                  \
+        if ((MR) > TILE_ROWS(NV)) abort(); /* never asked for: not instantiated */            \
+        else if (full_last) TILE_CALL(MR, NV, 1);                                              \
+        else TILE_CALL(MR, NV, 0);                                                             \
+        break;
+#if NV_MAX >= 4
+#define CONV_CASES_NV(MR) CONV_CASE(MR, 1) CONV_CASE(MR, 2) CONV_CASE(MR, 3) CONV_CASE(MR, 4)
+#elif NV_MAX >= 3
+#define CONV_CASES_NV(MR) CONV_CASE(MR, 1) CONV_CASE(MR, 2) CONV_CASE(MR, 3)
+#elif NV_MAX >= 2
+#define CONV_CASES_NV(MR) CONV_CASE(MR, 1) CONV_CASE(MR, 2)
+#else
+#define CONV_CASES_NV(MR) CONV_CASE(MR, 1)
+#endif
+#if MR_MAX >= 8
+#define CONV_CASES CONV_CASES_NV(1) CONV_CASES_NV(2) CONV_CASES_NV(3) CONV_CASES_NV(4)    \
+    CONV_CASES_NV(5) CONV_CASES_NV(6) CONV_CASES_NV(7) CONV_CASES_NV(8)
+#elif MR_MAX >= 6
+#define CONV_CASES CONV_CASES_NV(1) CONV_CASES_NV(2) CONV_CASES_NV(3) CONV_CASES_NV(4)    \
+    CONV_CASES_NV(5) CONV_CASES_NV(6)
+#else
+#define CONV_CASES CONV_CASES_NV(1) CONV_CASES_NV(2) CONV_CASES_NV(3) CONV_CASES_NV(4)
+#endif
+
+static void conv_tile_any(int mr, int nv, float *c, const float *a, const float *b,
+                          const float *bias, const mn_window *g, ptrdiff_t OC, int tail,
+                          ptrdiff_t kh0, ptrdiff_t kh1)
+{
+    const int full_last = tail == VW;
+#define TILE_CALL(MR, NV, FULL) conv_tile(MR, NV, FULL, c, a, b, bias, g, OC, tail, kh0, kh1)
+    switch (mr * 8 + nv - 1) {
+        CONV_CASES
+        default: abort(); /* unreachable: the caller clamps mr and nv to the tile */
+    }
+#undef TILE_CALL
+}
+
+static void conv_wgrad_tile_any(int mr, int nv, float *c, const ptrdiff_t *off,
+                                const float *x, ptrdiff_t x_stride, const float *dz,
+                                const mn_window *g, ptrdiff_t OC, ptrdiff_t n, int tail,
+                                int resume)
+{
+    const int full_last = tail == VW;
+#define TILE_CALL(MR, NV, FULL) \
+    conv_wgrad_tile(MR, NV, FULL, c, off, x, x_stride, dz, g, OC, n, tail, resume)
+    switch (mr * 8 + nv - 1) {
+        CONV_CASES
+        default: abort();
+    }
+#undef TILE_CALL
+}
+
+/* out (OH, OW, OC) = the convolution of one image x (H, W, C, the windows inside it) with
+ * the kernel w (KH*KW*C, OC), + bias (unless NULL): column panels outside (the kernel's
+ * slice of a panel stays in cache), then the image's output rows, each in tiles of pixels.
+ * x's first and last `zero_rows` rows may be known zeros: kernel rows that would only read
+ * them are skipped (their products add nothing). */
+static void conv_forward(float *out, const float *x, const float *w, const float *bias,
+                         const mn_window *g, ptrdiff_t OC, ptrdiff_t zero_rows)
+{
+    const ptrdiff_t panel = (ptrdiff_t)panel_vectors(OC) * VW, C = g->C;
+    for (ptrdiff_t j0 = 0; j0 < OC; j0 += panel) {
+        const ptrdiff_t nc = OC - j0 < panel ? OC - j0 : panel;
+        const int nv = (int)((nc + VW - 1) / VW);
+        const int tail = (int)(nc - (ptrdiff_t)(nv - 1) * VW);
+        const int rows = TILE_ROWS(nv);
+        for (ptrdiff_t oh = 0; oh < g->OH; oh++) {
+            const float *xr = x + oh * g->SH * g->W * C;
+            /* kernel rows kh read x's row oh * SH + kh: skip those in the zero rows */
+            const ptrdiff_t top = zero_rows - oh * g->SH, bottom = g->H - zero_rows - oh * g->SH;
+            const ptrdiff_t kh0 = top > 0 ? top : 0, kh1 = bottom < g->KH ? bottom : g->KH;
+            for (ptrdiff_t ow = 0; ow < g->OW; ow += rows) {
+                const int mr = (int)(g->OW - ow < rows ? g->OW - ow : rows);
+                conv_tile_any(mr, nv, out + (oh * g->OW + ow) * OC + j0, xr + ow * g->SW * C,
+                              w + j0, bias ? bias + j0 : NULL, g, OC, tail, kh0, kh1);
+            }
+        }
+    }
+}
+
+/* Rows k0..k1 of the kernel gradient dw (KH*KW*C, OC): the sum over the n images x (each
+ * x_stride floats, its windows inside it) and their output gradients dz (n, OH*OW, OC) of
+ * each window cell times the gradient at its output pixel, images in order. An image at a
+ * time (its dz stays in cache while the row tiles pass over it), continuing the sums. */
+static void conv_weight_grad(float *dw, const float *x, ptrdiff_t x_stride, const float *dz,
+                             const mn_window *g, ptrdiff_t OC, ptrdiff_t n, ptrdiff_t k0,
+                             ptrdiff_t k1)
+{
+    const ptrdiff_t panel = (ptrdiff_t)panel_vectors(OC) * VW, C = g->C, row = g->W * C;
+    const ptrdiff_t P = g->OH * g->OW;
+    ptrdiff_t b = 0;
+    do { /* at least once, so that no images still write dw = 0 */
+        const ptrdiff_t nb = n > 0 ? 1 : 0;
+        for (ptrdiff_t j0 = 0; j0 < OC; j0 += panel) {
+            const ptrdiff_t nc = OC - j0 < panel ? OC - j0 : panel;
+            const int nv = (int)((nc + VW - 1) / VW);
+            const int tail = (int)(nc - (ptrdiff_t)(nv - 1) * VW);
+            const int rows = TILE_ROWS(nv);
+            for (ptrdiff_t k = k0; k < k1; k += rows) {
+                const int mr = (int)(k1 - k < rows ? k1 - k : rows);
+                ptrdiff_t off[MR_MAX];
+                for (int r = 0; r < mr; r++) { /* row k + r is input cell (kh, kw, c) */
+                    const ptrdiff_t kk = k + r, cell = kk / C;
+                    off[r] = (cell / g->KW) * row + (cell % g->KW) * C + kk % C;
+                }
+                conv_wgrad_tile_any(mr, nv, dw + k * OC + j0, off, x + b * x_stride,
+                                    x_stride, dz + b * P * OC + j0, g, OC, nb, tail, b > 0);
+            }
+        }
+        b += nb;
+    } while (b < n);
+}
+
+/* ---- batch normalisation over M rows of C channels -----------------------------------------
+ * Plain C that the compiler vectorises along the channels for this file's instruction set.
+ * Each channel's sums run in double over the rows in order, BN_GROUP channels at a time (a
+ * row's group is contiguous), so a channel's sums are the same bits whichever thread takes
+ * it and whatever the vector width. */
+#define BN_GROUP 64
+
+static void bn_stats(float *mean, float *var, float *invstd, const float *x, double epsilon,
+                     ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t M, ptrdiff_t C)
+{
+    double acc[BN_GROUP];
+    for (ptrdiff_t g0 = c0; g0 < c1; g0 += BN_GROUP) {
+        const ptrdiff_t g = c1 - g0 < BN_GROUP ? c1 - g0 : BN_GROUP;
+        for (ptrdiff_t j = 0; j < g; j++) acc[j] = 0.0;
+        for (ptrdiff_t r = 0; r < M; r++) {
+            const float *row = x + r * C + g0;
+            for (ptrdiff_t j = 0; j < g; j++) acc[j] += (double)row[j];
+        }
+        for (ptrdiff_t j = 0; j < g; j++) {
+            mean[g0 + j] = (float)(acc[j] / (double)M);
+            acc[j] = 0.0;
+        }
+        const float *m = mean + g0;
+        for (ptrdiff_t r = 0; r < M; r++) {
+            const float *row = x + r * C + g0;
+            for (ptrdiff_t j = 0; j < g; j++) {
+                const float d = row[j] - m[j];
+                acc[j] += (double)d * (double)d;
+            }
+        }
+        for (ptrdiff_t j = 0; j < g; j++) {
+            const double v = acc[j] / (double)M;
+            var[g0 + j] = (float)v;
+            invstd[g0 + j] = (float)(1.0 / sqrt(v + epsilon));
+        }
+    }
+}
+
+static void bn_normalize(float *restrict out, float *restrict xhat, const float *restrict x,
+                         const float *gamma, const float *beta, const float *mean,
+                         const float *invstd, ptrdiff_t M, ptrdiff_t C)
+{
+    for (ptrdiff_t r = 0; r < M; r++) {
+        const float *xr = x + r * C;
+        float *hr = xhat + r * C, *orow = out + r * C;
+        for (ptrdiff_t c = 0; c < C; c++) {
+            const float h = (xr[c] - mean[c]) * invstd[c];
+            hr[c] = h;
+            orow[c] = gamma[c] * h + beta[c];
+        }
+    }
+}
+
+static void bn_backward_sums(float *dgamma, float *dbeta, const float *dout, const float *xhat,
+                             ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t M, ptrdiff_t C)
+{
+    double sx[BN_GROUP], sy[BN_GROUP];
+    for (ptrdiff_t g0 = c0; g0 < c1; g0 += BN_GROUP) {
+        const ptrdiff_t g = c1 - g0 < BN_GROUP ? c1 - g0 : BN_GROUP;
+        for (ptrdiff_t j = 0; j < g; j++) sx[j] = sy[j] = 0.0;
+        for (ptrdiff_t r = 0; r < M; r++) {
+            const float *d = dout + r * C + g0, *h = xhat + r * C + g0;
+            for (ptrdiff_t j = 0; j < g; j++) {
+                sy[j] += (double)d[j];
+                sx[j] += (double)d[j] * (double)h[j];
+            }
+        }
+        for (ptrdiff_t j = 0; j < g; j++) {
+            dgamma[g0 + j] = (float)sx[j];
+            dbeta[g0 + j] = (float)sy[j];
+        }
+    }
+}
+
+static void bn_input_grad(float *dinp, const float *dout, const float *xhat,
+                          const float *gamma, const float *invstd, const float *dgamma,
+                          const float *dbeta, ptrdiff_t rows, ptrdiff_t M, ptrdiff_t C)
+{
+    float k[BN_GROUP];
+    const float m = (float)M;
+    for (ptrdiff_t g0 = 0; g0 < C; g0 += BN_GROUP) {
+        const ptrdiff_t g = C - g0 < BN_GROUP ? C - g0 : BN_GROUP;
+        for (ptrdiff_t j = 0; j < g; j++)
+            k[j] = (float)((double)gamma[g0 + j] * (double)invstd[g0 + j] / (double)M);
+        const float *db = dbeta + g0, *dg = dgamma + g0;
+        for (ptrdiff_t r = 0; r < rows; r++) {
+            const ptrdiff_t i = r * C + g0;
+            const float *d = dout + i, *h = xhat + i;
+            float *o = dinp + i;
+            for (ptrdiff_t j = 0; j < g; j++) o[j] = k[j] * ((m * d[j] - db[j]) - h[j] * dg[j]);
+        }
+    }
+}
+
+/* ---- the machine's limit: a register-resident loop of multiply-adds ---------------------- */
+
+/* FMA_CHAINS independent accumulators: enough to fill the pipelines (latency x units). */
+#define FMA_CHAINS 12
+
+/* `iters` rounds of FMA_CHAINS vector multiply-adds, no memory traffic; returns their FLOP
+ * count (2 per multiply-add, VW lanes each). The result is kept alive through `sink`. */
+static double fma_loop(long long iters, float *sink)
+{
+    VF acc[FMA_CHAINS];
+    const VF x = V_SET1(0.999999f), y = V_SET1(1e-7f);
+    for (int i = 0; i < FMA_CHAINS; i++) acc[i] = V_SET1((float)i);
+    for (long long it = 0; it < iters; it++) {
+        /* unrolled whole, so that the chains stay in registers */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC unroll 16
+#endif
+        for (int i = 0; i < FMA_CHAINS; i++) acc[i] = V_MADD(y, acc[i], x);
+    }
+    VF total = acc[0];
+    for (int i = 1; i < FMA_CHAINS; i++) total = V_ADD(total, acc[i]);
+    *sink = V_HSUM(total);
+    return 2.0 * VW * FMA_CHAINS * (double)iters;
+}
+
 const mn_gemm_table MN_TABLE = {MN_TABLE_NAME,     gemm_block,       gemm_nt_rows,
                                  sgd_update,        all_finite,       sigmoid_forward,
                                  softmax_forward,   copy_finite,      maxpool2d_forward,
                                  relu_forward,      relu_backward,    sigmoid_backward,
-                                 dropout_forward};
+                                 dropout_forward,   conv_forward,     conv_weight_grad,
+                                 fma_loop,          bn_stats,         bn_normalize,
+                                 bn_backward_sums,  bn_input_grad};

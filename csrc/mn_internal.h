@@ -102,6 +102,30 @@ typedef struct {
     /* mn_dropout_forward with its threshold and scale worked out */
     void (*dropout_forward)(float *out, float *mask, const float *inp, uint64_t threshold,
                             float scale, uint64_t key, ptrdiff_t first, ptrdiff_t n);
+    /* out (OH, OW, OC) = one image x (H, W, C; its windows inside it, no padding: g's PT and
+     * PL are 0) convolved with w (KH*KW*C, OC), + bias (mn_window.c pads); x's first and
+     * last zero_rows rows may be known zeros (their kernel rows are skipped) */
+    void (*conv_forward)(float *out, const float *x, const float *w, const float *bias,
+                         const mn_window *g, ptrdiff_t OC, ptrdiff_t zero_rows);
+    /* rows k0..k1 of dw (KH*KW*C, OC): the kernel gradient over n images x (x_stride floats
+     * apart, as conv_forward reads them) and their output gradients dz (n, OH*OW, OC) */
+    void (*conv_weight_grad)(float *dw, const float *x, ptrdiff_t x_stride, const float *dz,
+                             const mn_window *g, ptrdiff_t OC, ptrdiff_t n, ptrdiff_t k0,
+                             ptrdiff_t k1);
+    /* iters rounds of a register-resident multiply-add loop; returns its FLOPs */
+    double (*fma_loop)(long long iters, float *sink);
+    /* batch normalisation over M rows of C channels: see mn_kernels.h */
+    void (*bn_stats)(float *mean, float *var, float *invstd, const float *x, double epsilon,
+                     ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t M, ptrdiff_t C);
+    void (*bn_normalize)(float *out, float *xhat, const float *x, const float *gamma,
+                         const float *beta, const float *mean, const float *invstd,
+                         ptrdiff_t M, ptrdiff_t C);
+    void (*bn_backward_sums)(float *dgamma, float *dbeta, const float *dout,
+                             const float *xhat, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t M,
+                             ptrdiff_t C);
+    void (*bn_input_grad)(float *dinp, const float *dout, const float *xhat,
+                          const float *gamma, const float *invstd, const float *dgamma,
+                          const float *dbeta, ptrdiff_t rows, ptrdiff_t M, ptrdiff_t C);
 } mn_gemm_table;
 
 extern const mn_gemm_table mn_gemm_scalar;

@@ -50,6 +50,40 @@ void mn_dense_backward(float *dinp, float *dweight, float *dbias, const float *d
 typedef struct {
     ptrdiff_t H, W, C, OH, OW, KH, KW, SH, SW, PT, PL;
 } mn_window;
+/* The direct convolution (no patches in memory). Its windows read `inside`: the images
+ * themselves when the layer does not pad (returns 0), else a copy of the span they cover,
+ * zero outside the image (returns 1; inside's H and W are the span's, PT = PL = 0). */
+int mn_conv_inside(const mn_window *g, mn_window *inside);
+/* That copy of B images.   padded (B, inside.H, inside.W, C), inp (B, H, W, C) */
+void mn_pad_images(float *padded, const float *inp, const mn_window *g, ptrdiff_t B);
+/* out = inp (B, H, W, C) convolved with weight (KH, KW, C, OC), + bias: each output the sum
+ * over its window in (kh, kw, c) order, as im2col + the GEMM would give it; padded receives
+ * the padded copy when the layer pads (else it is not touched and may be NULL).
+ * out (B, OH, OW, OC) */
+void mn_conv2d_forward(float *out, float *padded, const float *inp, const float *weight,
+                       const float *bias, const mn_window *g, ptrdiff_t B, ptrdiff_t OC);
+/* Rows k0..k1 of dweight (KH*KW*C, OC) = the sum over B images of each window cell times
+ * the gradient at its output: x is what mn_conv2d_forward read (padded, or inp), dout
+ * (B, OH, OW, OC). Rows are independent: threads may each take a block. */
+void mn_conv2d_weight_grad(float *dweight, const float *x, const float *dout,
+                           const mn_window *g, ptrdiff_t B, ptrdiff_t OC, ptrdiff_t k0,
+                           ptrdiff_t k1);
+/* Whether mn_conv2d_input_grad applies (stride 1); else im2col's adjoint (mn_col2im). */
+int mn_conv2d_input_grad_direct(const mn_window *g);
+/* flipped (KH*KW*OC, C): the kernel turned round (its cell (KH-1-kh, KW-1-kw) at (kh, kw)),
+ * input and output channels swapped: what mn_conv2d_input_grad reads. */
+void mn_conv2d_flip_kernel(float *flipped, const float *weight, const mn_window *g,
+                           ptrdiff_t OC);
+/* dinp (B, H, W, C) = the gradient of a stride-1 convolution's input from its output's,
+ * dout (B, OH, OW, OC): the correlation of dout, zero-padded, with the flipped kernel, each
+ * pixel a sum over (kh, kw, oc). scratch: (OH + 2 KH - 2) * (OW + 2 KW - 2) * OC floats. */
+void mn_conv2d_input_grad(float *dinp, float *scratch, const float *dout,
+                          const float *flipped, const mn_window *g, ptrdiff_t B, ptrdiff_t OC);
+/* GFLOP/s of a register-resident loop of the active SIMD path's multiply-adds on `threads`
+ * threads at once, run for about `seconds`: the machine's arithmetic limit. */
+double mn_fma_peak_gflops(int threads, double seconds);
+/* Seconds of CPU the calling thread has used (wall seconds where there is no such clock). */
+double mn_thread_seconds(void);
 /* patches[b, oh, ow, :] = the KH x KW x C inputs of that output's window, in Keras' kernel
  * order (row, column, channel), zero outside the image.  patches (B, OH*OW, KH*KW*C) */
 void mn_im2col(float *patches, const float *inp, const mn_window *g, ptrdiff_t B);
@@ -60,9 +94,30 @@ void mn_col2im(float *dinp, const float *dpatches, const mn_window *g, ptrdiff_t
  * out, argmax (B, OH, OW, C), inp (B, H, W, C) */
 void mn_maxpool2d_forward(float *out, int *argmax, const float *inp, const mn_window *g,
                           ptrdiff_t B);
-/* dinp = 0, then dout added at each output's argmax, in output order.  dinp (B, H, W, C) */
+/* dinp = 0, then dout added at each output's argmax, in output order.  dinp (B, H, W, C)
+ * Where g's windows tile the image (KH = SH, KW = SW, no padding), each argmax in its own
+ * window as the forward gives it, each input is written once instead (the same values);
+ * KH = 0: no window known, the scatter. */
 void mn_maxpool2d_backward(float *dinp, const float *dout, const int *argmax,
                            const mn_window *g, ptrdiff_t B);
+
+/* ---- batch normalisation over M rows of C channels ---------------------------------------- */
+/* Channels c0..c1: mean, var (biased) and invstd = 1 / sqrt(var + epsilon) of x's rows, each
+ * channel's sums in double over the rows in order.   mean, var, invstd (C), x (M, C) */
+void mn_bn_stats(float *mean, float *var, float *invstd, const float *x, double epsilon,
+                 ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t M, ptrdiff_t C);
+/* xhat = (x - mean) * invstd; out = gamma * xhat + beta.   out, xhat, x (M, C) */
+void mn_bn_normalize(float *out, float *xhat, const float *x, const float *gamma,
+                     const float *beta, const float *mean, const float *invstd, ptrdiff_t M,
+                     ptrdiff_t C);
+/* Channels c0..c1: dgamma = sum(dout * xhat), dbeta = sum(dout), in double over the rows. */
+void mn_bn_backward_sums(float *dgamma, float *dbeta, const float *dout, const float *xhat,
+                         ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t M, ptrdiff_t C);
+/* rows rows of dinp = (gamma * invstd / M) * ((M * dout - dbeta) - xhat * dgamma), the sums
+ * those of the whole batch of M rows.   dinp, dout, xhat (rows, C) */
+void mn_bn_input_grad(float *dinp, const float *dout, const float *xhat, const float *gamma,
+                      const float *invstd, const float *dgamma, const float *dbeta,
+                      ptrdiff_t rows, ptrdiff_t M, ptrdiff_t C);
 
 /* ---- dropout ------------------------------------------------------------------------------ */
 /* out = inp * mask, mask[i] = 0 or 1 / (1 - rate): element first + i is kept when the top 32

@@ -1,5 +1,6 @@
-/* mn_window.c — windows over channels-last images: conv2d's patches (im2col) and their
- * adjoint, and max pooling's entry points. The patch copies move runs of KW*C contiguous
+/* mn_window.c — windows over channels-last images: the direct convolution's entry points
+ * (the padded copy its windows read), conv2d's patches (im2col) and their adjoint, and max
+ * pooling's entry points. The patch copies move runs of KW*C contiguous
  * floats (a window row is one run of an image row, channels last). */
 #include <string.h>
 
@@ -79,16 +80,201 @@ void mn_col2im(float *dinp, const float *dpatches, const mn_window *g, ptrdiff_t
     }
 }
 
+/* ---- direct convolution ------------------------------------------------------------------ */
+
+int mn_conv_inside(const mn_window *g, mn_window *inside)
+{
+    const ptrdiff_t hs = (g->OH - 1) * g->SH + g->KH, ws = (g->OW - 1) * g->SW + g->KW;
+    const int pads = g->PT > 0 || g->PL > 0 || hs > g->H || ws > g->W;
+    *inside = *g;
+    inside->PT = inside->PL = 0;
+    if (pads) { /* the windows read a copy of the span they cover, zero outside the image */
+        inside->H = hs;
+        inside->W = ws;
+    }
+    return pads;
+}
+
+void mn_pad_images(float *padded, const float *inp, const mn_window *g, ptrdiff_t B)
+{
+    mn_window in;
+    mn_conv_inside(g, &in);
+    const ptrdiff_t C = g->C, n_img = g->H * g->W * C, n_pad = in.H * in.W * C;
+    /* the image's rows and columns that land inside the span */
+    const ptrdiff_t rows = g->H < in.H - g->PT ? g->H : in.H - g->PT;
+    const ptrdiff_t cols = g->W < in.W - g->PL ? g->W : in.W - g->PL;
+    for (ptrdiff_t b = 0; b < B; b++) {
+        float *dst = padded + b * n_pad;
+        const float *src = inp + b * n_img;
+        zero_run(dst, g->PT * in.W * C);
+        for (ptrdiff_t h = 0; h < rows; h++) {
+            float *d = dst + (g->PT + h) * in.W * C;
+            zero_run(d, g->PL * C);
+            copy_run(d + g->PL * C, src + h * g->W * C, cols * C);
+            zero_run(d + (g->PL + cols) * C, (in.W - g->PL - cols) * C);
+        }
+        zero_run(dst + (g->PT + rows) * in.W * C, (in.H - g->PT - rows) * in.W * C);
+    }
+}
+
+void mn_conv2d_forward(float *out, float *padded, const float *inp, const float *weight,
+                       const float *bias, const mn_window *g, ptrdiff_t B, ptrdiff_t OC)
+{
+    mn_window in;
+    const float *x = inp;
+    if (mn_conv_inside(g, &in)) {
+        mn_pad_images(padded, inp, g, B);
+        x = padded;
+    }
+    const mn_gemm_table *t = mn_active_gemm();
+    for (ptrdiff_t b = 0; b < B; b++)
+        t->conv_forward(out + b * g->OH * g->OW * OC, x + b * in.H * in.W * in.C, weight, bias,
+                        &in, OC, 0);
+}
+
+int mn_conv2d_input_grad_direct(const mn_window *g)
+{
+    return g->SH == 1 && g->SW == 1;
+}
+
+void mn_conv2d_flip_kernel(float *flipped, const float *weight, const mn_window *g,
+                           ptrdiff_t OC)
+{
+    const ptrdiff_t C = g->C;
+    for (ptrdiff_t kh = 0; kh < g->KH; kh++)
+        for (ptrdiff_t kw = 0; kw < g->KW; kw++) {
+            const float *w = weight + ((g->KH - 1 - kh) * g->KW + (g->KW - 1 - kw)) * C * OC;
+            float *f = flipped + (kh * g->KW + kw) * OC * C;
+            for (ptrdiff_t oc = 0; oc < OC; oc++)
+                for (ptrdiff_t c = 0; c < C; c++) f[oc * C + c] = w[c * OC + oc];
+        }
+}
+
+void mn_conv2d_input_grad(float *dinp, float *scratch, const float *dout,
+                          const float *flipped, const mn_window *g, ptrdiff_t B, ptrdiff_t OC)
+{
+    /* dout zero-padded by KH-1 rows and KW-1 columns all round, then correlated with the
+     * flipped kernel: each input pixel's gradient a sum over (kh, kw, oc), the padding
+     * adding zeros. Only the image's own pixels are computed (the span's padding is not). */
+    mn_window d; /* the windows over the padded dout, from the image's first row on */
+    d.C = OC;
+    d.H = g->OH + 2 * (g->KH - 1) - g->PT;
+    d.W = g->OW + 2 * (g->KW - 1);
+    d.KH = g->KH;
+    d.KW = g->KW;
+    d.SH = d.SW = 1;
+    d.OH = g->H;
+    d.OW = g->W;
+    d.PT = d.PL = 0;
+    const ptrdiff_t n_out = g->OH * g->OW * OC, n_img = g->H * g->W * g->C;
+    const mn_gemm_table *t = mn_active_gemm();
+    for (ptrdiff_t b = 0; b < B; b++) {
+        const float *src = dout + b * n_out;
+        zero_run(scratch, (g->KH - 1) * d.W * OC);
+        for (ptrdiff_t oh = 0; oh < g->OH; oh++) {
+            float *row = scratch + (g->KH - 1 + oh) * d.W * OC;
+            zero_run(row, (g->KW - 1) * OC);
+            copy_run(row + (g->KW - 1) * OC, src + oh * g->OW * OC, g->OW * OC);
+            zero_run(row + (g->KW - 1 + g->OW) * OC, (g->KW - 1) * OC);
+        }
+        zero_run(scratch + (g->KH - 1 + g->OH) * d.W * OC, (g->KH - 1) * d.W * OC);
+        /* input pixel (h, w) is span pixel (h + PT, w + PL) */
+        t->conv_forward(dinp + b * n_img, scratch + (g->PT * d.W + g->PL) * OC, flipped, NULL,
+                        &d, g->C, g->KH - 1 - g->PT);
+    }
+}
+
+void mn_conv2d_weight_grad(float *dweight, const float *x, const float *dout,
+                           const mn_window *g, ptrdiff_t B, ptrdiff_t OC, ptrdiff_t k0,
+                           ptrdiff_t k1)
+{
+    mn_window in;
+    mn_conv_inside(g, &in);
+    mn_active_gemm()->conv_weight_grad(dweight, x, in.H * in.W * in.C, dout, &in, OC, B, k0,
+                                       k1);
+}
+
+/* ---- batch normalisation (per SIMD path in mn_gemm_impl.h) ------------------------------- */
+
+void mn_bn_stats(float *mean, float *var, float *invstd, const float *x, double epsilon,
+                 ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t M, ptrdiff_t C)
+{
+    mn_active_gemm()->bn_stats(mean, var, invstd, x, epsilon, c0, c1, M, C);
+}
+
+void mn_bn_normalize(float *out, float *xhat, const float *x, const float *gamma,
+                     const float *beta, const float *mean, const float *invstd, ptrdiff_t M,
+                     ptrdiff_t C)
+{
+    mn_active_gemm()->bn_normalize(out, xhat, x, gamma, beta, mean, invstd, M, C);
+}
+
+void mn_bn_backward_sums(float *dgamma, float *dbeta, const float *dout, const float *xhat,
+                         ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t M, ptrdiff_t C)
+{
+    mn_active_gemm()->bn_backward_sums(dgamma, dbeta, dout, xhat, c0, c1, M, C);
+}
+
+void mn_bn_input_grad(float *dinp, const float *dout, const float *xhat, const float *gamma,
+                      const float *invstd, const float *dgamma, const float *dbeta,
+                      ptrdiff_t rows, ptrdiff_t M, ptrdiff_t C)
+{
+    mn_active_gemm()->bn_input_grad(dinp, dout, xhat, gamma, invstd, dgamma, dbeta, rows, M, C);
+}
+
 void mn_maxpool2d_forward(float *out, int *argmax, const float *inp, const mn_window *g,
                           ptrdiff_t B)
 {
     mn_active_gemm()->maxpool2d_forward(out, argmax, inp, g, B);
 }
 
+/* Windows that tile the image from its top-left corner (stride = window, no padding, none
+ * past the bottom or right edge): each
+ * input cell lies in at most one window, so its gradient is written once, never added to.
+ * `0 + d` as the scatter below computes it: a -0 gradient gives +0, the same bits. */
+static void maxpool_backward_tiled(float *restrict dinp, const float *restrict dout,
+                                   const int *restrict argmax, const mn_window *g, ptrdiff_t B)
+{
+    const ptrdiff_t C = g->C, W = g->W, n_img = g->H * W * C, n_out = g->OH * g->OW * C;
+    const ptrdiff_t covered_h = g->OH * g->SH, covered_w = g->OW * g->SW;
+    for (ptrdiff_t b = 0; b < B; b++) {
+        float *restrict img = dinp + b * n_img;
+        for (ptrdiff_t oh = 0; oh < g->OH; oh++)
+            for (ptrdiff_t di = 0; di < g->KH; di++) {
+                const ptrdiff_t h = oh * g->SH + di;
+                for (ptrdiff_t ow = 0; ow < g->OW; ow++) {
+                    const float *restrict d = dout + b * n_out + (oh * g->OW + ow) * C;
+                    const int *restrict am = argmax + b * n_out + (oh * g->OW + ow) * C;
+                    for (ptrdiff_t dj = 0; dj < g->KW; dj++) {
+                        const int at = (int)((h * W + ow * g->SW + dj) * C);
+                        float *restrict row = img + at;
+                        for (int c = 0; c < (int)C; c++) {
+                            /* on the bits, so that the loop vectorises: v where taken, +0 */
+                            const float v = 0.0f + d[c];
+                            uint32_t u;
+                            memcpy(&u, &v, sizeof u);
+                            u &= -(uint32_t)(am[c] == at + c);
+                            memcpy(row + c, &u, sizeof u);
+                        }
+                    }
+                }
+                zero_run(img + (h * W + covered_w) * C, (W - covered_w) * C);
+            }
+        zero_run(img + covered_h * W * C, (g->H - covered_h) * W * C);
+    }
+}
+
 void mn_maxpool2d_backward(float *dinp, const float *dout, const int *argmax,
                            const mn_window *g, ptrdiff_t B)
 {
     const ptrdiff_t n_img = g->H * g->W * g->C, n_out = g->OH * g->OW * g->C;
+    const int tiles = g->KH > 0 && g->KW > 0 && g->SH == g->KH && g->SW == g->KW &&
+                      g->PT == 0 && g->PL == 0 && g->OH * g->SH <= g->H &&
+                      g->OW * g->SW <= g->W;
+    if (tiles) { /* KH = 0: no window given (fast.maxpool2d_backward without one) */
+        maxpool_backward_tiled(dinp, dout, argmax, g, B);
+        return;
+    }
     zero_run(dinp, B * n_img);
     for (ptrdiff_t b = 0; b < B; b++) {
         float *img = dinp + b * n_img;

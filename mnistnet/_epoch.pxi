@@ -421,6 +421,23 @@ cdef enum:
 cdef int epoch_schedule = SCHEDULE_AUTO
 
 
+# An epoch whose work would take less than SHORT_EPOCH_SECONDS on one thread runs on one
+# thread: its probes could not pay for themselves. The estimate is the work of its rows (their
+# FLOPs at ONE_THREAD_FLOPS, and their input bytes at ONE_THREAD_BYTES, rough upper bounds of
+# a core's speed), never the number of rows alone: a 12,000-image convnet epoch (14 MFLOP an
+# image) probes and runs on the team; a 12,000-row perceptron epoch (31 kFLOP and 3 kB a row,
+# about 8 ms) runs on one thread, its 60,000-row epoch probes.
+cdef double SHORT_EPOCH_SECONDS = 0.03
+cdef double ONE_THREAD_FLOPS = 100e9
+cdef double ONE_THREAD_BYTES = 10e9
+
+
+cdef inline bint too_short_to_probe(const Net* net, Py_ssize_t N) noexcept nogil:
+    cdef double row_seconds = (net.train_flops / ONE_THREAD_FLOPS
+                               + width(net, 0) * sizeof(float) / ONE_THREAD_BYTES)
+    return N * row_seconds < SHORT_EPOCH_SECONDS
+
+
 cdef Py_ssize_t serial_probe(const Net* net, const EpochArgs* args, Py_ssize_t start,
                              EpochResult* res, double* last_check) noexcept nogil:
     """The one-thread probe from row start: PROBE_BATCHES batches, or fewer (at least
@@ -499,7 +516,7 @@ cdef EpochResult train_epoch(const Net* net, const EpochArgs* args) noexcept nog
         while start < N and res.status == EPOCH_DONE:
             start = probed_stretch(net, args, start, threads, &serial_run, True, &res,
                                    &last_check)
-    elif batch_size < 2 * threads or N < 4 * PROBE_BATCHES * batch_size:
+    elif batch_size < 2 * threads or too_short_to_probe(net, N):
         serial_stretch(net, args, 0, N, &res, &last_check)
     else:
         while start < N and res.status == EPOCH_DONE:

@@ -60,7 +60,7 @@ cdef void crossentropy_softmax_backward(float* dlogits,    # OUT (B, C)
 
 # ---- optimiser and metrics ------------------------------------------------------------------
 
-# ---- conv2d (channels last): out = im2col(inp) @ weight + bias -------------------------------
+# ---- conv2d (channels last): out = im2col(inp) @ weight + bias, computed directly ------------
 # The geometry of a window sliding over (H, W, C) images: kernel or pool (KH, KW), strides,
 # padding before (top, left), output (OH, OW). Built from a LayerPlan row.
 cdef struct Window:
@@ -72,8 +72,11 @@ cdef void im2col(float* patches,                   # OUT (B, OH*OW, KH*KW*C)
 cdef void col2im(float* dinp,                      # OUT (B, H, W, C), overwritten
                  const float* dpatches,            # IN  (B, OH*OW, KH*KW*C)
                  const Window* g, Py_ssize_t B) noexcept nogil
+# The windows read `padded` (conv2d_pads: the input padded as the layer pads) or, for a
+# layer that does not pad, the input itself: either is "x" for the backward pass.
+cdef bint conv2d_pads(const Window* g) noexcept nogil
 cdef void conv2d_forward(float* out,               # OUT (B, OH, OW, OC)
-                         float* patches,           # OUT (B, OH*OW, KH*KW*C) scratch
+                         float* padded,            # OUT (B, Hs, Ws, C) when conv2d_pads(g)
                          const float* inp,         # IN  (B, H, W, C)
                          const float* weight,      # IN  (KH, KW, C, OC)
                          const float* bias,        # IN  (OC,)
@@ -83,12 +86,17 @@ cdef void conv2d_input_grad(float* dinp,           # OUT (B, H, W, C)
                             const float* dout,     # IN  (B, OH, OW, OC)
                             const float* weight_t, # IN  (OC, KH*KW*C): the kernel transposed
                             const Window* g, Py_ssize_t B, Py_ssize_t OC) noexcept nogil
+cdef void conv2d_weight_grad(float* dweight,       # OUT rows k0..k1 of (KH*KW*C, OC)
+                             const float* x,       # IN  what conv2d_forward read
+                             const float* dout,    # IN  (B, OH, OW, OC)
+                             const Window* g, Py_ssize_t B, Py_ssize_t OC, Py_ssize_t k0,
+                             Py_ssize_t k1) noexcept nogil
 cdef void conv2d_backward(float* dinp,             # OUT (B, H, W, C), or NULL to skip
                           float* dweight,          # OUT (KH, KW, C, OC)
                           float* dbias,            # OUT (OC,)
                           float* scratch,          # (OC*KH*KW*C + OH*OW*KH*KW*C) floats
                           const float* dout,       # IN  (B, OH, OW, OC)
-                          const float* patches,    # IN  from conv2d_forward
+                          const float* x,          # IN  what conv2d_forward read
                           const float* weight,     # IN  (KH, KW, C, OC)
                           const Window* g, Py_ssize_t B, Py_ssize_t OC) noexcept nogil
 
@@ -305,6 +313,7 @@ cdef struct Net:
     Py_ssize_t dacts_row    # floats per sample in the gradient regions (the workspace follows)
     Py_ssize_t targets      # per-sample offset of the targets region
     Py_ssize_t n_outputs
+    double train_flops      # FLOPs of one sample's forward and backward (Plan.flops_per_sample)
     Py_ssize_t thread_ws    # floats of each thread's workspace (nets that are not dense_only):
                             # one image's patch gradient, then the kernels transposed (wt)
     bint dense_only         # every layer is dense: the dense fast paths may apply
@@ -324,6 +333,11 @@ cdef struct Net:
     # (out, in), in the workspace, used in place of params' and grads' during the call.
     float* w0t
     float* g0t
+    # NULL, or (n_layers + 1, 3) seconds of the calling thread's CPU to which each layer adds
+    # its forward, its backward (input gradient) and its weight gradient with the update;
+    # the last row's backward: the loss and the output's deltas (fast.profile_step, one
+    # thread only).
+    double* profile
 
 # One training step's settings.
 cdef struct Step:
@@ -380,6 +394,9 @@ cdef void net_predict_inputs(const Net* net,
                              float* out,                    # OUT (N, n_outputs)
                              Py_ssize_t N) noexcept nogil
 cdef double train_step(const Net* net, Py_ssize_t n, const Step* step) noexcept nogil
+# train_step `steps` times on one thread (steps t, t + 1, ...); the mean CPU seconds a step.
+cdef double profile_steps(const Net* net, Py_ssize_t n, const Step* step,
+                          Py_ssize_t steps) noexcept nogil
 # Layer l alone on the n samples in its input region: forward (step NULL: inference), then
 # in training its input gradient from the gradient at its output (for tests of each kind).
 cdef void layer_pair(const Net* net, const Step* step, Py_ssize_t l, Py_ssize_t n) noexcept nogil

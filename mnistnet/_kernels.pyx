@@ -43,6 +43,30 @@ cdef extern from "mn_kernels.h" nogil:
     # The same fields as Window (_kernels.pxd), checked at import.
     ctypedef struct mn_window:
         pass
+    int mn_conv_inside(const mn_window *g, mn_window *inside)
+    void mn_conv2d_forward(float *out, float *padded, const float *inp, const float *weight,
+                           const float *bias, const mn_window *g, Py_ssize_t B, Py_ssize_t OC)
+    void mn_conv2d_weight_grad(float *dweight, const float *x, const float *dout,
+                               const mn_window *g, Py_ssize_t B, Py_ssize_t OC, Py_ssize_t k0,
+                               Py_ssize_t k1)
+    double mn_fma_peak_gflops(int threads, double seconds)
+    int mn_conv2d_input_grad_direct(const mn_window *g)
+    void mn_conv2d_flip_kernel(float *flipped, const float *weight, const mn_window *g,
+                               Py_ssize_t OC)
+    void mn_conv2d_input_grad(float *dinp, float *scratch, const float *dout,
+                              const float *flipped, const mn_window *g, Py_ssize_t B,
+                              Py_ssize_t OC)
+    void mn_bn_stats(float *mean, float *var, float *invstd, const float *x, double epsilon,
+                     Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t M, Py_ssize_t C)
+    void mn_bn_normalize(float *out, float *xhat, const float *x, const float *gamma,
+                         const float *beta, const float *mean, const float *invstd,
+                         Py_ssize_t M, Py_ssize_t C)
+    void mn_bn_backward_sums(float *dgamma, float *dbeta, const float *dout,
+                             const float *xhat, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t M,
+                             Py_ssize_t C)
+    void mn_bn_input_grad(float *dinp, const float *dout, const float *xhat,
+                          const float *gamma, const float *invstd, const float *dgamma,
+                          const float *dbeta, Py_ssize_t rows, Py_ssize_t M, Py_ssize_t C)
     void mn_im2col(float *patches, const float *inp, const mn_window *g, Py_ssize_t B)
     void mn_col2im(float *dinp, const float *dpatches, const mn_window *g, Py_ssize_t B)
     void mn_maxpool2d_forward(float *out, int *argmax, const float *inp, const mn_window *g,
@@ -82,6 +106,7 @@ cdef extern from "mn_kernels.h" nogil:
     void mn_team_barrier()
     int mn_openmp_enabled()
     double mn_seconds()
+    double mn_thread_seconds()
 
 cdef extern from "mn_internal.h" nogil:
     void mn_set_thread_limit(int n)
@@ -263,15 +288,31 @@ def _set_epoch_schedule(str name) -> None:
     epoch_schedule = _SCHEDULES[name]
 
 
-def _last_team() -> str:
+def _last_team(bint reset=False) -> str:
     """How the last team stretch split its work: "rows", "columns" or "inputs" ("none"
-    before any). For tests; process-wide."""
-    return ("none", "rows", "columns", "inputs")[last_team]
+    before any, or since a reset). For tests; process-wide."""
+    global last_team
+    name = ("none", "rows", "columns", "inputs")[last_team]
+    if reset:
+        last_team = TEAM_NONE
+    return name
 
 
 def openmp_enabled() -> bool:
     """True if the kernels were built with OpenMP."""
     return bool(mn_openmp_enabled())
+
+
+def fma_peak_gflops(int threads=0, double seconds=0.2) -> float:
+    """GFLOP/s of a register-resident loop of the active SIMD path's multiply-adds run on
+    `threads` threads at once (0: the kernels' thread count) for about `seconds`: what the
+    cores can do at most, the yardstick of every GFLOP/s figure."""
+    if threads <= 0:
+        threads = mn_get_num_threads()
+    cdef double out
+    with nogil:
+        out = mn_fma_peak_gflops(threads, seconds)
+    return out
 
 
 def sgemm(float[:, ::1] c, const float[:, ::1] a, const float[:, ::1] b):

@@ -100,23 +100,51 @@ cdef void col2im(float* dinp, const float* dpatches, const Window* g,
     mn_col2im(dinp, dpatches, <const mn_window*>g, B)
 
 
-cdef void conv2d_forward(float* out, float* patches, const float* inp, const float* weight,
+cdef bint conv2d_pads(const Window* g) noexcept nogil:
+    # Whether the windows read a padded copy of the input (csrc/mn_window.c).
+    cdef Window inside
+    return mn_conv_inside(<const mn_window*>g, <mn_window*>&inside)
+
+
+cdef void conv2d_forward(float* out, float* padded, const float* inp, const float* weight,
                          const float* bias, const Window* g, Py_ssize_t B,
                          Py_ssize_t OC) noexcept nogil:
-    # out = patches @ weight + bias, weight as its (KH*KW*C, OC) matrix. patches == inp: a
-    # 1x1 stride-1 convolution without padding, whose patches are its input rows.
-    if patches != inp:
-        im2col(patches, inp, g, B)
-    dense_forward(out, patches, weight, bias, B * g.OH * g.OW, g.KH * g.KW * g.C, OC)
+    # out = im2col(inp) @ weight + bias, weight as its (KH*KW*C, OC) matrix, each output the
+    # same chain of multiply-adds, computed directly from the (padded) input: the patches
+    # never go to memory (csrc/mn_gemm_impl.h, per SIMD path).
+    mn_conv2d_forward(out, padded, inp, weight, bias, <const mn_window*>g, B, OC)
 
 
-cdef void conv2d_input_grad(float* dinp, float* dpatches, const float* dout,
+cdef void conv2d_weight_grad(float* dweight, const float* x, const float* dout,
+                             const Window* g, Py_ssize_t B, Py_ssize_t OC, Py_ssize_t k0,
+                             Py_ssize_t k1) noexcept nogil:
+    # Rows k0..k1 of patches^T @ dout over the B images, from x (what conv2d_forward read).
+    mn_conv2d_weight_grad(dweight, x, dout, <const mn_window*>g, B, OC, k0, k1)
+
+
+cdef void conv2d_kernel_for_input_grad(float* dst, const float* weight, const Window* g,
+                                       Py_ssize_t OC) noexcept nogil:
+    # What conv2d_input_grad reads of the kernel: turned round with its channels swapped
+    # (stride 1), else transposed (OC, KH*KW*C).
+    if mn_conv2d_input_grad_direct(<const mn_window*>g):
+        mn_conv2d_flip_kernel(dst, weight, <const mn_window*>g, OC)
+    else:
+        transpose(dst, weight, g.KH * g.KW * g.C, OC)
+
+
+cdef void conv2d_input_grad(float* dinp, float* scratch, const float* dout,
                             const float* weight_t, const Window* g, Py_ssize_t B,
                             Py_ssize_t OC) noexcept nogil:
-    """dinp = col2im(dout @ weight^T), image by image, from the kernel already transposed
-    (so the product is a row-major GEMM along the patch, not dot products over OC); each
-    image's patch gradient goes to dpatches (OH*OW x KH*KW*C floats) first."""
+    """dinp from dout and the kernel as conv2d_kernel_for_input_grad made it: for stride 1,
+    a direct correlation of dout (zero-padded in scratch) with the flipped kernel, no patches
+    (csrc/mn_window.c); otherwise col2im(dout @ weight^T), image by image, each image's patch
+    gradient first in scratch (OH*OW x KH*KW*C floats). See conv2d_grad_scratch_floats in
+    mnistnet/codes.py for scratch's size."""
     cdef Py_ssize_t b, K = g.KH * g.KW * g.C, P = g.OH * g.OW, n_img = g.H * g.W * g.C
+    cdef float* dpatches = scratch
+    if mn_conv2d_input_grad_direct(<const mn_window*>g):
+        mn_conv2d_input_grad(dinp, scratch, dout, weight_t, <const mn_window*>g, B, OC)
+        return
     for b in range(B):
         if g.KH == 1 and g.KW == 1 and g.SH == 1 and g.SW == 1:  # 1x1: patches are pixels
             mn_sgemm_nn(dinp + b * n_img, dout + b * P * OC, weight_t, NULL, P, OC, K)
@@ -126,16 +154,16 @@ cdef void conv2d_input_grad(float* dinp, float* dpatches, const float* dout,
 
 
 cdef void conv2d_backward(float* dinp, float* dweight, float* dbias, float* scratch,
-                          const float* dout, const float* patches, const float* weight,
+                          const float* dout, const float* x, const float* weight,
                           const Window* g, Py_ssize_t B, Py_ssize_t OC) noexcept nogil:
     # dweight = patches^T @ dout and dbias = column sums of dout, over the B*OH*OW pixel
     # rows; dinp (unless NULL) = col2im(dout @ weight^T). scratch: OC*K + OH*OW*K floats
     # (the kernel transposed, one image's patch gradient), K = KH*KW*C.
     cdef Py_ssize_t M = B * g.OH * g.OW, K = g.KH * g.KW * g.C
-    mn_sgemm_tn(dweight, patches, dout, K, M, OC)
+    conv2d_weight_grad(dweight, x, dout, g, B, OC, 0, K)
     mn_column_sums(dbias, dout, M, OC)
     if dinp != NULL:
-        transpose(scratch, weight, K, OC)
+        conv2d_kernel_for_input_grad(scratch, weight, g, OC)
         conv2d_input_grad(dinp, scratch + OC * K, dout, scratch, g, B, OC)
 
 
@@ -316,44 +344,14 @@ DEF BN_GROUP = 64
 cdef void batchnorm_stats(float* mean, float* var, float* invstd, const float* inp,
                           double epsilon, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t M,
                           Py_ssize_t C) noexcept nogil:
-    cdef double acc[BN_GROUP]
-    cdef Py_ssize_t g0, g, r, j
-    cdef const float* row
-    cdef float d
-    cdef double v
-    for g0 in range(c0, c1, BN_GROUP):
-        g = min(BN_GROUP, c1 - g0)
-        for j in range(g):
-            acc[j] = 0
-        for r in range(M):
-            row = inp + r * C + g0
-            for j in range(g):
-                acc[j] += row[j]
-        for j in range(g):
-            mean[g0 + j] = <float>(acc[j] / M)
-            acc[j] = 0
-        for r in range(M):
-            row = inp + r * C + g0
-            for j in range(g):
-                d = row[j] - mean[g0 + j]
-                acc[j] += <double>d * <double>d
-        for j in range(g):
-            v = acc[j] / M
-            var[g0 + j] = <float>v
-            invstd[g0 + j] = <float>(1.0 / sqrt(v + epsilon))
+    mn_bn_stats(mean, var, invstd, inp, epsilon, c0, c1, M, C)
 
 
 cdef void batchnorm_normalize(float* out, float* xhat, const float* inp, const float* gamma,
                               const float* beta, const float* mean, const float* invstd,
                               Py_ssize_t M, Py_ssize_t C) noexcept nogil:
     # xhat = (x - mean) * invstd; out = gamma * xhat + beta.
-    cdef Py_ssize_t r, c
-    cdef float h
-    for r in range(M):
-        for c in range(C):
-            h = (inp[r * C + c] - mean[c]) * invstd[c]
-            xhat[r * C + c] = h
-            out[r * C + c] = gamma[c] * h + beta[c]
+    mn_bn_normalize(out, xhat, inp, gamma, beta, mean, invstd, M, C)
 
 
 cdef void batchnorm_inference(float* out, const float* inp, const float* gamma,
@@ -377,22 +375,7 @@ cdef void batchnorm_inference(float* out, const float* inp, const float* gamma,
 cdef void batchnorm_backward_sums(float* dgamma, float* dbeta, const float* dout,
                                   const float* xhat, Py_ssize_t c0, Py_ssize_t c1,
                                   Py_ssize_t M, Py_ssize_t C) noexcept nogil:
-    cdef double sx[BN_GROUP]
-    cdef double sy[BN_GROUP]
-    cdef Py_ssize_t g0, g, r, j, i
-    for g0 in range(c0, c1, BN_GROUP):
-        g = min(BN_GROUP, c1 - g0)
-        for j in range(g):
-            sx[j] = 0
-            sy[j] = 0
-        for r in range(M):
-            for j in range(g):
-                i = r * C + g0 + j
-                sy[j] += dout[i]
-                sx[j] += <double>dout[i] * <double>xhat[i]
-        for j in range(g):
-            dgamma[g0 + j] = <float>sx[j]
-            dbeta[g0 + j] = <float>sy[j]
+    mn_bn_backward_sums(dgamma, dbeta, dout, xhat, c0, c1, M, C)
 
 
 cdef void batchnorm_input_grad(float* dinp, const float* dout, const float* xhat,
@@ -401,17 +384,7 @@ cdef void batchnorm_input_grad(float* dinp, const float* dout, const float* xhat
                                Py_ssize_t C) noexcept nogil:
     # dinp = (gamma * invstd / M) * ((M * dout - dbeta) - xhat * dgamma), the factor in
     # double then rounded once.
-    cdef float k[BN_GROUP]
-    cdef float m = <float>M
-    cdef Py_ssize_t g0, g, r, j, i
-    for g0 in range(0, C, BN_GROUP):
-        g = min(BN_GROUP, C - g0)
-        for j in range(g):
-            k[j] = <float>(<double>gamma[g0 + j] * <double>invstd[g0 + j] / M)
-        for r in range(rows):
-            for j in range(g):
-                i = r * C + g0 + j
-                dinp[i] = k[j] * ((m * dout[i] - dbeta[g0 + j]) - xhat[i] * dgamma[g0 + j])
+    mn_bn_input_grad(dinp, dout, xhat, gamma, invstd, dgamma, dbeta, rows, M, C)
 
 
 # ---- rescaling -------------------------------------------------------------------------------

@@ -53,7 +53,8 @@ cdef inline float* batch_stats(const Net* net, const LayerPlan* p) noexcept nogi
 
 
 cdef inline const float* layer_inputs(const Net* net, const LayerPlan* p) noexcept nogil:
-    # The rows a dense or conv layer's GEMM multiplies: its patches, or its input region.
+    # What a dense or conv layer's forward read: the padded copy of its input (a conv layer
+    # that pads), or its input region.
     return act_at(net, p.scratch) if p.kind == KIND_CONV2D and p.n_scratch > 0 else (
         act_at(net, p.act_in))
 
@@ -67,6 +68,18 @@ cdef inline void step_for(const EpochArgs* args, Py_ssize_t start, Step* s) noex
     s.epoch = args.epoch
     s.index = args.first_step + b
     s.batch = min(args.batch_size, args.N - start)
+
+
+cdef inline double profile_start(const Net* net) noexcept nogil:
+    # The thread's CPU clock when the net is profiled (fast.profile_step), else 0.
+    return mn_thread_seconds() if net.profile != NULL else 0
+
+
+cdef inline void profile_add(const Net* net, Py_ssize_t l, int phase,
+                             double started) noexcept nogil:
+    # Adds the CPU time since `started` to layer l's phase (0 forward, 1 backward, 2 update).
+    if net.profile != NULL:
+        net.profile[3 * l + phase] += mn_thread_seconds() - started
 
 
 # ---- activations -----------------------------------------------------------------------------
@@ -118,6 +131,7 @@ cdef void forward_rows(const Net* net, const Step* s, Py_ssize_t first, const fl
     cdef const float* inp = x
     cdef float* o
     cdef const LayerPlan* p
+    cdef double started
     for l in range(first, L):
         p = &net.plan[l]
         if p.kind == KIND_FLATTEN:  # its output is its input
@@ -126,7 +140,9 @@ cdef void forward_rows(const Net* net, const Step* s, Py_ssize_t first, const fl
             inp = <const float*>out if l == L - 1 else inp
             continue
         o = out if l == L - 1 else act_at(net, p.act_out) + r0 * p.n_out
+        started = profile_start(net)
         layer_forward(net, s, l, o, inp, r0, n)
+        profile_add(net, l, 0, started)
         inp = o
 
 
@@ -230,20 +246,28 @@ cdef void deltas_rows(const Net* net, const Step* s, const float* target, Py_ssi
     cdef const LayerPlan* p = &net.plan[L - 1]
     cdef const LayerPlan* q
     cdef float* dinp
+    cdef double started = profile_start(net)
     output_deltas(net, dact_at(net, p.dact_out) + r0 * OC, act_at(net, p.act_out) + r0 * OC,
                   target + r0 * OC, nr, n)
+    profile_add(net, L, 1, started)
     for l in range(L - 1, -1, -1):
         p = &net.plan[l]
+        started = profile_start(net)
         if p.kind == KIND_BATCHNORMALIZATION:
             batchnorm_sums_team(net, p, n)
         if l == 0 or p.dact_in < 0:
+            profile_add(net, l, 1, started)
             break
         dinp = dact_at(net, p.dact_in) + r0 * p.n_in
         layer_input_grad(net, s, l, dinp, dact_at(net, p.dact_out) + r0 * p.n_out, r0, nr, n,
                          ws)
         q = &net.plan[l - 1]
+        # the activation's backward belongs to the layer whose output it was
+        profile_add(net, l, 1, started)
+        started = profile_start(net)
         activation_backward(<int>q.act, dinp, act_at(net, q.act_out) + r0 * q.n_out,
                             nr * q.out_h * q.out_w, q.out_c)
+        profile_add(net, l - 1, 1, started)
 
 
 cdef void batchnorm_sums_team(const Net* net, const LayerPlan* p, Py_ssize_t n) noexcept nogil:
@@ -375,9 +399,15 @@ cdef void transpose_kernels(const Net* net, float* ws) noexcept nogil:
     # workspace (once a step: the weights change only between steps).
     cdef Py_ssize_t l
     cdef const LayerPlan* p
+    cdef Window g
     for l in range(net.n_layers):
         p = &net.plan[l]
-        if p.wt >= 0:
+        if p.wt < 0:
+            continue
+        if p.kind == KIND_CONV2D:
+            window_of(&g, p)
+            conv2d_kernel_for_input_grad(ws + p.wt, net.params + p.param, &g, p.out_c)
+        else:
             transpose(ws + p.wt, net.params + p.param, p.fan_in, p.out_c)
 
 
@@ -394,7 +424,8 @@ cdef bint weight_grads_update_rows(const Net* net, const Step* s, Py_ssize_t l, 
                                    Py_ssize_t c1, Py_ssize_t n, Py_ssize_t b0,
                                    Py_ssize_t b1) noexcept nogil:
     """Rows c0..c1 of layer l's kernel gradient (its GEMM inputs^T @ deltas over the n
-    samples' rows: a dense layer's input rows, a conv layer's patches), and elements b0..b1
+    samples' rows: a dense layer's input rows, a conv layer's patches, read from the input
+    its forward read), and elements b0..b1
     of its bias gradient, each applied by the optimizer as soon as computed; plain SGD is
     fused into the GEMM's tiles for wide layers. Returns whether every updated value stayed
     finite. Threads may each take a block of rows and of bias elements: each element is the
@@ -406,20 +437,33 @@ cdef bint weight_grads_update_rows(const Net* net, const Step* s, Py_ssize_t l, 
     cdef const float* inp = layer_inputs(net, p)
     cdef const float* dz = dact_at(net, p.dact_out)
     cdef bint finite
+    cdef Window win
     if l == 0 and net.w0t != NULL:  # a transposed narrow first layer (_dense.pxi)
         finite = transposed_first_layer_update(net, s, dz, inp, c0, c1, M)
+    elif p.kind == KIND_CONV2D:  # patches^T @ dz, from the input the forward read
+        window_of(&win, p)
+        conv2d_weight_grad(gw, inp, dz, &win, n, OC, c0, c1)
+        finite = kernel_rows_update(net, s, p, c0, c1)
     elif net.opt.code == OPT_SGD and OC >= FUSED_SGD_MIN_WIDTH and p.l2 == 0:
         finite = mn_sgemm_sgd(gw + c0 * OC, OC, inp + c0, 1, K, dz, OC, w + c0 * OC, OC,
                               s.learning_rate, c1 - c0, M, OC)
     else:
         mn_sgemm_strided(gw + c0 * OC, OC, inp + c0, 1, K, dz, OC, NULL, c1 - c0, M, OC)
-        if p.l2 > 0:
-            add_l2_gradient(gw + c0 * OC, w + c0 * OC, <float>(2 * p.l2), (c1 - c0) * OC)
-        finite = update_block(net, s, p.param + c0 * OC, (c1 - c0) * OC)
+        finite = kernel_rows_update(net, s, p, c0, c1)
     if b1 > b0:
         mn_column_sums_block(gw + K * OC, dz, b0, b1, M, OC)
         finite &= update_block(net, s, p.param + K * OC + b0, b1 - b0)
     return finite
+
+
+cdef inline bint kernel_rows_update(const Net* net, const Step* s, const LayerPlan* p,
+                                    Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    # Rows c0..c1 of a kernel, their gradient computed: + its L2 term, then the optimizer.
+    cdef Py_ssize_t OC = p.out_c
+    if p.l2 > 0:
+        add_l2_gradient(net.grads + p.param + c0 * OC, net.params + p.param + c0 * OC,
+                        <float>(2 * p.l2), (c1 - c0) * OC)
+    return update_block(net, s, p.param + c0 * OC, (c1 - c0) * OC)
 
 
 cdef inline void add_l2_gradient(float* g, const float* w, float factor,
@@ -476,13 +520,16 @@ cdef bint row_blocks_update(const Net* net, const Step* s, Py_ssize_t first, int
     whether every updated value stayed finite."""
     cdef Py_ssize_t l, c0, c1, b0, b1, OC
     cdef bint finite = True
+    cdef double started
     for l in range(first, net.n_layers):
         if net.plan[l].param < 0:
             continue
         OC = net.plan[l].out_c
+        started = profile_start(net)
         if net.plan[l].kind == KIND_BATCHNORMALIZATION:
             block_of(OC, rank, size, &b0, &b1)
             finite &= batchnorm_update(net, s, &net.plan[l], b0, b1)
+            profile_add(net, l, 2, started)
             continue
         if l == 0 and net.w0t != NULL:
             column_block(width(net, 0), rank, size, &c0, &c1)  # columns of w0t's rows
@@ -494,6 +541,7 @@ cdef bint row_blocks_update(const Net* net, const Step* s, Py_ssize_t first, int
         else:
             column_block(OC, rank, size, &b0, &b1)
         finite &= weight_grads_update_rows(net, s, l, c0, c1, n, b0, b1)
+        profile_add(net, l, 2, started)
     return finite
 
 
@@ -510,6 +558,21 @@ cdef double train_step(const Net* net, Py_ssize_t n, const Step* step) noexcept 
     cdef double loss = net_step(&t, &s, n)
     end_training(&t)
     return loss
+
+
+cdef double profile_steps(const Net* net, Py_ssize_t n, const Step* step,
+                          Py_ssize_t steps) noexcept nogil:
+    cdef Step s = step[0]
+    cdef Py_ssize_t i
+    cdef double started
+    mn_set_thread_cap(1)
+    started = mn_thread_seconds()
+    for i in range(steps):
+        train_step(net, n, &s)
+        s.t += 1
+    started = mn_thread_seconds() - started
+    mn_set_thread_cap(0)
+    return started / steps
 
 
 cdef double net_step(const Net* net, const Step* s, Py_ssize_t n) noexcept nogil:

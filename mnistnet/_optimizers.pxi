@@ -41,17 +41,23 @@ cdef inline float adam_alpha(float learning_rate, double beta_1, double beta_2,
 
 
 cdef bint adam_step(float* params, const float* grads, float* m, float* v, float alpha,
-                    float beta_1, float beta_2, float epsilon, Py_ssize_t N) noexcept nogil:
-    # m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2); w -= (m alpha) / (sqrt(v) + eps).
+                    float beta_1, float beta_2, float epsilon, bint decoupled,
+                    float weight_decay, float learning_rate, Py_ssize_t N) noexcept nogil:
+    # m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2); w -= (m alpha) / (sqrt(v) + eps), from
+    # w decayed first if decoupled (AdamW: w - (w * weight_decay) * lr). One update of each
+    # weight: where its result is NaN or Inf, the weight keeps its old value, decay included.
     cdef Py_ssize_t i
     cdef bint finite = True
-    cdef float one = 1, g
+    cdef float one = 1, g, w
     cdef float c1 = one - beta_1, c2 = one - beta_2
     for i in range(N):
         g = grads[i]
         m[i] = m[i] + (g - m[i]) * c1
         v[i] = v[i] + (g * g - v[i]) * c2
-        finite &= keep_finite(&params[i], params[i] - (m[i] * alpha) / (sqrtf(v[i]) + epsilon))
+        w = params[i]
+        if decoupled:  # loop-invariant: the compiler unswitches it
+            w = w - (w * weight_decay) * learning_rate
+        finite &= keep_finite(&params[i], w - (m[i] * alpha) / (sqrtf(v[i]) + epsilon))
     return finite
 
 
@@ -60,19 +66,17 @@ cdef bint adam_update(float* params, const float* grads, float* m, float* v,
                       long long step, Py_ssize_t N) noexcept nogil:
     # The betas in double: Adam's step size takes their powers (the update, their floats).
     return adam_step(params, grads, m, v, adam_alpha(learning_rate, beta_1, beta_2, step),
-                     <float>beta_1, <float>beta_2, epsilon, N)
+                     <float>beta_1, <float>beta_2, epsilon, False, 0, learning_rate, N)
 
 
 cdef bint adamw_update(float* params, const float* grads, float* m, float* v,
                        float learning_rate, double beta_1, double beta_2, float epsilon,
                        long long step, float weight_decay, Py_ssize_t N) noexcept nogil:
-    # Decoupled weight decay first (w -= (w * weight_decay) * lr), then Adam's step.
-    cdef Py_ssize_t i
-    cdef bint finite = True
-    for i in range(N):
-        finite &= keep_finite(&params[i], params[i] - (params[i] * weight_decay) * learning_rate)
-    return finite & adam_update(params, grads, m, v, learning_rate, beta_1, beta_2, epsilon,
-                                step, N)
+    # Decoupled weight decay (w -= (w * weight_decay) * lr), then Adam's step, as one step:
+    # rejected whole where it would make a weight NaN or Inf.
+    return adam_step(params, grads, m, v, adam_alpha(learning_rate, beta_1, beta_2, step),
+                     <float>beta_1, <float>beta_2, epsilon, True, weight_decay, learning_rate,
+                     N)
 
 
 cdef bint rmsprop_update(float* params, const float* grads, float* velocity, float* average,

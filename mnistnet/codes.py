@@ -101,6 +101,30 @@ def dropout_threshold(rate: float) -> int:
 
 # ---- windows -------------------------------------------------------------------------------
 
+def conv2d_padded_shape(image: tuple[int, ...], kernel_size: tuple[int, int],
+                        strides: tuple[int, int], padding: str) -> tuple[int, int, int]:
+    """(Hs, Ws, C): what a convolution's windows read of an (H, W, C) image: the span they
+    cover, padding included, when the layer pads or its windows stop short of the image's
+    last rows or columns (a copy, zeros in the padding), else the image itself."""
+    (oh, pt), (ow, pl) = (window_geometry(size, k, s, padding)
+                          for size, k, s in zip(image[:2], kernel_size, strides, strict=True))
+    span = ((oh - 1) * strides[0] + kernel_size[0], (ow - 1) * strides[1] + kernel_size[1])
+    pads = pt > 0 or pl > 0 or span[0] > image[0] or span[1] > image[1]
+    return (span[0], span[1], int(image[2])) if pads else tuple(int(v) for v in image)
+
+
+def conv2d_grad_scratch_floats(out_hw: tuple[int, int], kernel_size: tuple[int, int],
+                               strides: tuple[int, int], in_c: int, out_c: int) -> int:
+    """Floats a conv layer's input gradient needs as scratch for one image: its output
+    gradient zero-padded all round by the kernel's size - 1 (stride 1: a direct correlation
+    with the flipped kernel), else one image's patch gradient (OH*OW x KH*KW*C, before
+    col2im)."""
+    (oh, ow), (kh, kw) = out_hw, kernel_size
+    if strides == (1, 1):
+        return (oh + 2 * (kh - 1)) * (ow + 2 * (kw - 1)) * out_c
+    return oh * ow * kh * kw * in_c
+
+
 def window_geometry(size: int, window: int, stride: int, padding: str) -> tuple[int, int]:
     """(output size, padding before) of a window sliding along one axis of `size`, as Keras
     (TensorFlow) computes them: "valid" keeps the windows inside the input; "same" gives

@@ -15,8 +15,9 @@ A model that starts with a Rescaling layer takes pixels as stored, 0..255: the p
 are multiplied by 255 for it.
 
 The server is the standard library's ThreadingHTTPServer, on 127.0.0.1 unless told
-otherwise. It answers every malformed request with a 4xx and a one-line JSON message, logs
-errors to stderr in one line each (no tracebacks), and keeps serving.
+otherwise. It answers every malformed request with a 4xx (a status line, headers and a
+one-line JSON message, even for request lines the standard library takes for HTTP/0.9: those
+are refused), logs errors to stderr in one line each (no tracebacks), and keeps serving.
 
     from mnistnet import demo
     with demo.serve(model, port=0) as server:   # port 0: any free port
@@ -213,11 +214,24 @@ class DemoHandler(BaseHTTPRequestHandler):
 
     server: DemoServer
     timeout = REQUEST_TIMEOUT
+    # Until the request line names its version, answers are HTTP/1.0's, status line and
+    # headers included: with http.server's default, HTTP/0.9, a request line it cannot
+    # parse ("GARBAGE", a bare "GET", binary junk) got its error as a bare body.
+    default_request_version = "HTTP/1.0"
 
     def version_string(self) -> str:
         return "mnistnet-demo"  # the Server header, without http.server's Python version
 
     def parse_request(self) -> bool:
+        # HTTP/0.9's request line, "GET /path" without a version, wants an answer without
+        # status line or headers: refused with a proper 400 instead.
+        line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        if len(line.split()) == 2:
+            self.command, self.requestline = None, line
+            self.request_version = self.default_request_version
+            self.send_error(HTTPStatus.BAD_REQUEST, "HTTP/0.9 requests are not served; "
+                                                    "send METHOD PATH HTTP/1.1")
+            return False
         # http.server answers 501 to a method it has no do_ for: here any method but GET,
         # HEAD and POST is one the page does not allow.
         if not super().parse_request():

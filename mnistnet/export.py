@@ -146,10 +146,23 @@ def window_pads(size: int, window: int, stride: int, padding: str) -> tuple[int,
 
 # ---- files ---------------------------------------------------------------------------------
 
-def _existing_folder(path: str | os.PathLike, what: str) -> Path:
+def check_output_folder(path: str | os.PathLike, label: str) -> Path:
+    """`path` as a Path if it is a folder or can be made one, missing parents included (as
+    `mnistnet plot --out`); else NotADirectoryError "<label>: <file> is a file, not a
+    folder". Creates nothing: see make_output_folder."""
     folder = Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{what} {folder} does not exist (or is not a folder)")
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                raise NotADirectoryError(f"{label}: {candidate} is a file, not a folder")
+            break
+    return folder
+
+
+def make_output_folder(path: str | os.PathLike, label: str) -> Path:
+    """check_output_folder, then the folder made (with its missing parents)."""
+    folder = check_output_folder(path, label)
+    folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
@@ -277,17 +290,18 @@ def onnx_model(model: Model, opset: int = DEFAULT_OPSET) -> Any:
 
 def export_onnx(model: Model, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -> Path:
     """Write `model` as an ONNX file at `path` (atomically: a temporary file in the same
-    folder, then a rename) and return the path.
+    folder, made if missing, then a rename) and return the path.
 
     The graph takes "input", (batch, *model.input_shape) float32 channels last (e.g. (batch,
     784) or (batch, 28, 28, 1)), and gives "output", (batch, n_outputs): what model.predict
     gives, within float32 rounding. Standard operators only, opset `opset` (13 or later).
     Needs the onnx package (pip install "mnistnet[onnx]"): ImportError without it."""
     target = Path(path)
-    _existing_folder(target.parent, "output folder")
+    check_output_folder(target.parent, f"output file {target}")
     if target.is_dir():
         raise IsADirectoryError(f"{target} is a folder, not a file name")
     data = onnx_model(model, opset).SerializeToString()
+    make_output_folder(target.parent, f"output file {target}")
     _write_atomically(target, data)
     return target
 
@@ -539,10 +553,12 @@ def export_c(model: Model, directory: str | os.PathLike,
     <NAME>_INPUT_SIZE and <NAME>_OUTPUT_SIZE; predict reads one sample flattened in the
     model's channels-last order, writes the outputs model.predict gives (within float32
     rounding) and returns 0. No dependency but libm; compiles as C++ too. `name` must be a
-    C identifier that is no C/C++ keyword (ValueError otherwise); `directory` must exist."""
+    C identifier that is no C/C++ keyword (ValueError otherwise); `directory` is made if
+    missing, with its parents."""
     check_c_name(name)
-    folder = _existing_folder(directory, "output folder")
+    check_output_folder(directory, f"output folder {directory}")
     program = c_program(model, name)
+    folder = make_output_folder(directory, f"output folder {directory}")
     header, source = folder / f"{name}.h", folder / f"{name}.c"
     _write_atomically(header, _c_header(model, name).encode())
     _write_atomically(source, _c_source(model, program).encode())

@@ -16,9 +16,10 @@ network alone: int8 in (DIGITS_INPUT_SCALE, DIGITS_INPUT_ZERO_POINT), int8 out, 
 q.predict_int8's values. Both return 0.
 
 Float remains in `<name>_predict` only (the input's quantisation, the outputs' dequantisation,
-expf in a softmax or sigmoid): the layers are integer code, and building with
--DMNISTNET_NO_FLOAT leaves that function out, so no float operation is compiled at all (for a
-core without an FPU, nothing of the soft-float library is linked). The input's quantisation
+expf in a softmax or sigmoid at the exit, tanhf in a tanh): the layers are integer code (hidden
+tanh and sigmoid layers too: tables), and building with -DMNISTNET_NO_FLOAT leaves that
+function out, so no float operation is compiled at all (for a core without an FPU, nothing of
+the soft-float library is linked). The input's quantisation
 divides in float as the twin does: it matches to the bit where float arithmetic is IEEE single
 precision (FLT_EVAL_METHOD 0: x86-64, Arm with or without FPU), not on an x87 FPU.
 
@@ -29,13 +30,23 @@ on the stack: no allocation, no writable global, thread-safe. The header gives t
 <NAME>_WEIGHTS_BYTES (flash of the constants), <NAME>_SCRATCH_BYTES (the arrays on
 predict_int8's stack) and <NAME>_PREDICT_SCRATCH_BYTES (predict's: those and an int8 copy of
 the input and output); add the functions' own frames (-fstack-usage) for the stack to reserve.
+The products are summed a row at a time by one function, dot_int8: a Dense's row, and each
+row of a convolution's window that lies inside the image ("same" padding clips the window:
+the padding, read as the input's zero point, adds nothing).
 
-A Conv2D followed by a MaxPool2D runs as one function that keeps no convolution output: each
-pooled value requantises the greatest of the convolution's sums in its window, computed as
-needed (once each where the pool's windows do not overlap): requantisation is non-decreasing,
-so this is the twin's max of the requantised outputs, with a quarter of the requantisations
-for a 2x2 pool. Each layer kind is one emitter in a table
-keyed by QuantizedLayer.kind; a kind without one is an error.
+A hidden tanh or sigmoid is a `static const int8_t` table of 256 values per layer (see
+mnistnet.int8.lookup_table): the Dense or Conv2D before it writes table[v + 128] for each
+requantised v, and a lone one (after a pool, say) is a loop of lookups.
+
+A Conv2D followed by a MaxPool2D (with a tanh or sigmoid between them or not) runs as one
+function that keeps no convolution output: each pooled value requantises the greatest of the
+convolution's sums in its window, computed as needed (once each where the pool's windows do
+not overlap): requantisation and the tables are non-decreasing, so this is the twin's max of
+the requantised outputs, with a quarter of the requantisations for a 2x2 pool. A Conv2D
+followed by an AveragePooling2D (or a global one) whose windows do not overlap runs as one
+function too: each convolution output is computed once, where its window adds it up. Each
+layer kind is one emitter in a table keyed by QuantizedLayer.kind, each run of kinds that
+fuses one in another; a kind without an emitter is an error.
 """
 
 from __future__ import annotations
@@ -54,10 +65,11 @@ from mnistnet.codes import window_geometry
 from mnistnet.export import (
     C_ACTIVATIONS,
     _c_comment,
-    _existing_folder,
     _write_atomically,
     c_float,
     check_c_name,
+    check_output_folder,
+    make_output_folder,
 )
 
 if TYPE_CHECKING:
@@ -66,6 +78,7 @@ if TYPE_CHECKING:
 __all__ = ["c_sizes", "export_quantized_c"]
 
 INTS_PER_LINE = 16  # in the generated C arrays
+LIBM = {"softmax": "expf", "sigmoid": "expf", "tanh": "tanhf"}  # what each exit calls
 NO_FLOAT_FLAG = "MNISTNET_NO_FLOAT"
 
 # ---- the helpers every file has ------------------------------------------------------------
@@ -121,64 +134,69 @@ static int8_t to_int8(int32_t value, int32_t zero_point, int32_t low)
 }
 """
 
+C_DOT = """\
+/* The sum of (x[i] + offset) * w[i] over n values: products of real values divided by their
+ * scales (offset is minus the input's zero point), each at most 255 * 127 in magnitude; every
+ * row of every layer. Built for size (-Os, as microcontroller builds usually are), GCC inlines
+ * it deep in a layer's loops and spills this loop's registers to the stack: kept apart, the
+ * convnet takes 16.6M instructions on the Cortex-M4 instead of 32.5M. Built for speed (-O2),
+ * it is best inlined: the trip count known, GCC vectorises it (3x faster on x86-64). */
+#if defined(__GNUC__) && defined(__OPTIMIZE_SIZE__)
+#define MNISTNET_NOINLINE __attribute__((noinline))
+#else
+#define MNISTNET_NOINLINE
+#endif
+MNISTNET_NOINLINE static int32_t dot_int8(const int8_t *x, const int8_t *w, int n,
+                                          int32_t offset)
+{
+    int32_t sum = 0;
+    for (int i = 0; i < n; ++i)
+        sum += (x[i] + offset) * w[i];
+    return sum;
+}
+"""
+
 # ---- the layers ----------------------------------------------------------------------------
 
-# Every function has its sizes written in (the compiler knows each trip count). ${offset} is
-# "+ k" with k = -(input zero point): (x + offset) * w is the product of the real values
-# divided by their scales, at most 255 * 127 in magnitude (it fits even a 16-bit int).
+# Every function has its sizes written in. ${offset} is -(input zero point): dot_int8's.
 C_DENSE = Template("""\
 static void ${function}(const int8_t *in, int8_t *out)
 {
     for (int j = 0; j < ${n_out}; ++j) {
-        const int8_t *w = ${name}_kernel + j * ${n_in};
-        int32_t sum = ${name}_bias[j];
-        for (int i = 0; i < ${n_in}; ++i)
-            sum += (in[i] ${offset}) * w[i];
-        out[j] = to_int8(requantize(sum, ${name}_multiplier[j], ${name}_shift[j]),
-                         ${zero_point}, ${low});
+        const int32_t sum = ${name}_bias[j]
+                            + dot_int8(in, ${name}_kernel + j * ${n_in}, ${n_in}, ${offset});
+        out[j] = ${requantize};
     }
 }
 """)
 
 # The sum of one output of the convolution, filter f at (oy, ox), before requantisation.
-# Keras' Conv2D is a cross-correlation; window positions in the padding read as the input's
-# zero point, (x + offset) = 0: skipped. ${window} sums a row of the window: its k_w pixels
-# of in_c channels are contiguous, in the input (channels last) as in the kernel (out, kh,
-# kw, in), unless padding may cut the row.
+# Keras' Conv2D is a cross-correlation. Each row of the window sums as one loop: its pixels of
+# in_c channels are contiguous, in the input (channels last) as in the kernel (out, kh, kw,
+# in). The window starts at (top, left) of the input; with "same" padding, ${clip} keeps its
+# rows ky0..ky1 and columns kx0..kx1 inside the image: the padding reads as the input's zero
+# point, (x - zero point) = 0, and adds nothing.
 C_CONV2D_SUM = Template("""\
 static int32_t ${function}_sum(const int8_t *in, int oy, int ox, int f)
 {
-    int32_t sum = ${name}_bias[f];
-    for (int ky = 0; ky < ${k_h}; ++ky) {
-        const int iy = oy * ${s_h} + ky - ${pad_top};
-${skip_row}${window}    }
+    const int top = oy * ${s_h} - ${pad_top}, left = ox * ${s_w} - ${pad_left};
+${clip}    int32_t sum = ${name}_bias[f];
+    for (int ky = ${ky0}; ky < ${ky1}; ++ky)
+        sum += dot_int8(in + ((top + ky) * ${in_w} + left + ${kx0}) * ${in_c},
+                        ${name}_kernel + ((f * ${k_h} + ky) * ${k_w} + ${kx0}) * ${in_c},
+                        ${row}, ${offset});
     return sum;
 }
 """)
 
-C_CONV2D_ROW = Template("""\
-        {
-            const int8_t *x = in + (iy * ${in_w} + ox * ${s_w}) * ${in_c};
-            const int8_t *w = ${name}_kernel + (f * ${k_h} + ky) * ${row};
-            for (int i = 0; i < ${row}; ++i)
-                sum += (x[i] ${offset}) * w[i];
-        }
-""")
-
-C_CONV2D_ROW_PADDED = Template("""\
-        for (int kx = 0; kx < ${k_w}; ++kx) {
-            const int ix = ox * ${s_w} + kx - ${pad_left};
-${skip_column}            {
-                const int8_t *x = in + (iy * ${in_w} + ix) * ${in_c};
-                const int8_t *w = ${name}_kernel + ((f * ${k_h} + ky) * ${k_w} + kx) * ${in_c};
-                for (int c = 0; c < ${in_c}; ++c)
-                    sum += (x[c] ${offset}) * w[c];
-            }
-        }
+C_CONV2D_CLIP = Template("""\
+    const int ky0 = top < 0 ? -top : 0, ky1 = top + ${k_h} > ${in_h} ? ${in_h} - top : ${k_h};
+    const int kx0 = left < 0 ? -left : 0, kx1 = left + ${k_w} > ${in_w} ? ${in_w} - left : ${k_w};
 """)
 
 REQUANTIZE_CALL = ("to_int8(requantize({sum}, {name}_multiplier[{f}], {name}_shift[{f}]), "
                    "{zero_point}, {low})")
+LOOKUP_CALL = "{table}[{value} + 128]"  # an int8 value's entry in its 256-value table
 
 C_CONV2D = Template("""\
 static void ${function}(const int8_t *in, int8_t *out)
@@ -261,6 +279,14 @@ static void ${function}(const int8_t *in, int8_t *out)
 }
 """)
 
+C_LOOKUP = Template("""\
+static void ${function}(const int8_t *in, int8_t *out)
+{
+    for (int i = 0; i < ${size}; ++i)
+        out[i] = ${lookup};
+}
+""")
+
 SKIP_ROW = "if (iy < 0 || iy >= {rows})\n{indent}    continue; /* padding */\n"
 SKIP_COLUMN = "if (ix < 0 || ix >= {columns})\n{indent}    continue;\n"
 
@@ -284,11 +310,6 @@ def c_ints(ctype: str, name: str, values: np.ndarray, comment: str) -> str:
     lines = [", ".join(text[i:i + INTS_PER_LINE]) for i in range(0, len(text), INTS_PER_LINE)]
     body = ",\n".join(f"    {line}" for line in lines)
     return f"/* {comment} */\nstatic const {ctype} {name}[{len(flat)}] = {{\n{body}\n}};\n"
-
-
-def _offset(zero_point: int) -> str:
-    """"+ k" for k = -zero_point: what x + k adds to an int8 x to centre it on zero."""
-    return f"- {zero_point}" if zero_point > 0 else f"+ {-zero_point}"
 
 
 def _skips(window: Sequence[int], strides: Sequence[int], padding: str, in_h: int, in_w: int,
@@ -324,7 +345,7 @@ def _affine_constants(layer: QuantizedLayer, name: str) -> list[str]:
 
 
 def _affine_sizes(layer: QuantizedLayer, name: str, function: str) -> dict[str, int | str]:
-    return {"function": function, "name": name, "offset": _offset(layer.input_q.zero_point),
+    return {"function": function, "name": name, "offset": -layer.input_q.zero_point,
             "zero_point": layer.output_q.zero_point, "low": layer.output_min}
 
 
@@ -333,39 +354,82 @@ def _image_sizes(shape: Sequence[int], prefix: str) -> dict[str, int]:
     return {f"{prefix}_h": h, f"{prefix}_w": w, f"{prefix}_c": c}
 
 
-def _c_dense(layer: QuantizedLayer, name: str) -> CLayerCode:
+def _table_name(lookup: QuantizedLayer) -> str:
+    return f"layer{lookup.index}_{lookup.function}_table"
+
+
+def _table_constant(lookup: QuantizedLayer) -> list[str]:
+    return [c_ints("int8_t", _table_name(lookup), lookup.table,
+                   f"{lookup.description}: int8 outputs for the inputs -128 to 127 (input "
+                   f"scale {lookup.input_q.scale:.9g}, zero point {lookup.input_q.zero_point}; "
+                   f"output {lookup.output_q.scale:g}, {lookup.output_q.zero_point})")]
+
+
+def _looked_up(value: str, lookup: QuantizedLayer | None) -> str:
+    """value, or its entry in lookup's table."""
+    return value if lookup is None else LOOKUP_CALL.format(table=_table_name(lookup),
+                                                           value=value)
+
+
+def _lookup_parts(lookup: QuantizedLayer | None) -> tuple[list[str], int, str]:
+    """(constants, their bytes, a comment's words) of an optional table after a layer."""
+    if lookup is None:
+        return [], 0, ""
+    return _table_constant(lookup), lookup.weight_bytes, f" (through its {lookup.function} table)"
+
+
+def _c_dense(layer: QuantizedLayer, name: str,
+             lookup: QuantizedLayer | None = None) -> CLayerCode:
     function = f"{name}_dense"
     n_in, n_out = layer.kernel.shape
-    code = C_DENSE.substitute(n_in=n_in, n_out=n_out, **_affine_sizes(layer, name, function))
-    return CLayerCode([*_affine_constants(layer, name), f"/* {layer.description} */\n{code}"],
-                      f"{function}({{src}}, {{dst}});", layer.output_shape, layer.weight_bytes)
+    table, table_bytes, then = _lookup_parts(lookup)
+    code = C_DENSE.substitute(n_in=n_in, n_out=n_out,
+                              requantize=_requantize_call(layer, name, "sum", "j", lookup),
+                              **_affine_sizes(layer, name, function))
+    return CLayerCode([*_affine_constants(layer, name), *table,
+                       f"/* {layer.description}{then} */\n{code}"],
+                      f"{function}({{src}}, {{dst}});", _last(layer, lookup).output_shape,
+                      layer.weight_bytes + table_bytes)
+
+
+def _last(layer: QuantizedLayer, lookup: QuantizedLayer | None) -> QuantizedLayer:
+    return layer if lookup is None else lookup
 
 
 def _conv2d_sum(layer: QuantizedLayer, name: str, function: str) -> str:
     kh, kw, c, _ = layer.kernel.shape
     sizes = _skips((kh, kw), layer.strides, layer.padding, *layer.input_shape[:2], 2)
     affine = _affine_sizes(layer, name, function)
-    if layer.padding == "valid":
-        window = C_CONV2D_ROW.substitute(row=kw * c, in_c=c, **sizes, **affine)
+    if layer.padding == "valid":  # every window inside: whole rows, sizes known
+        window = {"clip": "", "ky0": 0, "ky1": kh, "kx0": 0, "row": kw * c}
     else:
-        window = C_CONV2D_ROW_PADDED.substitute(in_c=c, **sizes, **affine)
-    return C_CONV2D_SUM.substitute(window=window, **sizes, **affine)
+        window = {"clip": C_CONV2D_CLIP.substitute(sizes), "ky0": "ky0", "ky1": "ky1",
+                  "kx0": "kx0", "row": f"(kx1 - kx0) * {c}"}
+    return C_CONV2D_SUM.substitute(in_c=c, **window, **sizes, **affine)
 
 
-def _requantize_call(layer: QuantizedLayer, name: str, total: str, channel: str) -> str:
-    return REQUANTIZE_CALL.format(sum=total, name=name, f=channel,
-                                  zero_point=layer.output_q.zero_point, low=layer.output_min)
+def _requantize_call(layer: QuantizedLayer, name: str, total: str, channel: str,
+                     lookup: QuantizedLayer | None = None) -> str:
+    """The int8 output of an affine layer for the sum `total` of output channel `channel`
+    (through lookup's table if given)."""
+    return _looked_up(REQUANTIZE_CALL.format(sum=total, name=name, f=channel,
+                                             zero_point=layer.output_q.zero_point,
+                                             low=layer.output_min), lookup)
 
 
-def _c_conv2d(layer: QuantizedLayer, name: str) -> CLayerCode:
+def _c_conv2d(layer: QuantizedLayer, name: str,
+              lookup: QuantizedLayer | None = None) -> CLayerCode:
     function = f"{name}_conv2d"
+    table, table_bytes, then = _lookup_parts(lookup)
     loops = C_CONV2D.substitute(
         function=function, **_image_sizes(layer.output_shape, "out"),
-        requantize=_requantize_call(layer, name, f"{function}_sum(in, oy, ox, f)", "f"))
-    return CLayerCode([*_affine_constants(layer, name),
-                       f"/* {layer.description} */\n{_conv2d_sum(layer, name, function)}",
-                       loops], f"{function}({{src}}, {{dst}});", layer.output_shape,
-                      layer.weight_bytes)
+        requantize=_requantize_call(layer, name, f"{function}_sum(in, oy, ox, f)", "f",
+                                    lookup))
+    return CLayerCode([*_affine_constants(layer, name), *table,
+                       f"/* {layer.description}{then} */\n"
+                       f"{_conv2d_sum(layer, name, function)}", loops],
+                      f"{function}({{src}}, {{dst}});", _last(layer, lookup).output_shape,
+                      layer.weight_bytes + table_bytes)
 
 
 def _window_loops(layer: QuantizedLayer, in_shape: Sequence[int], value: str,
@@ -380,6 +444,7 @@ def _pixel(in_shape: Sequence[int]) -> str:
 
 
 BEST = "                            best = v > best ? v : best;"
+ADD = "                            sum += v;\n                            ++count;"
 
 
 def _c_max_pool(layer: QuantizedLayer, name: str) -> CLayerCode:
@@ -391,14 +456,16 @@ def _c_max_pool(layer: QuantizedLayer, name: str) -> CLayerCode:
                       f"{function}({{src}}, {{dst}});", layer.output_shape)
 
 
+def _pool_image(pool: QuantizedLayer) -> tuple[int, ...]:
+    """The pool's output as an image: a global pool's (C,) is (1, 1, C)."""
+    return pool.output_shape if len(pool.output_shape) == 3 else (1, 1, pool.output_shape[-1])
+
+
 def _c_average_pool(layer: QuantizedLayer, name: str) -> CLayerCode:
     function = f"{name}_average_pool2d"
-    add = "                            sum += v;\n                            ++count;"
-    loops = _window_loops(layer, layer.input_shape, _pixel(layer.input_shape), add)
-    out_shape = layer.output_shape if len(layer.output_shape) == 3 else (
-        1, 1, layer.output_shape[-1])  # a global pool's (C,) output
+    loops = _window_loops(layer, layer.input_shape, _pixel(layer.input_shape), ADD)
     code = C_AVERAGE_POOL.substitute(function=function, loops=loops,
-                                     **_image_sizes(out_shape, "out"))
+                                     **_image_sizes(_pool_image(layer), "out"))
     return CLayerCode([f"/* {layer.description} */\n{code}"],
                       f"{function}({{src}}, {{dst}});", layer.output_shape)
 
@@ -411,19 +478,55 @@ def _c_relu(layer: QuantizedLayer, name: str) -> CLayerCode:
                       f"{function}({{src}}, {{dst}});", layer.output_shape)
 
 
-def _c_conv2d_max_pool(conv: QuantizedLayer, pool: QuantizedLayer, name: str) -> CLayerCode:
-    """The convolution and the pool after it in one function (see the module's docstring)."""
+def _c_lookup(layer: QuantizedLayer, name: str) -> CLayerCode:
+    function = f"{name}_{layer.function}"
+    code = C_LOOKUP.substitute(function=function, size=math.prod(layer.output_shape),
+                               lookup=_looked_up("in[i]", layer))
+    return CLayerCode([*_table_constant(layer), f"/* {layer.description} */\n{code}"],
+                      f"{function}({{src}}, {{dst}});", layer.output_shape, layer.weight_bytes)
+
+
+def _c_conv2d_max_pool(conv: QuantizedLayer, pool: QuantizedLayer, name: str,
+                       lookup: QuantizedLayer | None = None) -> CLayerCode | None:
+    """The convolution, its table if any, and the max pool after it in one function (see the
+    module's docstring); None if the table decreases somewhere (the max would not pass
+    through it)."""
+    if lookup is not None and (np.diff(lookup.table.astype(np.int16)) < 0).any():
+        return None
     function = f"{name}_conv2d_max_pool2d"
+    table, table_bytes, then = _lookup_parts(lookup)
     loops = _window_loops(pool, conv.output_shape,
                           f"const int32_t v = {function}_sum(in, iy, ix, c)", BEST)
     code = C_CONV2D_MAX_POOL.substitute(
         function=function, loops=loops, **_image_sizes(pool.output_shape, "out"),
-        requantize=_requantize_call(conv, name, "best", "c"))
-    return CLayerCode([*_affine_constants(conv, name),
+        requantize=_requantize_call(conv, name, "best", "c", lookup))
+    return CLayerCode([*_affine_constants(conv, name), *table,
                        f"/* {conv.description} */\n{_conv2d_sum(conv, name, function)}",
                        f"/* {pool.description}: over the convolution's sums, each computed "
-                       f"where a window needs it */\n{code}"],
-                      f"{function}({{src}}, {{dst}});", pool.output_shape, conv.weight_bytes)
+                       f"where a window needs it{then} */\n{code}"],
+                      f"{function}({{src}}, {{dst}});", pool.output_shape,
+                      conv.weight_bytes + table_bytes)
+
+
+def _c_conv2d_average_pool(conv: QuantizedLayer, pool: QuantizedLayer, name: str,
+                           lookup: QuantizedLayer | None = None) -> CLayerCode | None:
+    """The convolution, its table if any, and the average pool after it in one function,
+    each convolution output computed where its window adds it up; None if the pool's
+    windows overlap (their shared outputs would be computed again)."""
+    if any(s < k for s, k in zip(pool.strides, pool.window, strict=True)):
+        return None
+    function = f"{name}_conv2d_average_pool2d"
+    table, table_bytes, then = _lookup_parts(lookup)
+    value = _requantize_call(conv, name, f"{function}_sum(in, iy, ix, c)", "c", lookup)
+    loops = _window_loops(pool, conv.output_shape, f"const int8_t v = {value}", ADD)
+    code = C_AVERAGE_POOL.substitute(function=function, loops=loops,
+                                     **_image_sizes(_pool_image(pool), "out"))
+    return CLayerCode([*_affine_constants(conv, name), *table,
+                       f"/* {conv.description} */\n{_conv2d_sum(conv, name, function)}",
+                       f"/* {pool.description}: over the convolution's outputs{then}, each "
+                       f"computed where its window needs it */\n{code}"],
+                      f"{function}({{src}}, {{dst}});", pool.output_shape,
+                      conv.weight_bytes + table_bytes)
 
 
 C_EMITTERS: dict[str, Callable[[QuantizedLayer, str], CLayerCode]] = {
@@ -432,10 +535,20 @@ C_EMITTERS: dict[str, Callable[[QuantizedLayer, str], CLayerCode]] = {
     "max_pool2d": _c_max_pool,
     "average_pool2d": _c_average_pool,
     "relu": _c_relu,
+    "lookup": _c_lookup,
 }
-# Pairs that run as one function: (first kind, second kind) -> emitter.
-C_FUSED: dict[tuple[str, str], Callable[[QuantizedLayer, QuantizedLayer, str], CLayerCode]] = {
-    ("conv2d", "max_pool2d"): _c_conv2d_max_pool,
+# Runs of operations that run as one function: their kinds -> emitter (of the layers, and
+# the first one's name), which may decline (None). The longest run that fuses wins.
+FusedEmitter = Callable[[Sequence["QuantizedLayer"], str], CLayerCode | None]
+C_FUSED: dict[tuple[str, ...], FusedEmitter] = {
+    ("conv2d", "lookup", "max_pool2d"): lambda ls, name: _c_conv2d_max_pool(ls[0], ls[2], name,
+                                                                            ls[1]),
+    ("conv2d", "lookup", "average_pool2d"): lambda ls, name: _c_conv2d_average_pool(
+        ls[0], ls[2], name, ls[1]),
+    ("conv2d", "max_pool2d"): lambda ls, name: _c_conv2d_max_pool(ls[0], ls[1], name),
+    ("conv2d", "average_pool2d"): lambda ls, name: _c_conv2d_average_pool(ls[0], ls[1], name),
+    ("conv2d", "lookup"): lambda ls, name: _c_conv2d(ls[0], name, ls[1]),
+    ("dense", "lookup"): lambda ls, name: _c_dense(ls[0], name, ls[1]),
 }
 
 
@@ -457,15 +570,25 @@ class CProgram:
         return sum(self.buffers.values())
 
 
+def _fused_code(layers: Sequence[QuantizedLayer], name: str) -> tuple[CLayerCode, int] | None:
+    """The code of the longest run at the start of `layers` that fuses, and its length."""
+    for kinds in sorted(C_FUSED, key=len, reverse=True):
+        if tuple(layer.kind for layer in layers[:len(kinds)]) == kinds:
+            code = C_FUSED[kinds](layers[:len(kinds)], name)
+            if code is not None:
+                return code, len(kinds)
+    return None
+
+
 def _layer_codes(q: QuantizedModel) -> list[CLayerCode]:
-    """Each operation's (or fused pair's) code, in order."""
+    """Each operation's (or fused run's) code, in order."""
     codes, i, layers = [], 0, q.layers
     while i < len(layers):
         layer, name = layers[i], f"layer{layers[i].index}"
-        pair = (layer.kind, layers[i + 1].kind) if i + 1 < len(layers) else None
-        if pair in C_FUSED:
-            codes.append(C_FUSED[pair](layer, layers[i + 1], name))
-            i += 2
+        fused = _fused_code(layers[i:], name)
+        if fused is not None:
+            codes.append(fused[0])
+            i += fused[1]
             continue
         if layer.kind not in C_EMITTERS:
             raise ValueError(f"no int8 C emitter for {layer.kind} ({layer.description}); "
@@ -534,7 +657,9 @@ def _c_header(q: QuantizedModel, name: str, program: CProgram) -> str:
              f"{upper}_INPUT_SCALE and _ZERO_POINT, output (before the {q.exit_activation})",
              f"with {upper}_OUTPUT_SCALE and _ZERO_POINT: real = scale * (q - zero point).",
              f"Float is used in {name}_predict only; -D{NO_FLOAT_FLAG} leaves it out.",
-             "No allocation, no global state (thread-safe); libm for expf only."]
+             "No allocation, no global state (thread-safe); "
+             + (f"libm for {LIBM[q.exit_activation]} only." if q.exit_activation in LIBM
+                else "no libm.")]
     sizes = _sizes(q, program)
     q_in, q_out = q.input_q, q.output_q
     return (_c_comment(about)
@@ -620,14 +745,15 @@ def _c_source(q: QuantizedModel, program: CProgram) -> str:
              f"the layer outputs in {program.scratch_bytes} bytes of stack."]
     buffers = [f"    int8_t {buffer}[{size}];" for buffer, size in program.buffers.items()]
     body = [f"    {statement}" for statement in program.statements]
-    math_h = (f"#ifndef {NO_FLOAT_FLAG}\n#include <math.h> /* expf, in {name}_predict only */\n"
-              f"#endif /* {NO_FLOAT_FLAG} */\n" if q.exit_activation != "linear" else "")
+    math_h = (f"#ifndef {NO_FLOAT_FLAG}\n#include <math.h> /* "
+              f"{LIBM[q.exit_activation]}, in {name}_predict only */\n"
+              f"#endif /* {NO_FLOAT_FLAG} */\n" if q.exit_activation in LIBM else "")
     affine = any(layer.kernel is not None for layer in q.layers)
     return "\n".join([
         _c_comment(about) + f'#include "{name}.h"\n\n#include <limits.h>\n' + math_h,
         f"#if INT_MAX < {_largest_index(q)}\n#error \"{name}.c indexes its arrays with int: "
         "it needs an int of 32 bits\"\n#endif\n",
-        *([C_REQUANTIZE] if affine else []), *program.declarations,
+        *([C_REQUANTIZE, C_DOT] if affine else []), *program.declarations,
         f"int {name}_predict_int8(const int8_t *input, int8_t *output)\n{{",
         *buffers, *([""] if buffers else []), *body, "    return 0;\n}\n",
         _c_float_part(q, name)])
@@ -638,10 +764,11 @@ def export_quantized_c(q: QuantizedModel, directory: str | os.PathLike,
     """Write the int8 model `q` as C99, `directory/<name>.h` and `directory/<name>.c` (each
     atomically), and return their paths; see this module's docstring for what they hold.
     `name` must be a C identifier that is no C/C++ keyword (ValueError otherwise);
-    `directory` must exist."""
+    `directory` is made if missing, with its parents."""
     check_c_name(name)
-    folder = _existing_folder(directory, "output folder")
+    check_output_folder(directory, f"output folder {directory}")
     program = c_program(q, name)
+    folder = make_output_folder(directory, f"output folder {directory}")
     header, source = folder / f"{name}.h", folder / f"{name}.c"
     _write_atomically(header, _c_header(q, name, program).encode())
     _write_atomically(source, _c_source(q, program).encode())

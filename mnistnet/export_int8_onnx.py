@@ -4,14 +4,17 @@
     q.export_onnx("model_int8.onnx")     # needs the optional extra mnistnet[onnx]
 
 Standard operators only (QuantizeLinear, DequantizeLinear, Gemm, Conv, MaxPool, AveragePool,
-Relu, Transpose, Flatten, Softmax, Sigmoid), opset 13 or later: each weight is an int8
+Relu, Tanh, Sigmoid, Transpose, Flatten, Softmax), opset 13 or later: each weight is an int8
 initializer with its per-channel scales read through DequantizeLinear, each bias an int32 one
 (scale input_scale * weight_scale, zero point 0), and each layer's output passes through
 QuantizeLinear and DequantizeLinear with its scale and zero point. A runtime may run the
 float operators between them, or fuse the pattern into integer kernels (onnxruntime does).
+A hidden tanh or sigmoid (a table in the twin) is the float operator between its input's
+DequantizeLinear and a QuantizeLinear to TFLite's fixed output scale and zero point: the
+table's own recipe, computed on the fly.
 
 Inputs: "input", (batch, *input_shape) float32, channels last, as the float export's.
-Outputs: "output", (batch, n_outputs) float32, as q.predict (the exit's softmax or sigmoid in
+Outputs: "output", (batch, n_outputs) float32, as q.predict (the exit's softmax, sigmoid or tanh in
 float), and "output_int8", (batch, n_outputs) int8, the last layer's quantised outputs, as
 q.predict_int8. The runtime rounds as ONNX defines QuantizeLinear (halves to even) and
 requantises as it does (onnxruntime: a float multiplier), not as CMSIS-NN: its int8 outputs
@@ -31,9 +34,10 @@ from mnistnet.export import (
     DEFAULT_OPSET,
     OnnxGraph,
     _check_opset,
-    _existing_folder,
     _import_onnx,
     _write_atomically,
+    check_output_folder,
+    make_output_folder,
     window_pads,
 )
 
@@ -133,13 +137,20 @@ def _onnx_relu(g: _QdqGraph, layer: QuantizedLayer, name: str) -> None:
     g.apply("Relu", name)
 
 
+def _onnx_lookup(g: _QdqGraph, layer: QuantizedLayer, name: str) -> None:
+    g.apply(FLOAT_FUNCTIONS[layer.function], name)
+
+
 ONNX_EMITTERS = {
     "dense": _onnx_dense,
     "conv2d": _onnx_conv2d,
     "max_pool2d": _onnx_max_pool,
     "average_pool2d": _onnx_average_pool,
     "relu": _onnx_relu,
+    "lookup": _onnx_lookup,
 }
+# The ONNX operators of a lookup's function, and of the elementwise exits.
+FLOAT_FUNCTIONS = {"tanh": "Tanh", "sigmoid": "Sigmoid"}
 
 
 def quantized_onnx_model(q: QuantizedModel, opset: int = DEFAULT_OPSET) -> Any:
@@ -170,8 +181,8 @@ def quantized_onnx_model(q: QuantizedModel, opset: int = DEFAULT_OPSET) -> Any:
         if groups > 1:
             g.apply("Reshape", "exit_rows",
                     g.integer("exit_rows_shape", np.int64([-1, q.n_outputs])))
-    elif q.exit_activation == "sigmoid":
-        g.apply("Sigmoid", "exit")
+    elif q.exit_activation in FLOAT_FUNCTIONS:
+        g.apply(FLOAT_FUNCTIONS[q.exit_activation], "exit")
     g.apply("Identity", "output")
     float32, int8 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT8
     graph = helper.make_graph(
@@ -193,8 +204,10 @@ def export_quantized_onnx(q: QuantizedModel, path: str | os.PathLike,
                           opset: int = DEFAULT_OPSET) -> Path:
     """Write the int8 model as an ONNX QDQ file at `path` (atomically) and return the path."""
     target = Path(path)
-    _existing_folder(target.parent, "output folder")
+    check_output_folder(target.parent, f"output file {target}")
     if target.is_dir():
         raise IsADirectoryError(f"{target} is a folder, not a file name")
-    _write_atomically(target, quantized_onnx_model(q, opset).SerializeToString())
+    data = quantized_onnx_model(q, opset).SerializeToString()
+    make_output_folder(target.parent, f"output file {target}")
+    _write_atomically(target, data)
     return target

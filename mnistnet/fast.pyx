@@ -8,7 +8,7 @@ Kernels never see arrays that are not C-contiguous float32.
 """
 cimport mnistnet._kernels as k
 cimport numpy as cnp
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from mnistnet._kernels cimport (
     EpochArgs, EpochResult, InputRows, LayerPlan, Net, OptimizerSettings, Step, Window,
 )
@@ -23,7 +23,9 @@ from mnistnet._kernels import (  # noqa: F401  (re-exported: runtime configurati
     set_num_threads, sgemm, simd_path, simd_supported,
 )
 from mnistnet.codes import (  # noqa: F401  (the codes both backends expose)
-    ACTIVATIONS, LOSSES, OPTIMIZER_DTYPE, OPTIMIZERS, PLAN_DTYPE, dropout_threshold,
+    ACTIVATIONS, LOSSES, OPTIMIZER_DTYPE, OPTIMIZERS, PLAN_DTYPE, conv2d_grad_scratch_floats,
+    conv2d_padded_shape,
+    dropout_threshold,
     optimizer_slots, window_geometry,
 )
 
@@ -441,36 +443,40 @@ cdef object _check_int32(object a, str name, tuple shape):
     return a
 
 
-def conv2d_forward(out, patches, inp, weight, bias, strides=(1, 1), padding="valid"):
-    """out = im2col(inp) @ weight + bias, channels last; patches (scratch, None allocates)
-    keeps the patches for the backward pass. out (B, OH, OW, OC), patches
-    (B, OH, OW, KH*KW*C), inp (B, H, W, C), weight (KH, KW, C, OC), bias (OC,).
-    Returns out."""
+def conv2d_forward(out, padded, inp, weight, bias, strides=(1, 1), padding="valid"):
+    """out = im2col(inp) @ weight + bias, channels last, computed without the patches;
+    padded (None allocates) receives inp as the windows read it, for the backward pass
+    (reference.conv2d_padded_shape). out (B, OH, OW, OC), padded (B, Hs, Ws, C),
+    inp (B, H, W, C), weight (KH, KW, C, OC), bias (OC,). Returns out."""
     _check(inp, "inp", 4); _check(weight, "weight", 4); _check(bias, "bias", 1)
     if weight.shape[2] != inp.shape[3]:
         raise ValueError(f"inp has shape {inp.shape} but weight has shape {weight.shape}")
     if bias.shape[0] != weight.shape[3]:
         raise ValueError(f"weight has shape {weight.shape} but bias has shape {bias.shape}")
     cdef Window g = _window(inp.shape[1:], weight.shape[:2], _two(strides, "strides"), padding)
-    cdef Py_ssize_t B = inp.shape[0], OC = weight.shape[3], K = g.KH * g.KW * g.C
+    cdef Py_ssize_t B = inp.shape[0], OC = weight.shape[3]
     out = _out(out, "out", (B, g.OH, g.OW, OC))
-    patches = _out(patches, "patches", (B, g.OH, g.OW, K))
+    padded = _out(padded, "padded", (B, *conv2d_padded_shape(inp.shape[1:], weight.shape[:2],
+                                                             (g.SH, g.SW), padding)))
     cdef float* po = _io(out)
-    cdef float* pp = _io(patches)
+    cdef float* pp = _io(padded)
     cdef const float* pi = _in(inp)
     cdef const float* pw = _in(weight)
     cdef const float* pb = _in(bias)
+    cdef bint pads = k.conv2d_pads(&g)
     with nogil:
         k.conv2d_forward(po, pp, pi, pw, pb, &g, B, OC)
+    if not pads:  # the windows read inp itself: that is what padded holds
+        padded[...] = inp
     return out
 
 
-def conv2d_backward(dinp, dweight, dbias, dout, patches, inp, weight, strides=(1, 1),
+def conv2d_backward(dinp, dweight, dbias, dout, padded, inp, weight, strides=(1, 1),
                     padding="valid"):
-    """dweight = patches^T @ dout, dbias = dout summed over images and pixels, dinp =
-    col2im(dout @ weight^T): shapes as conv2d_forward's (dinp as inp, dweight as weight).
-    Returns (dinp, dweight, dbias)."""
-    _check(dout, "dout", 4); _check(patches, "patches", 4); _check(inp, "inp", 4)
+    """dweight = patches^T @ dout (the patches read from padded, conv2d_forward's), dbias =
+    dout summed over images and pixels, dinp = col2im(dout @ weight^T): shapes as
+    conv2d_forward's (dinp as inp, dweight as weight). Returns (dinp, dweight, dbias)."""
+    _check(dout, "dout", 4); _check(padded, "padded", 4); _check(inp, "inp", 4)
     _check(weight, "weight", 4)
     if weight.shape[2] != inp.shape[3]:
         raise ValueError(f"inp has shape {inp.shape} but weight has shape {weight.shape}")
@@ -478,18 +484,20 @@ def conv2d_backward(dinp, dweight, dbias, dout, patches, inp, weight, strides=(1
     cdef Py_ssize_t B = inp.shape[0], OC = weight.shape[3], K = g.KH * g.KW * g.C
     if dout.shape != (B, g.OH, g.OW, OC):
         raise ValueError(f"dout has shape {dout.shape}, expected {(B, g.OH, g.OW, OC)}")
-    if patches.shape != (B, g.OH, g.OW, K):
-        raise ValueError(f"patches has shape {patches.shape}, expected {(B, g.OH, g.OW, K)}")
+    want = (B, *conv2d_padded_shape(inp.shape[1:], weight.shape[:2], (g.SH, g.SW), padding))
+    if padded.shape != want:
+        raise ValueError(f"padded has shape {padded.shape}, expected {want}")
     dinp = _out(dinp, "dinp", inp.shape)
     dweight = _out(dweight, "dweight", weight.shape)
     dbias = _out(dbias, "dbias", (OC,))
-    scratch = np.empty(OC * K + g.OH * g.OW * K, dtype=np.float32)
+    scratch = np.empty(OC * K + conv2d_grad_scratch_floats(
+        (g.OH, g.OW), (g.KH, g.KW), (g.SH, g.SW), g.C, OC), dtype=np.float32)
     cdef float* pdi = _io(dinp)
     cdef float* pdw = _io(dweight)
     cdef float* pdb = _io(dbias)
     cdef float* ps = _io(scratch)
     cdef const float* pdo = _in(dout)
-    cdef const float* pp = _in(patches)
+    cdef const float* pp = _in(padded)
     cdef const float* pw = _in(weight)
     with nogil:
         k.conv2d_backward(pdi, pdw, pdb, ps, pdo, pp, pw, &g, B, OC)
@@ -517,9 +525,13 @@ def maxpool2d_forward(out, argmax, inp, pool_size=(2, 2), strides=None, padding=
     return out, argmax
 
 
-def maxpool2d_backward(dinp, dout, argmax, input_shape):
+def maxpool2d_backward(dinp, dout, argmax, input_shape, pool_size=None, strides=None,
+                       padding="valid"):
     """dinp = dout added at each window's argmax, zero elsewhere. dinp (B, H, W, C) =
-    input_shape, dout and argmax (B, OH, OW, C) from maxpool2d_forward. Returns dinp."""
+    input_shape, dout and argmax (B, OH, OW, C) from maxpool2d_forward. With the forward's
+    window (pool_size, strides, padding) given, each argmax must lie in its own window, and
+    windows that tile the image write each input once (the network's path); the result is
+    the same. Returns dinp."""
     _check(dout, "dout", 4)
     input_shape = tuple(int(v) for v in input_shape)
     if len(input_shape) != 4 or input_shape[0] != dout.shape[0] or (
@@ -529,10 +541,19 @@ def maxpool2d_backward(dinp, dout, argmax, input_shape):
     cdef Py_ssize_t n_img = input_shape[1] * input_shape[2] * input_shape[3]
     if argmax.size and (argmax.min() < 0 or argmax.max() >= n_img):
         raise ValueError(f"argmax must index the {n_img} elements of an image")
-    dinp = _out(dinp, "dinp", input_shape)
     cdef Window g
+    memset(&g, 0, sizeof(Window))  # no window: the kernel's general scatter
     g.H, g.W, g.C = input_shape[1:]
     g.OH, g.OW = dout.shape[1:3]
+    if pool_size is not None:
+        pool = _two(pool_size, "pool_size")
+        g = _window(input_shape[1:], pool, pool if strides is None else
+                    _two(strides, "strides"), padding)
+        if (g.OH, g.OW) != dout.shape[1:3]:
+            raise ValueError(f"dout has shape {dout.shape}, the windows give "
+                             f"{(g.OH, g.OW)} pixels")
+        _check_argmax_in_windows(argmax, &g)
+    dinp = _out(dinp, "dinp", input_shape)
     cdef Py_ssize_t B = dout.shape[0]
     cdef float* pd = _io(dinp)
     cdef const float* pg = _in(dout)
@@ -540,6 +561,18 @@ def maxpool2d_backward(dinp, dout, argmax, input_shape):
     with nogil:
         k.maxpool2d_backward(pd, pg, pa, &g, B)
     return dinp
+
+
+cdef void _check_argmax_in_windows(argmax, const Window* g) except *:
+    # Each index (h * W + w) * C + c of output pixel (oh, ow, c) names a cell of its window.
+    h, rest = np.divmod(argmax, g.W * g.C)
+    w, c = np.divmod(rest, g.C)
+    oh = np.arange(g.OH).reshape(1, -1, 1, 1) * g.SH - g.PT
+    ow = np.arange(g.OW).reshape(1, 1, -1, 1) * g.SW - g.PL
+    inside = ((c == np.arange(g.C)) & (h >= oh) & (h < oh + g.KH)
+              & (w >= ow) & (w < ow + g.KW))
+    if not inside.all():
+        raise ValueError("argmax must index a cell of its own window")
 
 
 def dropout_key(unsigned long long seed, long long epoch, long long step, long long layer):
@@ -789,6 +822,7 @@ cdef Net _net(plan, params, grads, state, acts, dacts, int loss, Py_ssize_t rows
     net.targets = plan.targets
     net.n_outputs = plan.n_outputs
     net.thread_ws = 0 if plan.dense_only else plan.thread_workspace_floats()
+    net.train_flops = plan.flops_per_sample()[1]
     net.dense_only = plan.dense_only
     net.has_l2 = plan.has_l2
     net.batch_statistics = plan.batch_statistics
@@ -802,6 +836,7 @@ cdef Net _net(plan, params, grads, state, acts, dacts, int loss, Py_ssize_t rows
     net.team_threads = 1
     net.w0t = NULL
     net.g0t = NULL
+    net.profile = NULL
     net.opt.code = k.OPT_SGD
     if grads is None:
         return net
@@ -942,6 +977,32 @@ def train_step(plan, params, grads, state, acts, dacts, int loss, x, y, optimize
     with nogil:
         out = k.train_step(&net, n, &s)
     return out
+
+
+def profile_step(plan, params, grads, state, acts, dacts, int loss, x, y, optimizer,
+                 float learning_rate, long long iterations, key, int steps=10):
+    """train_step `steps` times (steps iterations + 1, + 2, ...) on one thread, timing each
+    layer's parts in the thread's CPU seconds. Returns (times, step): times (n_layers + 1, 3),
+    the mean seconds a step of each layer's forward, backward (its input gradient, and the
+    backward of its own activation) and weight gradient with the update, the last row's
+    backward the loss's deltas; step the mean CPU seconds of a whole step."""
+    _check_data(x, y, plan)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    cdef Py_ssize_t n = x.shape[0]
+    cdef Net net = _net(plan, params, grads, state, acts, dacts, loss, n, optimizer)
+    times = np.zeros((plan.table.shape[0] + 1, 3), dtype=np.float64)
+    cdef double[:, ::1] t = times
+    net.profile = &t[0, 0]
+    cdef Step s
+    _set_step(&s, learning_rate, iterations, key)
+    acts[: x.size] = x.reshape(-1)
+    start = n * plan.targets
+    acts[start: start + y.size] = y.reshape(-1)
+    cdef double step_seconds
+    with nogil:
+        step_seconds = k.profile_steps(&net, n, &s, steps)
+    return times / steps, step_seconds
 
 
 def train_epoch(plan, params, grads, state, acts, dacts, int loss, x, y, perm,

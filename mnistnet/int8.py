@@ -24,9 +24,15 @@ The scheme is the TensorFlow Lite quantisation spec
 * max pooling compares int8 values; average pooling rounds each window's sum as TFLite's int8
   AveragePool does (see `average_pool2d_int8`); both keep their input's scale and zero point,
   as TFLite requires;
+* a hidden tanh or sigmoid is a look-up table, as TFLite's int8 Tanh and Logistic kernels do
+  it: an int8 input has 256 values, so 256 int8 outputs computed at quantisation time from
+  the float function (see `lookup_table`) say what each becomes; the output's scale and zero
+  point are the ones TFLite fixes (tanh: 1/128 and 0, sigmoid: 1/256 and -128), whatever
+  the calibration; the input's are those of the layer computing it (its pre-activation
+  range);
 * a BatchNormalization right after a Dense or Conv2D with a linear activation is folded into
   that layer's kernel and bias, and an Activation("relu") right after one fuses into its clamp;
-* the last layer's softmax or sigmoid runs in float on the dequantised outputs: the int8
+* the last layer's softmax, sigmoid or tanh runs in float on the dequantised outputs: the int8
   outputs are the logits (their argmax is the predicted class);
 * a Rescaling(scale, offset) is folded: as the first layer, into the input's quantisation
   (the input is quantised as it comes, e.g. pixels 0..255, with scale S / scale and the zero
@@ -65,7 +71,8 @@ if TYPE_CHECKING:
     from mnistnet.model import Model
 
 __all__ = ["DEFAULT_CALIBRATION_ROWS", "MIN_CALIBRATION_ROWS", "QParams", "QuantizationError",
-           "QuantizedLayer", "QuantizedModel", "calibration_sample", "export_int8_c", "quantize"]
+           "QuantizedLayer", "QuantizedModel", "calibration_sample", "check_quantizable",
+           "export_int8_c", "quantize"]
 
 INT8_MIN, INT8_MAX = -128, 127
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -269,18 +276,53 @@ def relu_int8(x: np.ndarray, zero_point: int) -> np.ndarray:
     return np.maximum(x, np.int8(zero_point))
 
 
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-x) in float64, from e^-|x| (no overflow)."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+# The functions computed by table, with the output scale and zero point TensorFlow Lite's
+# quantisation spec fixes for their int8 kernels (TANH and LOGISTIC: tanh's outputs in
+# [-1, 1), sigmoid's in [0, 1), each spread over the 256 int8 values).
+LOOKUP_FUNCTIONS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], QParams]] = {
+    "tanh": (np.tanh, QParams(1 / 128, 0)),
+    "sigmoid": (_sigmoid, QParams(1 / 256, -128)),
+}
+
+
+def lookup_table(function: str, input_q: QParams, output_q: QParams) -> np.ndarray:
+    """The 256 int8 outputs of `function` ("tanh" or "sigmoid") for the int8 inputs -128 to
+    127, in that order: each input dequantised, the function applied, the result quantised
+    (halves away from zero, clamped), as TensorFlow Lite fills its int8 tables
+    (PopulateLookupTable in lite/kernels/activations.cc, LUTPopulate in later versions); in
+    float64 here, not float32: the two can differ where a value falls within float32's
+    rounding of a half step."""
+    values = np.arange(INT8_MIN, INT8_MAX + 1, dtype=np.float64)
+    real = np.float64(input_q.scale) * (values - input_q.zero_point)
+    scaled = LOOKUP_FUNCTIONS[function][0](real) / np.float64(output_q.scale)
+    return np.clip(round_half_away(scaled) + output_q.zero_point, INT8_MIN,
+                   INT8_MAX).astype(np.int8)
+
+
+def lookup_int8(x: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """table[x + 128]: each int8 value replaced by its entry in a 256-value table."""
+    return table[x.astype(np.intp) - INT8_MIN]
+
+
 # ---- the quantised layers ------------------------------------------------------------------
 
 @dataclass(frozen=True, eq=False)
 class QuantizedLayer:
     """One operation of the integer network, with everything the twin and the C need.
 
-    kind: "dense", "conv2d", "max_pool2d", "average_pool2d" or "relu". For dense and conv2d:
-    kernel (int8, Keras' layout: (in, out) or (kh, kw, in, out)), bias, multiplier and shift
-    (int32, per output channel), weight_scales (the kernel's, float32 per output channel) and
-    output_min (the clamp's low end: the output zero point under a fused ReLU, else -128).
-    For the windows: window (the kernel or pool size), strides and padding as Keras has
-    them. Shapes exclude the batch axis."""
+    kind: "dense", "conv2d", "max_pool2d", "average_pool2d", "relu" or "lookup". For dense and
+    conv2d: kernel (int8, Keras' layout: (in, out) or (kh, kw, in, out)), bias, multiplier and
+    shift (int32, per output channel), weight_scales (the kernel's, float32 per output
+    channel) and output_min (the clamp's low end: the output zero point under a fused ReLU,
+    else -128). For the windows: window (the kernel or pool size), strides and padding as
+    Keras has them. For a lookup: function ("tanh" or "sigmoid") and table (256 int8 values,
+    see lookup_table). Shapes exclude the batch axis."""
 
     kind: str
     index: int  # of its (first) layer in the model
@@ -298,6 +340,8 @@ class QuantizedLayer:
     window: tuple[int, int] = (1, 1)
     strides: tuple[int, int] = (1, 1)
     padding: str = "valid"
+    function: str = ""
+    table: np.ndarray | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """int8 outputs (B, *output_shape) for int8 inputs (B, ...) of input_shape."""
@@ -306,8 +350,9 @@ class QuantizedLayer:
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes of its constants: int8 kernel, int32 bias, multiplier and shift."""
-        arrays = (self.kernel, self.bias, self.multiplier, self.shift)
+        """Bytes of its constants: int8 kernel, int32 bias, multiplier and shift; a lookup's
+        int8 table."""
+        arrays = (self.kernel, self.bias, self.multiplier, self.shift, self.table)
         return sum(a.nbytes for a in arrays if a is not None)
 
 
@@ -327,6 +372,7 @@ INT8_KERNELS: dict[str, Callable[[QuantizedLayer, np.ndarray], np.ndarray]] = {
     "average_pool2d": lambda layer, x: average_pool2d_int8(x, layer.window, layer.strides,
                                                            layer.padding),
     "relu": lambda layer, x: relu_int8(x, layer.input_q.zero_point),
+    "lookup": lambda layer, x: lookup_int8(x, layer.table),
 }
 
 
@@ -354,6 +400,7 @@ class _FloatOp:
     window: tuple[int, int] = (1, 1)
     strides: tuple[int, int] = (1, 1)
     padding: str = "valid"
+    function: str = ""  # a lookup's: "tanh" or "sigmoid"
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """float32 outputs (B, *output_shape) for float32 inputs of input_shape."""
@@ -370,6 +417,12 @@ def _float_average_pool(op: _FloatOp, x: np.ndarray) -> np.ndarray:
     return sums / counts
 
 
+# On the last layer these run in float at the exit (the twins of the C's float code); sigmoid
+# and tanh inside the network are look-up tables, softmax is refused there.
+EXITS = {"softmax": reference.softmax_forward, "sigmoid": reference.sigmoid_forward,
+         "tanh": reference.tanh_forward}
+INNER_ACTIVATIONS = ("linear", "relu", *LOOKUP_FUNCTIONS)
+
 FLOAT_KERNELS: dict[str, Callable[[_FloatOp, np.ndarray], np.ndarray]] = {
     "dense": lambda op, x: x @ op.kernel.astype(np.float32) + op.bias.astype(np.float32),
     "conv2d": lambda op, x: reference.conv2d_forward(
@@ -379,10 +432,8 @@ FLOAT_KERNELS: dict[str, Callable[[_FloatOp, np.ndarray], np.ndarray]] = {
                                          -np.inf).max(axis=-1),
     "average_pool2d": _float_average_pool,
     "relu": lambda op, x: np.maximum(x, 0),
+    "lookup": lambda op, x: EXITS[op.function](None, x),  # the function the table stands for
 }
-
-FLOAT_EXITS = ("softmax", "sigmoid")  # on the last layer only: run in float at the exit
-INNER_ACTIVATIONS = ("linear", "relu")
 
 
 class QuantizationError(ValueError):
@@ -393,10 +444,12 @@ class QuantizationError(ValueError):
 class _Lowering:
     """The float operations built so far, layer by layer. `open_affine`: the Dense or Conv2D
     that the next layer may still fold into (a BatchNormalization) or fuse with (a ReLU):
-    only identity layers came after it. exit_activation: the softmax or sigmoid that ends the
-    network, run in float (nothing but identity layers may follow exit_step, which applies
-    it), over groups of exit_group values; "linear" if none. input_rescaling: the (scale,
-    offset) of a Rescaling before any operation, folded into the input's quantisation."""
+    only identity layers came after it. exit_activation: the softmax, sigmoid or tanh that
+    ends the network, run in float (nothing but identity layers may follow exit_step, which
+    applies it), over groups of exit_group values; "linear" if none. A sigmoid or tanh is
+    taken for the exit until a layer that computes comes after it: then it was a hidden one,
+    and becomes a table lookup. input_rescaling: the (scale, offset) of a Rescaling before
+    any operation, folded into the input's quantisation."""
 
     ops: list[_FloatOp] = field(default_factory=list)
     open_affine: _FloatOp | None = None
@@ -410,11 +463,19 @@ class _Lowering:
                                  f"{why}")
 
     def check_before_exit(self, step: LayerStep) -> None:
-        """Nothing computes after the exit activation."""
-        if self.exit_step is not None:
+        """Nothing computes after the exit activation: a sigmoid or tanh that `step` follows
+        becomes a table lookup; a softmax is refused."""
+        if self.exit_step is None:
+            return
+        if self.exit_activation not in LOOKUP_FUNCTIONS:
             raise self.refuse(step, f"it follows layer {self.exit_step.index}'s "
                                     f"{self.exit_activation}, which int8 models apply in float "
                                     "at the very end only")
+        hidden, function = self.exit_step, self.exit_activation
+        self.exit_activation, self.exit_step, self.exit_group = "linear", None, 0
+        self.ops.append(_FloatOp("lookup", [hidden], hidden.output_shape, hidden.output_shape,
+                                 function=function))
+        self.open_affine = None
 
     def append(self, op: _FloatOp, step: LayerStep) -> _FloatOp:
         self.check_before_exit(step)
@@ -427,7 +488,7 @@ class _Lowering:
         activation = step.layer.activation
         if activation != "linear":
             self.check_before_exit(step)
-        if activation in FLOAT_EXITS:
+        if activation in EXITS:
             self.exit_activation, self.exit_step = activation, step
             self.exit_group = int(step.output_shape[-1])
         elif activation == "relu":
@@ -442,8 +503,8 @@ class _Lowering:
                             step)
         elif activation != "linear":
             raise self.refuse(step, f"no int8 code for activation {activation!r} (supported: "
-                                    f"{', '.join(INNER_ACTIVATIONS)}; softmax and sigmoid on "
-                                    "the last layer only)")
+                                    f"{', '.join(INNER_ACTIVATIONS)}; softmax on the last "
+                                    "layer only)")
 
 
 def _lower_affine(lowering: _Lowering, step: LayerStep) -> None:
@@ -511,6 +572,7 @@ def _fold_rescaling(lowering: _Lowering, step: LayerStep) -> None:
     """Rescaling: before any operation, into the input's quantisation (quantize_ops); right
     after a Dense or Conv2D with a linear activation, into its kernel and bias (kernel *
     scale, bias * scale + offset)."""
+    lowering.check_before_exit(step)  # a sigmoid or tanh before it: a hidden one, a lookup
     scale, offset = step.layer.scale, step.layer.offset
     op = lowering.open_affine
     if op is not None:
@@ -637,6 +699,14 @@ def _quantize_affine(op: _FloatOp, input_q: QParams, output_q: QParams) -> Quant
                           output_min, op.window, op.strides, op.padding)
 
 
+def _quantize_lookup(op: _FloatOp, input_q: QParams) -> QuantizedLayer:
+    output_q = LOOKUP_FUNCTIONS[op.function][1]
+    return QuantizedLayer("lookup", op.steps[0].index,
+                          f"the {op.function} of {_steps_text(op.steps)}", op.input_shape,
+                          op.output_shape, input_q, output_q, function=op.function,
+                          table=lookup_table(op.function, input_q, output_q))
+
+
 def rescaled_input_q(q: QParams, scale: float, offset: float) -> QParams:
     """How the input of a leading Rescaling(scale, offset) is quantised when q quantises its
     output: real = scale * x + offset = q.scale * (q_x - q.zero_point) holds for q_x quantised
@@ -652,8 +722,9 @@ def quantize_ops(ops: Sequence[_FloatOp], ranges: Sequence[tuple[float, float]],
                  ) -> tuple[QParams, list[QuantizedLayer]]:
     """The input's QParams and the quantised operations, from the calibrated ranges. Pools
     and a lone ReLU keep their input's scale and zero point; a Dense or Conv2D takes its
-    output's from its range. rescaling: a leading Rescaling's (scale, offset), folded into
-    the input's QParams (rescaled_input_q); ranges[0] is then its output's range."""
+    output's from its range; a lookup has its function's fixed output scale and zero
+    point. rescaling: a leading Rescaling's (scale, offset), folded into the input's QParams
+    (rescaled_input_q); ranges[0] is then its output's range."""
     first_q = QParams.from_range(*ranges[0])
     input_q = first_q if rescaling is None else rescaled_input_q(first_q, *rescaling)
     layers, q = [], first_q
@@ -662,6 +733,9 @@ def quantize_ops(ops: Sequence[_FloatOp], ranges: Sequence[tuple[float, float]],
             out_q = QParams.from_range(*value_range)
             layers.append(_quantize_affine(op, q, out_q))
             q = out_q
+        elif op.kind == "lookup":
+            layers.append(_quantize_lookup(op, q))
+            q = layers[-1].output_q
         else:
             layers.append(QuantizedLayer(op.kind, op.steps[0].index, _steps_text(op.steps),
                                          op.input_shape, op.output_shape, q, q,
@@ -677,9 +751,9 @@ class QuantizedModel:
     """A model quantised to int8 (see mnistnet.int8): its NumPy twin, and the source of its C.
 
     input_q and output_q: how the input and the int8 outputs map to floats. The int8 outputs
-    are the last layer's pre-activation values; exit_activation ("linear", "softmax" or
-    "sigmoid") then runs in float, over groups of exit_group values (a softmax over an
-    image's channels: the channels)."""
+    are the last layer's pre-activation values; exit_activation ("linear", "softmax",
+    "sigmoid" or "tanh") then runs in float, over groups of exit_group values (a softmax over
+    an image's channels: the channels)."""
 
     input_shape: Shape
     n_outputs: int
@@ -738,20 +812,18 @@ class QuantizedModel:
         if self.exit_activation == "linear":
             return values
         groups = values.reshape(-1, self.exit_group)
-        if self.exit_activation == "softmax":
-            out = reference.softmax_forward(None, groups)
-        else:
-            out = reference.sigmoid_forward(None, groups)
-        return out.reshape(values.shape)
+        return EXITS[self.exit_activation](None, groups).reshape(values.shape)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Float outputs (n, n_outputs) for float inputs, as model.predict takes them: the
         input quantised, the integer network, the outputs dequantised and the last layer's
-        softmax or sigmoid applied in float."""
+        softmax, sigmoid or tanh applied in float."""
         return self.dequantize_output(self.predict_int8(self.quantize_input(x)))
 
-    def summary(self) -> str:
-        """The integer network: input, one line per operation, the exit, the sizes."""
+    def summary(self, print_fn: Callable[[str], Any] | None = None) -> None:
+        """Print the integer network: input, one line per operation, the exit, the sizes;
+        returns None, as Model.summary (and Keras). print_fn is called with each line
+        instead of print, e.g. ``lines.append`` to keep the text."""
         lines = [f"int8 model, calibrated on {self.calibration_rows} rows: input "
                  f"{self.input_shape} scale {self.input_q.scale:.6g} zero point "
                  f"{self.input_q.zero_point}"]
@@ -760,7 +832,8 @@ class QuantizedModel:
         lines.append(f"  then {self.exit_activation} in float; int8 constants "
                      f"{self.weight_bytes:,} bytes (float32 weights: "
                      f"{self.float_weight_bytes:,})")
-        return "\n".join(lines)
+        for line in lines:
+            (print_fn or print)(line)
 
     def export_c(self, directory: str | os.PathLike, name: str = "model") -> tuple[Path, Path]:
         """Write DIR/<name>.h and DIR/<name>.c: this int8 network as C99 (see
@@ -792,6 +865,12 @@ def quantize_steps(steps: Sequence[LayerStep], input_shape: Shape, x_calibration
                           x.shape[0], float_weight_bytes, rescaling)
 
 
+def check_quantizable(model: Model) -> None:
+    """Raise QuantizationError naming the first layer of `model` that int8 cannot hold, as
+    quantize would, without calibrating (a check before loading calibration images)."""
+    lower(layer_steps(model))
+
+
 def quantize(model: Model, x_calibration: np.ndarray) -> QuantizedModel:
     """The model quantised to int8, TensorFlow Lite's post-training static scheme (see
     mnistnet.int8): weights per output channel, activations per tensor, calibrated on the
@@ -800,11 +879,13 @@ def quantize(model: Model, x_calibration: np.ndarray) -> QuantizedModel:
     training images are a good choice: see calibration_sample).
 
     Raises QuantizationError (a ValueError) naming the first layer that cannot be quantised:
-    kinds other than Dense, Conv2D, MaxPool2D, Flatten, Dropout, RandomTranslation, Activation,
-    BatchNormalization (folded: right after a Dense or Conv2D with a linear activation) and
-    Rescaling (folded: as the first layer, or as BatchNormalization is);
-    activations other than relu and linear, except softmax or sigmoid on the last layer (run
-    in float). ValueError or TypeError for calibration data of the wrong shape or type."""
+    kinds without an entry in LOWERINGS (every kind of mnistnet.kinds has one); a
+    BatchNormalization anywhere but right after a Dense or Conv2D with a linear activation
+    (it is folded into it); a Rescaling anywhere but first (folded into the input's
+    quantisation) or where a BatchNormalization may be (folded likewise); a softmax anywhere
+    but on the last layer; an activation other than linear, relu, sigmoid, tanh and softmax.
+    Hidden sigmoid and tanh are look-up tables; the last layer's softmax, sigmoid or tanh runs
+    in float. ValueError or TypeError for calibration data of the wrong shape or type."""
     return quantize_steps(layer_steps(model), model.input_shape, x_calibration,
                           describe_model(model), 4 * int(model.plan.n_params))
 
@@ -814,8 +895,8 @@ def export_int8_c(model: Model, directory: str | os.PathLike, x_calibration: np.
     """Quantise `model` on x_calibration (see quantize) and write it as int8 C99,
     DIR/<name>.h and DIR/<name>.c (see mnistnet.export_int8); returns their paths. The name
     and folder are checked before the (slower) quantisation."""
-    from mnistnet.export import _existing_folder, check_c_name
+    from mnistnet.export import check_c_name, check_output_folder
 
     check_c_name(name)
-    _existing_folder(directory, "output folder")
+    check_output_folder(directory, f"output folder {directory}")
     return quantize(model, x_calibration).export_c(directory, name)

@@ -7,13 +7,15 @@ checked against this table when this module is imported. Each entry says:
 * layer: the Layer class (mnistnet.layers: its config, output shape and weights);
 * fill / scratch: what the kind writes into its row of the layer plan beyond the shapes
   (mnistnet.plan fills those), and the forward scratch it needs per sample;
-* takes_images, gemm, aliases_input, applied_at_input, keyed, batch_statistics: facts the
-  plan, the model and the CLI ask of it (its input is an (h, w, c) image; it is a GEMM of its
-  input rows by a kernel, as Dense and Conv2D are; its output is its input's memory, as
-  Flatten's; as a model's first layer it is applied as the input rows are read, uint8 pixels
-  through a table of its outputs for the 256 values, and the compiled net is the layers after
-  it, as for Rescaling; it draws random numbers each training step; it reduces over the batch
-  in training, as BatchNormalization does);
+* takes_images, gemm, aliases_input, in_place, applied_at_input, keyed, batch_statistics:
+  facts the plan, the model and the CLI ask of it (its input is an (h, w, c) image; it is a
+  GEMM of its input rows by a kernel, as Dense and Conv2D are; its output is its input's
+  memory, as Flatten's; it may compute its output over its input's memory, when nothing reads
+  that any more, as an Activation after a layer without one; as a model's first layer it is
+  applied as the input rows are read, uint8 pixels through a table of its outputs for the 256
+  values, and the compiled net is the layers after it, as for Rescaling; it draws random
+  numbers each training step; it reduces over the batch in training, as BatchNormalization
+  does);
 * forward / backward (and update): its NumPy twin as the reference network runs it, calling
   the kernel twins of mnistnet.reference;
 * onnx / c: its exporters (mnistnet.export calls them with its graph and C writer);
@@ -38,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from mnistnet import layers, reference
-from mnistnet.codes import ACTIVATIONS
+from mnistnet.codes import ACTIVATIONS, conv2d_padded_shape
 from mnistnet.layers import Layer, Shape
 
 __all__ = ["IDENTITY", "KINDS", "Kind", "kind_of", "layer_from_config", "layer_to_config",
@@ -70,11 +72,12 @@ class Kind:
     keras: Callable[[Layer], dict[str, Any]]
     torch: Callable[[Layer, Shape, Shape], list[dict[str, Any]]] | None
     fill: Callable[[np.void, Layer, Shape, Shape], None] = lambda row, layer, ins, outs: None
-    scratch: Callable[[np.void], int] = lambda row: 0
+    scratch: Callable[[np.void, Layer], int] = lambda row, layer: 0
     update: Callable[..., None] | None = None
     takes_images: bool = False
     gemm: bool = False
     aliases_input: bool = False
+    in_place: bool = False
     applied_at_input: bool = False
     keyed: bool = False
     batch_statistics: bool = False
@@ -111,7 +114,7 @@ def _window_fields(row: np.void, window: tuple[int, int], strides: tuple[int, in
     row["pad_top"], row["pad_left"] = pads
 
 
-def _per_output(row: np.void) -> int:
+def _per_output(row: np.void, layer: Layer) -> int:
     """Scratch of one float (or int32) per output element: an argmax, a mask, an xhat."""
     return int(row["n_out"])
 
@@ -267,15 +270,12 @@ def _conv_fill(row, layer, ins, outs):
     row["fan_in"] = layer.kernel_size[0] * layer.kernel_size[1] * ins[2]
 
 
-def _conv_scratch(row):
-    """The patches, unless the convolution reads its input as its patches."""
-    return 0 if conv_reads_input_as_patches(row) else int(row["gemm_rows"] * row["fan_in"])
-
-
-def conv_reads_input_as_patches(row: np.void) -> bool:
-    """A 1x1, stride-1 convolution without padding: its patches are its input rows."""
-    return (row["k_h"] == 1 and row["k_w"] == 1 and row["s_h"] == 1 and row["s_w"] == 1
-            and row["pad_top"] == 0 and row["pad_left"] == 0)
+def _conv_scratch(row, layer):
+    """The padded copy of the input its windows read, when the layer pads (else they read
+    the input itself: no scratch)."""
+    image = (int(row["in_h"]), int(row["in_w"]), int(row["in_c"]))
+    shape = conv2d_padded_shape(image, layer.kernel_size, layer.strides, layer.padding)
+    return 0 if shape == image else math.prod(shape)
 
 
 def _conv_parse(fields, options):
@@ -286,18 +286,19 @@ def _conv_parse(fields, options):
 
 
 def _conv_forward(plan, params, i, inp, training, key):
-    layer, row, n = plan.layers[i], plan.table[i], inp.shape[0]
+    layer = plan.layers[i]
     w, b = plan.kernel_and_bias(params, i)
-    patches = np.empty((n, row["out_h"], row["out_w"], row["fan_in"]), np.float32)
-    out = reference.conv2d_forward(None, patches, inp, w, b, layer.strides, layer.padding)
-    return out, patches
+    padded = np.empty((inp.shape[0], *reference.conv2d_padded_shape(
+        inp.shape[1:], layer.kernel_size, layer.strides, layer.padding)), np.float32)
+    out = reference.conv2d_forward(None, padded, inp, w, b, layer.strides, layer.padding)
+    return out, padded
 
 
-def _conv_backward(plan, params, grads, i, dz, inp, patches):
+def _conv_backward(plan, params, grads, i, dz, inp, padded):
     layer = plan.layers[i]
     w, _ = plan.kernel_and_bias(params, i)
     gw, gb = plan.kernel_and_bias(grads, i)
-    return reference.conv2d_backward(None, gw, gb, dz, patches, inp, w, layer.strides,
+    return reference.conv2d_backward(None, gw, gb, dz, padded, inp, w, layer.strides,
                                      layer.padding)[0]
 
 
@@ -853,7 +854,7 @@ KINDS: tuple[Kind, ...] = (
     Kind(layers.Activation, token="act", grammar="act:ACT (an Activation layer)",
          parse=_activation_parse, forward=_passes_through, backward=_gradient_passes_through,
          onnx=_onnx_activation_layer, c=_c_activation_layer, keras=_keras_activation,
-         torch=lambda layer, ins, outs: []),
+         torch=lambda layer, ins, outs: [], in_place=True),
     Kind(layers.RandomTranslation, token="translate", grammar="translate:FRACTION",
          parse=_translate_parse, forward=_translate_forward, backward=_translate_backward,
          onnx=IDENTITY, c=IDENTITY, keras=_keras_translate, torch=_torch_translate,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from mnistnet.optimizers import SGD, Optimizer, optimizer_from_config, optimizer
 from mnistnet.plan import Plan, aligned_zeros, input_shape_of
 from mnistnet.trainer import History, Trainer
 
-__all__ = ["BACKENDS", "History", "Model"]
+__all__ = ["BACKENDS", "History", "Model", "loss_for_output"]
 
 BACKENDS = {"fast": fast, "reference": reference}
 ACTIVATIONS = tuple(ACTIVATION_CODES)
@@ -54,6 +54,13 @@ def _checked_names(names: Sequence[str], n_outputs: int) -> tuple[str, ...]:
     return names
 
 
+def loss_for_output(activation: str) -> str:
+    """The loss a model gets when none is given, from its output layer's activation:
+    categorical cross-entropy after a softmax (probabilities), MSE after anything else
+    (sigmoid, linear, tanh, relu), the pairs the presets use."""
+    return "categorical_crossentropy" if activation == "softmax" else "mse"
+
+
 class Model(Trainer):
     """A stack of layers trained by minibatch gradient descent.
 
@@ -65,7 +72,9 @@ class Model(Trainer):
         input_shape: or the shape of one sample: (784,) or, channels last, (28, 28, 1).
             Neither given: MNIST's, (28, 28, 1) if the first layer is a Conv2D or
             MaxPool2D, else (784,).
-        loss: "mse" or "categorical_crossentropy" (needs a softmax output layer).
+        loss: "mse" or "categorical_crossentropy" (needs a softmax output layer); None
+            (default): the output's, categorical cross-entropy after a softmax, else MSE
+            (see loss_for_output).
         optimizer: SGD (default SGD(0.01)), Adam, AdamW or RMSprop.
         seed: seeds the Glorot-uniform initialisation, every epoch's shuffle and the dropout
             masks.
@@ -79,7 +88,7 @@ class Model(Trainer):
     """
 
     def __init__(self, layers: Sequence[Layer], input_dim: int | None = None,
-                 loss: str = "mse", optimizer: Optimizer | None = None, seed: int = 0,
+                 loss: str | None = None, optimizer: Optimizer | None = None, seed: int = 0,
                  backend: str = "fast", input_shape: Sequence[int] | None = None,
                  class_names: Sequence[str] | None = None,
                  dataset: str | None = None) -> None:
@@ -91,7 +100,8 @@ class Model(Trainer):
                                 f"Flatten, Dropout, ...), got {type(layer).__name__}")
         self.layers = list(layers)
         self.input_shape = input_shape_of(self.layers, input_dim, input_shape)
-        self.loss = _choice(loss, LOSSES, "loss")
+        output = self.layers[-1].activation
+        self.loss = loss_for_output(output) if loss is None else _choice(loss, LOSSES, "loss")
         if self.loss == "categorical_crossentropy" and self.layers[-1].activation != "softmax":
             raise ValueError("loss 'categorical_crossentropy' needs a softmax output layer, "
                              f"got {self.layers[-1].activation!r}")
@@ -102,6 +112,8 @@ class Model(Trainer):
                             f"{type(optimizer).__name__}")
         self.optimizer = optimizer
         self.seed = _positive_int(seed, "seed", minimum=0)
+        if self.seed >= 1 << 64:  # the dropout and translation keys take it as 64 bits
+            raise ValueError(f"seed must be below 2**64, got {seed}")
         self.backend = backend
 
         self.plan = Plan(self.layers, self.input_shape)
@@ -115,6 +127,9 @@ class Model(Trainer):
         self.stop_training = False  # a callback sets it to end fit after this epoch
         self.fit_batch_size: int | None = None  # the last fit's (saved: resume needs it)
         self.fit_validation_split: float | None = None  # likewise
+        # Stateful callbacks' counters by callback (mnistnet.callbacks): carried across fit
+        # calls and in model files, so that resuming is exact.
+        self.callback_state: dict[str, dict[str, Any]] = {}
         self._training = threading.Lock()
         self.class_names = class_names  # type: ignore[assignment]  (None: the default)
         self.dataset = dataset
@@ -249,18 +264,32 @@ class Model(Trainer):
                                                             for la in self.layers)
         return f"Model({arch}, loss={self.loss!r}, backend={self.backend!r})"
 
-    def summary(self) -> str:
-        """A table of the layers with their output shapes and weight counts (also printed)."""
+    def summary(self, print_fn: Callable[[str], Any] | None = None) -> None:
+        """Print a table of the layers with their output shapes and weight counts, then the
+        input, the weight count, the loss and the optimizer; returns None, as Keras' does.
+
+        Args:
+            print_fn: called with each line instead of print (Keras' argument), e.g.
+                ``lines.append`` to keep the text.
+        """
         rows = [("layer", "output shape", "params")]
         for d in self.plan.describe():
             rows.append((f"{d['class']}", str(tuple(d["output_shape"])), str(d["params"])))
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
         lines.append(f"input {self.input_shape}; {self.plan.n_params:,} weights; loss "
-                     f"{self.loss}; {self.optimizer!r}")
-        text = "\n".join(lines)
-        print(text)
-        return text
+                     f"{self._describe_loss()}; {self.optimizer!r}")
+        for line in lines:
+            (print_fn or print)(line)
+
+    def _describe_loss(self) -> str:
+        """The loss and how it relates to the output layer, e.g. "categorical_crossentropy
+        (the default for a softmax output)"."""
+        output = self.layers[-1].activation
+        default = loss_for_output(output)
+        if self.loss == default:
+            return f"{self.loss} (the default for a {output} output)"
+        return f"{self.loss} (given; a {output} output's default is {default})"
 
     # -- weights ---------------------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:

@@ -17,19 +17,50 @@ from typing import Any
 import numpy as np
 
 from mnistnet.codes import optimizer_settings, optimizer_slots
-from mnistnet.schedules import LearningRateSchedule, schedule_from_config, schedule_to_config
+from mnistnet.schedules import (
+    FLOAT32_MAX,
+    LearningRateSchedule,
+    float32_rates,
+    schedule_from_config,
+    schedule_to_config,
+)
+
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32
 
 
 def _learning_rate(value: Any) -> float | LearningRateSchedule:
+    """A learning rate as a user gives it: a schedule, or a number that float32 holds as a
+    normal number (1e39 would be Inf in the kernels, 1e-50 would be 0: no training)."""
     if isinstance(value, LearningRateSchedule):
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
         raise TypeError(f"learning_rate must be a number, got {type(value).__name__}")
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"learning_rate must be a finite number > 0, got {value}")
-    lo, hi = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
-    if not lo <= value <= hi:  # the kernels compute in float32
-        raise ValueError(f"learning_rate must lie in [{lo:.3g}, {hi:.3g}] (float32), got {value}")
+    if not FLOAT32_TINY <= value <= FLOAT32_MAX:  # the kernels compute in float32
+        raise ValueError(f"learning_rate must lie in [{FLOAT32_TINY:.3g}, {FLOAT32_MAX:.3g}] "
+                         f"(float32), got {value}")
+    return float(value)
+
+
+def float32_rate(value: Any) -> float:
+    """A learning rate number rounded to float32, which may be subnormal or 0: finite,
+    >= 0 and at most float32's maximum, else ValueError."""
+    rate = _float32_number(value, "learning_rate")
+    return float(np.float32(rate))
+
+
+def _float32_number(value: Any, name: str, lowest: float = 0.0) -> float:
+    """A finite number >= lowest (> 0 if lowest > 0) that float32 holds: the kernels read
+    these settings as float32, where a float64 beyond 3.4e38 is Inf."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not (math.isfinite(value) and (value > 0 if lowest > 0 else value >= 0)):
+        raise ValueError(f"{name} must be a finite number {'>' if lowest > 0 else '>='} 0, "
+                         f"got {value}")
+    if not lowest <= value <= FLOAT32_MAX:
+        raise ValueError(f"{name} must lie in [{lowest:.3g}, {FLOAT32_MAX:.3g}] (float32), "
+                         f"got {value}")
     return float(value)
 
 
@@ -43,11 +74,8 @@ def _unit_interval(value: Any, name: str) -> float:
 
 
 def _epsilon(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
-        raise TypeError(f"epsilon must be a number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"epsilon must be a finite number > 0, got {value}")
-    return float(value)
+    # Not below float32's smallest normal number: 1e-50 would be 0 there, and 0 / 0 NaN.
+    return _float32_number(value, "epsilon", lowest=FLOAT32_TINY)
 
 
 class Optimizer:
@@ -55,14 +83,31 @@ class Optimizer:
     learning rate of each step, and its config."""
 
     def __init__(self, learning_rate: float | LearningRateSchedule) -> None:
-        self.learning_rate = _learning_rate(learning_rate)
+        self.learning_rate = learning_rate
         self.iterations = 0  # optimizer steps taken (Adam's bias correction counts them)
 
+    @property
+    def learning_rate(self) -> float | LearningRateSchedule:
+        """A number or a schedule; set, it is checked as the constructor checks it."""
+        return self._learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value: float | LearningRateSchedule) -> None:
+        self._learning_rate = _learning_rate(value)
+
+    def set_float32_rate(self, rate: float) -> None:
+        """Set the learning rate as Keras' float32 variable holds what is assigned to it:
+        rounded to float32, where a rate lowered step by step reaches subnormal numbers,
+        then 0 (which moves nothing) instead of an error (ReduceLROnPlateau's way down)."""
+        self._learning_rate = float32_rate(rate)
+
     def rates(self, first_step: int, steps: int) -> np.ndarray:
-        """float32 learning rates of steps first_step .. first_step + steps - 1."""
+        """float32 learning rates of steps first_step .. first_step + steps - 1, checked as
+        the kernels read them (mnistnet.schedules.float32_rates)."""
         if isinstance(self.learning_rate, LearningRateSchedule):
             return self.learning_rate.rates(first_step, steps)
-        return np.full(steps, self.learning_rate, dtype=np.float32)
+        return float32_rates(np.full(steps, self.learning_rate), first_step,
+                             f"{type(self).__name__}'s learning_rate")
 
     def current_learning_rate(self) -> float:
         """The rate of the next step."""
@@ -169,12 +214,7 @@ class AdamW(Adam):
                  weight_decay: float = 0.004, beta_1: float = 0.9, beta_2: float = 0.999,
                  epsilon: float = 1e-7) -> None:
         super().__init__(learning_rate, beta_1, beta_2, epsilon)
-        if isinstance(weight_decay, bool) or not isinstance(weight_decay,
-                                                            (int, float, np.floating)):
-            raise TypeError(f"weight_decay must be a number, got {type(weight_decay).__name__}")
-        if not (math.isfinite(weight_decay) and weight_decay >= 0):
-            raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
-        self.weight_decay = float(weight_decay)
+        self.weight_decay = _float32_number(weight_decay, "weight_decay")
 
     def kernel_settings(self) -> np.ndarray:
         return optimizer_settings("adamw", beta_1=self.beta_1, beta_2=self.beta_2,
@@ -235,6 +275,18 @@ def optimizer_from_config(config: dict[str, Any]) -> Optimizer:
     name = config.pop("class", "SGD")
     if name not in OPTIMIZER_CLASSES:
         raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZER_CLASSES)}")
-    if isinstance(config.get("learning_rate"), dict):
-        config["learning_rate"] = schedule_from_config(config["learning_rate"])
-    return OPTIMIZER_CLASSES[name](**config)
+    rate = config.get("learning_rate")
+    if isinstance(rate, dict):
+        config["learning_rate"] = schedule_from_config(rate)
+    elif _below_normal(rate):  # where ReduceLROnPlateau took it (set_float32_rate)
+        config["learning_rate"] = FLOAT32_TINY
+    optimizer = OPTIMIZER_CLASSES[name](**config)
+    if _below_normal(rate):
+        optimizer.set_float32_rate(rate)
+    return optimizer
+
+
+def _below_normal(rate: Any) -> bool:
+    """A number in [0, FLOAT32_TINY): a rate lowered below float32's normal range."""
+    return (isinstance(rate, (int, float)) and not isinstance(rate, bool)
+            and 0 <= rate < FLOAT32_TINY)

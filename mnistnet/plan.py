@@ -22,17 +22,25 @@ samples starts at rows * offset. The plan is independent of the batch size.
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from mnistnet.codes import ACTIVATIONS, PLAN_DTYPE, PLAN_FIELDS  # noqa: F401  (re-exported)
+from mnistnet.codes import (  # noqa: F401  (PLAN_DTYPE and PLAN_FIELDS: re-exported)
+    ACTIVATIONS,
+    PLAN_DTYPE,
+    PLAN_FIELDS,
+    conv2d_grad_scratch_floats,
+)
 from mnistnet.kinds import Kind, kind_of
 from mnistnet.layers import Dense, Layer, Shape, _positive_int
 
 CACHE_LINE = 64  # bytes
 CACHE_LINE_FLOATS = CACHE_LINE // 4
+FLOAT_BYTES = 4
 MNIST_IMAGE = (28, 28, 1)
 # A dense net this narrow or narrower in its first layer keeps transposed copies of it (see
 # _kernels.pyx: trains_transposed); the workspace always has room for them.
@@ -72,6 +80,7 @@ class Plan:
         if len(self.shapes[-1]) != 1:
             raise ValueError(f"the last layer's output has shape {self.shapes[-1]}; the model "
                              "needs rows of class scores: end with Flatten() and Dense(10)")
+        self._check_sizes()
         if not any(layer.weight_shapes(shape)
                    for layer, shape in zip(self.layers, self.shapes, strict=False)):
             raise ValueError("the model has no layer with weights (Dense or Conv2D)")
@@ -82,7 +91,56 @@ class Plan:
         self._fill_table()
         self.n_inputs = int(self.table[0]["n_in"])
         self.has_l2 = bool(np.any(self.table["l2"] > 0))
+        self._check_total()
         self.engine = Plan(self.layers[1:], self.input_shape) if self.takes_pixels else self
+
+    # -- sizes -----------------------------------------------------------------------------
+    def _check_sizes(self) -> None:
+        """Refuse, before the table (int64) or any buffer is made, a layer whose weights
+        and outputs alone would not fit in this machine's memory: sizes as exact integers,
+        so that no size overflows on the way (Conv2D(2**62, 3) would)."""
+        inputs = math.prod(self.input_shape)
+        if 2 * FLOAT_BYTES * inputs > physical_memory():
+            raise ValueError(f"input_shape {self.input_shape}: {inputs:,} floats per sample "
+                             f"need {_bytes(2 * FLOAT_BYTES * inputs)} of memory, and this "
+                             f"machine has {_bytes(physical_memory())}")
+        for i in range(len(self.layers)):
+            weights, outputs = self._weights_and_outputs(i)
+            self._check_layer(i, self._layer_bytes(i), f"{weights:,} weights and {outputs:,} "
+                              "outputs per sample")
+
+    def _weights_and_outputs(self, i: int) -> tuple[int, int]:
+        """Layer i's weight count and its outputs per sample, as exact integers."""
+        weights = sum(math.prod(s) for s in self.layers[i].weight_shapes(self.shapes[i]))
+        return weights, math.prod(self.shapes[i + 1])
+
+    def _layer_bytes(self, i: int) -> int:
+        """What training layer i needs at the least: its weights and their gradients, its
+        outputs for one sample and their gradients."""
+        weights, outputs = self._weights_and_outputs(i)
+        return FLOAT_BYTES * 2 * (weights + outputs)
+
+    def _check_layer(self, i: int, need: int, what: str) -> None:
+        """ValueError naming layer i, its size and the memory it needs, if that is more
+        than this machine has."""
+        if need > physical_memory():
+            raise ValueError(f"layers[{i}] {self.layers[i]!r} is too large: {what} need "
+                             f"{_bytes(need)} of memory to train, and this machine has "
+                             f"{_bytes(physical_memory())}")
+
+    def _check_total(self) -> None:
+        """The whole model's blocks for one sample and one thread, against the machine's
+        memory; the error names the largest layer."""
+        floats = (2 * self.n_params + self.acts_per_row + self.dacts_per_row
+                  + self.workspace_floats(1, 1))
+        if FLOAT_BYTES * floats > physical_memory():
+            largest = max(range(len(self.layers)), key=self._layer_bytes)
+            weights, outputs = self._weights_and_outputs(largest)
+            raise ValueError(f"the model is too large: training it needs "
+                             f"{_bytes(FLOAT_BYTES * floats)} of memory, and this machine has "
+                             f"{_bytes(physical_memory())}; its largest layer is "
+                             f"layers[{largest}] {self.layers[largest]!r}, with {weights:,} "
+                             f"weights and {outputs:,} outputs per sample")
 
     # -- construction ----------------------------------------------------------------------
     def _fill_table(self) -> None:
@@ -91,6 +149,9 @@ class Plan:
         act = _size(self.input_shape)   # the input region comes first
         dact = 0
         prev_act, prev_dact = 0, -1
+        # The activation applied to the region prev_act last: an in-place layer may overwrite
+        # the region only if its backward needs no output of it (None: the input region).
+        region_act: str | None = None
         has_weights_before = False
         stats = 0  # floats of the shared statistics area (BatchNormalization)
         for i, (layer, kind) in enumerate(zip(self.layers, self.kinds, strict=True)):
@@ -116,25 +177,31 @@ class Plan:
                 row["n_train"] = sum(_size(s) for s in shapes[: layer.trainable_weights])
                 row["l2"] = layer.l2
                 param += int(row["n_param"])
-            # Activations: Flatten's output is its input's region.
+            # Activations: Flatten's output is its input's region, and so is an in-place
+            # layer's (an Activation after a BatchNormalization, say: its copy is not needed).
             row["act_in"] = prev_act
-            if kind.aliases_input:
+            in_place = kind.in_place and region_act == "linear"
+            if kind.aliases_input or in_place:
                 row["act_out"] = prev_act
             else:
                 row["act_out"] = act
                 act += int(row["n_out"])
-            scratch = kind.scratch(row)
+            scratch = kind.scratch(row, layer)
             if scratch:
+                self._check_layer(i, FLOAT_BYTES * scratch, f"{scratch:,} floats of scratch "
+                                  "per sample")
                 row["scratch"], row["n_scratch"] = act, scratch
                 act += scratch
             # Gradients: only where some layer at or before this one has weights.
             has_weights_here = has_weights_before or bool(shapes)
             row["dact_in"] = prev_dact if has_weights_before else -1
-            if kind.aliases_input or not has_weights_here:
+            if kind.aliases_input or in_place or not has_weights_here:
                 row["dact_out"] = row["dact_in"]
             else:
                 row["dact_out"] = dact
                 dact += int(row["n_out"])
+            if not kind.aliases_input:
+                region_act = layer.activation
             prev_act, prev_dact = int(row["act_out"]), int(row["dact_out"])
             has_weights_before = has_weights_here
         self.n_params = param
@@ -152,11 +219,12 @@ class Plan:
         is a row-major GEMM along the kernel's rows)."""
         t = self.table
         t["wt"] = -1
-        # A convolution's patch gradient: a GEMM kind over images.
-        self.patch_grad_floats = max([int(r["gemm_rows"] * r["fan_in"])
-                                      for r, kind in zip(t, self.kinds, strict=True)
-                                      if kind.gemm and kind.takes_images and r["dact_in"] >= 0],
-                                     default=0)
+        # A convolution's input-gradient scratch: a GEMM kind over images.
+        self.patch_grad_floats = max([conv2d_grad_scratch_floats(
+            (int(r["out_h"]), int(r["out_w"])), (int(r["k_h"]), int(r["k_w"])),
+            (int(r["s_h"]), int(r["s_w"])), int(r["in_c"]), int(r["out_c"]))
+            for r, kind in zip(t, self.kinds, strict=True)
+            if kind.gemm and kind.takes_images and r["dact_in"] >= 0], default=0)
         ws = self.patch_grad_floats
         if not self.dense_only:
             for row, kind in zip(t, self.kinds, strict=True):
@@ -292,7 +360,28 @@ def takes_images(layers: Sequence[Layer]) -> bool:
 
 
 def _size(shape: Shape) -> int:
-    return int(np.prod(shape, dtype=np.int64))
+    return math.prod(int(v) for v in shape)
+
+
+def physical_memory() -> int:
+    """Bytes of memory this machine has: no model may need more (Plan checks its sizes
+    against it, mnistnet.saving a model file's). Where the system does not tell, 2**47 (the
+    user address space of x86-64 Linux)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 47
+
+
+def _bytes(n: int) -> str:
+    """A byte count for people: "24.6 TiB" (exact integers of any size)."""
+    units = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB")
+    power = min((n.bit_length() - 1) // 10, len(units) - 1) if n > 0 else 0
+    if power == 0:
+        return f"{n} bytes"
+    if n < 1 << 1000:  # a float holds it
+        return f"{n / 1024 ** power:.1f} {units[power]}"
+    return f"{n // 1024 ** power:,} {units[power]}"
 
 
 def _hwc(shape: Shape) -> tuple[int, int, int]:

@@ -28,7 +28,7 @@ from mnistnet.layers import (
 from mnistnet.model import Model
 from mnistnet.optimizers import SGD, Adam, Optimizer
 from mnistnet.plan import MNIST_IMAGE
-from mnistnet.schedules import OneCycle
+from mnistnet.schedules import CosineDecay, OneCycle
 
 __all__ = ["INPUT_DTYPES", "PRESETS", "RECIPES", "preset", "recipe_optimizer"]
 
@@ -67,23 +67,30 @@ def lenet5_layers() -> list[Layer]:
             Dense(10, activation="softmax")]
 
 
-# Each preset: its layers, its input and its loss.
+# Each preset: its layers, its input, its loss, and what it is in a few words (for --help).
 PRESETS: dict[str, dict[str, Any]] = {
-    "perceptron": {"layers": _dense((10, "sigmoid")), "input_shape": (784,), "loss": "mse"},
+    "perceptron": {"layers": _dense((10, "sigmoid")), "input_shape": (784,), "loss": "mse",
+                   "about": "784-10 sigmoid, MSE"},
     "hidden-relu": {"layers": _dense((128, "relu"), (64, "relu"), (10, "sigmoid")),
-                    "input_shape": (784,), "loss": "mse"},
+                    "input_shape": (784,), "loss": "mse",
+                    "about": "784-128-64-10, relu then sigmoid, MSE"},
     "cross-entropy": {"layers": _dense((128, "relu"), (64, "relu"), (10, "softmax")),
-                      "input_shape": (784,), "loss": "categorical_crossentropy"},
+                      "input_shape": (784,), "loss": "categorical_crossentropy",
+                      "about": "the same with softmax and categorical cross-entropy"},
     "convnet": {"layers": convnet_layers, "input_shape": MNIST_IMAGE,
-                "loss": "categorical_crossentropy"},
+                "loss": "categorical_crossentropy", "about": "Keras' simple MNIST convnet"},
     "convnet-plus": {"layers": convnet_plus_layers, "input_shape": MNIST_IMAGE,
-                     "loss": "categorical_crossentropy"},
+                     "loss": "categorical_crossentropy",
+                     "about": "the convnet with BatchNormalization and RandomTranslation"},
     "lenet5": {"layers": lenet5_layers, "input_shape": MNIST_IMAGE,
-               "loss": "categorical_crossentropy"},
+               "loss": "categorical_crossentropy", "about": "LeCun et al.'s LeNet-5, tanh"},
 }
 # Each preset's training recipe, as the tutorial (SGD 0.01, batch 32, 30 epochs) and Keras'
 # "Simple MNIST convnet" example (Adam 0.001, batch 128, 15 epochs) train them; lenet5's was
-# chosen on a validation split (the last 10,000 training images; see the README).
+# chosen on a validation split (trained on the first 50,000 training images, validated on
+# the last 10,000: SGD 0.1 with momentum 0.9 on a cosine decay reached 0.990 in 10 epochs,
+# against 0.9857-0.9891 for Adam 0.001, one-cycle Adam 0.003 or 0.01, and SGD 0.05 or 0.1
+# with momentum at a constant rate).
 RECIPES: dict[str, dict[str, Any]] = {
     "perceptron": {"optimizer": "sgd", "learning_rate": 0.01, "batch_size": 32, "epochs": 30},
     "hidden-relu": {"optimizer": "sgd", "learning_rate": 0.01, "batch_size": 32, "epochs": 30},
@@ -93,7 +100,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     # The learning rate is the one-cycle schedule's peak (the schedule spans the epochs).
     "convnet-plus": {"optimizer": "adam", "learning_rate": 0.003, "batch_size": 128,
                      "epochs": 15, "schedule": "onecycle"},
-    "lenet5": {"optimizer": "adam", "learning_rate": 0.001, "batch_size": 128, "epochs": 10},
+    # The rate is a cosine decay's start (to 0 over the epochs).
+    "lenet5": {"optimizer": "sgd", "learning_rate": 0.1, "momentum": 0.9, "batch_size": 128,
+               "epochs": 10, "schedule": "cosine"},
 }
 MNIST_TRAIN_ROWS = 60_000
 
@@ -104,10 +113,14 @@ def recipe_optimizer(name: str, learning_rate: float | None = None,
     the recipe's rate (a schedule's peak)."""
     recipe = RECIPES[name]
     rate = recipe["learning_rate"] if learning_rate is None else learning_rate
+    steps = recipe["epochs"] * -(-rows // recipe["batch_size"])
     if recipe.get("schedule") == "onecycle":
-        steps = recipe["epochs"] * -(-rows // recipe["batch_size"])
         rate = OneCycle(rate, steps)
-    return Adam(rate) if recipe["optimizer"] == "adam" else SGD(rate)
+    elif recipe.get("schedule") == "cosine":
+        rate = CosineDecay(rate, steps)
+    if recipe["optimizer"] == "adam":
+        return Adam(rate)
+    return SGD(rate, momentum=recipe.get("momentum", 0.0))
 
 
 INPUT_DTYPES = ("float32", "uint8")

@@ -54,8 +54,9 @@ compiled kernels; losses are accumulated in float64, as there. Derivations:
               w -= step (momentum: u = momentum * u + step, w -= u)
   L2 regularisation (kernel_regularizer) adds 2 * l2 * w to a kernel's gradient before the
   update (and l2 * sum(w^2) to the reported loss).
-  An element whose new weight would be NaN or Inf keeps its old value, and the update
-  reports it (the epoch then stops).
+  An element whose new weight would be NaN or Inf keeps its old value (AdamW's: from before
+  its decay, the whole step being rejected), and the update reports it (the epoch then
+  stops).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ from mnistnet.codes import (  # noqa: F401  (the codes both backends expose)
     EPOCH_NONFINITE_LOSS,
     LOSSES,
     OPTIMIZERS,
+    conv2d_padded_shape,
     dropout_threshold,
     optimizer_slots,
     window_geometry,
@@ -282,26 +284,47 @@ def col2im(dinp, dpatches, kernel_size, strides, padding):
     return dinp
 
 
-def conv2d_forward(out, patches, inp, weight, bias, strides=(1, 1), padding="valid"):
-    """out = im2col(inp) @ weight + bias, the patches kept for the backward pass.
-    out (B, OH, OW, OC), patches (B, OH, OW, KH*KW*C), inp (B, H, W, C),
-    weight (KH, KW, C, OC), bias (OC,)"""
+def _conv_padded(inp, kernel_size, strides, padding):
+    """inp as the windows read it (conv2d_padded_shape), zeros in the padding."""
+    shape = conv2d_padded_shape(inp.shape[1:], kernel_size, strides, padding)
+    if shape == inp.shape[1:]:
+        return inp
+    _, pads, span = _windows(inp.shape[1:], kernel_size, strides, padding)
+    return _padded(inp, pads, span, 0.0)
+
+
+def _patches_of(padded, kernel_size, strides):
+    """im2col of the padded input (its windows all inside it), in its own dtype."""
+    (oh, ow), _, _ = _windows(padded.shape[1:], kernel_size, strides, "valid")
+    patches = np.empty((padded.shape[0], oh, ow, kernel_size[0] * kernel_size[1]
+                        * padded.shape[3]), padded.dtype)
+    return im2col(patches, padded, kernel_size, strides, "valid")
+
+
+def conv2d_forward(out, padded, inp, weight, bias, strides=(1, 1), padding="valid"):
+    """out = im2col(inp) @ weight + bias; padded receives inp as the windows read it (the
+    backward pass reads it).   out (B, OH, OW, OC), padded (B, Hs, Ws, C) (see
+    conv2d_padded_shape), inp (B, H, W, C), weight (KH, KW, C, OC), bias (OC,)"""
     kh, kw, c, oc = weight.shape
-    patches = im2col(patches, inp, (kh, kw), strides, padding)
+    padded = _out(padded, (inp.shape[0],
+                           *conv2d_padded_shape(inp.shape[1:], (kh, kw), strides, padding)))
+    padded[...] = _conv_padded(inp, (kh, kw), strides, padding)
+    patches = _patches_of(padded, (kh, kw), strides)
     out = _out(out, (*patches.shape[:3], oc))
     np.matmul(patches.reshape(-1, kh * kw * c), weight.reshape(-1, oc), out=out.reshape(-1, oc))
     out += bias
     return out
 
 
-def conv2d_backward(dinp, dweight, dbias, dout, patches, inp, weight, strides=(1, 1),
+def conv2d_backward(dinp, dweight, dbias, dout, padded, inp, weight, strides=(1, 1),
                     padding="valid"):
     """dweight = patches^T @ dout, dbias = sum of dout over images and pixels, dinp =
-    col2im(dout @ weight^T).   dinp (B, H, W, C), dweight (KH, KW, C, OC), dbias (OC,),
-    dout (B, OH, OW, OC), patches from conv2d_forward, inp (B, H, W, C), weight as dweight.
-    Returns (dinp, dweight, dbias)."""
+    col2im(dout @ weight^T), the patches those of padded (from conv2d_forward).
+    dinp (B, H, W, C), dweight (KH, KW, C, OC), dbias (OC,), dout (B, OH, OW, OC),
+    inp (B, H, W, C), weight as dweight. Returns (dinp, dweight, dbias)."""
     kh, kw, c, oc = weight.shape
     k = kh * kw * c
+    patches = _patches_of(padded, (kh, kw), strides)
     rows, grad = patches.reshape(-1, k), dout.reshape(-1, oc)
     dweight = _out(dweight, weight.shape)
     dbias = _out(dbias, (oc,))
@@ -335,9 +358,12 @@ def maxpool2d_forward(out, argmax, inp, pool_size=(2, 2), strides=None, padding=
     return out, argmax
 
 
-def maxpool2d_backward(dinp, dout, argmax, input_shape):
+def maxpool2d_backward(dinp, dout, argmax, input_shape, pool_size=None, strides=None,
+                       padding="valid"):
     """dinp = dout added at each window's argmax (zero elsewhere): a scatter-add, summed
-    where windows overlap.   dinp (B, H, W, C) = input_shape, dout and argmax (B, OH, OW, C)"""
+    where windows overlap.   dinp (B, H, W, C) = input_shape, dout and argmax (B, OH, OW, C)
+    The window (pool_size, strides, padding) does not change the result: the compiled kernel
+    takes it to write each input once where windows tile the image."""
     dinp = _out(dinp, tuple(input_shape))
     b, n_img = dinp.shape[0], dinp[0].size
     where = (np.arange(b)[:, None] * n_img + argmax.reshape(b, -1)).reshape(-1)
@@ -577,13 +603,18 @@ def adam_alpha(learning_rate, beta_1, beta_2, step) -> np.float32:
     return np.float32(lr * np.sqrt(1.0 - float(beta_2) ** step) / (1.0 - float(beta_1) ** step))
 
 
-def _adam(params, grads, m, v, learning_rate, beta_1, beta_2, epsilon, step) -> bool:
+def _adam(params, grads, m, v, learning_rate, beta_1, beta_2, epsilon, step,
+          weight_decay=None) -> bool:
+    """Adam's step; with weight_decay (AdamW), from the weights decayed first. One update of
+    each weight: where its result is NaN or Inf, it keeps its old value, decay included."""
     alpha = adam_alpha(learning_rate, beta_1, beta_2, step)
     one = np.float32(1)
     with np.errstate(over="ignore", invalid="ignore"):
         m += (grads - m) * (one - np.float32(beta_1))
         v += (grads * grads - v) * (one - np.float32(beta_2))
-        new = params - (m * alpha) / (np.sqrt(v) + np.float32(epsilon))
+        start = params if weight_decay is None else _decayed(params, learning_rate,
+                                                             weight_decay)
+        new = start - (m * alpha) / (np.sqrt(v) + np.float32(epsilon))
     return _keep_finite(params, new)
 
 
@@ -607,17 +638,16 @@ def adam_update(params, grads, m, v, learning_rate, beta_1, beta_2, epsilon, ste
     return params
 
 
-def _weight_decay(params, learning_rate, weight_decay) -> bool:
-    with np.errstate(over="ignore", invalid="ignore"):
-        new = params - (params * np.float32(weight_decay)) * np.float32(learning_rate)
-    return _keep_finite(params, new)
+def _decayed(params, learning_rate, weight_decay):
+    """AdamW's decoupled weight decay: params - (params * weight_decay) * learning_rate."""
+    return params - (params * np.float32(weight_decay)) * np.float32(learning_rate)
 
 
 def adamw_update(params, grads, m, v, learning_rate, beta_1, beta_2, epsilon, step,
                  weight_decay):
-    """Keras' AdamW, in place: the decoupled weight decay, then Adam's step."""
-    _weight_decay(params, learning_rate, weight_decay)
-    _adam(params, grads, m, v, learning_rate, beta_1, beta_2, epsilon, step)
+    """Keras' AdamW, in place: the decoupled weight decay, then Adam's step, as one step (a
+    weight whose result would be NaN or Inf keeps its old value, decay included)."""
+    _adam(params, grads, m, v, learning_rate, beta_1, beta_2, epsilon, step, weight_decay)
     return params
 
 
@@ -673,11 +703,8 @@ def apply_update(optimizer, params, grads, state, learning_rate, step, start=0,
         average = slot[-1] if centered else None
         return _rmsprop(params, grads, slot[0], average, moment, learning_rate, rho, momentum,
                         epsilon)
-    finite = True
-    if code == OPTIMIZERS["adamw"]:
-        finite = _weight_decay(params, learning_rate, decay)
-    return finite & _adam(params, grads, slot[0], slot[1], learning_rate, beta_1, beta_2,
-                          epsilon, step)
+    return _adam(params, grads, slot[0], slot[1], learning_rate, beta_1, beta_2, epsilon, step,
+                 decay if code == OPTIMIZERS["adamw"] else None)
 
 
 # ---- the network ---------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 class L2:
     """l2 * sum(w ** 2) over a layer's kernel (Keras' default l2 = 0.01)."""
@@ -22,6 +24,9 @@ class L2:
             raise TypeError(f"l2 must be a number, got {type(l2).__name__}")
         if not (math.isfinite(l2) and l2 >= 0):
             raise ValueError(f"l2 must be a finite number >= 0, got {l2}")
+        if 2 * l2 > _FLOAT32_MAX:  # the kernels add (2 * l2) * w to the gradient in float32
+            raise ValueError(f"l2 must be at most {_FLOAT32_MAX / 2:.3g} (twice it, in float32, "
+                             f"scales the kernel's gradient), got {l2}")
         self.l2 = float(l2)
 
     def get_config(self) -> dict[str, Any]:

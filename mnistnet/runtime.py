@@ -9,6 +9,7 @@ does (default: OpenMP's, see get_num_threads).
 from __future__ import annotations
 
 import os as _os
+from typing import Any, Literal, TextIO, overload
 
 from mnistnet import fast
 from mnistnet._version import __version__
@@ -64,10 +65,27 @@ def _clamp_message(requested: int, source: str) -> str | None:
             f"so mnistnet uses {used} thread{'' if used == 1 else 's'}")
 
 
-def show_config(file=None) -> dict:
-    """Print (and return) the version, the compiled code path, and OpenMP/thread settings."""
-    import sys
+@overload
+def show_config(mode: Literal["stdout"] = "stdout", file: TextIO | None = None) -> None: ...
 
+
+@overload
+def show_config(mode: Literal["dicts"], file: TextIO | None = None) -> dict[str, Any]: ...
+
+
+def show_config(mode: str = "stdout", file: TextIO | None = None) -> dict[str, Any] | None:
+    """Print the version, the compiled SIMD path, and the OpenMP and thread settings, and
+    return None; with mode="dicts", return them as a dict instead (numpy.show_config's
+    modes).
+
+    Args:
+        mode: "stdout" (print to ``file``, default sys.stdout) or "dicts" (return
+            {"version", "simd_path", "simd_available", "openmp", "num_threads"}).
+        file: where to print (mode "stdout").
+    """
+    if mode not in ("stdout", "dicts"):
+        raise ValueError(f"mode must be 'stdout' or 'dicts' (as numpy.show_config), got "
+                         f"{mode!r}")
     info = {
         "version": __version__,
         "simd_path": fast.simd_path(),
@@ -75,13 +93,17 @@ def show_config(file=None) -> dict:
         "openmp": fast.openmp_enabled(),
         "num_threads": fast.get_num_threads(),
     }
+    if mode == "dicts":
+        return info
+    import sys
+
     out = file if file is not None else sys.stdout
     print(f"mnistnet {info['version']}", file=out)
     print(f"  simd path:  {info['simd_path']} (available: {', '.join(info['simd_available'])})",
           file=out)
     print(f"  openmp:     {'on' if info['openmp'] else 'off'}", file=out)
     print(f"  threads:    {info['num_threads']}", file=out)
-    return info
+    return None
 
 
 def get_include() -> str:

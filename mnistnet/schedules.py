@@ -16,6 +16,18 @@ from typing import Any
 
 import numpy as np
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _rate(value: Any, name: str, zero: bool = False) -> float:
+    """A learning rate given to a schedule: a finite number > 0 (>= 0 if zero), which
+    float32 holds (the kernels compute in float32: 1e39 would be Inf there)."""
+    value = _non_negative(value, name) if zero else _positive(value, name)
+    if value > FLOAT32_MAX:
+        raise ValueError(f"{name} must be at most {FLOAT32_MAX:.3g} (float32, which the "
+                         f"kernels compute in), got {value}")
+    return value
+
 
 def _positive(value: Any, name: str, integer: bool = False) -> float:
     kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
@@ -35,6 +47,22 @@ def _non_negative(value: Any, name: str) -> float:
     return float(value)
 
 
+def float32_rates(rates: np.ndarray, first_step: int, source: str) -> np.ndarray:
+    """rates (float64, of steps first_step, first_step + 1, ...) as the float32 array the
+    epoch reads; ValueError naming source and the first step whose rate is not a finite
+    number >= 0 in float32. 0 is allowed (CosineDecay ends there, as in Keras): such steps
+    move nothing; so are rates that round to 0 in float32."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        single = rates.astype(np.float32)
+    good = np.isfinite(single) & (rates >= 0)  # NaN fails both
+    if not good.all():
+        bad = int(np.argmin(good))
+        raise ValueError(f"{source} gives the learning rate {rates[bad]} at step "
+                         f"{first_step + bad}; a rate must be a finite number >= 0, at most "
+                         f"{FLOAT32_MAX:.3g} (float32, which the kernels compute in)")
+    return single
+
+
 class LearningRateSchedule:
     """A learning rate as a function of the optimizer's step (0 at the first step)."""
 
@@ -42,15 +70,12 @@ class LearningRateSchedule:
         return float(self.rates(int(step), 1)[0])
 
     def rates(self, first_step: int, steps: int) -> np.ndarray:
-        """float32 rates of steps first_step .. first_step + steps - 1."""
+        """float32 rates of steps first_step .. first_step + steps - 1, each checked as the
+        kernels will read it: finite in float32 and >= 0."""
         step = np.arange(first_step, first_step + steps, dtype=np.float64)
-        rates = self._rates(step)
-        # 0 is allowed (CosineDecay ends there, as in Keras): such steps move nothing.
-        if not np.all(np.isfinite(rates) & (rates >= 0)):
-            bad = int(step[~(np.isfinite(rates) & (rates >= 0))][0])
-            raise ValueError(f"{self!r} gives the learning rate {self._rates(np.array([bad]))[0]}"
-                             f" at step {bad}; a rate must be a finite number >= 0")
-        return rates.astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # float32_rates names the step
+            rates = self._rates(step)
+        return float32_rates(rates, first_step, repr(self))
 
     def _rates(self, step: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -69,7 +94,7 @@ class ExponentialDecay(LearningRateSchedule):
 
     def __init__(self, initial_learning_rate: float, decay_steps: int, decay_rate: float,
                  staircase: bool = False) -> None:
-        self.initial_learning_rate = _positive(initial_learning_rate, "initial_learning_rate")
+        self.initial_learning_rate = _rate(initial_learning_rate, "initial_learning_rate")
         self.decay_steps = _positive(decay_steps, "decay_steps", integer=True)
         self.decay_rate = _positive(decay_rate, "decay_rate")
         self.staircase = bool(staircase)
@@ -94,14 +119,14 @@ class CosineDecay(LearningRateSchedule):
     def __init__(self, initial_learning_rate: float, decay_steps: int, alpha: float = 0.0,
                  warmup_target: float | None = None, warmup_steps: int = 0) -> None:
         # 0 is allowed: a warmup from 0 is the usual start (Keras' example).
-        self.initial_learning_rate = _non_negative(initial_learning_rate,
-                                                   "initial_learning_rate")
+        self.initial_learning_rate = _rate(initial_learning_rate, "initial_learning_rate",
+                                           zero=True)
         self.decay_steps = _positive(decay_steps, "decay_steps", integer=True)
         self.alpha = _non_negative(alpha, "alpha")
         if self.alpha > 1:
             raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
         self.warmup_target = (None if warmup_target is None
-                              else _positive(warmup_target, "warmup_target"))
+                              else _rate(warmup_target, "warmup_target"))
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, np.integer)):
             raise TypeError(f"warmup_steps must be an integer, got {type(warmup_steps).__name__}")
         if warmup_steps < 0 or (warmup_steps > 0 and self.warmup_target is None):
@@ -143,7 +168,7 @@ class PiecewiseConstantDecay(LearningRateSchedule):
         if any(b >= c for b, c in itertools.pairwise(boundaries)):
             raise ValueError(f"boundaries must be strictly increasing, got {boundaries!r}")
         self.boundaries = [int(b) for b in boundaries]
-        self.values = [_positive(v, "values") for v in values]
+        self.values = [_rate(v, "values") for v in values]
 
     def _rates(self, step: np.ndarray) -> np.ndarray:
         return np.asarray(self.values)[np.searchsorted(self.boundaries, step, side="left")]
@@ -160,7 +185,7 @@ class OneCycle(LearningRateSchedule):
 
     def __init__(self, max_learning_rate: float, total_steps: int, pct_start: float = 0.3,
                  div_factor: float = 25.0, final_div_factor: float = 1e4) -> None:
-        self.max_learning_rate = _positive(max_learning_rate, "max_learning_rate")
+        self.max_learning_rate = _rate(max_learning_rate, "max_learning_rate")
         self.total_steps = _positive(total_steps, "total_steps", integer=True)
         self.pct_start = _positive(pct_start, "pct_start")
         if self.pct_start >= 1:

@@ -97,7 +97,7 @@ import numpy as np
 
 from mnistnet import datasets, fast
 from mnistnet.layers import Dense
-from mnistnet.model import Model
+from mnistnet.model import Model, loss_for_output
 from mnistnet.optimizers import SGD, Adam, AdamW, Optimizer, RMSprop
 from mnistnet.presets import RECIPES, preset
 from mnistnet.schedules import OneCycle
@@ -244,8 +244,7 @@ def dense_layers(text: str) -> tuple[list[Dense], str]:
         except (ValueError, TypeError) as exc:
             raise SweepError(f"grid key layers: {item.strip()!r} in {text!r}: {exc} (expected "
                              "UNITS:ACTIVATION,..., e.g. 128:relu,10:softmax)") from None
-    loss = "categorical_crossentropy" if layers[-1].activation == "softmax" else "mse"
-    return layers, loss
+    return layers, loss_for_output(layers[-1].activation)
 
 
 @dataclass(frozen=True)

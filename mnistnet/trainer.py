@@ -30,7 +30,10 @@ __all__ = ["History", "Trainer", "format_epoch_line", "shuffle_order"]
 
 class History:
     """What fit returns: `history[name]` lists one value per completed epoch, under Keras'
-    names: loss, accuracy, and val_loss, val_accuracy when there is validation data."""
+    names: loss, accuracy, and val_loss, val_accuracy when there is validation data;
+    `epoch` lists each epoch's index in the model's count (0 for its first ever), as Keras'
+    History does when fit starts at initial_epoch: a model trained for 2 epochs, then fit
+    again for 1, has epoch == [2] in the second History."""
 
     def __init__(self) -> None:
         self.history: dict[str, list[float]] = {}
@@ -119,6 +122,35 @@ def _split_off(x: np.ndarray, targets: np.ndarray, split: float):
     return x[:at], targets[:at], (x[at:], targets[at:])
 
 
+class _EpochState:
+    """A model's training state at the start of an epoch (weights, gradients, optimizer
+    state and step, epochs done, learning rate), in buffers made once per fit: what fit
+    puts back when an epoch finds NaN or Inf in x, so that the model is as its last
+    completed epoch left it, and as the files callbacks wrote after that epoch say."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.params = np.empty_like(model.params)
+        self.grads = np.empty_like(model.grads)
+        self.optimizer_state = np.empty_like(model.optimizer_state)
+
+    def take(self) -> None:
+        m = self.model
+        np.copyto(self.params, m.params)
+        np.copyto(self.grads, m.grads)
+        np.copyto(self.optimizer_state, m.optimizer_state)
+        # A callback may set the rate in on_epoch_begin (LearningRateScheduler).
+        self.scalars = (m.optimizer.iterations, m._epochs_done, m.optimizer.learning_rate)
+
+    def restore(self) -> None:
+        m = self.model
+        np.copyto(m.params, self.params)
+        np.copyto(m.grads, self.grads)
+        np.copyto(m.optimizer_state, self.optimizer_state)
+        m.optimizer.iterations, m._epochs_done, rate = self.scalars
+        m.optimizer._learning_rate = rate  # as it was: already checked
+
+
 class Trainer:
     """fit, for Model (its buffers, kernels and optimizer are the model's)."""
 
@@ -138,9 +170,12 @@ class Trainer:
         both backends, and so do the dropout masks. The epoch runs in compiled code without
         the GIL (fast backend). Ctrl-C stops between two steps with KeyboardInterrupt; the
         model keeps the last completed step. A NaN/Inf loss stops training with a
-        RuntimeWarning, before that batch's update. NaN or Inf in x is a ValueError, and the
-        model is left as it was: the epoch checks each batch's rows as it reads them (one
-        pass over x fewer than a check up front).
+        RuntimeWarning, before that batch's update. NaN or Inf in x is a ValueError: the
+        epoch checks each batch's rows as it reads them (one pass over x fewer than a check
+        up front), and the model goes back to the end of the last completed epoch, as it was
+        before fit if none was (x changed during fit: a callback wrote into it). What
+        callbacks wrote (checkpoints, CSV rows) is about completed epochs only, so it stays
+        true of the model.
 
         validation_split: in (0, 1), Keras' meaning: the last fraction of the rows of x and
         y, taken before shuffling, is held out and scored after each epoch as val_loss and
@@ -166,9 +201,11 @@ class Trainer:
         val = self._validation_arrays(validation_data, names)
         batch_size = min(batch_size, x.shape[0])
         metrics = ["loss", "accuracy"] + (["val_loss", "val_accuracy"] if val else [])
+        # "epochs": where this fit will end in the model's count (Keras' epochs argument, with
+        # initial_epoch the epochs already trained).
         hooks = CallbackList(callbacks, self, {
-            "epochs": epochs, "steps": -(-x.shape[0] // batch_size), "verbose": verbose,
-            "metrics": metrics})
+            "epochs": self._epochs_done + epochs, "steps": -(-x.shape[0] // batch_size),
+            "verbose": verbose, "metrics": metrics})
         if not self._training.acquire(blocking=False):
             raise RuntimeError("this model is already training (fit is running in another "
                                "thread); wait for it or train a copy")
@@ -200,45 +237,55 @@ class Trainer:
         _, n_acts, n_dacts = self.plan.engine.buffer_sizes(rows, threads)
         return aligned_zeros(n_acts), aligned_zeros(n_dacts)
 
-    def _epoch_arguments(self, acts, dacts, x, targets, order, batch_size, first_step):
+    def _epoch_arguments(self, acts, dacts, x, targets, order, batch_size, first_step,
+                         rates=None):
         """train_epoch's arguments for the batches of `order`, the first being step
-        first_step of the epoch."""
-        steps = -(-len(order) // batch_size)
-        rates = self.optimizer.rates(self.optimizer.iterations, steps)
+        first_step of the epoch, at the learning rates `rates` (one per batch; default: the
+        optimizer's from its step on)."""
+        if rates is None:
+            rates = self.optimizer.rates(self.optimizer.iterations, -(-len(order) // batch_size))
         return (self.plan, self.params, self.grads, self.optimizer_state, acts, dacts,
                 self._loss_code, x, targets, order, batch_size,
                 self.optimizer.kernel_settings(), rates, self.optimizer.iterations,
                 (self.seed, self._epochs_done, first_step))
 
     def _fit(self, x, targets, epochs, batch_size, val, log, shuffle, hooks) -> History:
-        # What a ValueError for NaN/Inf in x puts back.
-        before = (self._training_state(), self.grads.copy(), self.history)
+        previous = self.history  # model.history again if no epoch of this fit completes
         # Kept on the model as it grows, so after Ctrl-C `model.history` holds the
         # completed epochs (as in Keras).
         history = self.history = History()
+        # What a ValueError for NaN/Inf in x puts back: the last completed epoch.
+        completed = _EpochState(self)
         acts, dacts = self._training_buffers(batch_size)
         self.fit_batch_size = batch_size
         n = x.shape[0]
         steps = -(-n // batch_size)
         self.stop_training = False
+        # Epochs are numbered in the model's count, as Keras numbers them from initial_epoch:
+        # resuming a model of 1 epoch for 1 more logs "Epoch 2/2".
+        last = self._epochs_done + epochs
         hooks.on_train_begin()
-        for epoch in range(epochs):
+        for _ in range(epochs):
             if self.stop_training:
                 break
+            completed.take()
             hooks.on_epoch_begin(self._epochs_done)
-            log.epoch_start(epoch + 1, epochs)
+            log.epoch_start(self._epochs_done + 1, last)
             order = (shuffle_order(self.seed, self._epochs_done, n) if shuffle
                      else np.arange(n, dtype=np.int64))
             start = time.perf_counter()
             totals = [0.0, 0, 0, 0]  # loss_sum, correct, seen, batches
             status = EPOCH_DONE
+            # Every rate the epoch will read, checked as float32 before its first step.
+            rates = self.optimizer.rates(self.optimizer.iterations, steps)
             # On a terminal the step counter moves: run the epoch in a few compiled segments.
             segments = 20 if log.live else 1
             seg_steps = -(-steps // segments)
             for first in range(0, steps, seg_steps):
                 rows = order[first * batch_size: (first + seg_steps) * batch_size]
                 result = self._kernels.train_epoch(*self._epoch_arguments(
-                    acts, dacts, x, targets, rows, batch_size, first))
+                    acts, dacts, x, targets, rows, batch_size, first,
+                    rates[first: first + seg_steps]))
                 self.optimizer.iterations += result[3]
                 for i in range(4):
                     totals[i] += result[i]
@@ -250,11 +297,15 @@ class Trainer:
             if status == EPOCH_NONFINITE_INPUT or (
                     status == EPOCH_NONFINITE_LOSS and x.dtype.kind == "f"
                     and not self._kernels.all_finite(x)):  # rows the epoch did not reach
-                state, self.grads[:], self.history = before
-                self._restore_training_state(state)
-                raise ValueError("x contains NaN or Inf")
+                completed.restore()
+                if not history.epoch:
+                    self.history = previous
+                    raise ValueError("x contains NaN or Inf")
+                raise ValueError(f"x contains NaN or Inf (found in epoch {self._epochs_done + 1}"
+                                 f"; the model is back at the end of epoch "
+                                 f"{self._epochs_done}, the last completed one)")
             if status == EPOCH_NONFINITE_LOSS:
-                warnings.warn(f"loss became NaN or Inf at epoch {epoch + 1}, batch "
+                warnings.warn(f"loss became NaN or Inf at epoch {self._epochs_done + 1}, batch "
                               f"{totals[3] + 1}; training stopped (the weights are finite: "
                               f"that batch's update was not applied, or where it would "
                               f"have overflowed float32, not to those weights)",
@@ -268,7 +319,7 @@ class Trainer:
                 logs["val_accuracy"] = scores["accuracy"]
             log.epoch_end(steps, time.perf_counter() - start, logs)
             hooks.on_epoch_end(self._epochs_done - 1, logs)
-            history.append(epoch, logs)
+            history.append(self._epochs_done - 1, logs)
         hooks.on_train_end()
         return history
 

@@ -76,11 +76,31 @@ def average_pools(seed: int = 3) -> mn.Model:
     return model
 
 
-# lenet5's tanh has no int8 code yet (it is refused, see test_int8's errors).
-INT8_PRESETS = ("perceptron", "hidden-relu", "cross-entropy", "convnet", "convnet-plus")
+# ---- hidden tanh and sigmoid (look-up tables) -----------------------------------------------
+
+def odd_lookups() -> mn.Model:
+    """Hidden sigmoid and tanh every way they lower and fuse: a linear "same" convolution
+    with BatchNormalization folded in and an Activation("sigmoid"), fused with the "same" max
+    pool after it through its table; a tanh convolution whose overlapping average pool does
+    not fuse; a sigmoid convolution fused with a global average pool; a tanh on its own; a
+    sigmoid Dense; a ReLU after it (a clamp at -128: the identity); a 33-unit tanh Dense; a
+    tanh exit (in float)."""
+    return mn.Model([mn.Conv2D(4, 3, padding="same"), mn.BatchNormalization(),
+                     mn.Activation("sigmoid"), mn.MaxPool2D(2, padding="same"),
+                     mn.Conv2D(5, 2, activation="tanh"), mn.AveragePooling2D(2, strides=1),
+                     mn.Conv2D(6, 2, activation="sigmoid"), mn.GlobalAveragePooling2D(),
+                     mn.Activation("tanh"), mn.Dense(16, activation="sigmoid"),
+                     mn.Activation("relu"), mn.Dense(33, activation="tanh"),
+                     mn.Dense(6, activation="tanh")],
+                    input_shape=(11, 9, 2), seed=7)
+
+
+INT8_PRESETS = ("perceptron", "hidden-relu", "cross-entropy", "convnet", "convnet-plus",
+                "lenet5")
 MODELS: dict[str, Callable[[], mn.Model]] = {
     **{name: functools.partial(mn.preset, name, seed=0) for name in INT8_PRESETS},
     "odd-convnet": odd_convnet, "odd-pools": odd_pools, "average-pools": average_pools,
+    "odd-lookups": odd_lookups,
 }
 
 
@@ -130,8 +150,17 @@ def with_a_negative_channel(model: mn.Model) -> mn.Model:
     return model
 
 
+def with_steep_kernels(model: mn.Model) -> mn.Model:
+    """Every kernel four times its Glorot draw: the pre-activations of odd-lookups spread
+    over its tables' whole range, both saturated ends included, and its outputs vary from
+    one noise image to the next (they barely do after its pools otherwise)."""
+    model.set_weights([4 * w if w.ndim > 1 else w for w in model.get_weights()])
+    return model
+
+
 # What each case's model gets after its random biases.
-TWEAKS: dict[str, Callable[[mn.Model], mn.Model]] = {"odd-pools": with_a_negative_channel}
+TWEAKS: dict[str, Callable[[mn.Model], mn.Model]] = {"odd-pools": with_a_negative_channel,
+                                                     "odd-lookups": with_steep_kernels}
 
 
 @functools.cache

@@ -151,9 +151,11 @@ def test_callback_hooks_order_epochs_and_logs():
     kinds = [c[0] for c in recorder.calls]
     assert kinds == ["train_begin", "epoch_begin", "epoch_end", "epoch_begin", "epoch_end",
                      "train_end"]
-    assert recorder.calls[0][1] == {"epochs": 2, "steps": 4, "verbose": 0, "metrics": [
+    # epochs: where this fit ends in the model's count (Keras' epochs with initial_epoch 1).
+    assert recorder.calls[0][1] == {"epochs": 3, "steps": 4, "verbose": 0, "metrics": [
         "loss", "accuracy", "val_loss", "val_accuracy"]}
     assert [c[1] for c in recorder.calls if c[0] == "epoch_end"] == [1, 2]
+    assert model.history.epoch == [1, 2]  # as the callbacks count them
     logs = recorder.calls[-2][2]
     assert logs == {key: model.history.history[key][-1] for key in logs}
     assert set(logs) == {"loss", "accuracy", "val_loss", "val_accuracy"}

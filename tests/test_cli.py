@@ -33,6 +33,7 @@ LOG_LINE = re.compile(
     r"^\d+/\d+ - \d+s - \d+(us|ms|s)/step - accuracy: \d\.\d{4} - loss: \d+\.\d{4} - "
     r"val_accuracy: \d\.\d{4} - val_loss: \d+\.\d{4}$"
 )
+LOSS_LINE = re.compile(r"^loss: (mse|categorical_crossentropy) \(.+\)$")
 FINAL_LINE = re.compile(r"^test accuracy: (\d\.\d{4}) \(loss (\d+\.\d{4})\)$")
 EVALUATE_LINE = re.compile(r"^loss: (\d+\.\d{4}) - accuracy: (\d\.\d{4})$")
 PREDICT_LINE = re.compile(r"^(.+)\[(\d+)\]: digit (\d) \(p=(\d\.\d{3})\)$")
@@ -102,9 +103,11 @@ def mnist_dir() -> Path:
 
 
 def parse_train_output(stdout: str, epochs: int) -> tuple[list[str], float, float]:
-    """Check the Keras log (one 'Epoch i/n' line and one metrics line per epoch, as in a
-    pipe) and return the metrics lines and the final test accuracy and loss."""
+    """Check the log (the loss line, then one 'Epoch i/n' line and one metrics line per
+    epoch, as in a pipe) and return the metrics lines and the final test accuracy and loss."""
     lines = stdout.splitlines()
+    assert LOSS_LINE.match(lines[0]), stdout
+    lines = lines[1:]
     logs = []
     for epoch in range(1, epochs + 1):
         assert lines[2 * epoch - 2] == f"Epoch {epoch}/{epochs}", stdout
@@ -155,6 +158,38 @@ def test_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert out.startswith(f"usage: mnistnet {command}")
     assert len(out.splitlines()) > 3
+
+
+def test_the_command_and_the_package_say_what_they_train(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    from importlib.metadata import metadata
+
+    for text in (out, metadata("mnistnet")["Summary"], mn.__doc__):
+        assert "dense and convolutional" in " ".join(text.split()), text
+        assert "small dense neural networks" not in text
+
+
+def train_option_help(option: str) -> str:
+    from mnistnet.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    action = next(a for a in train._actions if option in a.option_strings)
+    return " ".join(action.help.split())
+
+
+@pytest.mark.parametrize("option", ["--preset", "--epochs", "--batch-size", "--optimizer"])
+def test_the_train_help_names_every_preset(option: str) -> None:
+    text = train_option_help(option)
+    missing = [name for name in mn.RECIPES if not re.search(rf"\b{name}\b", text)]
+    assert not missing, f"{option}'s help leaves out {missing}: {text}"
+
+
+def test_the_epochs_help_gives_each_presets_epochs() -> None:
+    text = train_option_help("--epochs")
+    for name, recipe in mn.RECIPES.items():
+        assert re.search(rf"\b{recipe['epochs']} for [^;]*\b{name}\b", text), (name, text)
 
 
 def test_info(capsys: pytest.CaptureFixture[str]) -> None:
@@ -293,6 +328,39 @@ def test_train_synthetic_log_history_and_evaluate(tiny_data: Path, tmp_path: Pat
     match = EVALUATE_LINE.match(evaluated.stdout.strip())
     assert match, evaluated.stdout
     assert (float(match.group(1)), float(match.group(2))) == (loss, accuracy)
+
+
+@pytest.mark.parametrize(("options", "loss", "why"), [
+    (["--layers", "16:relu,10:softmax"], "categorical_crossentropy",
+     "chosen for the softmax output; --loss to change it"),
+    (["--layers", "16:relu,10:sigmoid"], "mse",
+     "chosen for the sigmoid output; --loss to change it"),
+    (["--layers", "16:relu,10:softmax", "--loss", "mse"], "mse", "--loss"),
+    (["--preset", "perceptron"], "mse", "the perceptron preset's"),
+    (["--preset", "cross-entropy"], "categorical_crossentropy", "the cross-entropy preset's"),
+], ids=["softmax", "sigmoid", "explicit", "perceptron", "cross-entropy"])
+def test_train_says_which_loss_follows_the_output(options: list[str], loss: str, why: str,
+                                                  tiny_data: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --loss the loss follows the output layer, as the presets pair them; the log's
+    first line says which loss trains and why."""
+    history = tmp_path / "h.json"
+    code = main(["train", *options, "--epochs", "1", "--data", str(tiny_data),
+                 "--history", str(history)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.splitlines()[0] == f"loss: {loss} ({why})"
+    assert json.loads(history.read_text())["loss"] == loss
+
+
+def test_train_without_save_says_how_to_keep_the_model(
+        tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "--layers", "8:relu,10:softmax", "--epochs", "1",
+                 "--data", str(tiny_data)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "model not saved (add --save model.npz to keep it)" in out.splitlines()[-2]
+    assert FINAL_LINE.match(out.splitlines()[-1])
 
 
 def test_train_quiet_prints_only_the_result(tiny_data: Path, tmp_path: Path,

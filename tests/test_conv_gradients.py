@@ -39,13 +39,15 @@ def rng_for(*key) -> np.random.Generator:
 
 
 def conv64(x, w, b, strides, padding):
-    """conv2d_forward of the reference in float64 (it allocates float32 when out is None)."""
-    kh, kw, c, oc = w.shape
+    """conv2d_forward of the reference in float64 (it allocates float32 when out is None),
+    and the padded input it keeps for the backward pass."""
+    kh, kw, _, oc = w.shape
     (oh, _), (ow, _) = (reference.window_geometry(x.shape[i + 1], w.shape[i], strides[i],
                                                   padding) for i in range(2))
-    patches = np.empty((x.shape[0], oh, ow, kh * kw * c))
+    padded = np.empty((x.shape[0], *reference.conv2d_padded_shape(x.shape[1:], (kh, kw),
+                                                                  strides, padding)))
     out = np.empty((x.shape[0], oh, ow, oc))
-    return reference.conv2d_forward(out, patches, x, w, b, strides, padding), patches
+    return reference.conv2d_forward(out, padded, x, w, b, strides, padding), padded
 
 
 def pool64(x, pool, strides, padding):

@@ -38,6 +38,8 @@ POOL_CASES = {
     "overlapping": (5, 5, 7, (3, 3), (1, 1), "valid"),
     "overlapping-same-33ch": (6, 5, 33, (3, 2), (2, 1), "same"),
     "1x1": (1, 1, 1, (1, 1), None, "valid"),
+    "3x3-tiles-remainder": (10, 9, 5, (3, 3), None, "valid"),
+    "gaps": (7, 8, 2, (2, 2), (3, 3), "valid"),
     "convnet-pool1": (26, 26, 32, (2, 2), None, "valid"),
     "convnet-pool2": (11, 11, 64, (2, 2), None, "valid"),
 }
@@ -65,25 +67,35 @@ def conv_arrays(case, batch):
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("case", CONV_CASES)
 def test_conv2d_forward_matches_reference(simd_path, case, batch):
+    """The output, and the padded input the windows read (kept for the backward pass), which
+    im2col over it (valid windows) turns into the layer's patches."""
     inp, weight, bias, strides, padding = conv_arrays(case, batch)
-    want_patches = reference.im2col(None, inp, weight.shape[:2], strides, padding)
-    want = reference.conv2d_forward(None, None, inp, weight, bias, strides, padding)
-    patches = np.full(want_patches.shape, np.nan, np.float32)
-    got = fast.conv2d_forward(None, patches, inp, weight, bias, strides, padding)
+    shape = (batch, *reference.conv2d_padded_shape(inp.shape[1:], weight.shape[:2], strides,
+                                                   padding))
+    want_padded = np.full(shape, np.nan, np.float32)
+    want = reference.conv2d_forward(None, want_padded, inp, weight, bias, strides, padding)
+    padded = np.full(shape, np.nan, np.float32)
+    got = fast.conv2d_forward(None, padded, inp, weight, bias, strides, padding)
     what = f"conv2d_forward[{simd_path}] {case} batch {batch}"
-    np.testing.assert_array_equal(patches, want_patches, err_msg=what + " patches")
+    np.testing.assert_array_equal(padded, want_padded, err_msg=what + " padded")
+    np.testing.assert_array_equal(
+        reference.im2col(None, padded, weight.shape[:2], strides, "valid"),
+        reference.im2col(None, inp, weight.shape[:2], strides, padding), err_msg=what)
     assert_close(got, want, FORWARD_RTOL, what)
 
 
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("case", CONV_CASES)
 def test_conv2d_backward_matches_reference(simd_path, case, batch):
-    inp, weight, _, strides, padding = conv_arrays(case, batch)
-    patches = reference.im2col(None, inp, weight.shape[:2], strides, padding)
-    dout = normal(rng_for("dout", case, batch), (*patches.shape[:3], weight.shape[3]))
-    want = reference.conv2d_backward(None, None, None, dout, patches, inp, weight, strides,
+    inp, weight, bias, strides, padding = conv_arrays(case, batch)
+    shape = (batch, *reference.conv2d_padded_shape(inp.shape[1:], weight.shape[:2], strides,
+                                                   padding))
+    padded = np.empty(shape, np.float32)
+    out = reference.conv2d_forward(None, padded, inp, weight, bias, strides, padding)
+    dout = normal(rng_for("dout", case, batch), out.shape)
+    want = reference.conv2d_backward(None, None, None, dout, padded, inp, weight, strides,
                                      padding)
-    got = fast.conv2d_backward(None, None, None, dout, patches, inp, weight, strides, padding)
+    got = fast.conv2d_backward(None, None, None, dout, padded, inp, weight, strides, padding)
     for name, g, w in zip(("dinp", "dweight", "dbias"), got, want, strict=True):
         assert_close(g, w, BACKWARD_RTOL, f"conv2d_backward[{simd_path}] {name} {case} "
                                           f"batch {batch}")
@@ -119,7 +131,7 @@ def test_conv2d_arguments_are_checked():
         fast.conv2d_forward(None, None, inp, weight, bias, padding="full")
     with pytest.raises(ValueError, match="strides must be an int >= 1"):
         fast.conv2d_forward(None, None, inp, weight, bias, strides=(0, 1))
-    with pytest.raises(ValueError, match="patches has shape"):
+    with pytest.raises(ValueError, match="padded has shape"):
         fast.conv2d_forward(None, np.zeros((1, 3, 3, 62), np.float32), inp, weight, bias)
 
 
@@ -145,9 +157,14 @@ def test_maxpool2d_matches_reference(simd_path, case, batch):
     np.testing.assert_array_equal(np.take_along_axis(flat, argmax.reshape(batch, -1), 1),
                                   got.reshape(batch, -1), err_msg=what + " value at argmax")
     dout = normal(rng_for("pool-dout", case, batch), got.shape)
-    assert_close(fast.maxpool2d_backward(None, dout, argmax, inp.shape),
-                 reference.maxpool2d_backward(None, dout, want_argmax, inp.shape),
+    want_dinp = reference.maxpool2d_backward(None, dout, want_argmax, inp.shape)
+    assert_close(fast.maxpool2d_backward(None, dout, argmax, inp.shape), want_dinp,
                  BACKWARD_RTOL, what + " backward")
+    # with the window: the network's path (windows that tile the image write each input once,
+    # and zero those outside every window), into a buffer holding an earlier step's values
+    stale = np.full(inp.shape, np.nan, np.float32)
+    assert_close(fast.maxpool2d_backward(stale, dout, argmax, inp.shape, pool, strides, padding),
+                 want_dinp, BACKWARD_RTOL, what + " backward, window given")
 
 
 def test_maxpool2d_takes_the_first_maximum_of_a_tie():
@@ -173,6 +190,25 @@ def test_maxpool2d_padding_never_wins():
         assert out.shape == (1, 2, 2, 1)
         np.testing.assert_array_equal(out[0, :, :, 0], [[-1, -3], [-7, -9]])
         assert argmax.min() >= 0 and argmax.max() < 9
+
+
+def test_maxpool2d_backward_refuses_an_argmax_outside_its_window():
+    dout = np.ones((1, 2, 2, 1), np.float32)
+    argmax = np.array([0, 2, 8, 15], np.int32).reshape(1, 2, 2, 1)
+    fast.maxpool2d_backward(None, dout, argmax, (1, 4, 4, 1), (2, 2))
+    argmax[0, 0, 0, 0] = 2  # the next window's cell
+    with pytest.raises(ValueError, match="a cell of its own window"):
+        fast.maxpool2d_backward(None, dout, argmax, (1, 4, 4, 1), (2, 2))
+
+
+def test_maxpool2d_backward_keeps_the_sign_of_a_zero_gradient_as_the_scatter_does():
+    """0 + (-0) is +0: a window's -0 gradient reaches its argmax as +0 on either path."""
+    inp = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+    out, argmax = fast.maxpool2d_forward(None, None, inp, (2, 2))
+    dout = np.full(out.shape, -0.0, np.float32)
+    for window in ((), ((2, 2),)):
+        dinp = fast.maxpool2d_backward(None, dout, argmax, inp.shape, *window)
+        assert not np.signbit(dinp).any()
 
 
 def test_maxpool2d_backward_refuses_an_argmax_outside_the_image():

@@ -121,7 +121,8 @@ def get_case(name: str) -> Case:
 
 
 @pytest.mark.parametrize("name", ["perceptron", "cross-entropy", "odd-convnet", "odd-pools",
-                                  "trained-convnet"])
+                                  "odd-lookups", "lenet5", "trained-convnet",
+                                  "trained-lenet5"])
 def test_cortex_m4_matches_the_twin(name: str, toolchain, tmp_path: Path) -> None:
     c = get_case(name)
     model, program = build_for_cortex_m(c, tmp_path)
@@ -148,10 +149,11 @@ def stack_frames(folder: Path) -> dict[str, int]:
     return frames
 
 
-def test_cortex_m4_stack_holds_the_header_figures(toolchain, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["convnet", "lenet5"])
+def test_cortex_m4_stack_holds_the_header_figures(name: str, toolchain, tmp_path: Path) -> None:
     """predict_int8's frame is the header's SCRATCH_BYTES and a little more (registers,
     alignment); predict's the int8 input and output and a little more."""
-    c = case("convnet")
+    c = case(name)
     build_for_cortex_m(c, tmp_path)
     frames, sizes = stack_frames(tmp_path), export_int8.c_sizes(c.q)
     frame = frames[f"{c.c_name}_predict_int8"]

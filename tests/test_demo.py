@@ -243,6 +243,45 @@ def test_a_malformed_request_gets_a_4xx_in_json(server, model, log, data, expect
     assert "Traceback" not in log.getvalue()
 
 
+def raw_answer(server: demo.DemoServer, data: bytes) -> bytes:
+    """Everything the server sends back for bytes sent as they are."""
+    host, port = server.server_address[:2]
+    with socket.create_connection((host, port), timeout=TIMEOUT) as connection:
+        connection.sendall(data)
+        connection.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := connection.recv(65536):
+            reply += chunk
+    return reply
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"GET\r\n\r\n", 400),
+    (b"HTTP/9.9\r\n\r\n", 400),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
+    (b"\x00\xff junk\r\n\r\n", 400),
+    (b"GET /\r\n\r\n", 400),
+    (b"GET /predict\r\n", 400),
+    (b"GET / HTTP/9.9\r\n\r\n", 505),
+], ids=["garbage", "bare GET", "HTTP/9.9", "TLS hello", "binary junk", "HTTP/0.9 GET",
+        "HTTP/0.9 GET predict", "version 9.9"])
+def test_a_request_line_taken_for_http_0_9_gets_a_status_line(server, model, log, data,
+                                                               expected) -> None:
+    """http.server answers such lines as HTTP/0.9: the JSON error went out with no status
+    line and no headers (and "GET /" got the page so), though the docstring promised a
+    4xx."""
+    head, _, body = raw_answer(server, data).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert re.fullmatch(rf"HTTP/1\.[01] {expected} [A-Za-z ]+", lines[0]), lines
+    assert "Content-Type: application/json" in lines
+    assert f"Content-Length: {len(body)}" in lines
+    message = json.loads(body)["error"]
+    assert 0 < len(message) < 120 and "\n" not in message
+    assert_answers(server, model, some_pixels(2))  # and it goes on serving
+    assert "Traceback" not in log.getvalue()
+
+
 def test_refusals_are_logged_one_line_each(server, log) -> None:
     request(server, "/predict", b"{", content_type="application/json")
     last = log.getvalue().splitlines()[-1]
@@ -566,6 +605,67 @@ def test_test_digits_through_the_pages_preparation(page, model, digits) -> None:
     if digits is not None:
         assert as_they_were == 20, f"{as_they_were} of 20 test digits came back as they were"
         assert same_reading >= 19, f"{same_reading} of 20 test digits read as before"
+
+
+PAD_PNG = "return document.getElementById('pad').toDataURL('image/png')"
+
+
+def pad_picture(page: WebDriver, path: Path) -> Path:
+    """The pad's drawing as the PNG file the browser makes of it (what a user would save)."""
+    import base64
+
+    url = page.run(PAD_PNG)
+    assert url.startswith("data:image/png;base64,"), url[:40]
+    path.write_bytes(base64.b64decode(url.partition(",")[2]))
+    return path
+
+
+def test_the_python_preparation_is_the_pages(page, model, tmp_path, capsys) -> None:
+    """mnistnet.images, the preparation `mnistnet predict digit.png` uses, gives what the
+    page's own JavaScript gives on the same drawing: drawn with the pen, saved as PNG (and
+    as its negative, dark on light); and `mnistnet predict` reads the digit the page shows."""
+    image = pytest.importorskip("PIL.Image", reason='Pillow: pip install "mnistnet[image]"')
+    from mnistnet import images
+    from mnistnet.cli import main
+
+    page.stroke("#pad", [(-60, -90), (50, -95), (20, -20), (-10, 60), (-25, 105)])
+    page.stroke("#pad", [(-30, -10), (45, -15)])
+    digit, seen = shown(page)
+    picture = pad_picture(page, tmp_path / "drawing.png")
+    np.testing.assert_allclose(images.load_digit(picture), seen, rtol=0, atol=1e-6)
+    with image.open(picture) as drawn:
+        negative = 255 - np.asarray(drawn.convert("L"))
+    image.fromarray(negative).save(tmp_path / "negative.png")
+    np.testing.assert_allclose(images.load_digit(tmp_path / "negative.png"), seen, rtol=0,
+                               atol=1e-6)
+    model_file = tmp_path / "model.npz"
+    model.save(model_file)
+    capsys.readouterr()
+    assert main(["predict", str(model_file), str(picture)]) == 0
+    assert capsys.readouterr().out.startswith(f"{picture}[0]: digit {digit} (p=")
+
+
+def test_the_python_preparation_is_the_pages_on_test_digits(page, digits) -> None:
+    """The pad's grey levels (MNIST test digits, or blobs, painted 8x larger off centre) made
+    into a digit by mnistnet.images.prepare_digit and by the page."""
+    from mnistnet import images
+
+    if digits is None:
+        pictures = blobs(10)
+    else:
+        pictures = np.round(digits[1][0][:10] * 255).astype(np.uint8).reshape(-1, SIDE, SIDE)
+    for original in pictures:
+        page.run(PAINT_AND_UPDATE, original.ravel().tolist(), SIDE, 8)
+        _, seen = shown(page)
+        gray = np.array(page.run(PAD_GRAY), dtype=np.float32).reshape(280, 280)
+        np.testing.assert_allclose(images.prepare_digit(gray), seen, rtol=0, atol=1e-6)
+
+
+PAD_GRAY = """
+const pad = document.getElementById('pad');
+const {data} = pad.getContext('2d').getImageData(0, 0, pad.width, pad.height);
+return Array.from({length: pad.width * pad.height}, (_, i) => data[4 * i] / 255);
+"""
 
 
 def test_clearing_while_asking_forgets_the_old_drawing(page) -> None:

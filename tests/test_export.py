@@ -458,14 +458,28 @@ def test_c_refuses_a_bad_name(name: str, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_c_needs_an_existing_folder(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="absent does not exist"):
-        export.export_c(make_case("perceptron").model, tmp_path / "absent")
+def test_c_creates_its_folder(tmp_path: Path) -> None:
+    """As `plot --out` does (and Keras' ModelCheckpoint): missing folders are made."""
+    header, source = export.export_c(make_case("perceptron").model,
+                                     tmp_path / "new" / "firmware", "digits")
+    assert (header, source) == (tmp_path / "new" / "firmware" / "digits.h",
+                                tmp_path / "new" / "firmware" / "digits.c")
+    assert header.is_file() and source.is_file()
 
 
-def test_onnx_needs_an_existing_folder(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="absent does not exist"):
-        export.export_onnx(make_case("perceptron").model, tmp_path / "absent" / "m.onnx")
+def test_onnx_creates_its_folder(ort, tmp_path: Path) -> None:
+    target = tmp_path / "new" / "onnx" / "m.onnx"
+    assert export.export_onnx(make_case("perceptron").model, target) == target
+    assert target.is_file()
+
+
+def test_export_refuses_a_file_where_a_folder_goes(tmp_path: Path) -> None:
+    (tmp_path / "notes").write_text("hello\n")
+    with pytest.raises(NotADirectoryError, match="notes is a file, not a folder"):
+        export.export_c(make_case("perceptron").model, tmp_path / "notes" / "firmware")
+    with pytest.raises(NotADirectoryError, match="notes is a file, not a folder"):
+        export.export_onnx(make_case("perceptron").model, tmp_path / "notes" / "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
 
 
 def test_c_write_is_atomic(monkeypatch, tmp_path: Path) -> None:
@@ -537,11 +551,16 @@ def test_cli_help(capsys) -> None:
         assert option in out
 
 
+C_INPUT_NOTE = ("digits_predict(input, output) reads 784 floats (one (28, 28, 1) image, "
+                "row-major, channels last) and writes 10")
+
+
 def test_cli_writes_c(model_file: Path, cc, tmp_path: Path, capsys) -> None:
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     assert export_main([str(model_file), "--c", str(out_dir), "--name", "digits"]) == 0
-    assert capsys.readouterr().out == f"wrote {out_dir / 'digits.h'} and {out_dir / 'digits.c'}\n"
+    assert capsys.readouterr().out == (f"wrote {out_dir / 'digits.h'} and "
+                                       f"{out_dir / 'digits.c'}: {C_INPUT_NOTE}\n")
     case = make_case("odd-convnet")
     exe = build([*cc, *C_FLAGS], [out_dir / "digits.c", write_driver(out_dir, "digits")],
                 tmp_path / "predict")
@@ -552,21 +571,26 @@ def test_cli_writes_onnx_and_c(model_file: Path, ort, tmp_path: Path, capsys) ->
     onnx_path = tmp_path / "model.onnx"
     assert export_main([str(model_file), "--onnx", str(onnx_path), "--c", str(tmp_path)]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        f"wrote {onnx_path}", f"wrote {tmp_path / 'model.h'} and {tmp_path / 'model.c'}"]
+        f"wrote {onnx_path}: input 'input' of shape (n, 28, 28, 1), float32 (for rows of 784: "
+        "x.reshape(-1, 28, 28, 1)); output 'output' of shape (n, 10)",
+        f"wrote {tmp_path / 'model.h'} and {tmp_path / 'model.c'}: "
+        + C_INPUT_NOTE.replace("digits_", "model_")]
     case = make_case("odd-convnet")
     assert_matches(onnx_predict(onnx_session(ort, onnx_path), case, case.x), case.want)
 
 
 @pytest.mark.parametrize(("argv", "message"), [
     pytest.param([], "give --onnx FILE.onnx and/or --c DIR", id="no-output"),
-    pytest.param(["--c", "{tmp}/absent"], "--c: folder {tmp}/absent does not exist",
-                 id="missing-c-folder"),
+    pytest.param(["--c", "{tmp}/model.npz/firmware"],
+                 "--c {tmp}/model.npz/firmware: {tmp}/model.npz is a file, not a folder",
+                 id="file-in-the-c-folder's-way"),
     pytest.param(["--c", "{tmp}", "--name", "3d"], "C name '3d' is not a C identifier",
                  id="bad-name"),
     pytest.param(["--c", "{tmp}", "--name", "int"], "C name 'int' is a C or C++ keyword",
                  id="keyword-name"),
-    pytest.param(["--onnx", "{tmp}/absent/m.onnx"], "folder {tmp}/absent does not exist",
-                 id="missing-onnx-folder"),
+    pytest.param(["--onnx", "{tmp}/model.npz/m.onnx"],
+                 "--onnx {tmp}/model.npz/m.onnx: {tmp}/model.npz is a file, not a folder",
+                 id="file-in-the-onnx-folder's-way"),
     pytest.param(["--onnx", "{tmp}/m.onnx", "--name", "digits"], "--name applies to --c only",
                  id="name-without-c"),
     pytest.param(["--c", "{tmp}", "--opset", "17"], "--opset applies to --onnx only",
@@ -577,6 +601,25 @@ def test_cli_errors(argv: list[str], message: str, model_file: Path, capsys) -> 
     err = check_export_error([str(model_file), *(a.format(tmp=tmp) for a in argv)], capsys)
     assert message.format(tmp=tmp) in err
     assert list(tmp.iterdir()) == [model_file]
+
+
+def test_cli_creates_the_readmes_folder(model_file: Path, monkeypatch, capsys) -> None:
+    """The README's `mnistnet export model.npz --c firmware --name digits`, as written, in a
+    folder without firmware/."""
+    monkeypatch.chdir(model_file.parent)
+    assert export_main(["model.npz", "--c", "firmware", "--name", "digits"]) == 0
+    assert capsys.readouterr().out == (f"wrote {Path('firmware', 'digits.h')} and "
+                                       f"{Path('firmware', 'digits.c')}: {C_INPUT_NOTE}\n")
+    assert sorted(p.name for p in (model_file.parent / "firmware").iterdir()) == [
+        "digits.c", "digits.h"]
+
+
+def test_cli_says_a_dense_models_onnx_input(tmp_path: Path, ort, capsys) -> None:
+    make_case("perceptron").model.save(tmp_path / "dense.npz")
+    assert export_main([str(tmp_path / "dense.npz"), "--onnx", str(tmp_path / "d.onnx")]) == 0
+    assert capsys.readouterr().out == (
+        f"wrote {tmp_path / 'd.onnx'}: input 'input' of shape (n, 784), float32; output "
+        "'output' of shape (n, 10)\n")
 
 
 def test_cli_refuses_a_file_that_is_no_model(tmp_path: Path, capsys) -> None:

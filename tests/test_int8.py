@@ -1,7 +1,8 @@
 """mnistnet.int8: the arithmetic against values worked out by hand (rounding at .5, saturation
-at -128 and 127, multipliers and shifts of scales large and tiny), the layers' lowering
-(BatchNormalization folded, ReLUs fused), the twin against the float model on MNIST, and
-the errors a user can cause."""
+at -128 and 127, multipliers and shifts of scales large and tiny, the tanh and sigmoid
+tables), the layers' lowering (BatchNormalization folded, ReLUs fused, hidden tanh and
+sigmoid as tables), the twin against the float model on MNIST, and the errors a user can
+cause."""
 
 from __future__ import annotations
 
@@ -196,6 +197,55 @@ def test_relu_int8() -> None:
     assert int8.relu_int8(np.int8([-5, 3, 4, 127]), 3).tolist() == [3, 3, 4, 127]
 
 
+# int8 input q -> int8 output, worked out by hand: real = 0.5 * q; tanh(0.5) * 128 = 59.15,
+# tanh(1) * 128 = 97.48, tanh(1.5) * 128 = 115.86; sigmoid(0.5) * 256 = 159.35 (-128: 31),
+# sigmoid(1) * 256 = 187.15 (59), sigmoid(1.5) * 256 = 209.30 (81), sigmoid(0) * 256 = 128
+# (0); the ends saturate at 127 (tanh(63.5) * 128 = 128, sigmoid(63.5) * 256 - 128 = 128).
+LOOKUPS_BY_HAND = {
+    "tanh": {0: 0, 1: 59, -1: -59, 2: 97, -2: -97, 3: 116, -3: -116, 127: 127, -128: -128},
+    "sigmoid": {0: 0, 1: 31, -1: -31, 2: 59, -2: -59, 3: 81, -3: -81, 127: 127, -128: -128},
+}
+
+
+@pytest.mark.parametrize("function", list(LOOKUPS_BY_HAND))
+def test_lookup_table_by_hand(function: str) -> None:
+    output_q = int8.LOOKUP_FUNCTIONS[function][1]
+    table = int8.lookup_table(function, QParams(0.5, 0), output_q)
+    assert table.dtype == np.int8 and table.shape == (256,)
+    for q, want in LOOKUPS_BY_HAND[function].items():
+        assert int(table[q + 128]) == want, (function, q)
+
+
+def test_lookup_table_reads_the_input_zero_point() -> None:
+    """QParams(0.25, 10): q = 10 is 0.0, q = 14 is 1.0 (tanh(1) * 128 = 97.48)."""
+    table = int8.lookup_table("tanh", QParams(0.25, 10), QParams(1 / 128, 0))
+    assert (int(table[10 + 128]), int(table[14 + 128]), int(table[6 + 128])) == (0, 97, -97)
+
+
+def test_lookup_output_scales_are_tflites() -> None:
+    assert int8.LOOKUP_FUNCTIONS["tanh"][1] == QParams(1 / 128, 0)
+    assert int8.LOOKUP_FUNCTIONS["sigmoid"][1] == QParams(1 / 256, -128)
+
+
+@pytest.mark.parametrize("function", list(int8.LOOKUP_FUNCTIONS))
+def test_lookup_tables_never_decrease(function: str) -> None:
+    """What the C's fused convolution + table + max pool relies on: the greatest sum gives
+    the greatest table entry. Input scales from tiny to huge, every zero point."""
+    rng = np.random.default_rng(2)
+    output_q = int8.LOOKUP_FUNCTIONS[function][1]
+    for scale, zero_point in zip(10.0 ** rng.uniform(-4, 2, 200), rng.integers(-128, 128, 200),
+                                 strict=True):
+        table = int8.lookup_table(function, QParams(float(np.float32(scale)), int(zero_point)),
+                                  output_q).astype(int)
+        assert (np.diff(table) >= 0).all(), (scale, zero_point)
+
+
+def test_lookup_int8() -> None:
+    table = np.arange(127, -129, -1).astype(np.int8)  # q -> -1 - q
+    got = int8.lookup_int8(np.int8([[-128, 0], [5, 127]]), table)
+    assert got.dtype == np.int8 and got.tolist() == [[127, -1], [-6, -128]]
+
+
 def test_exact_matmul() -> None:
     a = np.array([[255.0, -255.0, 255.0]])
     b = np.int8([[127], [-127], [127]])
@@ -251,6 +301,64 @@ def test_average_pools_quantise_and_follow_the_float() -> None:
     assert np.abs(q.predict(x) - want).max() < 0.05
 
 
+def test_lenet5_lowers_its_tanh_to_tables() -> None:
+    """Each tanh after its Dense or Conv2D: the layer's output takes its range (calibrated
+    before the tanh), the table's TFLite's (1/128, 0); the pools keep that."""
+    q = case("lenet5").q
+    assert [layer.kind for layer in q.layers] == [
+        "conv2d", "lookup", "average_pool2d", "conv2d", "lookup", "average_pool2d",
+        "dense", "lookup", "dense", "lookup", "dense"]
+    for affine, lookup in zip(q.layers[:-1], q.layers[1:], strict=True):
+        if lookup.kind == "lookup":
+            assert lookup.function == "tanh" and lookup.index == affine.index
+            assert lookup.input_q == affine.output_q != QParams(1 / 128, 0)
+            assert lookup.output_q == QParams(1 / 128, 0)
+            assert np.array_equal(lookup.table, int8.lookup_table("tanh", affine.output_q,
+                                                                  lookup.output_q))
+            assert lookup.description == f"the tanh of {affine.description}"
+    assert q.layers[2].input_q == q.layers[2].output_q == QParams(1 / 128, 0)
+    assert q.exit_activation == "softmax"
+    # int8 kernels, int32 biases, multipliers and shifts per output channel, four tables
+    assert q.weight_bytes == 61470 + 12 * (6 + 16 + 120 + 84 + 10) + 4 * 256
+
+
+def test_odd_lookups_lowering() -> None:
+    """A sigmoid after a folded BatchNormalization, a tanh on its own, a sigmoid Dense with a
+    ReLU after it: tables where the network computes on, the last tanh in float."""
+    q = case("odd-lookups").q
+    assert [(layer.kind, layer.function) for layer in q.layers] == [
+        ("conv2d", ""), ("lookup", "sigmoid"), ("max_pool2d", ""), ("conv2d", ""),
+        ("lookup", "tanh"), ("average_pool2d", ""), ("conv2d", ""), ("lookup", "sigmoid"),
+        ("average_pool2d", ""), ("lookup", "tanh"), ("dense", ""), ("lookup", "sigmoid"),
+        ("relu", ""), ("dense", ""), ("lookup", "tanh"), ("dense", "")]
+    assert "BatchNormalization" in q.layers[0].description
+    assert q.layers[1].description == "the sigmoid of layer 2: Activation('sigmoid')"
+    assert q.layers[12].input_q == q.layers[12].output_q == QParams(1 / 256, -128)
+    assert q.exit_activation == "tanh" and q.exit_group == 6
+
+
+@pytest.mark.parametrize(("layers", "kinds", "exit_activation"), [
+    pytest.param([mn.Dense(8, activation="sigmoid"), mn.Dense(10, activation="softmax")],
+                 ["dense", "lookup", "dense"], "softmax", id="hidden-sigmoid"),
+    pytest.param([mn.Dense(8), mn.Activation("sigmoid"), mn.Activation("relu")],
+                 ["dense", "lookup", "relu"], "linear", id="relu-after-sigmoid"),
+    pytest.param([mn.Dense(8, activation="tanh"), mn.Activation("tanh")],
+                 ["dense", "lookup"], "tanh", id="tanh-after-tanh"),
+    pytest.param([mn.Dense(10, activation="tanh")], ["dense"], "tanh", id="tanh-exit"),
+    pytest.param([mn.Activation("tanh"), mn.Dense(10)], ["lookup", "dense"], "linear",
+                 id="tanh-first"),
+])
+def test_hidden_sigmoid_and_tanh_are_tables(layers, kinds, exit_activation) -> None:
+    """A sigmoid or tanh with layers that compute after it is a table; the last one runs in
+    float; and the twin follows the float model."""
+    model = mn.Model(layers, input_dim=784, seed=1)
+    x = images(784, train=True)
+    q = mn.quantize(model, x)
+    assert [layer.kind for layer in q.layers] == kinds
+    assert q.exit_activation == exit_activation
+    assert np.abs(q.predict(x) - model.predict(x)).max() < 0.1
+
+
 def test_weights_are_symmetric_per_channel() -> None:
     layer = case("cross-entropy").q.layers[0]
     kernel = layer.kernel.astype(int)
@@ -260,7 +368,9 @@ def test_weights_are_symmetric_per_channel() -> None:
 
 def test_summary_and_sizes() -> None:
     q = case("convnet").q
-    text = q.summary()
+    lines = []
+    assert q.summary(print_fn=lines.append) is None
+    text = "\n".join(lines)
     assert "calibrated on 1000 rows" in text and "then softmax in float" in text
     assert q.weight_bytes == 288 + 18432 + 16000 + 12 * (32 + 64 + 10)
     assert q.float_weight_bytes == 4 * 34826
@@ -276,7 +386,7 @@ def needs_mnist() -> None:
 # The MSE presets learn slowly: after one epoch they are near 50% accurate, their logits
 # crowded, and int8 ties the top two on 2-4% of the images (the twin then agrees on 97-99%);
 # after 10 epochs (a third of their recipe, seconds) it agrees on 99.5%.
-EPOCHS = {"perceptron": 10, "hidden-relu": 10, "cross-entropy": 1, "convnet": 1}
+EPOCHS = {"perceptron": 10, "hidden-relu": 10, "cross-entropy": 1, "convnet": 1, "lenet5": 1}
 
 
 @pytest.mark.parametrize("preset", list(EPOCHS))
@@ -333,15 +443,19 @@ def test_every_kind_of_the_table_lowers_to_int8(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize(("layers", "input_shape", "message"), [
-    pytest.param([mn.Dense(8, activation="sigmoid"), mn.Dense(10, activation="softmax")],
-                 (784,), r"layer 1 \(Dense\) to int8: it follows layer 0's sigmoid",
-                 id="hidden-sigmoid"),
+    pytest.param([mn.Dense(8, activation="softmax"), mn.Dense(10, activation="softmax")],
+                 (784,), r"layer 1 \(Dense\) to int8: it follows layer 0's softmax, which "
+                         r"int8 models apply in float at the very end only",
+                 id="hidden-softmax"),
     pytest.param([mn.Conv2D(4, 3, activation="softmax"), mn.Flatten(), mn.Dense(10)],
                  (28, 28, 1), r"layer 2 \(Dense\) to int8: it follows layer 0's softmax",
-                 id="hidden-softmax"),
-    pytest.param([mn.Dense(8), mn.Activation("sigmoid"), mn.Activation("relu")], (784,),
-                 r"layer 2 \(Activation\) to int8: it follows layer 1's sigmoid",
-                 id="relu-after-exit"),
+                 id="hidden-softmax-conv"),
+    pytest.param([mn.Dense(8), mn.Activation("softmax"), mn.Activation("tanh")], (784,),
+                 r"layer 2 \(Activation\) to int8: it follows layer 1's softmax",
+                 id="tanh-after-softmax"),
+    pytest.param([mn.Dense(8, activation="tanh"), mn.BatchNormalization(), mn.Dense(10)],
+                 (784,), r"layer 1 \(BatchNormalization\) to int8: .*before any ReLU",
+                 id="bn-after-tanh"),
     pytest.param([mn.MaxPool2D(2), mn.BatchNormalization(), mn.Flatten(), mn.Dense(10)],
                  (28, 28, 1), r"layer 1 \(BatchNormalization\) to int8: .*directly follows",
                  id="batchnorm-after-pool"),
@@ -356,13 +470,20 @@ def test_unquantisable_models_are_refused(layers, input_shape, message) -> None:
     x = np.random.default_rng(0).random((200, model.input_dim), dtype=np.float32)
     with pytest.raises(QuantizationError, match=message):
         mn.quantize(model, x)
+    with pytest.raises(QuantizationError, match=message):
+        int8.check_quantizable(model)  # the same, before any calibration
+
+
+def test_check_quantizable_passes_what_quantises() -> None:
+    for name in ("lenet5", "odd-lookups", "convnet-plus"):
+        int8.check_quantizable(case(name).model)
 
 
 def test_an_unknown_activation_is_refused() -> None:
     model = mn.Model([mn.Dense(10)], input_dim=784)
-    model.layers[0].activation = "tanh"  # what a later engine might add: never quantised as linear
-    with pytest.raises(QuantizationError, match=r"layer 0 \(Dense\).*'tanh' \(supported: linear, "
-                                                r"relu; softmax and sigmoid on the last layer"):
+    model.layers[0].activation = "swish"  # what a later engine might add: never quantised as linear
+    with pytest.raises(QuantizationError, match=r"layer 0 \(Dense\).*'swish' \(supported: linear, "
+                                                r"relu, tanh, sigmoid; softmax on the last layer"):
         mn.quantize(model, images(784, train=True))
 
 

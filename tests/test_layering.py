@@ -27,9 +27,10 @@ RANKS = {
     "backends": ("_kernels", "_layers", "_optimizers", "_network", "_epoch", "_dense", "fast",
                  "reference"),
     "the model's parts": ("layers", "kinds", "plan", "optimizers", "callbacks"),
-    "library": ("inputs", "saving", "trainer", "model", "presets", "export", "plot", "demo",
-                "bench", "peers", "sklearn", "runtime", "datasets", "sweep", "int8",
-                "export_int8", "export_int8_onnx"),
+    "library": ("inputs", "saving", "trainer", "model", "presets", "export", "plot", "_figure",
+                "images", "demo",
+                "bench", "time_to_accuracy", "peers", "sklearn", "runtime", "datasets", "sweep",
+                "int8", "export_int8", "export_int8_onnx"),
     "package root": ("__init__",),
     "command line": ("cli", "__main__"),
 }

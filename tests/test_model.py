@@ -316,12 +316,74 @@ def test_two_models_train_in_two_threads(toy):
     assert all(np.array_equal(m.params, solo.params) for m in models)
 
 
-def test_show_config_reports_the_build(capsys):
-    info = mn.show_config()
+def test_show_config_prints_and_returns_none_as_numpy(capsys):
+    """As numpy.show_config(): printed, None returned (a notebook shows it once), and the
+    same facts as a dict with mode="dicts"."""
+    assert mn.show_config() is None
     printed = capsys.readouterr().out
+    info = mn.show_config(mode="dicts")
+    assert capsys.readouterr().out == ""
     assert info["version"] == mn.__version__ and mn.__version__ in printed
     assert info["simd_path"] in mn.fast.SIMD_PATHS and info["simd_path"] in printed
     assert info["num_threads"] >= 1 and f"threads:    {info['num_threads']}" in printed
+    with pytest.raises(ValueError, match="mode must be 'stdout' or 'dicts'"):
+        mn.show_config(mode="text")
+
+
+# ---- the loss follows the output unless one is given ----------------------------------------
+
+@pytest.mark.parametrize(("output", "loss"), [
+    ("softmax", "categorical_crossentropy"), ("sigmoid", "mse"), ("linear", "mse"),
+    ("tanh", "mse"), ("relu", "mse")])
+def test_the_loss_follows_the_output_when_none_is_given(output, loss):
+    model = mn.Model([mn.Dense(8, activation="relu"), mn.Dense(10, activation=output)],
+                     input_dim=20)
+    assert model.loss == loss
+    # An Activation layer last is the output too.
+    alone = mn.Model([mn.Dense(10), mn.Activation(output)], input_dim=20)
+    assert alone.loss == loss
+
+
+def test_an_explicit_loss_wins():
+    model = mn.Model([mn.Dense(10, activation="softmax")], input_dim=20, loss="mse")
+    assert model.loss == "mse"
+    assert mn.Model([mn.Dense(10, activation="sigmoid")], input_dim=20,
+                    loss="mse").loss == "mse"
+    with pytest.raises(ValueError, match="needs a softmax output layer"):
+        mn.Model([mn.Dense(10, activation="sigmoid")], input_dim=20,
+                 loss="categorical_crossentropy")
+
+
+def test_a_default_loss_trains_as_the_explicit_one(toy):
+    x, y = toy
+    implicit = mn.Model([mn.Dense(16, activation="relu"), mn.Dense(10, activation="softmax")],
+                        input_dim=20, optimizer=mn.SGD(0.1), seed=0)
+    implicit.fit(x, y, epochs=1, verbose=0)
+    explicit = small_model()
+    explicit.fit(x, y, epochs=1, verbose=0)
+    np.testing.assert_array_equal(implicit.params, explicit.params)
+
+
+def test_summary_prints_says_the_loss_and_returns_none(capsys):
+    model = mn.Model([mn.Dense(16, activation="relu"), mn.Dense(10, activation="softmax")],
+                     input_dim=20)
+    assert model.summary() is None
+    printed = capsys.readouterr().out
+    assert "loss categorical_crossentropy (the default for a softmax output)" in printed
+    lines = []
+    assert model.summary(print_fn=lines.append) is None
+    assert capsys.readouterr().out == "" and "\n".join(lines) + "\n" == printed
+    chosen = mn.Model([mn.Dense(10, activation="softmax")], input_dim=20, loss="mse")
+    chosen.summary()
+    assert ("loss mse (given; a softmax output's default is categorical_crossentropy)"
+            in capsys.readouterr().out)
+
+
+def test_presets_keep_their_losses():
+    assert {name: mn.preset(name).loss for name in mn.PRESETS} == {
+        "perceptron": "mse", "hidden-relu": "mse", "cross-entropy": "categorical_crossentropy",
+        "convnet": "categorical_crossentropy", "convnet-plus": "categorical_crossentropy",
+        "lenet5": "categorical_crossentropy"}
 
 
 # ---- the tutorial's result on the full dataset ---------------------------------------------

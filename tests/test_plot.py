@@ -225,9 +225,30 @@ def test_the_confusion_picture(perceptron, data, tmp_path, file_format) -> None:
              for t in grid.texts}
     assert cells == {(i, j): int(c) for (i, j), c in np.ndenumerate(counts) if c}
     recall = np.diag(counts) / counts.sum(axis=1)
-    bars = [patch.get_width() for patch in side.patches]
-    np.testing.assert_allclose(bars, np.nan_to_num(recall))
+    bar_ends = [patch.get_x() + patch.get_width() for patch in side.patches]
+    np.testing.assert_allclose(bar_ends, np.nan_to_num(recall))
     assert f"{np.trace(counts) / len(x):.1%}" in figure.get_suptitle()
+
+
+@needs_matplotlib
+def test_the_per_digit_bars_show_small_differences_and_their_values(
+        perceptron, data, monkeypatch) -> None:
+    """Digits read right 96.5% and 98.9% of the time: their bars differ visibly (the axis
+    starts near the lowest share, not at 0) and each bar is labelled with its value."""
+    recall = np.array([0.965, 0.989, 0.97, 0.975, 0.98, 0.99, 0.985, 0.972, 0.968, 0.979])
+    right = np.round(recall * 1000).astype(np.int64)
+    counts = np.diag(right)
+    counts[np.arange(10), (np.arange(10) + 1) % 10] = 1000 - right  # the rest read as d + 1
+    monkeypatch.setattr(plot, "confusion_matrix", lambda model, x, y: counts)
+    x, y = data
+    _, side = plot.confusion(perceptron, x, y).axes
+    low, high = side.get_xlim()
+    assert high == 1 and 0.8 <= low < recall.min()
+    lengths = {digit: (patch.get_x() + patch.get_width() - low) / (high - low)
+               for digit, patch in enumerate(side.patches)}
+    assert lengths[1] - lengths[0] > 0.15, lengths  # 2.4 points apart show
+    assert [t.get_text() for t in side.texts] == [f"{share:.1%}" for share in recall]
+    assert "axis from" in side.get_xlabel()
 
 
 @needs_matplotlib
@@ -431,6 +452,28 @@ def test_the_command_draws_every_picture(perceptron, data, dataset, tmp_path, ca
 
 
 @needs_matplotlib
+def test_the_command_makes_missing_folders(perceptron, tmp_path, capsys) -> None:
+    perceptron.save(tmp_path / "model.npz")
+    out = tmp_path / "pictures" / "perceptron"
+    assert plot_command(tmp_path / "model.npz", "--what", "weights", "--out", out) == 0
+    assert capsys.readouterr().out == f"{out / 'weights.png'}\n"
+
+
+@needs_matplotlib
+def test_figures_show_inline_in_a_notebook(perceptron, data) -> None:
+    """Jupyter shows an object's _repr_png_ without `%matplotlib inline` (IPython's own
+    matplotlib formatter comes only with pyplot)."""
+    x, y = data
+    history = fitted_history(data, epochs=2)
+    for figure in (plot.weights(perceptron), plot.confusion(perceptron, x, y),
+                   plot.mistakes(perceptron, x, y), plot.history(history)):
+        assert figure._repr_png_().startswith(PNG_SIGNATURE)
+        from matplotlib.figure import Figure
+
+        assert isinstance(figure, Figure)
+
+
+@needs_matplotlib
 def test_the_command_draws_one_picture_as_svg(perceptron, tmp_path, capsys) -> None:
     perceptron.save(tmp_path / "model.npz")
     assert plot_command(tmp_path / "model.npz", "--what", "weights", "--format", "svg",
@@ -443,7 +486,7 @@ def test_the_command_draws_one_picture_as_svg(perceptron, tmp_path, capsys) -> N
 @pytest.mark.parametrize(("argv", "message"), [
     (["--out", "."], "give a MODEL.npz, --history FILE.json, or both"),
     (["--what", "weights", "--history", "h.json", "--out", "."], "--what draws a model"),
-    (["model.npz", "--out", "missing/pictures"], "its parent folder .*missing does not exist"),
+    (["model.npz", "--out", "model.npz/pictures"], "model.npz is a file, not a folder"),
     (["model.npz", "--out", "model.npz"], "exists and is not a folder"),
     (["model.npz", "--out", ""], "empty folder name"),
 ])

@@ -269,3 +269,23 @@ def test_predict_on_a_team_gives_the_bits_of_one_thread(chunk, threads, schedule
     schedule("auto", threads)
     assert np.array_equal(model._predict_array(x, chunk), one)
     assert np.array_equal(model._predict_array(x[:chunk - 1], chunk), one[:chunk - 1])
+
+
+@pytest.mark.parametrize(("rows", "team"), [(1024, True), (64, False)])
+def test_a_short_epoch_of_heavy_batches_probes_the_team(rows, team):
+    """The epoch chooses from the work of its batches, not the number of rows: eight batches
+    of a convnet (a few MFLOP an image) probe the team; a handful of dense rows (microseconds
+    of work) run on one thread."""
+    before = mn.get_num_threads()
+    mn.set_num_threads(2)
+    try:
+        model = (mn.preset("convnet") if team else
+                 mn.Model([mn.Dense(10, activation="softmax")], input_dim=784,
+                          loss="categorical_crossentropy"))
+        x = np.random.default_rng(0).random((rows, 784), dtype=np.float32)
+        y = np.arange(rows) % 10
+        _kernels._last_team(reset=True)
+        model.fit(x, y, epochs=1, batch_size=128 if team else 32, verbose=0)
+        assert (_kernels._last_team() != "none") == team
+    finally:
+        mn.set_num_threads(before)

@@ -464,3 +464,43 @@ def test_l2_training_matches_reference(widths, optimizer):
                                         "rmsprop": mn.RMSprop(0.01)}[optimizer])
     unregularised.fit(x, y, epochs=2, batch_size=16, verbose=0)
     assert not np.allclose(unregularised.params, params["fast"][0], atol=1e-4)
+
+
+# ---- the per-layer profile ----------------------------------------------------------------------
+
+def test_profile_step_times_real_steps_layer_by_layer():
+    """fast.profile_step runs the steps it times: the weights after it are train_step's after
+    as many steps, bit for bit; every layer that computes has time in its parts, and the parts
+    add up to no more than the whole step."""
+    model = mn.preset("convnet-plus")
+    batch, steps = 4, 3
+    rng = rng_for("profile")
+    x = rng.random((batch, model.input_dim), dtype=np.float32)
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, batch)]
+    _, n_acts, n_dacts = model.plan.buffer_sizes(batch, 1)
+    settings = model.optimizer.kernel_settings()
+
+    def run(timed):
+        params, state = model.params.copy(), model.optimizer_state.copy()
+        bufs = (np.zeros_like(params), state, np.zeros(n_acts, np.float32),
+                np.zeros(n_dacts, np.float32))
+        args = (model.plan, params, *bufs, model._loss_code, x, y, settings, 1e-3, 0, (0, 0, 0))
+        if timed:
+            return params, fast.profile_step(*args, steps=steps)
+        for i in range(steps):
+            fast.train_step(*args[:-2], i, (0, 0, 0))
+        return params, None
+
+    timed_params, (times, step) = run(True)
+    np.testing.assert_array_equal(timed_params, run(False)[0])
+    assert times.shape == (len(model.layers) + 1, 3) and (times >= 0).all()
+    assert times.sum() <= step * 1.01
+    for i, layer in enumerate(model.layers):
+        if isinstance(layer, (mn.layers.Conv2D, mn.layers.BatchNormalization)):
+            assert times[i, 0] > 0 and times[i, 2] > 0, (i, layer)
+    assert times[-1, 1] > 0  # the loss's deltas
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        fast.profile_step(model.plan, model.params.copy(), np.zeros_like(model.params),
+                          model.optimizer_state.copy(), np.zeros(n_acts, np.float32),
+                          np.zeros(n_dacts, np.float32), model._loss_code, x, y, settings,
+                          1e-3, 0, (0, 0, 0), steps=0)

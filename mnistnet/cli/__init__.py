@@ -5,9 +5,11 @@ evaluate, predict, bench, export, plot, demo, sweep, info.
     mnistnet train --preset convnet --epochs 5 --checkpoint ckpt.npz --save model.npz
     mnistnet train --resume model.npz --epochs 5 --save model.npz
     mnistnet evaluate model.npz
+    mnistnet predict model.npz digit.png --show seen.png
     mnistnet predict model.npz digit.pgm more.npy t10k-images-idx3-ubyte.gz
     mnistnet plot model.npz --out pictures
     mnistnet export model.npz --onnx model.onnx --c firmware/ --name digits
+    mnistnet export model.npz --c firmware/ --int8 --calibration 1000
     mnistnet demo model.npz
 
 Each subcommand's module has NAME, HELP, DESCRIPTION, add_arguments(parser) and run(args);

@@ -4,6 +4,7 @@ argument types, and reading a model file or the data the way a command line repo
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import secrets
@@ -22,10 +23,11 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
 PROG = "mnistnet"
-_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # an .npz is a zip archive
 
-# Errors the library (and the file system) raise for things a user can get wrong.
-USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, EOFError)
+# Errors the library (and the file system) raise for things a user can get wrong: absurd
+# sizes too, which may reach numpy as a MemoryError or an OverflowError.
+USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, EOFError, MemoryError,
+               OverflowError)
 
 
 class CLIError(Exception):
@@ -216,12 +218,11 @@ def name_classes(model: Model, name: str | None) -> None:
 
 
 def load_model(path: str, backend: str) -> Model:
-    """Model.load, refusing up front a file that is not even a zip archive (np.load would
-    take it for a pickle and suggest allow_pickle=True, which is no advice to give)."""
-    with open(path, "rb") as stream:
-        head = stream.read(4)
-    if not head.startswith(_ZIP_MAGICS):
-        raise CLIError(f"{path}: not a mnistnet model file (not an .npz archive)")
+    """Model.load: it refuses, with one clear line, what is not a model file (not a zip
+    archive, a device, a FIFO, a file larger than the machine's memory) before reading it.
+    A missing file is said as the system says it, as for every file the commands read."""
+    if not os.path.lexists(path):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
     return Model.load(path, backend=backend)
 
 
@@ -232,6 +233,10 @@ def one_line(message: str) -> str:
 
 
 def describe(exc: BaseException) -> str:
+    """One line for a user error: the file and the reason for an OSError, the message
+    otherwise (a MemoryError's is often empty)."""
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         return f"{exc.filename}: {exc.strerror}"
+    if isinstance(exc, MemoryError):
+        return f"out of memory ({one_line(str(exc)) or 'MemoryError'}); try smaller sizes"
     return one_line(str(exc)) or type(exc).__name__

@@ -15,6 +15,7 @@ from mnistnet.cli.common import (
     load_test_split,
     name_classes,
 )
+from mnistnet.export import check_output_folder
 from mnistnet.model import Model
 
 NAME = "plot"
@@ -37,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="also draw the learning curves of 'train --history FILE.json', "
                              "beside the tutorial's for its presets")
     parser.add_argument("--out", metavar="DIR", required=True,
-                        help="folder for the pictures (created if its parent exists)")
+                        help="folder for the pictures (made if missing)")
     add_dataset(parser, default="the model's, else mnist")
     parser.add_argument("--format", choices=plot.FORMATS, default="png",
                         help="picture format (default: %(default)s)")
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         figures.update(_model_figures(model, args.what or "all", args))
     if args.history is not None:
         figures["history"] = plot.history(args.history)
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     for name, figure in figures.items():
         print(plot.save(figure, out / f"{name}.{args.format}"), flush=True)
     return 0
@@ -88,14 +89,14 @@ def _model_figures(model: Model, what: str, args: argparse.Namespace) -> dict[st
 
 
 def _output_folder(text: str) -> Path:
-    """--out as a Path, checked before any work: an existing folder, or a new one whose
-    parent exists (created when the pictures are written)."""
+    """--out as a Path, checked before any work: an existing folder, or one that can be made
+    with its missing parents (when the pictures are written), as `mnistnet export` does."""
     if not text:
         raise ValueError("--out: empty folder name")
     folder = Path(text)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--out {text}: exists and is not a folder")
-    if not folder.exists() and not folder.absolute().parent.is_dir():
-        raise ValueError(f"--out {text}: its parent folder {folder.absolute().parent} does not "
-                    "exist")
-    return folder
+    try:
+        return check_output_folder(folder, f"--out {text}")
+    except NotADirectoryError as exc:  # the CLI reports ValueError in one line
+        raise ValueError(str(exc)) from None

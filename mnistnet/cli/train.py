@@ -8,11 +8,19 @@ import json
 import math
 import sys
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from mnistnet._version import __version__
-from mnistnet.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from mnistnet.callbacks import (
+    Callback,
+    EarlyStopping,
+    ModelCheckpoint,
+    check_name_fields,
+    fill_file_name,
+)
 from mnistnet.cli.common import (
     EXIT_DIVERGED,
     EXIT_INTERRUPTED,
@@ -51,7 +59,8 @@ from mnistnet.trainer import History
 
 NAME = "train"
 HELP = "train a network on MNIST (or --dataset NAME) and report its test accuracy"
-DEFAULT_PRESET_EPOCHS = 30
+# What a --layers network trains with unless told otherwise: the tutorial's recipe.
+LAYERS_RECIPE = {"optimizer": "sgd", "learning_rate": 0.01, "batch_size": 32, "epochs": 30}
 
 
 class TrainingDiverged(Exception):
@@ -78,6 +87,20 @@ def _schedule_spec(text: str) -> tuple[str, list[str]]:
     return kind, fields
 
 
+# The logs' keys in the command's training: it always validates (test set or split).
+METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def _checkpoint_name(text: str) -> str:
+    """A --checkpoint name whose fields the epoch and the logs can fill."""
+    try:
+        check_name_fields(text, "the file name")
+        fill_file_name(text, 1, dict.fromkeys(METRICS, 0.0), "the file name")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _layers(text: str) -> list[Layer]:
     """--layers' value parsed by the table of kinds' grammar."""
     try:
@@ -93,16 +116,25 @@ DESCRIPTION = ("Train a network by minibatch gradient descent, validating on the
                     "and a --checkpoint file keeps the last completed epoch.")
 
 
+def _by_recipe(setting: str, show: Callable[[Any], str] = str) -> str:
+    """Each preset's value of a recipe setting, presets of one value together: "30 for
+    perceptron, hidden-relu, cross-entropy; 15 for convnet, convnet-plus; 10 for lenet5"."""
+    groups: dict[str, list[str]] = {}
+    for name, recipe in RECIPES.items():
+        groups.setdefault(show(recipe.get(setting)), []).append(name)
+    return "; ".join(f"{value} for {', '.join(names)}" for value, names in groups.items())
+
+
+def _presets_help() -> str:
+    listed = ", ".join(f"{name} ({spec['about']})" for name, spec in PRESETS.items())
+    return (f"a preset network, trained with its recipe unless told otherwise: {listed}; the "
+            "first three are the tutorial's")
+
+
 def add_arguments(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``mnistnet train``."""
     arch = sub.add_mutually_exclusive_group(required=True)
-    arch.add_argument("--preset", choices=tuple(PRESETS),
-                      help="one of the tutorial's networks: perceptron (784-10 sigmoid, MSE), "
-                           "hidden-relu (784-128-64-10, relu/sigmoid, MSE), cross-entropy "
-                           "(the same with softmax and categorical cross-entropy); convnet "
-                           "(Keras' simple MNIST convnet, trained with Adam 0.001, batch 128, "
-                           "15 epochs); or convnet-plus (the convnet with BatchNormalization, "
-                           "RandomTranslation and a one-cycle schedule)")
+    arch.add_argument("--preset", choices=tuple(PRESETS), help=_presets_help())
     arch.add_argument("--layers", type=_layers, metavar="LAYER,...",
                       help="a custom stack, input side first, e.g. 128:relu,64:relu,10:softmax "
                            "or conv:32:3:relu,pool:2,flatten,dropout:0.5,10:softmax; "
@@ -110,28 +142,35 @@ def add_arguments(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
     arch.add_argument("--resume", metavar="MODEL.npz",
                       help="continue training a model written by --save or --checkpoint: "
                            "its architecture, optimizer state and position (the next "
-                           "epoch's shuffle and masks), so that 5 epochs, then 5 more, give "
-                           "the same weights as 10 straight; needs --epochs (how many more)")
+                           "epoch's shuffle and masks) and --early-stopping's counters, so "
+                           "that 5 epochs, then 5 more, give the same weights as 10 "
+                           "straight; needs --epochs (how many more)")
     sub.add_argument("--loss", choices=LOSSES,
-                     help="loss of a --layers network (default: mse; a preset has its own)")
+                     help="loss of a --layers network (default: the output's, "
+                          "categorical_crossentropy after softmax, else mse; a preset has "
+                          "its own)")
     sub.add_argument("--epochs", type=positive_int,
-                     help="epochs to train (default: the preset's, 30 for the tutorial's and "
-                          "--layers, 15 for convnet)")
+                     help=f"epochs to train (default: the preset's, {_by_recipe('epochs')}; "
+                          f"{LAYERS_RECIPE['epochs']} for --layers)")
     sub.add_argument("--batch-size", type=positive_int,
-                     help="rows per step (default: the preset's, 32; 128 for convnet)")
+                     help=f"rows per step (default: the preset's, "
+                          f"{_by_recipe('batch_size')}; {LAYERS_RECIPE['batch_size']} for "
+                          "--layers)")
     sub.add_argument("--optimizer", choices=tuple(OPTIMIZER_RATES),
-                     help="default: the preset's (sgd; adam for the convnets), sgd for "
-                          "--layers")
+                     help=f"default: the preset's, {_by_recipe('optimizer')}; "
+                          f"{LAYERS_RECIPE['optimizer']} for --layers")
     sub.add_argument("--lr", type=learning_rate,
-                     help="learning rate, or a schedule's peak (default: the preset's, else "
+                     help=f"learning rate, or a schedule's peak (default: the preset's, "
+                          f"{_by_recipe('learning_rate', lambda rate: f'{rate:g}')}; else "
                           "0.01 for sgd and 0.001 for the others)")
     sub.add_argument("--schedule", type=_schedule_spec, metavar="SCHEDULE",
                      help="the learning rate step by step: cosine (to 0 over the training, "
                           "after a linear warmup from lr/10 over WARMUP_EPOCHS), exponential "
                           "(times RATE every EVERY_EPOCHS, default 1), piecewise (lr, then "
                           "each LR from the end of its EPOCH on), onecycle (up to lr and down "
-                          f"again); {SCHEDULE_GRAMMAR} (default: the preset's, onecycle "
-                          "for convnet-plus; none for the others and --layers)")
+                          f"again); {SCHEDULE_GRAMMAR} (default: the preset's, "
+                          f"{_by_recipe('schedule', lambda s: s or 'none')}; none for "
+                          "--layers)")
     sub.add_argument("--l2", type=l2_factor, metavar="L2",
                      help="L2 regularisation of every Dense and Conv2D kernel (adds "
                           "L2 * sum(w^2) to the loss)")
@@ -146,10 +185,10 @@ def add_arguments(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
     sub.add_argument("--early-stopping", type=non_negative_int, metavar="PATIENCE",
                      help="stop once val_loss has not improved for PATIENCE epochs, and keep "
                           "the best epoch's weights")
-    sub.add_argument("--checkpoint", metavar="FILE.npz",
+    sub.add_argument("--checkpoint", metavar="FILE.npz", type=_checkpoint_name,
                      help="save the model after every epoch (atomically: Ctrl-C leaves the "
                           "last completed epoch's file intact); {epoch} in the name numbers "
-                          "the files")
+                          "the files, and a logs key ({val_loss:.4f}) may be in it too")
     add_data_and_backend(sub, default_dataset="mnist; a --resume model's own")
     sub.add_argument("--uint8", action="store_true",
                      help="keep the images as stored, uint8 (a quarter of the memory of "
@@ -157,7 +196,9 @@ def add_arguments(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
                           "turns each row into floats as it is read: the same weights, bit "
                           "for bit (a --layers stack starting with rescale: takes uint8 "
                           "anyway)")
-    sub.add_argument("--save", metavar="FILE.npz", help="write the trained model here")
+    sub.add_argument("--save", metavar="FILE.npz",
+                     help="write the trained model here (for evaluate, predict, plot, export "
+                          "and demo); without it, nothing is saved")
     sub.add_argument("--history", metavar="FILE.json",
                      help="write the per-epoch metrics and the settings here as JSON")
     sub.add_argument("--quiet", action="store_true",
@@ -173,8 +214,10 @@ def run(args: argparse.Namespace) -> int:
     resumed = _resumed_model(args) if args.resume is not None else None
     if resumed is None:
         _resolve_recipe(args)
+    first_checkpoint = (None if args.checkpoint is None else fill_file_name(
+        args.checkpoint, 1, dict.fromkeys(METRICS, 0.0), "--checkpoint"))  # checked: no error
     for option, path in (("--save", args.save), ("--history", args.history),
-                         ("--checkpoint", args.checkpoint)):
+                         ("--checkpoint", first_checkpoint)):
         if path is not None:
             check_output_path(option, path)
     name = dataset_for(args, resumed)
@@ -187,10 +230,12 @@ def run(args: argparse.Namespace) -> int:
                                     classes=len(data.class_names))
     if not model.class_names_given:  # a new model, or an older file's
         model.class_names, model.dataset = data.class_names, data.name
+    _say(args, f"loss: {model.loss} ({_why_this_loss(model, args)})")
+    last = model.epochs_trained + args.epochs  # epochs are numbered in the model's count
     try:
         history = _fit(model, args, x_train, y_train, (x_test, y_test))
     except KeyboardInterrupt:
-        return _report_interrupt(model, args)
+        return _report_interrupt(model, args, last)
     except TrainingDiverged as exc:
         if args.history is not None:
             _write_history(args.history, exc.history, model, args, diverged=True)
@@ -201,6 +246,8 @@ def run(args: argparse.Namespace) -> int:
     if args.save is not None:
         model.save(args.save)
         _say(args, f"saved model to {args.save}")
+    else:
+        _say(args, "model not saved (add --save model.npz to keep it)")
     if args.history is not None:
         _write_history(args.history, history, model, args, diverged=False)
         _say(args, f"saved history to {args.history}")
@@ -229,6 +276,17 @@ def _takes_pixels(args: argparse.Namespace, resumed: Model | None) -> bool:
 def takes_images_as_is(layers: list[Layer]) -> bool:
     """Whether the stack starts with a Rescaling (its images then come as uint8)."""
     return kind_of(layers[0]).applied_at_input
+
+
+def _why_this_loss(model: Model, args: argparse.Namespace) -> str:
+    """Where the loss came from, for the log's first line."""
+    if args.resume is not None:
+        return "the model file's"
+    if args.preset is not None:
+        return f"the {args.preset} preset's"
+    if args.loss is not None:
+        return "--loss"
+    return f"chosen for the {model.layers[-1].activation} output; --loss to change it"
 
 
 def _resumed_model(args: argparse.Namespace) -> Model:
@@ -326,13 +384,13 @@ def _say(args: argparse.Namespace, message: str) -> None:
 def _resolve_recipe(args: argparse.Namespace) -> None:
     """Fill in the settings left unset: the preset's recipe, or --layers' defaults (SGD
     0.01, batch 32, 30 epochs); --lr defaults to the chosen optimizer's rate."""
-    recipe = dict(RECIPES[args.preset]) if args.preset is not None else {
-        "optimizer": "sgd", "learning_rate": 0.01, "batch_size": 32,
-        "epochs": DEFAULT_PRESET_EPOCHS}
+    recipe = dict(RECIPES[args.preset] if args.preset is not None else LAYERS_RECIPE)
     if args.optimizer is None:
         args.optimizer = recipe["optimizer"]
     if args.momentum is not None and args.optimizer not in ("sgd", "rmsprop"):
         raise CLIError("--momentum applies to --optimizer sgd or rmsprop only")
+    if args.momentum is None and args.optimizer == recipe["optimizer"]:
+        args.momentum = recipe.get("momentum")
     if args.lr is None:
         args.lr = (recipe["learning_rate"] if args.optimizer == recipe["optimizer"]
                    else OPTIMIZER_RATES[args.optimizer])
@@ -370,7 +428,7 @@ def _build_model(args: argparse.Namespace, input_dim: int, steps: int, classes: 
         layers, shape = model.layers, {"input_shape": model.input_shape}
         loss = model.loss
     else:
-        layers, loss = args.layers, args.loss or "mse"
+        layers, loss = args.layers, args.loss  # None: the output's (Model's default)
         if args.uint8 and not takes_images_as_is(layers):
             layers = [Rescaling(1 / 255), *layers]
         images = takes_images(layers)
@@ -403,14 +461,17 @@ def _fit(model: Model, args: argparse.Namespace, x: np.ndarray, y: np.ndarray,
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     # Fewer epochs than asked for: early stopping, else a NaN/Inf loss.
     if len(history.epoch) < args.epochs and not model.stop_training:
-        raise TrainingDiverged(f"epoch {len(history.epoch) + 1}/{args.epochs}", history)
+        last = model.epochs_trained - len(history.epoch) + args.epochs
+        raise TrainingDiverged(f"epoch {model.epochs_trained + 1}/{last}", history)
     return history
 
 
-def _report_interrupt(model: Model, args: argparse.Namespace) -> int:
-    """After Ctrl-C in fit: save the weights of the last completed step if asked to."""
+def _report_interrupt(model: Model, args: argparse.Namespace, last: int) -> int:
+    """After Ctrl-C in fit: save the weights of the last completed step if asked to. Epochs
+    are numbered in the model's count, as the log numbers them (up to `last`)."""
     done = len(model.history.epoch) if model.history is not None else 0
-    where = f"interrupted during epoch {done + 1}/{args.epochs} ({done} completed)"
+    where = (f"interrupted during epoch {model.epochs_trained + 1}/{last} ({done} completed"
+             f"{' in this run' if model.epochs_trained > done else ''})")
     kept = (f"; {args.checkpoint} holds the last completed epoch"
             if args.checkpoint is not None and done else "")
     if args.save is None:

@@ -11,6 +11,8 @@ const mnistDemo = (() => {
   const UPDATE_DELAY_MS = 50; // while drawing, look and ask at most this often
 
   // ---- MNIST's preparation of a digit ------------------------------------------------------
+  // Its Python twin is mnistnet/images.py (prepare_digit, used by `mnistnet predict digit.png`);
+  // tests/test_demo.py holds the two to the same pixels on the same drawing: change both.
 
   /** The bounding box of the pixels of at least INK, or null where there are none. */
   function inkBox(gray, width, height) {
