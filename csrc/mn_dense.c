@@ -247,6 +247,12 @@ void mn_prefetch_columns_later(const float *x, ptrdiff_t ld, const long long *ro
                (c1 - c0) * (ptrdiff_t)sizeof(float));
 }
 
+void mn_prefetch_bytes_later(const void *x, ptrdiff_t stride, const long long *rows,
+                             ptrdiff_t n, ptrdiff_t b0, ptrdiff_t b1)
+{
+    queue_rows((const char *)x + b0, rows, n, stride, b1 - b0);
+}
+
 void mn_prefetch_flush(void)
 {
     /* On a local copy: each access to a thread-local variable of a shared library may be a

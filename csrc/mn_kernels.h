@@ -158,6 +158,10 @@ void mn_prefetch_rows_later(const float *x, const long long *rows, ptrdiff_t n,
 /* mn_prefetch_rows_later for columns c0..c1 only of rows of x with row stride ld. */
 void mn_prefetch_columns_later(const float *x, ptrdiff_t ld, const long long *rows,
                                ptrdiff_t n, ptrdiff_t c0, ptrdiff_t c1);
+/* mn_prefetch_columns_later in bytes: bytes b0..b1 of rows of x with row stride `stride`
+ * bytes (uint8 images: their pixels). */
+void mn_prefetch_bytes_later(const void *x, ptrdiff_t stride, const long long *rows,
+                             ptrdiff_t n, ptrdiff_t b0, ptrdiff_t b1);
 void mn_prefetch_flush(void);
 
 /* ---- general matrix products (row-major, no transposed storage) -------------------------- */

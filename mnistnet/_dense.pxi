@@ -149,12 +149,12 @@ cdef bint gather_batch(const Net* net, float* inp, const EpochArgs* args, Py_ssi
     cdef Py_ssize_t C0 = width(net, 0), OC = net.n_outputs, r0, r1
     cdef Py_ssize_t n = batch_rows(args, start)
     block_of(n, rank, size, &r0, &r1)
-    cdef bint finite = gather_inputs(inp, args.x, args.perm + start, n, C0, 0, C0)
+    cdef bint finite = gather_inputs(inp, args, args.perm + start, n, C0, 0, C0)
     gather_rows(net_acts(net, net.n_layers + 1) + r0 * OC, args.y, args.perm + start + r0,
                 r1 - r0, OC)
     if start + n < args.N:
-        mn_prefetch_rows_later(args.x, args.perm + start + n,
-                               min(args.batch_size, args.N - start - n), C0)
+        prefetch_inputs_later(args, args.perm + start + n,
+                              min(args.batch_size, args.N - start - n), C0, 0, C0)
     return finite
 
 
@@ -303,12 +303,12 @@ cdef void inputs_forward(TeamThread* t, Py_ssize_t start, Py_ssize_t n,
     cdef const Net* net = t.net
     cdef const EpochArgs* args = t.args
     cdef Py_ssize_t C0 = width(net, 0), OC = width(net, 1), cols = p.k1 - p.k0
-    t.board.inputs_finite[t.rank] = gather_inputs(p.inp, args.x, args.perm + start, n, C0,
+    t.board.inputs_finite[t.rank] = gather_inputs(p.inp, args, args.perm + start, n, C0,
                                                   p.k0, p.k1)
     gather_rows(p.targets, args.y, args.perm + start, n, OC)
     if start + n < args.N:
-        mn_prefetch_columns_later(args.x, C0, args.perm + start + n,
-                                  min(args.batch_size, args.N - start - n), p.k0, p.k1)
+        prefetch_inputs_later(args, args.perm + start + n,
+                              min(args.batch_size, args.N - start - n), C0, p.k0, p.k1)
     mn_sgemm_nt_strided(p.my_sums, OC, p.inp, cols, net.w0t + p.k0, C0, n, cols, OC)
 
 

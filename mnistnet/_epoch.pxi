@@ -15,15 +15,29 @@ cdef inline void gather_rows(float* dst, const float* src, const long long* rows
         memcpy(dst + r * width, src + rows[r] * width, width * sizeof(float))
 
 
-cdef bint gather_inputs(float* dst, const float* x, const long long* rows, Py_ssize_t n,
-                        Py_ssize_t width, Py_ssize_t k0, Py_ssize_t k1) noexcept nogil:
-    # Columns k0..k1 of rows of x (row width `width`), packed: dst (n, k1 - k0). Returns
-    # whether they are all finite (the epoch's check of its inputs).
+cdef bint gather_inputs(float* dst, const EpochArgs* args, const long long* rows,
+                        Py_ssize_t n, Py_ssize_t width, Py_ssize_t k0,
+                        Py_ssize_t k1) noexcept nogil:
+    # Columns k0..k1 of rows of the epoch's inputs (row width `width`), packed: dst (n,
+    # k1 - k0), each row read as the net takes it (read_inputs: uint8 pixels become floats,
+    # a leading Rescaling applies). Returns whether they are all finite (the epoch's check
+    # of its inputs).
     cdef Py_ssize_t r
     cdef bint finite = True
     for r in range(n):
-        finite &= mn_copy_finite(dst + r * (k1 - k0), x + rows[r] * width + k0, k1 - k0)
+        finite &= read_inputs(dst + r * (k1 - k0), &args.inputs, rows[r] * width + k0, k1 - k0)
     return finite
+
+
+cdef inline void prefetch_inputs_later(const EpochArgs* args, const long long* rows,
+                                       Py_ssize_t n, Py_ssize_t width, Py_ssize_t k0,
+                                       Py_ssize_t k1) noexcept nogil:
+    # Columns k0..k1 of the next batch's input rows, fetched during this step
+    # (mn_prefetch_rows_later).
+    if args.inputs.pixels != NULL:
+        mn_prefetch_bytes_later(args.inputs.pixels, width, rows, n, k0, k1)
+    else:
+        mn_prefetch_columns_later(args.inputs.x, width, rows, n, k0, k1)
 
 
 cdef inline Py_ssize_t batch_rows(const EpochArgs* args, Py_ssize_t start) noexcept nogil:
@@ -60,14 +74,14 @@ cdef Py_ssize_t serial_stretch(const Net* net, const EpochArgs* args, Py_ssize_t
     while start < end and res.status == EPOCH_DONE:
         n = batch_rows(args, start)
         step_for(args, start, &s)
-        if not gather_inputs(net.a, args.x, args.perm + start, n, C0, 0, C0):
+        if not gather_inputs(net.a, args, args.perm + start, n, C0, 0, C0):
             res.status = EPOCH_NONFINITE_INPUT  # before this batch's step
             break
         gather_rows(targets, args.y, args.perm + start, n, OC)
         # The next batch's rows are scattered over the dataset: fetch them during this step.
         if start + n < args.N:
-            mn_prefetch_rows_later(args.x, args.perm + start + n,
-                                   min(args.batch_size, args.N - start - n), C0)
+            prefetch_inputs_later(args, args.perm + start + n,
+                                  min(args.batch_size, args.N - start - n), C0, 0, C0)
         loss = net_step(net, &s, n)
         mn_prefetch_flush()
         if not isfinite(loss):
@@ -287,12 +301,12 @@ cdef void rows_forward(TeamThread* t, Py_ssize_t start, Py_ssize_t n,
     board.correct[rank] = 0
     board.inputs_finite[rank] = True
     if nr > 0:
-        board.inputs_finite[rank] = gather_inputs(net.a + r0 * C0, args.x,
+        board.inputs_finite[rank] = gather_inputs(net.a + r0 * C0, args,
                                                   args.perm + start + r0, nr, C0, 0, C0)
         gather_rows(targets + r0 * OC, args.y, args.perm + start + r0, nr, OC)
         if start + n < args.N:
             block_of(min(args.batch_size, args.N - start - n), rank, t.size, &c0, &c1)
-            mn_prefetch_rows_later(args.x, args.perm + start + n + c0, c1 - c0, C0)
+            prefetch_inputs_later(args, args.perm + start + n + c0, c1 - c0, C0, 0, C0)
     # A net with batch statistics has barriers inside its forward and backward: every
     # thread goes through them (a non-finite input then stops the step after them).
     if (nr > 0 and board.inputs_finite[rank]) or net.batch_statistics:

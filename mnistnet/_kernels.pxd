@@ -151,6 +151,26 @@ cdef void translate_shifts(long long* dy, long long* dx,   # OUT (B,) each
                            Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t w0,
                            Py_ssize_t w1) noexcept nogil
 
+# ---- rescaling (Keras' Rescaling): out = inp * scale + offset, in double, rounded once ------
+# (so uint8 pixels through scale 1/255 are exactly float32(p) / 255); out may be inp.
+cdef void rescaling_forward(float* out,            # OUT (N,)
+                            const float* inp,      # IN  (N,)
+                            double scale, double offset, Py_ssize_t N) noexcept nogil
+cdef void rescaling_backward(float* dinp,          # OUT (N,): dout * scale
+                             const float* dout,    # IN  (N,)
+                             double scale, Py_ssize_t N) noexcept nogil
+# uint8 pixels as floats: out[i] = values[pixels[i]] (values: e.g. a Rescaling's outputs for
+# the 256 pixel values).
+cdef void pixels_as_floats(float* out,             # OUT (N,)
+                           const unsigned char* pixels,   # IN (N,)
+                           const float* values,    # IN  (256,)
+                           Py_ssize_t N) noexcept nogil
+# The same as products, out[i] = p * hi + p * lo (p = pixels[i]; hi of 16 significant bits,
+# so p * hi is exact): vectorised, for the scales where it gives their table (checked).
+cdef void pixels_scaled(float* out,                # OUT (N,)
+                        const unsigned char* pixels,      # IN (N,)
+                        float hi, float lo, Py_ssize_t N) noexcept nogil
+
 # ---- batchnorm over M rows of C channels ------------------------------------------------
 # Channels c0..c1 of the batch statistics: mean, var (biased), invstd = 1 / sqrt(var + eps).
 cdef void batchnorm_stats(float* mean, float* var, float* invstd,   # OUT (C,), c0..c1
@@ -242,6 +262,7 @@ cpdef enum LayerKind:
     KIND_BATCHNORMALIZATION = 7
     KIND_AVERAGEPOOLING2D = 8
     KIND_GLOBALAVERAGEPOOLING2D = 9
+    KIND_RESCALING = 10
 
 # Why train_epoch stopped.
 cdef enum:
@@ -271,6 +292,7 @@ cdef struct LayerPlan:
     double l2                       # the kernel's L2 factor (0: none)
     double fill                     # RandomTranslation's fill value
     double momentum, epsilon        # BatchNormalization's
+    double scale, offset            # Rescaling's
 
 # The optimizer's settings (mnistnet.codes.OPTIMIZER_FIELDS, in that order, 8 bytes each).
 cdef struct OptimizerSettings:
@@ -330,9 +352,22 @@ cdef struct Step:
     long long epoch, index
     Py_ssize_t batch                # rows of the whole batch (BatchNormalization's statistics)
 
+# How the epoch and predict read their input rows: float32 rows, or uint8 pixels. For a model
+# whose first layer is a Rescaling the net is the layers after it (mnistnet/plan.py:
+# Plan.engine), and the rows go through that Rescaling as they are read: float rows by its
+# kernel, pixels through `values`, its outputs for the 256 pixel values (by the same kernel).
+cdef struct InputRows:
+    const float* x                  # (N_x, n_in) float32 rows, or NULL for pixels
+    const unsigned char* pixels     # (N_x, n_in) uint8 rows (a leading Rescaling's), or NULL
+    const float* values             # (256,) with pixels
+    bint products                   # with pixels: values[p] is p * hi + p * lo for every p
+    float hi, lo                    # (pixels_scaled), computed so rather than looked up
+    bint rescaling                  # float rows go through a leading Rescaling ...
+    double scale, offset            # ... of this scale and offset
+
 # What an epoch is given, besides the net.
 cdef struct EpochArgs:
-    const float* x                  # (N_x, n_in) samples
+    InputRows inputs                # (N_x, n_in) samples
     const float* y                  # (N_x, n_outputs) targets
     const long long* perm           # (N,) row order, values < N_x
     Py_ssize_t N, batch_size
@@ -357,6 +392,12 @@ cdef void net_predict(const Net* net,
                       const float* x,              # IN  (N, n_in)
                       float* out,                  # OUT (N, n_outputs)
                       Py_ssize_t N) noexcept nogil
+# net_predict of input rows read as InputRows says (each chunk through a leading Rescaling
+# into the input region first, if it has one).
+cdef void net_predict_inputs(const Net* net,
+                             const InputRows* inputs,       # IN  N rows
+                             float* out,                    # OUT (N, n_outputs)
+                             Py_ssize_t N) noexcept nogil
 cdef double train_step(const Net* net, Py_ssize_t n, const Step* step) noexcept nogil
 # The optimizer on params[offset: offset + n] (and its state), then the weights' moving
 # average with use_ema; whether every new weight is finite.

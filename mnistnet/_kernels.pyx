@@ -1,6 +1,6 @@
 # cython: language_level=3
 """Compiled kernels: the layers (dense, conv2d, maxpool2d, avgpool2d, dropout, activations,
-translation, batch normalisation), losses, optimizers (SGD, momentum, Adam, AdamW, RMSprop), the network
+translation, batch normalisation, rescaling), losses, optimizers (SGD, momentum, Adam, AdamW, RMSprop), the network
 over its layer plan, one step and the epoch loop with its thread teams.
 
 Every kernel is a `cdef ... noexcept nogil` function over raw float32 pointers, declared in
@@ -92,6 +92,8 @@ cdef extern from "mn_kernels.h" nogil:
                                 Py_ssize_t width)
     void mn_prefetch_columns_later(const float *x, Py_ssize_t ld, const long long *rows,
                                    Py_ssize_t n, Py_ssize_t c0, Py_ssize_t c1)
+    void mn_prefetch_bytes_later(const void *x, Py_ssize_t stride, const long long *rows,
+                                 Py_ssize_t n, Py_ssize_t b0, Py_ssize_t b1)
     void mn_prefetch_flush()
     const char *mn_simd_name()
     int mn_simd_select(const char *name)
@@ -194,7 +196,7 @@ def plan_layout():
              "s_h", "s_w", "pad_top", "pad_left", "n_in", "n_out", "gemm_rows", "fan_in",
              "param", "n_param", "act_in", "act_out", "scratch", "n_scratch", "dact_in",
              "dact_out", "wt", "n_train", "stats", "shift_h0", "shift_h1", "shift_w0",
-             "shift_w1", "rate", "l2", "fill", "momentum", "epsilon")
+             "shift_w1", "rate", "l2", "fill", "momentum", "epsilon", "scale", "offset")
     offsets = (<char*>&p.kind - base, <char*>&p.act - base, <char*>&p.in_h - base,
                <char*>&p.in_w - base, <char*>&p.in_c - base, <char*>&p.out_h - base,
                <char*>&p.out_w - base, <char*>&p.out_c - base, <char*>&p.k_h - base,
@@ -207,7 +209,8 @@ def plan_layout():
                <char*>&p.n_train - base, <char*>&p.stats - base, <char*>&p.shift_h0 - base,
                <char*>&p.shift_h1 - base, <char*>&p.shift_w0 - base,
                <char*>&p.shift_w1 - base, <char*>&p.rate - base, <char*>&p.l2 - base,
-               <char*>&p.fill - base, <char*>&p.momentum - base, <char*>&p.epsilon - base)
+               <char*>&p.fill - base, <char*>&p.momentum - base, <char*>&p.epsilon - base,
+               <char*>&p.scale - base, <char*>&p.offset - base)
     return names, offsets, sizeof(LayerPlan)
 
 

@@ -388,6 +388,46 @@ cdef void batchnorm_input_grad(float* dinp, const float* dout, const float* xhat
     mn_bn_input_grad(dinp, dout, xhat, gamma, invstd, dgamma, dbeta, rows, M, C)
 
 
+# ---- rescaling -------------------------------------------------------------------------------
+
+cdef void rescaling_forward(float* out, const float* inp, double scale, double offset,
+                            Py_ssize_t N) noexcept nogil:
+    # In double, rounded once: pixels p through scale 1/255 give float32(p) / 255 exactly
+    # (float32 products by float32(1/255) miss it by an ulp for 126 of the 256 values).
+    cdef Py_ssize_t i
+    for i in range(N):
+        out[i] = <float>(<double>inp[i] * scale + offset)
+
+
+cdef void rescaling_backward(float* dinp, const float* dout, double scale,
+                             Py_ssize_t N) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(N):
+        dinp[i] = <float>(<double>dout[i] * scale)
+
+
+cdef void pixels_as_floats(float* out, const unsigned char* pixels, const float* values,
+                           Py_ssize_t N) noexcept nogil:
+    # A table of 256: any Rescaling's outputs to the bit, 0.2 ns an element.
+    cdef Py_ssize_t i
+    for i in range(N):
+        out[i] = values[pixels[i]]
+
+
+cdef void pixels_scaled(float* out, const unsigned char* pixels, float hi, float lo,
+                        Py_ssize_t N) noexcept nogil:
+    # Products the compiler vectorises: 0.12 ns an element with SSE2, against the table's
+    # 0.2 (on the shared AMD EPYC of these measurements; MNIST's epoch reads 47 million
+    # pixels). p * hi is exact, and the sum rounds once: the correctly rounded p * (hi + lo)
+    # but near a tie, which the caller rules out by checking all 256 values against the
+    # table.
+    cdef Py_ssize_t i
+    cdef float p
+    for i in range(N):
+        p = <float>pixels[i]
+        out[i] = p * hi + p * lo
+
+
 # ---- losses and metrics ----------------------------------------------------------------------
 
 cdef double mse_forward(const float* pred, const float* target,

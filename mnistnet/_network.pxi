@@ -186,6 +186,8 @@ cdef void layer_forward(const Net* net, const Step* s, Py_ssize_t l, float* o,
                         r0 * p.n_out, n * p.n_out)
     elif p.kind == KIND_RANDOMTRANSLATION and s != NULL:
         translate_rows(p, o, inp, dropout_key(s.seed, s.epoch, s.index, l), r0, n, False)
+    elif p.kind == KIND_RESCALING:
+        rescaling_forward(o, inp, p.scale, p.offset, n * p.n_out)
     elif o != inp:  # Activation; dropout and translation in inference
         memcpy(o, inp, n * p.n_out * sizeof(float))
     activation_forward_of(p, o, n)
@@ -316,6 +318,8 @@ cdef void layer_input_grad(const Net* net, const Step* s, Py_ssize_t l, float* d
         dropout_backward(dinp, dout, scratch, n * p.n_out)
     elif p.kind == KIND_RANDOMTRANSLATION:
         translate_rows(p, dinp, dout, dropout_key(s.seed, s.epoch, s.index, l), r0, n, True)
+    elif p.kind == KIND_RESCALING:
+        rescaling_backward(dinp, dout, p.scale, n * p.n_out)
     elif p.kind == KIND_BATCHNORMALIZATION:
         batchnorm_input_grad(dinp, dout, scratch, w, batch_stats(net, p) + 2 * p.out_c, g,
                              g + p.out_c, n * p.out_h * p.out_w, batch * p.out_h * p.out_w,
@@ -597,30 +601,74 @@ cdef void net_predict(const Net* net, const float* x, float* out, Py_ssize_t N) 
     the same bits as on one thread); otherwise one chunk after another on the calling thread
     (a GEMM of a few rows split across threads waits longer for them than it saves: a
     convnet's one image took 0.35-1.2 ms on two threads, 87 us on one)."""
+    cdef InputRows inputs
+    inputs.x = x
+    inputs.pixels = NULL
+    inputs.values = NULL
+    inputs.products = False
+    inputs.rescaling = False
+    net_predict_inputs(net, &inputs, out, N)
+
+
+cdef void net_predict_inputs(const Net* net, const InputRows* inputs, float* out,
+                             Py_ssize_t N) noexcept nogil:
+    # net_predict of rows read as `inputs` says.
     cdef int threads = min(mn_get_num_threads(), MAX_TEAM)
-    cdef Py_ssize_t start = 0, n, n_in = width(net, 0), OC = net.n_outputs
+    cdef Py_ssize_t start = 0, n
     if threads < 2 or N < net.rows or net.rows < 2 * threads:
         mn_set_thread_cap(1)
         while start < N:
             n = net.rows if N - start > net.rows else N - start
-            net_forward(net, x + start * n_in, out + start * OC, n)
+            forward_inputs(net, inputs, start, out, 0, n)
             start += n
         mn_set_thread_cap(0)
         return
     with parallel(num_threads=threads):
-        predict_member(net, x, out, N)
+        predict_member(net, inputs, out, N)
 
 
-cdef void predict_member(const Net* net, const float* x, float* out,
+cdef void predict_member(const Net* net, const InputRows* inputs, float* out,
                          Py_ssize_t N) noexcept nogil:
     """One thread of net_predict's team: rows [r0, r1) of x, net.rows // size at a time."""
     cdef int rank = mn_team_rank(), size = mn_team_size()
-    cdef Py_ssize_t n_in = width(net, 0), OC = net.n_outputs
     cdef Py_ssize_t sub = net.rows // size, r0, r1, n
     block_of(N, rank, size, &r0, &r1)
     mn_set_thread_cap(1)
     while r0 < r1:
         n = sub if r1 - r0 > sub else r1 - r0
-        forward_rows(net, NULL, 0, x + r0 * n_in, out + r0 * OC, rank * sub, n)
+        forward_inputs(net, inputs, r0, out, rank * sub, n)
         r0 += n
     mn_set_thread_cap(0)
+
+
+cdef inline void forward_inputs(const Net* net, const InputRows* inputs, Py_ssize_t start,
+                                float* out, Py_ssize_t r0, Py_ssize_t n) noexcept nogil:
+    # Input rows start..start+n forward into those rows of out, through rows r0.. of the
+    # regions: plain float rows read where they are, others first read into the input
+    # region (through the leading Rescaling: read_inputs).
+    cdef Py_ssize_t n_in = width(net, 0)
+    cdef float* region = net.a + r0 * n_in
+    if inputs.pixels == NULL and not inputs.rescaling:
+        forward_rows(net, NULL, 0, inputs.x + start * n_in, out + start * net.n_outputs, r0,
+                     n)
+        return
+    read_inputs(region, inputs, start * n_in, n * n_in)
+    forward_rows(net, NULL, 0, region, out + start * net.n_outputs, r0, n)
+
+
+cdef bint read_inputs(float* dst, const InputRows* inputs, Py_ssize_t at,
+                      Py_ssize_t n) noexcept nogil:
+    """n input values from element `at` on into dst as the net takes them: floats copied
+    (and through a leading Rescaling), pixels through their table. Returns whether they are
+    all finite (floats only can fail)."""
+    cdef bint finite
+    if inputs.pixels != NULL and inputs.products:
+        pixels_scaled(dst, inputs.pixels + at, inputs.hi, inputs.lo, n)
+        return True
+    if inputs.pixels != NULL:
+        pixels_as_floats(dst, inputs.pixels + at, inputs.values, n)
+        return True
+    finite = mn_copy_finite(dst, inputs.x + at, n)
+    if inputs.rescaling:
+        rescaling_forward(dst, dst, inputs.scale, inputs.offset, n)
+    return finite

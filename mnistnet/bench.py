@@ -18,6 +18,9 @@ name) and SIMD path ran. Optional sections::
     mnistnet bench --presets convnet --predict      # + predict against onnxruntime
     mnistnet bench --presets convnet --busy-core    # + team vs one thread, one core busy
     mnistnet bench --presets convnet --skip-comparison --subset 12000   # the section alone
+    mnistnet bench --presets perceptron --uint8     # + the epoch and fit's peak memory from
+                                                    #   uint8 images through Rescaling(1/255)
+    mnistnet bench --dataset fashion-mnist          # on another dataset of the family
 
 The peers (--peers) each train in a process of their own (mnistnet/peers.py), so that their
 thread pools never slow down the timing of mnistnet's own epochs. The time to an accuracy
@@ -48,18 +51,18 @@ from typing import Any
 
 import numpy as np
 
-from mnistnet import fast, reference
+from mnistnet import datasets, fast, reference
 from mnistnet._kernels import fma_peak_gflops
 from mnistnet._version import __version__
-from mnistnet.data import load_mnist
 from mnistnet.kinds import peer_layers
 from mnistnet.model import Model
 from mnistnet.presets import PRESETS, RECIPES, preset
 from mnistnet.trainer import History
 
-__all__ = ["busy_core_epochs", "cpu_model", "epoch_flops", "fma_peaks", "format_report",
-           "machine_context", "machine_identity", "peer_config", "predict_against_onnxruntime",
-           "run_comparison", "run_peer", "subset_epochs"]
+__all__ = ["busy_core_epochs", "cpu_model", "epoch_flops", "fit_peak_memory", "fma_peaks",
+           "format_report", "machine_context", "machine_identity", "peer_config",
+           "predict_against_onnxruntime", "run_comparison", "run_peer", "subset_epochs",
+           "uint8_comparison"]
 
 DEFAULT_PRESETS = ("perceptron", "hidden-relu", "cross-entropy")
 BATCH_SIZE = 32  # the tutorial's; the per-layer GEMMs of --gemm are a step of it
@@ -197,25 +200,37 @@ def load_average() -> float | None:
         return None
 
 
-def load_bench_data(data: Any) -> Data:
-    """data as load_mnist's ((x_train, y_train), (x_test, y_test)): None loads MNIST from the
-    usual places ($MNISTNET_DATA, the cache, a download); a str/PathLike names a folder."""
+def load_bench_data(data: Any, dataset: str = "mnist") -> Data:
+    """data as load_mnist's ((x_train, y_train), (x_test, y_test)): None loads the dataset
+    (MNIST by default) from the usual places ($MNISTNET_DATA, $MNISTNET_DATASETS, the cache,
+    a download); a str/PathLike names a folder of its files."""
     if data is None or isinstance(data, (str, os.PathLike)):
-        return load_mnist(data)
+        return datasets.load(dataset, data)
     (x_train, y_train), (x_test, y_test) = data
     return (x_train, y_train), (x_test, y_test)
+
+
+def data_classes(data: Data) -> int:
+    """The presets' output units for the data: its class names', else MNIST's 10 (or more
+    if the labels need them)."""
+    if isinstance(data, datasets.Dataset):
+        return len(data.class_names)
+    (_, y_train), (_, y_test) = data
+    return max(10, int(max(np.max(y_train), np.max(y_test))) + 1)
 
 
 # ---- the comparison ------------------------------------------------------------------------
 
 def _fit_timed(name: str, backend: str, data: Data, epochs: int,
-               settle: bool = True) -> tuple[float, Model, History]:
+               settle: bool = True, input_dtype: str = "float32") -> tuple[float, Model, History]:
     """Seconds of `epochs` epochs of the preset's recipe (fit with validation), and the
     model and History. settle: pause first, so that the previous run's BLAS threads go idle
     (OpenBLAS workers spin for about 0.1 s after their last call, and would take a core
-    from whichever run comes next)."""
+    from whichever run comes next). input_dtype "uint8": the preset starting with
+    Rescaling(1/255), on data of uint8 pixels."""
     (x_train, y_train), (x_test, y_test) = data
-    model = preset(name, seed=0, backend=backend)
+    model = preset(name, seed=0, backend=backend, input_dtype=input_dtype,
+                   classes=data_classes(data))
     if settle:
         time.sleep(SETTLE_SECONDS)
     start = time.perf_counter()
@@ -272,14 +287,17 @@ def run_comparison(presets: Sequence[str] = DEFAULT_PRESETS, *, epochs: int = 1,
                    data: Any = None, repeats: int = 1, peers: bool = False,
                    gemm: bool = False, peers_python: str | None = None,
                    subset: int | None = None, predict: bool = False, busy_core: bool = False,
-                   compare: bool = True) -> dict[str, Any]:
+                   compare: bool = True, dataset: str = "mnist",
+                   uint8: bool = False) -> dict[str, Any]:
     """Time the same training on the reference and fast backends, preset by preset.
 
     Args:
         presets: names from mnistnet.model.PRESETS.
         epochs: epochs trained per timing (reported per epoch).
-        data: None (load MNIST the usual way), a folder holding the four MNIST files, or
+        data: None (load the dataset the usual way), a folder holding its four files, or
             load_mnist's ((x_train, y_train), (x_test, y_test)).
+        dataset: which of mnistnet.datasets.NAMES to load (data None or a folder); the
+            presets get one output per class.
         repeats: each timing is the best of this many runs (fresh model, same seed).
         peers: also time PyTorch and Keras 3 on the same training, each in a process of its
             own run by the interpreter `peers_python` (default: this one), if it can import
@@ -293,16 +311,19 @@ def run_comparison(presets: Sequence[str] = DEFAULT_PRESETS, *, epochs: int = 1,
             runs in a child process (busy_core_epochs).
         compare: False skips the reference-vs-fast epochs (and so "presets" is empty):
             only the sections asked for run.
+        uint8: also time the fast epoch from uint8 images through Rescaling(1/255) against
+            the float32 one, check they end with the same weights, and measure fit's peak
+            memory both ways, each in a process of its own (uint8_comparison).
 
     Returns a JSON-serialisable dict: "context" (machine_context), "setup", "presets" (one
     dict per preset, see the keys of _compare_preset), and "subset", "busy_core",
-    "predict", "gemm" and "peers" when asked for."""
+    "predict", "gemm", "uint8" and "peers" when asked for."""
     presets = checked_presets(presets)
     if epochs < 1 or repeats < 1:
         raise ValueError(f"epochs and repeats must be >= 1, got {epochs} and {repeats}")
     if peers and not compare:
         raise ValueError("peers are compared with the fast epochs: they need compare=True")
-    loaded = load_bench_data(data)
+    loaded = load_bench_data(data, dataset)
     n_train = int(loaded[0][0].shape[0])
     if subset is not None and not 1 <= subset <= n_train:
         raise ValueError(f"subset must be between 1 and the {n_train} training rows, got "
@@ -310,8 +331,9 @@ def run_comparison(presets: Sequence[str] = DEFAULT_PRESETS, *, epochs: int = 1,
     context = machine_context()
     result: dict[str, Any] = {
         "context": context,
-        "setup": {"epochs": epochs, "repeats": repeats, "train_rows": n_train,
-                  "val_rows": int(loaded[1][0].shape[0]), "compare": compare},
+        "setup": {"epochs": epochs, "repeats": repeats, "dataset": _dataset_name(loaded),
+                  "train_rows": n_train, "val_rows": int(loaded[1][0].shape[0]),
+                  "compare": compare},
         "presets": [_compare_preset(name, loaded, epochs, repeats, context)
                     for name in presets] if compare else [],
     }
@@ -322,9 +344,13 @@ def run_comparison(presets: Sequence[str] = DEFAULT_PRESETS, *, epochs: int = 1,
         sizes = [n_train] + ([subset] if subset is not None and subset < n_train else [])
         result["busy_core"] = busy_core_epochs(presets, loaded, sizes, repeats)
     if predict:
-        result["predict"] = predict_against_onnxruntime(presets, loaded[1][0], repeats)
+        result["predict"] = predict_against_onnxruntime(presets, loaded[1][0], repeats,
+                                                        classes=data_classes(loaded))
     if gemm:
         result["gemm"] = gemm_comparison()
+    if uint8:
+        folder = data if data is None or isinstance(data, (str, os.PathLike)) else False
+        result["uint8"] = uint8_comparison(presets, loaded, epochs, repeats, folder, dataset)
     if peers:
         result["peers"] = peer_comparison(presets, loaded, epochs, repeats, result["presets"],
                                           peers_python or sys.executable, context)
@@ -341,12 +367,16 @@ def checked_presets(presets: Sequence[str]) -> list[str]:
     return presets
 
 
+def _dataset_name(data: Data) -> str | None:
+    return data.name if isinstance(data, datasets.Dataset) else None
+
+
 # ---- short epochs (--subset) ---------------------------------------------------------------
 
-def _epoch_seconds(name: str, x: np.ndarray, y: np.ndarray) -> float:
-    """Seconds of one fast epoch of the preset's recipe on (x, y), without validation (fit
-    and nothing else), after the settling pause."""
-    model = preset(name, seed=0, backend="fast")
+def _epoch_seconds(name: str, x: np.ndarray, y: np.ndarray, classes: int = 10) -> float:
+    """Seconds of one fast epoch of the preset's recipe (`classes` outputs) on (x, y),
+    without validation (fit and nothing else), after the settling pause."""
+    model = preset(name, seed=0, backend="fast", classes=classes)
     time.sleep(SETTLE_SECONDS)
     start = time.perf_counter()
     model.fit(x, y, epochs=1, batch_size=RECIPES[name]["batch_size"], verbose=0)
@@ -354,13 +384,13 @@ def _epoch_seconds(name: str, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _best_epochs(name: str, x: np.ndarray, y: np.ndarray, sizes: Sequence[int],
-                 repeats: int) -> list[float]:
+                 repeats: int, classes: int = 10) -> list[float]:
     """Best seconds of a fast epoch on the first `size` rows, for each size, the sizes
     interleaved within each repeat (so drift in load hits them alike)."""
     best = [float("inf")] * len(sizes)
     for _ in range(repeats):
         for i, size in enumerate(sizes):
-            best[i] = min(best[i], _epoch_seconds(name, x[:size], y[:size]))
+            best[i] = min(best[i], _epoch_seconds(name, x[:size], y[:size], classes))
     return best
 
 
@@ -372,9 +402,10 @@ def subset_epochs(presets: Sequence[str], data: Data, rows: int, repeats: int,
     a full one); and each epoch's GFLOP/s as a share of the FMA peak."""
     (x_train, y_train), _ = data
     n = x_train.shape[0]
+    classes = data_classes(data)
     out = []
     for name in presets:
-        full, short = _best_epochs(name, x_train, y_train, (n, rows), repeats)
+        full, short = _best_epochs(name, x_train, y_train, (n, rows), repeats, classes)
         full_us, short_us = full / n * 1e6, short / rows * 1e6
         out.append({
             "preset": name, "subset_rows": rows, "full_rows": n,
@@ -431,14 +462,14 @@ def fixed_threads(n: int) -> Iterator[None]:
 
 
 def _team_and_one_thread(name: str, x: np.ndarray, y: np.ndarray, threads: int,
-                         repeats: int) -> tuple[float, float]:
+                         repeats: int, classes: int = 10) -> tuple[float, float]:
     """Best seconds of a fast epoch on `threads` threads and on one, interleaved."""
     team = one = float("inf")
     for _ in range(repeats):
         with fixed_threads(threads):
-            team = min(team, _epoch_seconds(name, x, y))
+            team = min(team, _epoch_seconds(name, x, y, classes))
         with fixed_threads(1):
-            one = min(one, _epoch_seconds(name, x, y))
+            one = min(one, _epoch_seconds(name, x, y, classes))
     return team, one
 
 
@@ -452,13 +483,14 @@ def busy_core_epochs(presets: Sequence[str], data: Data, sizes: Sequence[int],
     before."""
     (x_train, y_train), _ = data
     threads = fast.available_cores()
+    classes = data_classes(data)
     rows = []
     with busy_loop() as child:
         nice = _niceness(child.pid)
         for name in presets:
             for size in sizes:
                 team, one = _team_and_one_thread(name, x_train[:size], y_train[:size],
-                                                 threads, repeats)
+                                                 threads, repeats, classes)
                 rows.append({"preset": name, "rows": int(size), "team_threads": threads,
                              "team_seconds": team, "one_thread_seconds": one,
                              "team_over_one_thread": team / one})
@@ -501,10 +533,10 @@ def _predict_rows(x_test: np.ndarray, rows: int) -> np.ndarray:
 
 
 def _predict_preset(name: str, x: np.ndarray, repeats: int, threads: int,
-                    folder: str) -> dict[str, Any]:
+                    folder: str, classes: int = 10) -> dict[str, Any]:
     """model.predict against onnxruntime on the rows x and on one image; mnistnet timed
     before the session exists, so onnxruntime's spinning threads cannot slow it down."""
-    model = preset(name, seed=0, backend="fast")
+    model = preset(name, seed=0, backend="fast", classes=classes)
     batch = x.reshape(-1, *model.input_shape)
     one = batch[:1].copy()
     fast_rows = _best_seconds(partial(model.predict, batch), 1, max(repeats, 3))
@@ -525,13 +557,14 @@ def _predict_preset(name: str, x: np.ndarray, repeats: int, threads: int,
 
 
 def predict_against_onnxruntime(presets: Sequence[str], x_test: np.ndarray,
-                                repeats: int, rows: int | None = None) -> dict[str, Any]:
-    """Per preset (a fresh model, seed 0), model.predict on `rows` test rows (PREDICT_ROWS by
-    default; the test set repeated if shorter) and on one image, against the model exported
-    to ONNX and run by onnxruntime in this process (CPUExecutionProvider, the kernels'
-    thread count as its intra-op threads). The ratios are onnxruntime's seconds over
-    mnistnet's: above 1, mnistnet is faster. {"available": False, "reason": ...} without
-    onnx or onnxruntime."""
+                                repeats: int, rows: int | None = None,
+                                classes: int = 10) -> dict[str, Any]:
+    """Per preset (a fresh model, seed 0, `classes` outputs), model.predict on `rows` test
+    rows (PREDICT_ROWS by default; the test set repeated if shorter) and on one image,
+    against the model exported to ONNX and run by onnxruntime in this process
+    (CPUExecutionProvider, the kernels' thread count as its intra-op threads). The ratios
+    are onnxruntime's seconds over mnistnet's: above 1, mnistnet is faster. {"available":
+    False, "reason": ...} without onnx or onnxruntime."""
     missing = _onnxruntime_missing()
     if missing:
         return {"available": False, "reason": missing}
@@ -540,9 +573,104 @@ def predict_against_onnxruntime(presets: Sequence[str], x_test: np.ndarray,
     threads = fast.get_num_threads()
     x = _predict_rows(x_test, rows or PREDICT_ROWS)
     with tempfile.TemporaryDirectory(prefix="mnistnet-predict-") as folder:
-        timings = [_predict_preset(name, x, repeats, threads, folder) for name in presets]
+        timings = [_predict_preset(name, x, repeats, threads, folder, classes)
+                   for name in presets]
     return {"available": True, "onnxruntime_version": onnxruntime.__version__,
             "threads": threads, "presets": timings}
+
+
+# ---- uint8 images through Rescaling (--uint8) ----------------------------------------------
+
+def as_pixels(x: np.ndarray) -> np.ndarray:
+    """float32 images that are uint8 pixels / 255 (load_mnist's) as those pixels; exact:
+    p / 255 correctly rounded times 255 rounds back to p."""
+    pixels = np.rint(np.asarray(x, dtype=np.float64) * 255).astype(np.uint8)
+    if not np.array_equal(pixels.astype(np.float32) / np.float32(255), x):
+        raise ValueError("the uint8 comparison needs images that are pixels / 255 (as "
+                         "mn.load_mnist and mn.datasets.load give them)")
+    return pixels
+
+
+def uint8_comparison(presets: Sequence[str], data: Data, epochs: int = 1, repeats: int = 1,
+                     folder: Any = None, dataset: str = "mnist") -> list[dict[str, Any]]:
+    """Per preset, the fast backend's seconds per epoch (fit with validation, best of
+    `repeats`, the two routes interleaved) from float32 images and from the same images as
+    uint8 through Rescaling(1/255) (mn.preset(..., input_dtype="uint8")), whether both end
+    with the same weights (they should, bit for bit), and, unless `folder` is False (data
+    given as arrays), the peak memory of a fit of one epoch each way, each in a process of
+    its own that loads the dataset itself (fit_peak_memory)."""
+    (x_train, y_train), (x_test, y_test) = data
+    pixels = ((as_pixels(x_train), y_train), (as_pixels(x_test), y_test))
+    rows = []
+    for name in presets:
+        best = {"float32": float("inf"), "uint8": float("inf")}
+        models: dict[str, Model] = {}
+        for _ in range(repeats):
+            for route, route_data in (("float32", data), ("uint8", pixels)):
+                elapsed, models[route], _ = _fit_timed(name, "fast", route_data, epochs,
+                                                       input_dtype=route)
+                best[route] = min(best[route], elapsed / epochs)
+        row: dict[str, Any] = {
+            "preset": name, "float32_seconds_per_epoch": best["float32"],
+            "uint8_seconds_per_epoch": best["uint8"],
+            "uint8_speedup": best["float32"] / best["uint8"],
+            "same_weights": bool(np.array_equal(models["float32"].params,
+                                                models["uint8"].params))}
+        if folder is not False:
+            for route in ("float32", "uint8"):
+                row[f"{route}_fit_peak_mb"] = fit_peak_memory(name, route, folder, dataset)
+            row["peak_mb_saved"] = row["float32_fit_peak_mb"] - row["uint8_fit_peak_mb"]
+        rows.append(row)
+    return rows
+
+
+# The child process of fit_peak_memory: load the dataset as the route takes it, reset the
+# peak RSS (Linux: /proc/self/clear_refs), fit one epoch, report the peak since the reset
+# (VmHWM: getrusage's ru_maxrss also keeps the parent's peak, inherited through exec).
+PEAK_SCRIPT = """
+import json, resource, sys
+import mnistnet as mn
+name, route, folder, dataset, classes = sys.argv[1:]
+(x, y), (xt, yt) = mn.datasets.load(dataset, folder or None, normalize=route == "float32")
+model = mn.preset(name, input_dtype=route, classes=int(classes))
+def peak_mb():
+    try:
+        with open("/proc/self/status") as f:
+            line = next(line for line in f if line.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):  # not Linux: the process's peak, in KiB or bytes
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 1024 if sys.platform != "darwin" else rss / 2**20
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    since = "fit"
+except OSError:
+    since = "start"
+model.fit(x, y, epochs=1, batch_size=mn.RECIPES[name]["batch_size"],
+          validation_data=(xt, yt), verbose=0)
+print(json.dumps({"peak_mb": peak_mb(), "since": since}))
+"""
+
+
+def fit_peak_memory(name: str, input_dtype: str, folder: Any = None,
+                    dataset: str = "mnist") -> float:
+    """MB of the peak resident memory of a process during a fit of one epoch of preset
+    `name` (with validation), its data loaded as float32 in [0, 1] (input_dtype "float32")
+    or as uint8 pixels into the preset started with Rescaling(1/255) ("uint8"): the data it
+    holds, the model and the epoch's buffers. On Linux the peak is reset once the data is
+    loaded (/proc/self/clear_refs) and read as VmHWM; elsewhere it is getrusage's peak of
+    the whole process, loading included."""
+    classes = len(datasets.class_names(dataset))
+    command = [sys.executable, "-c", PEAK_SCRIPT, name, input_dtype,
+               "" if folder is None else os.fspath(folder), dataset, str(classes)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=PEER_TIMEOUT,
+                          check=False)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"the peak-memory process failed ({done.returncode}): {tail}")
+    return float(json.loads(lines[-1])["peak_mb"])
 
 
 # ---- per-layer GEMMs (--gemm) --------------------------------------------------------------
@@ -613,13 +741,14 @@ def peer_comparison(presets: Sequence[str], data: Data, epochs: int, repeats: in
     peak."""
     fast_rows = {row["preset"]: row for row in rows}
     peak = context["fma_peak_gflops"] if context else None
+    classes = data_classes(data)
     out: dict[str, Any] = {"frameworks": {}, "message": None, "python": python}
     with tempfile.TemporaryDirectory(prefix="mnistnet-peers-") as folder:
         data_path = write_peer_data(data, folder)
         for label in ("torch", "keras"):
             out["frameworks"][label] = _peer_timings(label, presets, data_path, epochs,
                                                      repeats, python, fast_rows, folder,
-                                                     data[0][0].shape[0], peak)
+                                                     data[0][0].shape[0], peak, classes)
     if not any(f["available"] for f in out["frameworks"].values()):
         out["message"] = PEERS_MISSING
     return out
@@ -669,12 +798,13 @@ def write_peer_config(model: Model, rows: int, batch_size: int, epochs: int,
 
 def _peer_timings(label: str, presets: Sequence[str], data_path: str, epochs: int,
                   repeats: int, python: str, fast_rows: dict[str, dict[str, Any]],
-                  folder: str, rows: int, peak: float | None) -> dict[str, Any]:
+                  folder: str, rows: int, peak: float | None,
+                  classes: int = 10) -> dict[str, Any]:
     timings, version = {}, None
     for name in presets:
         batch_size = RECIPES[name]["batch_size"]
-        config_path = write_peer_config(preset(name), rows, batch_size, epochs,
-                                        os.path.join(folder, f"{name}.json"))
+        config_path = write_peer_config(preset(name, classes=classes), rows, batch_size,
+                                        epochs, os.path.join(folder, f"{name}.json"))
         best, run = float("inf"), {}
         for _ in range(repeats):
             run = run_peer(label, config_path, data_path, epochs, batch_size, python)
@@ -833,6 +963,21 @@ def _format_gemm(rows: Sequence[dict[str, Any]]) -> list[str]:
     return align_table(table)
 
 
+def _format_uint8(rows: list[dict[str, Any]]) -> list[str]:
+    table = [["uint8 through Rescaling", "float32 s/ep", "uint8 s/ep", "speed-up",
+              "same weights", "fit peak MB float32", "uint8", "saved"]]
+    for row in rows:
+        memory = ([f"{row[k]:.0f}" for k in ("float32_fit_peak_mb", "uint8_fit_peak_mb",
+                                              "peak_mb_saved")]
+                  if "peak_mb_saved" in row else ["-", "-", "-"])
+        table.append([row["preset"], f"{row['float32_seconds_per_epoch']:.3f}",
+                      f"{row['uint8_seconds_per_epoch']:.3f}", f"{row['uint8_speedup']:.2f}x",
+                      "yes" if row["same_weights"] else "NO", *memory])
+    note = ("fast backend, one run each way per repeat, interleaved; the peak memory of a "
+            "fit of one epoch in a process of its own, counted from the data loaded")
+    return [*align_table(table), note]
+
+
 def _format_peers(peers: dict[str, Any]) -> list[str]:
     if peers["message"]:
         return [peers["message"]]
@@ -853,7 +998,7 @@ def _format_peers(peers: dict[str, Any]) -> list[str]:
 
 SECTION_FORMATS: dict[str, Callable[[Any], list[str]]] = {
     "subset": _format_subset, "busy_core": _format_busy_core, "predict": _format_predict,
-    "gemm": _format_gemm, "peers": _format_peers}
+    "gemm": _format_gemm, "uint8": _format_uint8, "peers": _format_peers}
 
 
 def format_report(result: dict[str, Any]) -> str:

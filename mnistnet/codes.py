@@ -46,8 +46,9 @@ PLAN_FIELDS = (
     "l2",                     # the kernel's L2 regularisation factor (0: none)
     "fill",                   # RandomTranslation's fill value
     "momentum", "epsilon",    # BatchNormalization's
+    "scale", "offset",        # Rescaling's
 )
-PLAN_FLOAT_FIELDS = ("rate", "l2", "fill", "momentum", "epsilon")
+PLAN_FLOAT_FIELDS = ("rate", "l2", "fill", "momentum", "epsilon", "scale", "offset")
 PLAN_DTYPE = np.dtype([(name, np.float64 if name in PLAN_FLOAT_FIELDS else np.int64)
                        for name in PLAN_FIELDS])
 

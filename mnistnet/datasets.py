@@ -75,6 +75,7 @@ __all__ = [
     "class_names",
     "download",
     "load",
+    "load_test",
 ]
 
 #: Environment variable naming a folder with one subfolder per dataset (DatasetInfo.folder).
@@ -346,6 +347,31 @@ def load(
     return Dataset(
         (x_train, y_train), (x_test, y_test), name=info.name, class_names=info.class_names
     )
+
+
+def load_test(
+    name: str, path: PathLike | None = None, *, normalize: bool = True, download: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """The test split only, ``(x_test, y_test)``, as :func:`load` returns it, without reading
+    the training images (EMNIST ByClass's are 547 MB): a ``path`` folder needs only the two
+    test files. Looked for in the same places as :func:`load`; a download fetches all four.
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones), or a malformed file.
+        FileNotFoundError: the test files missing from ``path`` (named), or found nowhere
+            with ``download=False``.
+        mnistnet.data.DownloadError: every mirror failed for some file.
+    """
+    info = _info(name)
+    images_stem, labels_stem = info.stems[2:]
+
+    def fetch() -> Path:
+        return _download(info)
+
+    search = _search(info)._replace(stems=(images_stem, labels_stem))
+    files = _locate_files(search, path, fetch if download else None)
+    x, y, _ = _load_split(info, files[images_stem], files[labels_stem], normalize)
+    return x, y
 
 
 def class_names(name: str) -> tuple[str, ...]:

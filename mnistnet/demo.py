@@ -1,12 +1,18 @@
-"""``mnistnet demo MODEL.npz``: a web page to draw a digit on and watch the network read it.
+"""``mnistnet demo MODEL.npz``: a web page to draw a digit on and watch the network read it
+(or a piece of clothing, a letter: whatever the model's classes are).
 
 The page (mnistnet/demo_static/: HTML, JavaScript and CSS; nothing is fetched from anywhere
 else) prepares the drawing as MNIST's digits were prepared, shows the 28x28 image the
-network gets, and sends it to the server whenever it changes:
+network gets, and sends it to the server whenever it changes. The server writes the model's
+class names into the page, which shows one bar per class:
 
     POST /predict   Content-Type: application/json   {"pixels": [784 numbers from 0 to 1]}
-    -> 200 {"probabilities": [10 outputs], "digit": d}   (pixels row by row, 1 = ink)
+    -> 200 {"probabilities": [one per class], "class": c, "label": "Trouser", "digit": c}
+           (pixels row by row, 1 = ink; "digit" is "class", kept for older clients)
     -> 4xx {"error": "what was wrong"}                    (bad JSON, length, values, ...)
+
+A model that starts with a Rescaling layer takes pixels as stored, 0..255: the page's pixels
+are multiplied by 255 for it.
 
 The server is the standard library's ThreadingHTTPServer, on 127.0.0.1 unless told
 otherwise. It answers every malformed request with a 4xx (a status line, headers and a
@@ -27,6 +33,7 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
+from string import Template
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
@@ -34,11 +41,15 @@ import numpy as np
 
 from mnistnet.model import Model
 
-__all__ = ["DemoServer", "serve"]
+__all__ = ["DemoServer", "render_page", "serve", "subject"]
 
 IMAGE_SIDE = 28
-DIGITS = 10
 PREDICT_PATH = "/predict"
+PAGE_PATHS = ("/", "/index.html")  # the page, with the model's classes written in
+# What the page asks to draw, for a model of the named dataset's classes (digits: "digit").
+SUBJECTS = {"fashion-mnist": "piece of clothing", "kmnist": "hiragana character",
+            "emnist-letters": "letter", "emnist-balanced": "letter or digit",
+            "emnist-byclass": "letter or digit"}
 MAX_BODY_BYTES = 64 * 1024  # 784 pixels as JSON floats take about 16 KB
 # A body over the limit but no larger than this is read and dropped before the 413: closing
 # a connection with unread data resets it, and the client would never see the answer.
@@ -89,6 +100,25 @@ def parse_pixels(body: bytes, count: int) -> np.ndarray:
     return np.array(pixels, dtype=np.float32).reshape(1, count)
 
 
+def subject(model: Model) -> str:
+    """What the page asks to draw: "digit" for a model of digits, else what its dataset's
+    classes are ("piece of clothing"), else "picture"."""
+    if model.reads_digits:
+        return "digit"
+    return SUBJECTS.get(model.dataset or "", "picture")
+
+
+def render_page(template: bytes, model: Model) -> bytes:
+    """index.html with the model's classes written in: ${subject}, ${count} and ${classes}
+    (a JSON object {"names": [...], "subject": ...} for demo.js, escaped so that no class
+    name can end its script element)."""
+    classes = json.dumps({"names": list(model.class_names), "subject": subject(model)})
+    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
+        classes = classes.replace(char, escaped)
+    return Template(template.decode()).substitute(
+        subject=subject(model), count=model.n_outputs, classes=classes).encode()
+
+
 def _read_static_files() -> dict[str, tuple[bytes, str]]:
     """URL path -> (content, content type), read once from the installed package."""
     folder = resources.files("mnistnet").joinpath("demo_static")
@@ -114,13 +144,16 @@ class DemoServer(ThreadingHTTPServer):
 
     def __init__(self, model: Model, host: str = "127.0.0.1", port: int = 8000,
                  log: TextIO | None = sys.stderr) -> None:
-        if model.input_dim != IMAGE_SIDE * IMAGE_SIDE or model.n_outputs != DIGITS:
+        if model.input_dim != IMAGE_SIDE * IMAGE_SIDE or model.n_outputs < 2:
             raise ValueError(f"the demo needs a model of {IMAGE_SIDE}x{IMAGE_SIDE} images "
-                             f"and {DIGITS} outputs; {model!r} has {model.input_dim} inputs "
+                             f"and 2 or more classes; {model!r} has {model.input_dim} inputs "
                              f"and {model.n_outputs} outputs")
         self.model = model
         self.log = log
         self.pages = _read_static_files()
+        for path in PAGE_PATHS:
+            page, content_type = self.pages[path]
+            self.pages[path] = (render_page(page, model), content_type)
         self._thread: threading.Thread | None = None
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__((host, port), DemoHandler)
@@ -240,15 +273,20 @@ class DemoHandler(BaseHTTPRequestHandler):
         self._answer_prediction(pixels)
 
     def _answer_prediction(self, pixels: np.ndarray) -> None:
+        model = self.server.model
+        if model.plan.takes_pixels:  # a Rescaling first: pixels as stored, 0..255
+            pixels = pixels * np.float32(255)
         try:
-            outputs = self.server.model.predict(pixels)[0]
+            outputs = model.predict(pixels)[0]
         except Exception as exc:  # a bug, not the client's fault: say so, keep serving
             self.server.say(f"predict failed: {type(exc).__name__}: {exc}")
             self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR,
                             {"error": "the model failed on these pixels"})
             return
+        best = int(np.argmax(outputs))
         self._send_json(HTTPStatus.OK, {"probabilities": [float(p) for p in outputs],
-                                        "digit": int(np.argmax(outputs))})
+                                        "class": best, "label": model.class_names[best],
+                                        "digit": best})
 
     def _unknown(self, path: str, method: str) -> RequestError:
         """404 for a path that is nothing here, 405 for a method the path does not take."""

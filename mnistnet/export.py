@@ -427,10 +427,10 @@ class CLayerWriter:
         return {"pixels": math.prod(shape[:-1]), "channels": shape[-1]}
 
     def function(self, template: Template, depth: int, constants: Sequence[str] = (),
-                 **sizes: int) -> CLayerCode:
+                 **sizes: int | str) -> CLayerCode:
         """The layer as the template's function `<name>_<kind>` after the constants it
-        reads, called from predict; its activation goes where the template says
-        ${activate}, `depth` levels deep."""
+        reads, called from predict, with `sizes` (and any other literals it takes) written
+        in; its activation goes where the template says ${activate}, `depth` levels deep."""
         step = self.step
         function = f"{self.name}_{step.kind.lower()}"
         activate = _c_activate(step, "    " * depth, "sum", step.output_shape[-1])

@@ -69,13 +69,20 @@ class _QdqGraph(OnnxGraph):
                                                      name=name, **attributes))
         return name
 
-    def fake_quantize(self, q: QParams, name: str) -> None:
+    def fake_quantize(self, q: QParams, name: str, dequantize_q: QParams | None = None,
+                      ) -> None:
         """QuantizeLinear then DequantizeLinear of the current tensor, with q's scale and
-        zero point, kept as `last_q` (their initializers' names)."""
-        self.last_q = (self.integer(f"{name}_scale", np.float32(q.scale)),
-                       self.integer(f"{name}_zero_point", np.int8(q.zero_point)))
-        self.apply("QuantizeLinear", f"{name}_q", *self.last_q)
+        zero point (the dequantisation's: dequantize_q's, if given: a Rescaling folded into
+        the input's quantisation), kept as `last_q` (their initializers' names)."""
+        quantize = self._qparams(q, name)
+        self.last_q = quantize if dequantize_q is None else self._qparams(dequantize_q,
+                                                                         f"{name}_rescaled")
+        self.apply("QuantizeLinear", f"{name}_q", *quantize)
         self.apply("DequantizeLinear", name, *self.last_q)
+
+    def _qparams(self, q: QParams, name: str) -> tuple[str, str]:
+        return (self.integer(f"{name}_scale", np.float32(q.scale)),
+                self.integer(f"{name}_zero_point", np.int8(q.zero_point)))
 
     def flat(self, name: str) -> None:
         """The current tensor as (batch, features) in Keras' (h, w, c) order."""
@@ -152,7 +159,8 @@ def quantized_onnx_model(q: QuantizedModel, opset: int = DEFAULT_OPSET) -> Any:
     opset = _check_opset(onnx, opset)
     helper = onnx.helper
     g = _QdqGraph(onnx, len(q.input_shape))
-    g.fake_quantize(q.input_q, "input_fq")
+    first_q = q.layers[0].input_q if q.layers else None
+    g.fake_quantize(q.input_q, "input_fq", first_q if q.input_rescaling else None)
     for i, layer in enumerate(q.layers):
         name = f"layer{i}_{layer.kind}"
         if layer.kind not in ONNX_EMITTERS:

@@ -10,7 +10,7 @@ cimport mnistnet._kernels as k
 cimport numpy as cnp
 from libc.string cimport memcpy, memset
 from mnistnet._kernels cimport (
-    EpochArgs, EpochResult, LayerPlan, Net, OptimizerSettings, Step, Window,
+    EpochArgs, EpochResult, InputRows, LayerPlan, Net, OptimizerSettings, Step, Window,
 )
 
 import numpy as np
@@ -756,6 +756,42 @@ def batchnorm_backward(dinp, dgamma, dbeta, dout, xhat, gamma, invstd):
         k.batchnorm_input_grad(pd, pg, ph, pgm, ps, pdg, pdb, m, m, c)
     return dinp, dgamma, dbeta
 
+# ---- rescaling -------------------------------------------------------------------------------
+
+def rescaling_forward(out, inp, double scale, double offset=0.0):
+    """out = inp * scale + offset, in double, rounded once to float32 (out may be inp).
+    Returns out."""
+    _check(inp, "inp")
+    out = _out(out, "out", inp.shape)
+    cdef float* po = _io(out)
+    cdef const float* pi = _in(inp)
+    cdef Py_ssize_t N = inp.size
+    with nogil:
+        k.rescaling_forward(po, pi, scale, offset, N)
+    return out
+
+
+def rescaling_backward(dinp, dout, double scale):
+    """dinp = dout * scale, in double, rounded once to float32. Returns dinp."""
+    _check(dout, "dout")
+    dinp = _out(dinp, "dinp", dout.shape)
+    cdef float* pd = _io(dinp)
+    cdef const float* pg = _in(dout)
+    cdef Py_ssize_t N = dout.size
+    with nogil:
+        k.rescaling_backward(pd, pg, scale, N)
+    return dinp
+
+
+def pixel_values(plan):
+    """The outputs of the plan's first layer, a Rescaling, for the 256 uint8 pixel values
+    (float32 (256,)): what the epoch and predict turn each pixel into as they read it."""
+    if not plan.takes_pixels:
+        raise ValueError("uint8 pixels go into a model whose first layer is Rescaling")
+    row = plan.table[0]
+    return rescaling_forward(None, np.arange(256, dtype=np.float32), row["scale"],
+                             row["offset"])
+
 # ---- the network ---------------------------------------------------------------------------
 
 cdef Net _net(plan, params, grads, state, acts, dacts, int loss, Py_ssize_t rows,
@@ -878,8 +914,14 @@ def apply_update(optimizer, params, grads, state, float learning_rate, long long
     return bool(finite)
 
 
-def _check_data(x, y, plan):
-    _check(x, "x", 2)
+def _check_data(x, y, plan, pixels=False):
+    """x (and y) fit the plan; pixels: x may also be uint8 (for a plan that takes_pixels).
+    Returns whether x holds uint8 pixels."""
+    is_pixels = (pixels and isinstance(x, np.ndarray) and x.dtype == np.uint8)
+    if is_pixels:
+        _check_pixels(x, plan)
+    else:
+        _check(x, "x", 2)
     n_in = plan.n_inputs
     if x.shape[1] != n_in:
         raise ValueError(f"x has {x.shape[1]} columns but the network takes {n_in}")
@@ -887,6 +929,63 @@ def _check_data(x, y, plan):
         _check(y, "y", 2)
         if y.shape != (x.shape[0], plan.n_outputs):
             raise ValueError(f"y has shape {y.shape}, expected {(x.shape[0], plan.n_outputs)}")
+    return is_pixels
+
+
+def _check_pixels(x, plan):
+    if not plan.takes_pixels:
+        raise TypeError("x holds uint8 pixels but the model's first layer is not Rescaling: "
+                        "add mn.Rescaling(1/255) as its first layer, or divide by 255 "
+                        "(x.astype(np.float32) / 255)")
+    if x.ndim != 2 or not x.flags.c_contiguous or x.size == 0:
+        raise ValueError(f"x must be a non-empty C-contiguous 2-D array, got shape {x.shape}")
+
+
+cdef const unsigned char* _pixels(object x) except NULL:
+    cdef cnp.ndarray arr = <cnp.ndarray>x
+    if cnp.PyArray_TYPE(arr) != cnp.NPY_UINT8 or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+        raise TypeError("internal: expected a C-contiguous uint8 array")
+    return <const unsigned char*>cnp.PyArray_DATA(arr)
+
+
+cdef InputRows _input_rows(object x, bint is_pixels, object plan, object values) except *:
+    """How the compiled net, plan.engine, reads the rows of x: through the plan's leading
+    Rescaling if it has one, pixels through `values` (pixel_values(plan), kept alive by the
+    caller)."""
+    cdef InputRows inputs
+    row = plan.table[0]
+    inputs.x = NULL if is_pixels else _in(x)
+    inputs.pixels = _pixels(x) if is_pixels else NULL
+    inputs.values = _in(values) if is_pixels else NULL
+    inputs.products, inputs.hi, inputs.lo = (pixel_products(row["scale"], values)
+                                             if is_pixels else (False, 0, 0))
+    inputs.rescaling = plan.takes_pixels and not is_pixels
+    inputs.scale = row["scale"]
+    inputs.offset = row["offset"]
+    return inputs
+
+
+def pixel_products(double scale, values):
+    """(True, hi, lo) when values, the 256 floats a Rescaling of `scale` makes of the pixel
+    values, are exactly p * hi + p * lo in float32 for every pixel p (pixels_scaled,
+    vectorised), hi being the scale to 16 significant bits and lo the rest; else (False, 0,
+    0): the table is used."""
+    hi = float((np.array(np.float32(scale)).view(np.uint32)
+                & np.uint32(0xFFFFFF00)).view(np.float32))
+    lo = float(np.float32(scale - hi))
+    every = np.arange(256, dtype=np.float32)
+    products = every * np.float32(hi) + every * np.float32(lo)
+    if np.array_equal(products.view(np.uint32), values.view(np.uint32)):  # bits: -0 too
+        return True, hi, lo
+    return False, 0.0, 0.0
+
+
+def _through_rescaling(x, bint is_pixels, plan):
+    """x's rows as plan.engine takes them: through the plan's leading Rescaling."""
+    if is_pixels:
+        return pixel_values(plan)[x]
+    row = plan.table[0]
+    return rescaling_forward(None, x, row["scale"], row["offset"])
 
 
 cdef void _set_step(Step* s, float learning_rate, long long iterations, key) except *:
@@ -903,8 +1002,12 @@ def train_step(plan, params, grads, state, acts, dacts, int loss, x, y, optimize
                float learning_rate, long long iterations, key) -> float:
     """One optimizer step (number iterations + 1) on the batch x (n, in), y (n, out), with
     dropout keyed by key = (seed, epoch, step). Returns the batch-mean loss; when it is
-    NaN/Inf nothing is updated."""
-    _check_data(x, y, plan)
+    NaN/Inf nothing is updated. A plan whose first layer is Rescaling takes x (float, or
+    uint8 pixels) through it first, then steps the layers after it (plan.engine; acts and
+    dacts sized for that)."""
+    cdef bint is_pixels = _check_data(x, y, plan, pixels=True)
+    if plan.takes_pixels:
+        x, plan = _through_rescaling(x, is_pixels, plan), plan.engine
     cdef Py_ssize_t n = x.shape[0]
     cdef Net net = _net(plan, params, grads, state, acts, dacts, loss, n, optimizer)
     cdef Step s
@@ -950,14 +1053,18 @@ def train_epoch(plan, params, grads, state, acts, dacts, int loss, x, y, perm,
     compiled code without the GIL. Batch b uses learning_rates[b] and is optimizer step
     iterations + b + 1; key = (seed, epoch, first step) keys the dropout masks. Returns
     (loss_sum, correct, seen, batches, status): see mnistnet.reference.train_epoch. Ctrl-C
-    raises KeyboardInterrupt between two steps."""
-    _check_data(x, y, plan)
+    raises KeyboardInterrupt between two steps. When the plan's first layer is Rescaling
+    (plan.takes_pixels), each row gathered goes through it (x may then hold uint8 pixels,
+    which go through its outputs for the 256 values, pixel_values) and the steps run the
+    layers after it, plan.engine: acts and dacts are sized for that (its buffer_sizes)."""
+    cdef bint is_pixels = _check_data(x, y, plan, pixels=True)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     cdef const long long[::1] p = np.ascontiguousarray(perm, dtype=np.int64)
     if p.shape[0] and (np.min(p) < 0 or np.max(p) >= x.shape[0]):
         raise ValueError(f"perm must index the {x.shape[0]} rows of x")
-    cdef Net net = _net(plan, params, grads, state, acts, dacts, loss, batch_size, optimizer)
+    cdef Net net = _net(plan.engine, params, grads, state, acts, dacts, loss, batch_size,
+                        optimizer)
     if net.grads == NULL:
         raise ValueError("train_epoch needs grads and dacts")
     steps = -(-p.shape[0] // batch_size)
@@ -966,7 +1073,8 @@ def train_epoch(plan, params, grads, state, acts, dacts, int loss, x, y, perm,
         raise ValueError(f"learning_rates has {learning_rates.shape[0]} entries, the epoch "
                          f"has {steps} batches")
     cdef EpochArgs args
-    args.x = _in(x)
+    values = pixel_values(plan) if is_pixels else None
+    args.inputs = _input_rows(x, is_pixels, plan, values)
     args.y = _in(y)
     args.perm = &p[0] if p.shape[0] else NULL
     args.N = p.shape[0]
@@ -1028,16 +1136,18 @@ cdef int _reraise() except -1:
 
 def predict(plan, params, acts, x, out, Py_ssize_t chunk):
     """Forward x (n, in) into out (n, outputs), `chunk` rows at a time, with acts (room for
-    `chunk` rows, see Plan.buffer_sizes) as scratch; dropout passes its input through.
-    Returns out."""
-    _check_data(x, None, plan)
+    `chunk` rows, see Plan.buffer_sizes) as scratch; dropout passes its input through. x may
+    hold uint8 pixels when the plan's first layer is Rescaling (see train_epoch); acts then
+    needs room for plan.engine's chunk (no more than the plan's own). Returns out."""
+    cdef bint is_pixels = _check_data(x, None, plan, pixels=True)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     out = _out(out, "out", (x.shape[0], plan.n_outputs))
-    cdef Net net = _net(plan, params, None, None, acts, None, k.LOSS_MSE, chunk, None)
-    cdef const float* px = _in(x)
+    cdef Net net = _net(plan.engine, params, None, None, acts, None, k.LOSS_MSE, chunk, None)
     cdef float* po = _io(out)
     cdef Py_ssize_t N = x.shape[0]
+    values = pixel_values(plan) if is_pixels else None
+    cdef InputRows inputs = _input_rows(x, is_pixels, plan, values)
     with nogil:
-        k.net_predict(&net, px, po, N)
+        k.net_predict_inputs(&net, &inputs, po, N)
     return out

@@ -1,7 +1,9 @@
 """What fit, predict and evaluate accept: checks and conversions of x and y.
 
-x becomes a C-contiguous float32 (n, features) array the kernels may read; y becomes float32
-(n, outputs) targets. Every refusal names the argument and the fix.
+x becomes a C-contiguous float32 (n, features) array the kernels may read, or, for a model
+whose first layer is Rescaling, a C-contiguous uint8 one (pixels as they are: the kernels turn
+each row into floats as they read it); y becomes float32 (n, outputs) targets. Every refusal
+names the argument and the fix.
 """
 
 from __future__ import annotations
@@ -28,15 +30,17 @@ def _accepted_shapes(input_shape: Shape) -> list[Shape]:
 
 
 def as_features(x: Any, input_shape: Shape | int, name: str = "x",
-                check_finite: bool = True) -> np.ndarray:
+                check_finite: bool = True, pixels: bool = False) -> np.ndarray:
     """x as a C-contiguous float32 (n, prod(input_shape)) array of flattened samples the
     kernels may read. For input_shape (28, 28, 1), x may be (n, 28, 28, 1), (n, 28, 28) or
     (n, 784); for (784,), (n, 784).
 
     float32 is used as is when C-contiguous (else copied); other float dtypes are converted
-    once. Integer images are refused rather than guessed at: scale them yourself, e.g.
-    `x.astype(np.float32) / 255`. NaN or Inf is an error (unless check_finite is False: for
-    a caller whose kernels check the rows as they read them)."""
+    once. pixels: the model's first layer is Rescaling, so uint8 x is taken as it is (a
+    C-contiguous uint8 array comes back, never a float copy). Other integer images are
+    refused rather than guessed at: the message says to add Rescaling(1/255) or to scale
+    them, e.g. `x.astype(np.float32) / 255`. NaN or Inf is an error (unless check_finite is
+    False: for a caller whose kernels check the rows as they read them)."""
     input_shape = (input_shape,) if isinstance(input_shape, (int, np.integer)) else input_shape
     input_shape = tuple(int(v) for v in input_shape)
     dim = math.prod(input_shape)
@@ -48,10 +52,10 @@ def as_features(x: Any, input_shape: Shape | int, name: str = "x",
                 raise ValueError(f"{name} is not a rectangular array ({exc})") from None
         else:
             raise TypeError(f"{name} must be a numpy array, got {type(x).__name__}")
-    if x.dtype.kind in "iub":
-        raise TypeError(f"{name} has integer dtype {x.dtype}; scale it to floats first, "
-                        f"e.g. {name}.astype(np.float32) / 255")
-    if x.dtype.kind != "f":
+    takes_as_is = pixels and x.dtype == np.uint8
+    if x.dtype.kind in "iub" and not takes_as_is:
+        raise TypeError(_integer_message(name, x.dtype, pixels))
+    if x.dtype.kind != "f" and not takes_as_is:
         raise TypeError(f"{name} must hold floats, got dtype {x.dtype}")
     if len(input_shape) == 1:
         if x.ndim != 2:
@@ -64,10 +68,22 @@ def as_features(x: Any, input_shape: Shape | int, name: str = "x",
                                for s in _accepted_shapes(input_shape))
         raise ValueError(f"{name} has shape {x.shape}, which does not fit the model's "
                          f"input_shape {input_shape}: expected {expected}")
+    if takes_as_is:  # a view when x is contiguous: the kernels read the pixels themselves
+        return np.ascontiguousarray(x.reshape(x.shape[0], dim))
     x = np.ascontiguousarray(x.reshape(x.shape[0], dim), dtype=np.float32)
     if check_finite and not fast.all_finite(x):
         raise ValueError(f"{name} contains NaN or Inf")
     return x
+
+
+def _integer_message(name: str, dtype: np.dtype, pixels: bool) -> str:
+    """Why integer x is refused, and what to do instead."""
+    if pixels:
+        return (f"{name} has integer dtype {dtype}; the model's first layer, Rescaling, takes "
+                f"uint8 pixels as they are: give uint8, or floats ({name}.astype(np.float32))")
+    return (f"{name} has integer dtype {dtype} but the model's first layer is not "
+            f"Rescaling: add mn.Rescaling(1/255) as its first layer (mn.preset(..., "
+            f"input_dtype='uint8') does), or divide by 255: {name}.astype(np.float32) / 255")
 
 
 def as_targets(y: Any, n: int, n_classes: int, name: str = "y") -> np.ndarray:

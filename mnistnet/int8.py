@@ -33,7 +33,12 @@ The scheme is the TensorFlow Lite quantisation spec
 * a BatchNormalization right after a Dense or Conv2D with a linear activation is folded into
   that layer's kernel and bias, and an Activation("relu") right after one fuses into its clamp;
 * the last layer's softmax, sigmoid or tanh runs in float on the dequantised outputs: the int8
-  outputs are the logits (their argmax is the predicted class).
+  outputs are the logits (their argmax is the predicted class);
+* a Rescaling(scale, offset) is folded: as the first layer, into the input's quantisation
+  (the input is quantised as it comes, e.g. pixels 0..255, with scale S / scale and the zero
+  point of the rescaled input shifted by offset / S, rounded to a whole step: exact for
+  offset 0), and right after a Dense or Conv2D with a linear activation, into its kernel
+  and bias as BatchNormalization is.
 
 The functions below are the twin of the generated C (mnistnet.export_int8): integer
 arithmetic in NumPy, int64 where the C uses 64-bit intermediates. Sums of int8 products are
@@ -443,10 +448,12 @@ class _Lowering:
     ends the network, run in float (nothing but identity layers may follow exit_step, which
     applies it), over groups of exit_group values; "linear" if none. A sigmoid or tanh is
     taken for the exit until a layer that computes comes after it: then it was a hidden one,
-    and becomes a table lookup."""
+    and becomes a table lookup. input_rescaling: the (scale, offset) of a Rescaling before
+    any operation, folded into the input's quantisation."""
 
     ops: list[_FloatOp] = field(default_factory=list)
     open_affine: _FloatOp | None = None
+    input_rescaling: tuple[float, float] | None = None  # a leading Rescaling's scale, offset
     exit_activation: str = "linear"
     exit_step: LayerStep | None = None
     exit_group: int = 0
@@ -561,6 +568,29 @@ def _fold_batchnorm(lowering: _Lowering, step: LayerStep) -> None:
     op.steps.append(step)
 
 
+def _fold_rescaling(lowering: _Lowering, step: LayerStep) -> None:
+    """Rescaling: before any operation, into the input's quantisation (quantize_ops); right
+    after a Dense or Conv2D with a linear activation, into its kernel and bias (kernel *
+    scale, bias * scale + offset)."""
+    lowering.check_before_exit(step)  # a sigmoid or tanh before it: a hidden one, a lookup
+    scale, offset = step.layer.scale, step.layer.offset
+    op = lowering.open_affine
+    if op is not None:
+        op.kernel = op.kernel * scale
+        op.bias = op.bias * scale + offset
+        op.steps.append(step)
+        return
+    if lowering.ops or lowering.input_rescaling is not None:
+        raise lowering.refuse(step, "int8 models fold a Rescaling into the input's "
+                                    "quantisation (as the first layer) or into the Dense or "
+                                    "Conv2D it directly follows (with a linear activation, "
+                                    "before any ReLU)")
+    if scale <= 0:
+        raise lowering.refuse(step, f"its scale is {scale}: only a scale > 0 folds into the "
+                                    "input's quantisation")
+    lowering.input_rescaling = (scale, offset)
+
+
 # The table of layer kinds, keyed by the layer's class name (Keras'): how each becomes the
 # integer network's operations. AveragePooling2D and GlobalAveragePooling2D take Keras'
 # meanings (pool_size, strides, padding; padding left out of the average).
@@ -575,6 +605,7 @@ LOWERINGS: dict[str, Callable[[_Lowering, LayerStep], None]] = {
     "RandomTranslation": _lower_identity,
     "BatchNormalization": _fold_batchnorm,
     "Activation": _lower_activation,
+    "Rescaling": _fold_rescaling,
 }
 
 
@@ -605,15 +636,21 @@ def calibration_sample(x: np.ndarray, rows: int = DEFAULT_CALIBRATION_ROWS,
     return x[picked]
 
 
-def _calibration_array(x: Any, input_shape: Shape) -> np.ndarray:
+def _calibration_array(x: Any, input_shape: Shape,
+                       rescaling: tuple[float, float] | None = None) -> np.ndarray:
+    """x_calibration checked as the model's predict checks x (uint8 pixels as they are when
+    the model starts with a Rescaling), then through that Rescaling: the input of the first
+    operation, as float32."""
     from mnistnet.inputs import as_features  # the model's own input checks and messages
 
-    x = as_features(x, input_shape, "x_calibration")
+    x = as_features(x, input_shape, "x_calibration", pixels=rescaling is not None)
     if x.shape[0] < MIN_CALIBRATION_ROWS:
         raise QuantizationError(
             f"x_calibration has {x.shape[0]} rows; calibrating int8 ranges needs at least "
             f"{MIN_CALIBRATION_ROWS} (default {DEFAULT_CALIBRATION_ROWS}): give more training "
             "images")
+    if rescaling is not None:
+        return reference.rescaling_forward(None, x, *rescaling)
     return x
 
 
@@ -670,14 +707,27 @@ def _quantize_lookup(op: _FloatOp, input_q: QParams) -> QuantizedLayer:
                           table=lookup_table(op.function, input_q, output_q))
 
 
-def quantize_ops(ops: Sequence[_FloatOp],
-                 ranges: Sequence[tuple[float, float]]) -> tuple[QParams, list[QuantizedLayer]]:
+def rescaled_input_q(q: QParams, scale: float, offset: float) -> QParams:
+    """How the input of a leading Rescaling(scale, offset) is quantised when q quantises its
+    output: real = scale * x + offset = q.scale * (q_x - q.zero_point) holds for q_x quantised
+    with scale q.scale / scale and zero point q.zero_point + offset / q.scale, rounded to a
+    whole step (exact for offset 0) and kept in int8."""
+    shift = int(round_half_away(offset / q.scale))
+    return QParams(float(np.float32(q.scale / scale)),
+                   int(np.clip(q.zero_point + shift, INT8_MIN, INT8_MAX)))
+
+
+def quantize_ops(ops: Sequence[_FloatOp], ranges: Sequence[tuple[float, float]],
+                 rescaling: tuple[float, float] | None = None,
+                 ) -> tuple[QParams, list[QuantizedLayer]]:
     """The input's QParams and the quantised operations, from the calibrated ranges. Pools
     and a lone ReLU keep their input's scale and zero point; a Dense or Conv2D takes its
     output's from its range; a lookup has its function's fixed output scale and zero
-    point."""
-    input_q = QParams.from_range(*ranges[0])
-    layers, q = [], input_q
+    point. rescaling: a leading Rescaling's (scale, offset), folded into the input's QParams
+    (rescaled_input_q); ranges[0] is then its output's range."""
+    first_q = QParams.from_range(*ranges[0])
+    input_q = first_q if rescaling is None else rescaled_input_q(first_q, *rescaling)
+    layers, q = [], first_q
     for op, value_range in zip(ops, ranges[1:], strict=True):
         if op.kind in ("dense", "conv2d"):
             out_q = QParams.from_range(*value_range)
@@ -715,6 +765,9 @@ class QuantizedModel:
     about: tuple[str, ...]  # the float model's description (mnistnet.export.describe_model)
     calibration_rows: int
     float_weight_bytes: int  # the float model's parameters, float32
+    # A leading Rescaling folded into input_q (the input is quantised as it comes: e.g. uint8
+    # pixels, which quantize_input and predict then take as they are).
+    input_rescaling: tuple[float, float] | None = None
 
     @property
     def input_dim(self) -> int:
@@ -726,11 +779,13 @@ class QuantizedModel:
         return sum(layer.weight_bytes for layer in self.layers)
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
-        """x (n, *input_shape) or flattened, floats, as int8 (n, input_dim): what the C's
-        float entry point computes first."""
+        """x (n, *input_shape) or flattened, floats (or uint8 pixels for a model that
+        starts with a Rescaling), as int8 (n, input_dim): what the C's float entry point
+        computes first."""
         from mnistnet.inputs import as_features
 
-        return quantize_values(as_features(x, self.input_shape), self.input_q)
+        pixels = self.input_rescaling is not None
+        return quantize_values(as_features(x, self.input_shape, pixels=pixels), self.input_q)
 
     def predict_int8(self, x_int8: np.ndarray) -> np.ndarray:
         """The int8 outputs (n, n_outputs) for int8 inputs (n, input_dim) (or (n,
@@ -799,14 +854,15 @@ def quantize_steps(steps: Sequence[LayerStep], input_shape: Shape, x_calibration
                    about: Sequence[str] = (), float_weight_bytes: int = 0) -> QuantizedModel:
     """quantize() for layers given as export.LayerStep (a model's are layer_steps(model))."""
     lowering = lower(steps)
-    x = _calibration_array(x_calibration, input_shape)
-    input_q, layers = quantize_ops(lowering.ops, calibrate(lowering.ops, x))
+    rescaling = lowering.input_rescaling
+    x = _calibration_array(x_calibration, input_shape, rescaling)
+    input_q, layers = quantize_ops(lowering.ops, calibrate(lowering.ops, x), rescaling)
     output_shape = layers[-1].output_shape if layers else tuple(input_shape)
     output_q = layers[-1].output_q if layers else input_q
     return QuantizedModel(tuple(input_shape), math.prod(output_shape), input_q, output_q,
                           tuple(layers), lowering.exit_activation,
                           lowering.exit_group or math.prod(output_shape), tuple(about),
-                          x.shape[0], float_weight_bytes)
+                          x.shape[0], float_weight_bytes, rescaling)
 
 
 def check_quantizable(model: Model) -> None:
@@ -825,10 +881,11 @@ def quantize(model: Model, x_calibration: np.ndarray) -> QuantizedModel:
     Raises QuantizationError (a ValueError) naming the first layer that cannot be quantised:
     kinds without an entry in LOWERINGS (every kind of mnistnet.kinds has one); a
     BatchNormalization anywhere but right after a Dense or Conv2D with a linear activation
-    (it is folded into it); a softmax anywhere but on the last layer; an activation other
-    than linear, relu, sigmoid, tanh and softmax. Hidden sigmoid and tanh are look-up
-    tables; the last layer's softmax, sigmoid or tanh runs in float. ValueError or TypeError
-    for calibration data of the wrong shape or type."""
+    (it is folded into it); a Rescaling anywhere but first (folded into the input's
+    quantisation) or where a BatchNormalization may be (folded likewise); a softmax anywhere
+    but on the last layer; an activation other than linear, relu, sigmoid, tanh and softmax.
+    Hidden sigmoid and tanh are look-up tables; the last layer's softmax, sigmoid or tanh runs
+    in float. ValueError or TypeError for calibration data of the wrong shape or type."""
     return quantize_steps(layer_steps(model), model.input_shape, x_calibration,
                           describe_model(model), 4 * int(model.plan.n_params))
 

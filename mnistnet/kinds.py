@@ -7,13 +7,15 @@ checked against this table when this module is imported. Each entry says:
 * layer: the Layer class (mnistnet.layers: its config, output shape and weights);
 * fill / scratch: what the kind writes into its row of the layer plan beyond the shapes
   (mnistnet.plan fills those), and the forward scratch it needs per sample;
-* takes_images, gemm, aliases_input, in_place, keyed, batch_statistics: facts the plan, the
-  model and the CLI ask of it (its input is an (h, w, c) image; it is a GEMM of its input rows
-  by a kernel, as Dense and Conv2D are; its output is its input's memory, as Flatten's; it
-  may compute its output over its input's memory, when nothing reads that any more, as an
-  Activation after a layer without one; it draws
-  random numbers each training step; it reduces over the batch in training, as
-  BatchNormalization does);
+* takes_images, gemm, aliases_input, in_place, applied_at_input, keyed, batch_statistics:
+  facts the plan, the model and the CLI ask of it (its input is an (h, w, c) image; it is a
+  GEMM of its input rows by a kernel, as Dense and Conv2D are; its output is its input's
+  memory, as Flatten's; it may compute its output over its input's memory, when nothing reads
+  that any more, as an Activation after a layer without one; as a model's first layer it is
+  applied as the input rows are read, uint8 pixels through a table of its outputs for the 256
+  values, and the compiled net is the layers after it, as for Rescaling; it draws random
+  numbers each training step; it reduces over the batch in training, as BatchNormalization
+  does);
 * forward / backward (and update): its NumPy twin as the reference network runs it, calling
   the kernel twins of mnistnet.reference;
 * onnx / c: its exporters (mnistnet.export calls them with its graph and C writer);
@@ -76,6 +78,7 @@ class Kind:
     gemm: bool = False
     aliases_input: bool = False
     in_place: bool = False
+    applied_at_input: bool = False
     keyed: bool = False
     batch_statistics: bool = False
 
@@ -764,6 +767,66 @@ def _torch_batchnorm(layer, ins, outs):
     return [_torch(module, ins[-1], eps=layer.epsilon, momentum=1 - layer.momentum)]
 
 
+# ---- Rescaling -----------------------------------------------------------------------------
+
+def _rescaling_fill(row, layer, ins, outs):
+    row["scale"], row["offset"] = layer.scale, layer.offset
+
+
+def _number(text: str) -> float:
+    """"0.5", "1e-3" or a fraction "1/255"."""
+    top, slash, bottom = text.partition("/")
+    try:
+        value = float(top) / float(bottom) if slash else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"not a number or a fraction A/B: {text!r}") from None
+    return value
+
+
+def _rescaling_parse(fields, options):
+    if len(fields) not in (1, 2) or options:
+        raise ValueError("expected rescale:SCALE[:OFFSET], e.g. rescale:1/255")
+    return layers.Rescaling(*(_number(f) for f in fields))
+
+
+def _rescaling_forward(plan, params, i, inp, training, key):
+    row = plan.table[i]
+    return reference.rescaling_forward(None, inp, row["scale"], row["offset"]), None
+
+
+def _rescaling_backward(plan, params, grads, i, dz, inp, keep):
+    return reference.rescaling_backward(None, dz, plan.table[i]["scale"])
+
+
+def _onnx_rescaling(g, step, name):
+    # In float32, as ONNX's Mul and Add compute: within one rounding of predict's (double).
+    g.apply("Mul", name, g.constant(f"{name}_scale", np.array(step.layer.scale)))
+    if step.layer.offset:
+        g.apply("Add", f"{name}_shifted", g.constant(f"{name}_offset",
+                                                     np.array(step.layer.offset)))
+
+
+# In double, rounded once to float, as mnistnet computes it (the literals are doubles).
+C_RESCALING = Template("""\
+static void ${function}(const float *in, float *out)
+{
+    for (int i = 0; i < ${size}; ++i)
+        out[i] = (float)((double)in[i] * ${scale} + ${offset});
+}
+""")
+
+
+def _c_rescaling(w):
+    layer = w.step.layer
+    return w.function(C_RESCALING, 1, size=math.prod(w.step.output_shape),
+                      scale=repr(layer.scale), offset=repr(layer.offset))
+
+
+def _torch_rescaling(layer, ins, outs):
+    # peers.py's own module: x * scale + offset.
+    return [_torch("Rescaling", layer.scale, layer.offset)]
+
+
 # ---- the table -----------------------------------------------------------------------------
 
 KINDS: tuple[Kind, ...] = (
@@ -813,6 +876,13 @@ KINDS: tuple[Kind, ...] = (
          keras=lambda layer: _keras("GlobalAveragePooling2D", layer),
          torch=lambda layer, ins, outs: [_torch("AdaptiveAvgPool2d", 1), _torch("Flatten")],
          fill=_global_pool_fill, takes_images=True),
+    Kind(layers.Rescaling, token="rescale",
+         grammar="rescale:SCALE[:OFFSET] (Rescaling; SCALE may be a fraction, e.g. 1/255)",
+         parse=_rescaling_parse, forward=_rescaling_forward, backward=_rescaling_backward,
+         onnx=_onnx_rescaling, c=_c_rescaling,
+         keras=lambda layer: _keras("Rescaling", layer, scale=layer.scale,
+                                    offset=layer.offset),
+         torch=_torch_rescaling, fill=_rescaling_fill, applied_at_input=True),
 )
 
 _CODES: dict[str, int] = {kind.name: code for code, kind in enumerate(KINDS)}

@@ -1,6 +1,6 @@
 """Layer configurations: Dense, Conv2D, MaxPool2D, AveragePooling2D, GlobalAveragePooling2D,
-Flatten, Dropout, Activation, RandomTranslation, BatchNormalization (Keras 3's names,
-arguments and shapes).
+Flatten, Dropout, Activation, RandomTranslation, BatchNormalization, Rescaling (Keras 3's
+names, arguments and shapes).
 
 A layer here is a description, not a holder of weights: the Model keeps every parameter in
 one flat block, laid out by the layer plan (mnistnet.plan), and the kernels of either backend
@@ -38,6 +38,7 @@ __all__ = [
     "MaxPool2D",
     "MaxPooling2D",
     "RandomTranslation",
+    "Rescaling",
 ]
 
 Shape = tuple[int, ...]
@@ -464,6 +465,45 @@ class BatchNormalization(Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {"momentum": self.momentum, "epsilon": self.epsilon}
+
+
+class Rescaling(Layer):
+    """Its input times `scale` plus `offset` (Keras' Rescaling), e.g. Rescaling(1/255) to
+    take pixels in 0..255 to [0, 1], or Rescaling(1/127.5, offset=-1) to [-1, 1].
+
+    As a model's first layer it lets fit, predict and evaluate take uint8 images as they
+    are: each batch's rows are turned into floats as they are gathered, so the model never
+    holds a float32 copy of the data (a quarter of the memory). It computes in double
+    precision and rounds once to float32, so that uint8 pixels through Rescaling(1/255) are
+    exactly float32(x) / 255, the bits of `x.astype(np.float32) / 255` (and of
+    mn.load_mnist's images): a model trained on uint8 images through it ends with the same
+    weights, bit for bit, as one without it trained on those floats. (Keras multiplies in
+    float32 by float32(1/255), which differs from x / 255 in the last bit for 126 of the 256
+    pixel values.)
+
+    Args:
+        scale: a finite number, the same for every input (Keras also takes one per channel;
+            not offered here).
+        offset: a finite number added after the scaling (default 0).
+    """
+
+    def __init__(self, scale: float, offset: float = 0.0) -> None:
+        self.scale = _finite_number(scale, "scale")
+        self.offset = _finite_number(offset, "offset")
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        return tuple(input_shape)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"scale": self.scale, "offset": self.offset}
+
+
+def _finite_number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
 
 
 def _check_image(layer: Layer, input_shape: Shape) -> None:

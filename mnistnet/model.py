@@ -47,8 +47,22 @@ def _loss_object(loss: Any) -> losses.Loss:
         return losses.get(_choice(loss, LOSSES, "loss"))
     if isinstance(loss, (losses.Loss, dict)):
         return losses.get(loss)
-    raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}, or a "
-                     "mnistnet.losses object (CategoricalCrossentropy(label_smoothing=...))")
+    # a mnistnet.losses object is valid too (CategoricalCrossentropy(label_smoothing=...))
+    raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
+
+
+def _checked_names(names: Sequence[str], n_outputs: int) -> tuple[str, ...]:
+    """names as a tuple, if it names each of the n_outputs outputs with a string."""
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise TypeError(f"class_names must be a sequence of strings, got "
+                        f"{type(names).__name__}")
+    names = tuple(names)
+    if not all(isinstance(name, str) for name in names):
+        raise TypeError("class_names must all be strings")
+    if len(names) != n_outputs:
+        raise ValueError(f"{len(names)} class_names for a model of {n_outputs} outputs: give "
+                         "one name per output")
+    return names
 
 
 def loss_for_output(activation: str) -> str:
@@ -77,12 +91,19 @@ class Model(Trainer):
         seed: seeds the Glorot-uniform initialisation, every epoch's shuffle and the dropout
             masks.
         backend: "fast" (compiled kernels) or "reference" (NumPy twin).
+        class_names: what each output means, e.g. mn.datasets.class_names("fashion-mnist");
+            default "0", "1", ... (MNIST's digits). Saved with the model; shown by predict's
+            command, the pictures and the demo page.
+        dataset: the name (mnistnet.datasets.NAMES) of the data it learns from, if it is
+            one of them: saved with the model, and the command line's default --dataset for
+            it.
     """
 
     def __init__(self, layers: Sequence[Layer], input_dim: int | None = None,
                  loss: str | losses.Loss | None = None, optimizer: Optimizer | None = None,
-                 seed: int = 0,
-                 backend: str = "fast", input_shape: Sequence[int] | None = None) -> None:
+                 seed: int = 0, backend: str = "fast", input_shape: Sequence[int] | None = None,
+                 class_names: Sequence[str] | None = None,
+                 dataset: str | None = None) -> None:
         if isinstance(layers, Layer) or not isinstance(layers, Sequence) or not layers:
             raise TypeError("layers must be a non-empty list of layers (Dense, Conv2D, ...)")
         for i, layer in enumerate(layers):
@@ -123,6 +144,8 @@ class Model(Trainer):
         # calls and in model files, so that resuming is exact.
         self.callback_state: dict[str, dict[str, Any]] = {}
         self._training = threading.Lock()
+        self.class_names = class_names  # type: ignore[assignment]  (None: the default)
+        self.dataset = dataset
         self._initialise()
 
     # -- construction ----------------------------------------------------------------------
@@ -161,6 +184,40 @@ class Model(Trainer):
         return np.array(self.plan.widths, dtype=np.int32)
 
     @property
+    def class_names(self) -> tuple[str, ...]:
+        """What each output means: the names given, else "0", "1", ... (digits)."""
+        if self._class_names is None:
+            return tuple(str(i) for i in range(self.n_outputs))
+        return self._class_names
+
+    @class_names.setter
+    def class_names(self, names: Sequence[str] | None) -> None:
+        self._class_names = None if names is None else _checked_names(names, self.n_outputs)
+
+    @property
+    def class_names_given(self) -> bool:
+        """Whether the model has class names of its own (given, or read from its file)."""
+        return self._class_names is not None
+
+    @property
+    def reads_digits(self) -> bool:
+        """Whether its classes are the digits "0", "1", ... in order (MNIST's), so that an
+        output is said as "digit 7"."""
+        return all(name == str(i) for i, name in enumerate(self.class_names))
+
+    @property
+    def dataset(self) -> str | None:
+        """The mnistnet.datasets name of the data the model learns from, or None."""
+        return self._dataset
+
+    @dataset.setter
+    def dataset(self, name: str | None) -> None:
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"dataset must be a dataset's name or None, got "
+                            f"{type(name).__name__}")
+        self._dataset = name
+
+    @property
     def epochs_trained(self) -> int:
         """Epochs completed by fit so far (over all calls); sets the next epoch's shuffle."""
         return self._epochs_done
@@ -174,14 +231,21 @@ class Model(Trainer):
         return cls(layers, input_dim=config["input_dim"] if shape is None else None,
                    input_shape=shape, loss=config["loss"],
                    optimizer=optimizer_from_config(config["optimizer"]), seed=config["seed"],
-                   backend=backend)
+                   backend=backend, class_names=config.get("class_names"),
+                   dataset=config.get("dataset"))
 
     def get_config(self) -> dict[str, Any]:
-        """The architecture, loss, optimizer and seed as JSON-able values."""
-        return {"layers": [layer_to_config(layer) for layer in self.layers],
-                "input_shape": list(self.input_shape),
-                "loss": losses.to_config(self.loss_object),
-                "optimizer": optimizer_to_config(self.optimizer), "seed": self.seed}
+        """The architecture, loss, optimizer and seed as JSON-able values, and the class
+        names and dataset when they were given."""
+        config = {"layers": [layer_to_config(layer) for layer in self.layers],
+                  "input_shape": list(self.input_shape),
+                  "loss": losses.to_config(self.loss_object),
+                  "optimizer": optimizer_to_config(self.optimizer), "seed": self.seed}
+        if self._class_names is not None:
+            config["class_names"] = list(self._class_names)
+        if self._dataset is not None:
+            config["dataset"] = self._dataset
+        return config
 
     def _training_state(self) -> dict[str, Any]:
         """What training depends on beyond the architecture: weights, optimizer state and
@@ -278,10 +342,16 @@ class Model(Trainer):
     # -- training --------------------------------------------------------------------------
     def predict(self, x: np.ndarray, batch_size: int = PREDICT_CHUNK) -> np.ndarray:
         """Outputs (n, outputs) float32 for x, samples of input_shape or flattened (dropout
-        is off); safe to call from several threads at once (each call has its own scratch
-        buffers)."""
-        return self._predict_array(as_features(x, self.input_shape),
+        is off); uint8 pixels as they are when the first layer is Rescaling. Safe to call
+        from several threads at once (each call has its own scratch buffers)."""
+        return self._predict_array(self._features(x),
                                    _positive_int(batch_size, "batch_size"))
+
+    def _features(self, x: Any, name: str = "x", check_finite: bool = True) -> np.ndarray:
+        """x as the kernels read it (mnistnet.inputs.as_features): float32 rows, or uint8
+        pixels as they are when the first layer is Rescaling."""
+        return as_features(x, self.input_shape, name, check_finite,
+                           pixels=self.plan.takes_pixels)
 
     def _predict_array(self, x: np.ndarray, batch_size: int = PREDICT_CHUNK) -> np.ndarray:
         """predict for x already through as_features (fit's validation data, every epoch)."""
@@ -293,8 +363,9 @@ class Model(Trainer):
         return self._kernels.predict(self.plan, self.params, acts, x, out, chunk)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        """{"loss": mean loss over the rows, "accuracy": fraction with the right argmax}."""
-        x = as_features(x, self.input_shape)
+        """{"loss": mean loss over the rows, "accuracy": fraction with the right argmax}.
+        x as predict takes it."""
+        x = self._features(x)
         targets = as_targets(y, x.shape[0], self.n_outputs)
         if x.shape[0] == 0:
             raise ValueError("x has no rows")

@@ -8,9 +8,9 @@ A standalone script: it imports only numpy and the framework (never mnistnet), s
 with any Python that has them, and the framework's thread pools never share a process with
 the timing of mnistnet. The config (mnistnet.bench.peer_config) says, layer by layer, what
 each framework builds: the entries of mnistnet's table of kinds give a Keras layer (its class
-in keras.layers and arguments) and the PyTorch modules (torch.nn's, or RandomTranslation
-below); then the input shape, the loss, the optimizer and the learning rate of every step
-(so any schedule is followed exactly). The data is an .npz of x_train, y_train, x_test,
+in keras.layers and arguments) and the PyTorch modules (torch.nn's, or RandomTranslation and
+Rescaling below); then the input shape, the loss, the optimizer and the learning rate of every
+step (so any schedule is followed exactly). The data is an .npz of x_train, y_train, x_test,
 y_test (float32 rows of pixels in [0, 1], integer labels).
 
 After every epoch the model is evaluated on the test set; with --target, training stops
@@ -79,12 +79,31 @@ def torch_translation() -> Any:
     return RandomTranslation
 
 
+def torch_rescaling() -> Any:
+    """Keras' Rescaling: x * scale + offset."""
+    from torch import nn
+
+    class Rescaling(nn.Module):
+        def __init__(self, scale: float, offset: float) -> None:
+            super().__init__()
+            self.scale, self.offset = scale, offset
+
+        def forward(self, x: Any) -> Any:
+            return x * self.scale + self.offset
+
+    return Rescaling
+
+
+# The modules of this script's own, in place of torch.nn's.
+OWN_MODULES = {"RandomTranslation": torch_translation, "Rescaling": torch_rescaling}
+
+
 def torch_module(spec: dict[str, Any]) -> Any:
     """One module of a layer's spec, Glorot-uniform and zero bias where spec["init"]."""
     from torch import nn
 
     name = spec["module"]
-    factory = torch_translation() if name == "RandomTranslation" else getattr(nn, name)
+    factory = OWN_MODULES[name]() if name in OWN_MODULES else getattr(nn, name)
     module = factory(*spec["args"], **spec["kwargs"])
     if spec.get("init"):
         nn.init.xavier_uniform_(module.weight)

@@ -59,6 +59,12 @@ class Plan:
         acts_per_row, dacts_per_row: floats per sample in the activation and gradient blocks.
         targets: per-sample offset of the targets region; n_outputs its width.
         dense_only: every layer is Dense (the compiled epoch's dense fast paths apply).
+        takes_pixels: the first layer is a Rescaling (a kind applied_at_input): the compiled
+            epoch and predict apply it as they read each input row, so that they may read
+            uint8 pixels (through its outputs for the 256 pixel values).
+        engine: the plan the compiled epoch and predict run: this one, or when takes_pixels,
+            the plan of the layers after that Rescaling (a dense net's fast paths then apply
+            as they would without it, to the same bits).
     """
 
     def __init__(self, layers: Sequence[Layer], input_shape: Shape) -> None:
@@ -80,11 +86,13 @@ class Plan:
             raise ValueError("the model has no layer with weights (Dense or Conv2D)")
         self.n_outputs = self.shapes[-1][0]
         self.dense_only = all(kind.layer is Dense for kind in self.kinds)
+        self.takes_pixels = self.kinds[0].applied_at_input
         self.table = np.zeros(len(self.layers), dtype=PLAN_DTYPE)
         self._fill_table()
         self.n_inputs = int(self.table[0]["n_in"])
         self.has_l2 = bool(np.any(self.table["l2"] > 0))
         self._check_total()
+        self.engine = Plan(self.layers[1:], self.input_shape) if self.takes_pixels else self
 
     # -- sizes -----------------------------------------------------------------------------
     def _check_sizes(self) -> None:
@@ -337,19 +345,27 @@ class Plan:
 def input_shape_of(layers: Sequence[Layer], input_dim: Any = None,
                    input_shape: Any = None) -> Shape:
     """The per-sample input shape from input_dim or input_shape (not both); neither: MNIST's,
-    as images (28, 28, 1) when the first layer takes images, else rows of 784."""
+    as images (28, 28, 1) when the first layer takes images (after a leading Rescaling),
+    else rows of 784."""
     if input_dim is not None and input_shape is not None:
         raise ValueError("give input_dim (rows of features) or input_shape, not both")
     if input_dim is not None:
         return (_positive_int(input_dim, "input_dim"),)
     if input_shape is None:
-        return MNIST_IMAGE if kind_of(layers[0]).takes_images else (784,)
+        return MNIST_IMAGE if takes_images(layers) else (784,)
     if isinstance(input_shape, (int, np.integer)) and not isinstance(input_shape, bool):
         input_shape = (input_shape,)
     if not isinstance(input_shape, (tuple, list)) or len(input_shape) not in (1, 3):
         raise ValueError(f"input_shape must be (features,) or (height, width, channels), got "
                          f"{input_shape!r}")
     return tuple(_positive_int(v, "input_shape") for v in input_shape)
+
+
+def takes_images(layers: Sequence[Layer]) -> bool:
+    """Whether a model of these layers takes images (h, w, c): its first layer does, or the
+    one after a leading Rescaling (which takes whatever shape comes)."""
+    first = 1 if len(layers) > 1 and kind_of(layers[0]).applied_at_input else 0
+    return kind_of(layers[first]).takes_images
 
 
 def _size(shape: Shape) -> int:

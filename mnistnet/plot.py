@@ -46,8 +46,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
-    "confusion", "confusion_matrix", "history", "mistakes", "most_confident_mistakes", "save",
-    "tutorial_curve", "weight_images", "weights",
+    "class_label", "confusion", "confusion_matrix", "history", "mistakes",
+    "most_confident_mistakes", "save", "tutorial_curve", "weight_images", "weights",
 ]
 
 INSTALL_HINT = 'mnistnet.plot needs matplotlib: pip install "mnistnet[plot]"'
@@ -172,8 +172,8 @@ def weights(model: Model, max_units: int = MAX_WEIGHT_PANELS) -> Figure:
     shared symmetric colour scale (red positive, blue negative, white zero).
 
     For a network whose first layer is also its output layer (the perceptron), each unit
-    belongs to one digit and is labelled by it: the pictures are the digit templates the
-    network compares every image with."""
+    belongs to one class and is labelled by it ("digit 7", or the class's name): the
+    pictures are the templates the network compares every image with."""
     if max_units < 1:
         raise ValueError(f"max_units must be >= 1, got {max_units}")
     images, channels, index, layer = _first_layer_images(model)
@@ -182,24 +182,37 @@ def weights(model: Model, max_units: int = MAX_WEIGHT_PANELS) -> Figure:
     rows = math.ceil(len(shown) / columns)
     figure = _new_figure(1.1 * columns + 1.2, 1.2 * rows + 0.9)
     limit = float(np.abs(shown).max()) or 1.0  # one scale: colours compare across panels
-    per_digit = index == len(model.layers) - 1 and len(images) == 10
+    per_class = index == len(model.layers) - 1 and len(images) == model.n_outputs
     for i, (ax, image) in enumerate(zip(_panel_grid(figure, len(shown), columns), shown,
                                         strict=True)):
         picture = ax.imshow(image, cmap=WEIGHT_COLOURS, vmin=-limit, vmax=limit,
                             interpolation="nearest")
-        ax.set_title(f"digit {i}" if per_digit else str(i), fontsize=9 if per_digit else 7)
+        ax.set_title(class_label(model, i) if per_class else str(i),
+                     fontsize=9 if per_class else 7)
     figure.colorbar(picture, ax=figure.axes, shrink=0.8, label="weight")
-    figure.suptitle(_weights_title(layer, images, len(shown), channels, per_digit))
+    figure.suptitle(_weights_title(layer, images, len(shown), channels,
+                                   _noun(model) if per_class else None))
     return figure
 
 
+def class_label(model: Model, c: int) -> str:
+    """Class c as the pictures say it: "digit 7" for a model of digits, else its name."""
+    return f"digit {c}" if model.reads_digits else model.class_names[c]
+
+
+def _noun(model: Model) -> str:
+    """What the model's classes are called in the pictures' titles and axes."""
+    return "digit" if model.reads_digits else "class"
+
+
 def _weights_title(layer: Dense | Conv2D, images: np.ndarray, shown: int, channels: int,
-                   per_digit: bool) -> str:
+                   per_class: str | None) -> str:
     height, width = images.shape[1:]
     if isinstance(layer, Conv2D):
         title = f"First layer: {len(images)} convolution filters of {height}x{width}"
-    elif per_digit:
-        title = f"First layer: the weights into each digit's output, as {height}x{width} images"
+    elif per_class:
+        title = (f"First layer: the weights into each {per_class}'s output, as "
+                 f"{height}x{width} images")
     else:
         title = f"First layer: the weights into each of {len(images)} units, as " \
                 f"{height}x{width} images"
@@ -319,7 +332,7 @@ def _epoch_numbers(metrics: Mapping[str, Sequence[float]],
 
 
 def confusion_matrix(model: Model, x: np.ndarray, y: Sequence[int] | np.ndarray) -> np.ndarray:
-    """Counts (classes, classes) int64: row = true digit, column = predicted digit (the
+    """Counts (classes, classes) int64: row = true class, column = predicted class (the
     output with the largest value)."""
     labels = _labels(y, len(x), model.n_outputs)
     predicted = np.argmax(model.predict(x), axis=1)
@@ -342,23 +355,25 @@ def _labels(y: Sequence[int] | np.ndarray, rows: int, classes: int) -> np.ndarra
 
 def confusion(model: Model, x: np.ndarray, y: Sequence[int] | np.ndarray) -> Figure:
     """The confusion matrix as a picture: counts in the cells (shaded by the share of their
-    row), each digit's accuracy (recall) beside its row."""
+    row), each class's accuracy (recall) beside its row; the rows and columns are labelled
+    with the model's class names."""
     counts = confusion_matrix(model, x, y)
     classes = len(counts)
     totals = counts.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):  # a digit absent from y: no share
+    with np.errstate(invalid="ignore", divide="ignore"):  # a class absent from y: no share
         shares = counts / totals[:, None]
         recall = np.diag(counts) / totals
     figure = _new_figure(9, 7)
     grid, side = figure.subplots(1, 2, gridspec_kw={"width_ratios": [classes, 2.5]})
-    _draw_counts(grid, counts, shares)
-    _draw_recall(side, recall)
+    _draw_counts(grid, counts, shares, model.class_names, _noun(model))
+    _draw_recall(side, recall, _noun(model))
     accuracy = np.trace(counts) / max(counts.sum(), 1)
     figure.suptitle(f"Confusion matrix on {counts.sum():,} images: accuracy {accuracy:.1%}")
     return figure
 
 
-def _draw_counts(ax: Axes, counts: np.ndarray, shares: np.ndarray) -> None:
+def _draw_counts(ax: Axes, counts: np.ndarray, shares: np.ndarray, names: Sequence[str],
+                 noun: str) -> None:
     classes = len(counts)
     ax.imshow(np.nan_to_num(shares), cmap="Blues", vmin=0, vmax=1, aspect="auto")
     for (true, predicted), count in np.ndenumerate(counts):
@@ -366,14 +381,15 @@ def _draw_counts(ax: Axes, counts: np.ndarray, shares: np.ndarray) -> None:
             dark = shares[true, predicted] > 0.5
             ax.text(predicted, true, str(count), ha="center", va="center", fontsize=8,
                     color="white" if dark else "black")
-    ax.set_xticks(range(classes))
-    ax.set_yticks(range(classes))
-    ax.set_xlabel("predicted digit")
-    ax.set_ylabel("true digit")
+    long_names = max(len(name) for name in names) > 2
+    ax.set_xticks(range(classes), names, rotation=90 if long_names else 0)
+    ax.set_yticks(range(classes), names)
+    ax.set_xlabel(f"predicted {noun}")
+    ax.set_ylabel(f"true {noun}")
 
 
 def _recall_axis_start(recall: np.ndarray) -> float:
-    """Where the per-digit accuracy axis starts: a multiple of 2% at least 1 point below the
+    """Where the per-class accuracy axis starts: a multiple of 2% at least 1 point below the
     lowest share, so that 96.5% and 98.9% look different (from 0, all bars look full)."""
     shares = recall[~np.isnan(recall)]
     if len(shares) == 0:
@@ -381,22 +397,22 @@ def _recall_axis_start(recall: np.ndarray) -> float:
     return max(0.0, math.floor((float(shares.min()) - 0.01) * 50) / 50)
 
 
-def _draw_recall(ax: Axes, recall: np.ndarray) -> None:
+def _draw_recall(ax: Axes, recall: np.ndarray, noun: str) -> None:
     classes = len(recall)
     start = _recall_axis_start(recall)
     lengths = np.nan_to_num(recall, nan=start) - start
     ax.barh(range(classes), lengths, left=start, color="C2")
-    for digit, share in enumerate(recall):
+    for row, share in enumerate(recall):
         # Inside the bar's left end, white where the bar is long enough to hold it.
-        long_bar = lengths[digit] > 0.3 * (1 - start)
-        ax.text(start + 0.02 * (1 - start), digit, "-" if np.isnan(share) else f"{share:.1%}",
+        long_bar = lengths[row] > 0.3 * (1 - start)
+        ax.text(start + 0.02 * (1 - start), row, "-" if np.isnan(share) else f"{share:.1%}",
                 va="center", fontsize=8, color="white" if long_bar else "black")
     ax.set_ylim(classes - 0.5, -0.5)  # the matrix's rows, top to bottom
     ax.set_yticks(range(classes))
     ax.set_xlim(start, 1)
     ax.xaxis.set_major_formatter(lambda value, _: f"{value:.0%}")
     ax.tick_params(axis="x", labelsize=8)
-    ax.set_xlabel("accuracy per digit" + (f"\n(axis from {start:.0%})" if start else ""))
+    ax.set_xlabel(f"accuracy per {noun}" + (f"\n(axis from {start:.0%})" if start else ""))
 
 
 # --------------------------------------------------------------------------- mistakes
@@ -406,14 +422,14 @@ def most_confident_mistakes(model: Model, x: np.ndarray, y: Sequence[int] | np.n
                             n: int = DEFAULT_MISTAKES
                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``n`` wrongly classified rows whose winning output is largest: (their indices
-    into x, the digits predicted, the winning outputs), most confident first (ties: lower
+    into x, the classes predicted, the winning outputs), most confident first (ties: lower
     index first). Fewer than ``n`` if there are fewer mistakes."""
     return _rank_mistakes(*_readings(model, x, y), n)
 
 
 def _readings(model: Model, x: np.ndarray, y: Sequence[int] | np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(true labels, predicted digits, winning outputs) of every row."""
+    """(true labels, predicted classes, winning outputs) of every row."""
     labels = _labels(y, len(x), model.n_outputs)
     outputs = model.predict(x)
     predicted = np.argmax(outputs, axis=1)
@@ -432,10 +448,12 @@ def _rank_mistakes(labels: np.ndarray, predicted: np.ndarray, confidence: np.nda
 def mistakes(model: Model, x: np.ndarray, y: Sequence[int] | np.ndarray,
              n: int = DEFAULT_MISTAKES) -> Figure:
     """The ``n`` most confident mistakes as a grid of the images, each titled with its index
-    in x, its true digit, the digit read and the winning output."""
+    in x, its true class, the class read (the model's class names) and the winning
+    output. x as model.predict takes it (uint8 pixels for a model that starts with a
+    Rescaling are drawn on their 0..255 scale)."""
     x = np.asarray(x)
     labels, predicted, confidence = _readings(model, x, y)
-    chosen, chosen_digits, chosen_confidence = _rank_mistakes(labels, predicted, confidence, n)
+    chosen, chosen_classes, chosen_confidence = _rank_mistakes(labels, predicted, confidence, n)
     if len(chosen) == 0:
         figure = _new_figure(5, 1)
         figure.text(0.5, 0.5, f"No mistakes on these {len(x):,} images", ha="center",
@@ -444,13 +462,16 @@ def mistakes(model: Model, x: np.ndarray, y: Sequence[int] | np.ndarray,
     columns = min(MISTAKE_COLUMNS, len(chosen))
     figure = _new_figure(1.3 * columns + 0.4, 1.55 * math.ceil(len(chosen) / columns) + 0.7)
     panels = _panel_grid(figure, len(chosen), columns)
-    for ax, image, index, digit, p in zip(panels, _images(model, x[chosen]), chosen,
-                                          chosen_digits, chosen_confidence, strict=True):
-        ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(f"#{index}: {labels[index]}, read {digit}\np = {p:.2f}", fontsize=8)
+    white = 255 if x.dtype == np.uint8 else 1
+    names = model.class_names
+    for ax, image, index, read, p in zip(panels, _images(model, x[chosen]), chosen,
+                                         chosen_classes, chosen_confidence, strict=True):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=white, interpolation="nearest")
+        ax.set_title(f"#{index}: {names[labels[index]]}, read {names[read]}\np = {p:.2f}",
+                     fontsize=8)
     wrong = int(np.count_nonzero(predicted != labels))
     figure.suptitle(f"The {len(chosen)} most confident of {wrong:,} mistakes on {len(x):,} "
-                    "images (#row: true digit, read as)")
+                    f"images (#row: true {_noun(model)}, read as)")
     return figure
 
 

@@ -21,14 +21,16 @@ from mnistnet.layers import (
     Layer,
     MaxPool2D,
     RandomTranslation,
+    Rescaling,
     _choice,
+    _positive_int,
 )
 from mnistnet.model import Model
 from mnistnet.optimizers import SGD, Adam, Optimizer
 from mnistnet.plan import MNIST_IMAGE
 from mnistnet.schedules import CosineDecay, OneCycle
 
-__all__ = ["PRESETS", "RECIPES", "preset", "recipe_optimizer"]
+__all__ = ["INPUT_DTYPES", "PRESETS", "RECIPES", "preset", "recipe_optimizer"]
 
 def _dense(*widths_and_activations: tuple[int, str]) -> Callable[[], list[Layer]]:
     return lambda: [Dense(units, activation=act) for units, act in widths_and_activations]
@@ -121,8 +123,12 @@ def recipe_optimizer(name: str, learning_rate: float | None = None,
     return SGD(rate, momentum=recipe.get("momentum", 0.0))
 
 
+INPUT_DTYPES = ("float32", "uint8")
+
+
 def preset(name: str, seed: int = 0, backend: str = "fast",
-           learning_rate: float | None = None, optimizer: Optimizer | None = None) -> Model:
+           learning_rate: float | None = None, optimizer: Optimizer | None = None,
+           input_dtype: str = "float32", classes: int = 10) -> Model:
     """One of the tutorial's networks, or a convnet:
 
     - "perceptron": 784-10 sigmoid, MSE;
@@ -137,11 +143,27 @@ def preset(name: str, seed: int = 0, backend: str = "fast",
     Glorot-uniform weights; the optimizer of the preset's recipe (RECIPES: SGD 0.01 for the
     tutorial's three, Adam 0.001 for the convnet, Adam on OneCycle(0.003) over 15 epochs of
     MNIST's 60,000 images for convnet-plus) unless `optimizer` is given; learning_rate
-    replaces the recipe's rate."""
+    replaces the recipe's rate.
+
+    input_dtype: "float32" (the default) takes pixels in [0, 1], as mn.load_mnist() gives
+    them; "uint8" takes the images as they are stored, 0..255 (mn.datasets.load(name,
+    normalize=False)): the model then starts with Rescaling(1/255), which fit and predict
+    apply as they read each row, so no float copy of the data is ever made (a quarter of the
+    memory), and it trains to the same weights, bit for bit, as the float32 preset on x / 255.
+
+    classes: the output layer's units, one per class (10: MNIST's digits; 26 for EMNIST
+    Letters, 47 for Balanced, ...).
+    """
     spec = PRESETS[_choice(name, tuple(PRESETS), "preset")]
+    _choice(input_dtype, INPUT_DTYPES, "input_dtype")
+    classes = _positive_int(classes, "classes", minimum=2)
     if optimizer is None:
         optimizer = recipe_optimizer(name, learning_rate)
     elif learning_rate is not None:
         raise ValueError("give learning_rate or optimizer, not both")
-    return Model(spec["layers"](), input_shape=spec["input_shape"], loss=spec["loss"],
-                 optimizer=optimizer, seed=seed, backend=backend)
+    # Rescaling has no weights, so the initial weights (drawn in layer order) stay the same.
+    rescaling = [Rescaling(1 / 255)] if input_dtype == "uint8" else []
+    *hidden, output = spec["layers"]()
+    output = Dense(classes, activation=output.activation)
+    return Model([*rescaling, *hidden, output], input_shape=spec["input_shape"],
+                 loss=spec["loss"], optimizer=optimizer, seed=seed, backend=backend)

@@ -22,6 +22,8 @@ compiled kernels; losses are accumulated in float64, as there. Derivations:
   dinp[b, h, w] = dout[b, h + dy_b, w + dx_b], 0 outside. Image b of a batch moves by
   dy_b = h0 + (top 32 bits of mix64(key + b)) mod (h1 - h0 + 1), dx_b = w0 + (low 32 bits)
   mod (w1 - w0 + 1), key = dropout_key(seed, epoch, step, layer).
+* rescaling: out = inp * scale + offset, computed in float64 and rounded once to float32;
+  dinp = dout * scale likewise.
 * batchnorm, over the last axis, M = rows x pixels per channel: mean = sum(x) / M and
   var = sum((x - mean)^2) / M (sums in float64; x - mean in float32), invstd =
   1 / sqrt(var + epsilon) (float64, then float32), xhat = (x - mean) * invstd, out =
@@ -548,6 +550,24 @@ def batchnorm_backward(dinp, dgamma, dbeta, dout, xhat, gamma, invstd):
     return dinp, dgamma, dbeta
 
 
+# ---- rescaling ---------------------------------------------------------------------------
+
+def rescaling_forward(out, inp, scale, offset=0.0):
+    """out = inp * scale + offset in float64 (the product rounded, then the sum), rounded
+    once to float32: uint8 pixels p through scale 1/255 give exactly float32(p) / 255. inp
+    may be uint8. Returns out."""
+    out = _out(out, inp.shape)
+    out[...] = np.asarray(inp, dtype=np.float64) * float(scale) + float(offset)
+    return out
+
+
+def rescaling_backward(dinp, dout, scale):
+    """dinp = dout * scale in float64, rounded once to float32. Returns dinp."""
+    dinp = _out(dinp, dout.shape)
+    dinp[...] = dout.astype(np.float64) * float(scale)
+    return dinp
+
+
 def moving_average_update(moving, batch, momentum):
     """moving = moving * momentum + batch * (1 - momentum), in place (float32)."""
     mom = np.float32(momentum)
@@ -741,8 +761,16 @@ def _forward_all(plan, params, x, training, keys=None):
     """Every layer's output for the rows of x (the input first), and what each layer keeps
     for its backward pass (its kind's twin says what: patches, argmax, dropout mask,
     translation shifts, BatchNormalization's (xhat, mean, var, invstd); None otherwise). In
-    training, keys[i] is the random key of layer i (Dropout, RandomTranslation)."""
+    training, keys[i] is the random key of layer i (Dropout, RandomTranslation). x may hold
+    uint8 pixels when the first layer is Rescaling: they become floats exactly, and that
+    layer's float64 arithmetic then gives what the compiled gather's table holds."""
     n = x.shape[0]
+    if x.dtype == np.uint8:
+        if not plan.takes_pixels:
+            raise TypeError("x holds uint8 pixels but the model's first layer is not "
+                            "Rescaling: add mn.Rescaling(1/255) as its first layer, or divide "
+                            "by 255 (x.astype(np.float32) / 255)")
+        x = x.astype(np.float32)
     outs, kept = [x.reshape((n,) + plan.shapes[0])], []
     for i, kind in enumerate(plan.kinds):
         key = keys[i] if keys is not None else None
@@ -845,12 +873,13 @@ def train_epoch(plan, params, grads, state, acts, dacts, loss, x, y, perm, batch
     correct counts rows whose pre-update prediction had the target's argmax, and status is
     EPOCH_DONE, or EPOCH_NONFINITE_LOSS when batch number `batches` had a NaN/Inf loss or
     update (its update not applied), or EPOCH_NONFINITE_INPUT when that batch's rows of x
-    held NaN/Inf (checked as the batch is read, before anything is computed from it)."""
+    held NaN/Inf (checked as the batch is read, before anything is computed from it). x may
+    hold uint8 pixels when the first layer is Rescaling."""
     loss_sum, correct, seen, batches = 0.0, 0, 0, 0
     for start in range(0, len(perm), batch_size):
         rows = perm[start: start + batch_size]
         xb, yb = x[rows], y[rows]
-        if not all_finite(xb):
+        if xb.dtype.kind == "f" and not all_finite(xb):  # uint8 pixels are always finite
             return loss_sum, correct, seen, batches, EPOCH_NONFINITE_INPUT
         value, probs, finite = _step(plan, params, grads, state, loss, xb, yb, optimizer,
                                      learning_rates[batches], iterations + batches + 1,

@@ -4,7 +4,10 @@ Format 2 (this version writes it):
     format_version    2
     config            JSON: {"layers": [{"class": "Conv2D", ...config}, ...],
                       "input_shape": [28, 28, 1], "output_shapes": [[26, 26, 32], ...],
-                      "loss": ..., "optimizer": {"class": "Adam", ...}, "seed": ...}
+                      "loss": ..., "optimizer": {"class": "Adam", ...}, "seed": ...,
+                      and optionally "class_names": ["T-shirt/top", ...] and "dataset":
+                      "fashion-mnist"}: a file without class names reads as digits "0",
+                      "1", ...; older readers ignore both keys
     params            float32 (n_params,): the parameter block (kernels in Keras' shapes,
                       row-major, each followed by its bias), as mnistnet.plan lays it out
     optimizer_state   float32 (slots * n_params,): momentum's velocity, Adam's moments

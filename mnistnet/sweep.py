@@ -22,11 +22,13 @@ Where the runs go (the ``scheduler`` argument, or ``client``):
 In a script, call sweep() under ``if __name__ == "__main__":``: the LocalCluster's workers
 are new processes that import the main module (multiprocessing's "spawn" rule).
 
-The data goes to the workers once: the client reads it (``data``: a folder of the four MNIST
-files, default as ``mnistnet.load_mnist`` looks for them, or the arrays themselves) and
-scatters it as uint8 to every worker, where it is converted to float32 as ``load_mnist`` does,
-once per worker process. With ``data_on_workers=True`` each worker reads ``data`` (a folder
-on the workers) itself instead.
+The data goes to the workers once: the client reads it (``dataset``, MNIST by default, or
+another of mnistnet.datasets, from the folder ``data`` or where ``mnistnet.datasets.load``
+looks; or the arrays themselves) and scatters it as uint8 to every worker, where it is
+converted to float32 as ``load_mnist`` does, once per worker process. With
+``data_on_workers=True`` each worker reads ``data`` (a folder on the workers) itself
+instead. A preset's output layer gets one unit per class of the dataset, and the models
+carry its class names.
 
 A run validates as ``mnistnet train`` does: on the test split, or on the last
 ``validation_split`` of the training rows. The table (``out``, CSV; ``json_out``, JSON) holds
@@ -93,8 +95,7 @@ from typing import Any
 
 import numpy as np
 
-from mnistnet import fast
-from mnistnet.data import load_mnist
+from mnistnet import datasets, fast
 from mnistnet.layers import Dense
 from mnistnet.model import Model, loss_for_output
 from mnistnet.optimizers import SGD, Adam, AdamW, Optimizer, RMSprop
@@ -329,10 +330,11 @@ def _run(settings: dict[str, Any], validation_split: float | None) -> Run:
 # --------------------------------------------------------------------------- one run
 
 
-def build_model(run: Run, n_train: int, input_dim: int) -> Model:
+def build_model(run: Run, n_train: int, input_dim: int, classes: int = 10) -> Model:
     """The run's model, built as ``mnistnet train`` builds it from the same options: the
     preset (or dense stack) with the optimizer at the run's rate, the recipe's schedule (a
-    one-cycle) spanning the run's epochs of n_train rows."""
+    one-cycle) spanning the run's epochs of n_train rows; a preset's output layer of
+    `classes` units."""
     rate: Any = run.lr
     if run.recipe().get("schedule") == "onecycle":
         rows = math.floor(n_train * (1.0 - run.validation_split)) if run.validation_split \
@@ -340,7 +342,7 @@ def build_model(run: Run, n_train: int, input_dim: int) -> Model:
         rate = OneCycle(run.lr, run.epochs * max(1, -(-rows // run.batch_size)))
     optimizer = OPTIMIZERS[run.optimizer](rate)
     if run.preset is not None:
-        return preset(run.preset, seed=run.seed, optimizer=optimizer)
+        return preset(run.preset, seed=run.seed, optimizer=optimizer, classes=classes)
     layers, loss = dense_layers(run.layers or "")
     return Model(layers, input_dim=input_dim, loss=loss, optimizer=optimizer, seed=run.seed)
 
@@ -384,10 +386,18 @@ def _four_arrays(data: Any) -> list[np.ndarray]:
     return [np.asarray(a) for a in (x_train, y_train, x_test, y_test)]
 
 
+@dataclass(frozen=True)
+class DatasetFolder:
+    """What a worker reads with data_on_workers: dataset `name`'s files in `folder`."""
+
+    name: str
+    folder: str
+
+
 @dataclass
 class _Prepared:
-    """A worker process's data: float32 features, labels, and the digest of what it came
-    from."""
+    """A worker process's data: float32 features, labels, the digest of what it came from,
+    and its class names (None for bare arrays)."""
 
     source: Any
     x_train: np.ndarray
@@ -395,6 +405,16 @@ class _Prepared:
     x_test: np.ndarray
     y_test: np.ndarray
     digest: str
+    class_names: tuple[str, ...] | None = None
+    dataset: str | None = None
+
+    @property
+    def classes(self) -> int:
+        """The preset's output units: one per class (bare arrays: MNIST's 10, or more if
+        the labels need them)."""
+        if self.class_names is not None:
+            return len(self.class_names)
+        return max(10, int(max(self.y_train.max(), self.y_test.max())) + 1)
 
 
 _PREPARED: list[_Prepared] = []  # the last data this process trained on (one entry at most)
@@ -404,12 +424,15 @@ def _prepared(data: Any) -> _Prepared:
     """The run's data, converted once per process: `data` is the scattered arrays (the same
     object for every run of a sweep on a worker) or a folder to read here."""
     if _PREPARED and (_PREPARED[0].source is data or (
-            isinstance(data, str) and _PREPARED[0].source == data)):
+            isinstance(data, DatasetFolder) and _PREPARED[0].source == data)):
         return _PREPARED[0]
-    raw = load_mnist(data, normalize=False) if isinstance(data, str) else data
+    raw = (datasets.load(data.name, data.folder, normalize=False)
+           if isinstance(data, DatasetFolder) else data)
     x_train, y_train, x_test, y_test = _four_arrays(raw)
+    named = isinstance(raw, datasets.Dataset)
     prepared = _Prepared(data, as_float_images(x_train), y_train, as_float_images(x_test),
-                         y_test, data_digest(raw))
+                         y_test, data_digest(raw), raw.class_names if named else None,
+                         raw.name if named else None)
     _PREPARED[:] = [prepared]
     return prepared
 
@@ -424,7 +447,10 @@ def train_run(run: Run, data: Any, keep_model: bool = False) -> dict[str, Any]:
     folder of MNIST files) and return its table row; with keep_model, the trained Model
     too (under "model"). Runs on a Dask worker, or anywhere."""
     d = _prepared(data)
-    model = build_model(run, d.x_train.shape[0], int(np.prod(d.x_train.shape[1:])))
+    model = build_model(run, d.x_train.shape[0], int(np.prod(d.x_train.shape[1:])),
+                        d.classes)
+    if d.class_names is not None and model.n_outputs == len(d.class_names):
+        model.class_names, model.dataset = d.class_names, d.dataset
     validation = ({"validation_split": run.validation_split} if run.validation_split
                   else {"validation_data": (d.x_test, d.y_test)})
     start = time.perf_counter()
@@ -712,6 +738,7 @@ Progress = Callable[[int, int, dict[str, Any]], None]
 
 def sweep(grid: Mapping[str, Any], *, out: str | os.PathLike, preset: str | None = None,
           layers: str | None = None, epochs: int | None = None, data: Any = None,
+          dataset: str = "mnist",
           data_on_workers: bool = False, validation_split: float | None = None,
           client: Any = None, scheduler: str | None = None, n_workers: int | None = None,
           save_best: str | os.PathLike | None = None,
@@ -728,8 +755,10 @@ def sweep(grid: Mapping[str, Any], *, out: str | os.PathLike, preset: str | None
         out: the CSV table; rerunning with the same file trains only the runs missing.
         preset, layers: the network, unless the grid varies it.
         epochs: unless the grid varies it; default: the preset's recipe.
-        data: a folder of the four MNIST files (default: where load_mnist looks), or the
-            arrays ((x_train, y_train), (x_test, y_test)), uint8 or float32.
+        data: a folder of the dataset's four files (default: where
+            mnistnet.datasets.load looks), or the arrays ((x_train, y_train), (x_test,
+            y_test)), uint8 or float32.
+        dataset: which of mnistnet.datasets.NAMES `data` (a folder, or None) holds.
         data_on_workers: each worker reads the folder `data` itself (a path on the workers).
         validation_split: validate on this last fraction of the training rows instead of
             the test split, as ``mnistnet train --validation-split``.
@@ -757,7 +786,7 @@ def sweep(grid: Mapping[str, Any], *, out: str | os.PathLike, preset: str | None
     report = _Reporter(progress)
     todo = [r for r in runs if r.run_id not in table.rows]
     table.list_runs(runs)
-    payload = _payload(data, data_on_workers)
+    payload = _payload(data, data_on_workers, dataset)
     if table.rows and not data_on_workers:  # fail before training, not after a run
         _check_same_data(table, data_digest(payload))
     report.note(f"{len(runs)} runs: {len(runs) - len(todo)} already in {table.path}, "
@@ -784,15 +813,16 @@ def sweep(grid: Mapping[str, Any], *, out: str | os.PathLike, preset: str | None
     return table
 
 
-def _payload(data: Any, data_on_workers: bool) -> Any:
-    """What the runs get: a folder name (data_on_workers) or the arrays, uint8 as read."""
+def _payload(data: Any, data_on_workers: bool, dataset: str = "mnist") -> Any:
+    """What the runs get: a DatasetFolder (data_on_workers) or the arrays, uint8 as read."""
+    datasets.class_names(dataset)  # an unknown name: the error lists the known ones
     if data_on_workers:
         if data is None:
-            raise SweepError("data_on_workers needs data: a folder of the MNIST files, "
+            raise SweepError(f"data_on_workers needs data: a folder of the {dataset} files, "
                              "present on every worker")
-        return os.fspath(data)
+        return DatasetFolder(dataset, os.fspath(data))
     if data is None or isinstance(data, (str, os.PathLike)):
-        return load_mnist(data, normalize=False)
+        return datasets.load(dataset, data, normalize=False)
     _four_arrays(data)
     return data
 

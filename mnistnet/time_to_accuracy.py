@@ -33,6 +33,7 @@ from mnistnet.bench import (
     Data,
     align_table,
     checked_presets,
+    data_classes,
     format_identity,
     load_average,
     load_bench_data,
@@ -105,10 +106,11 @@ class FitClock(Callback):
             self.model.stop_training = True
 
 
-def recipe_model(name: str, seed: int, rows: int) -> Model:
-    """A fresh fast model of the preset, with its recipe's optimizer for `rows` training
-    rows (a schedule spans the recipe's epochs of them)."""
-    return preset(name, seed=seed, optimizer=recipe_optimizer(name, rows=rows))
+def recipe_model(name: str, seed: int, rows: int, classes: int = 10) -> Model:
+    """A fresh fast model of the preset (`classes` outputs), with its recipe's optimizer for
+    `rows` training rows (a schedule spans the recipe's epochs of them)."""
+    return preset(name, seed=seed, optimizer=recipe_optimizer(name, rows=rows),
+                  classes=classes)
 
 
 def mnistnet_run(name: str, seed: int, data: Data, target: float,
@@ -116,7 +118,7 @@ def mnistnet_run(name: str, seed: int, data: Data, target: float,
     """One seed of the preset's recipe trained by fit, timed by FitClock (run_record's
     keys)."""
     (x_train, y_train), (x_test, y_test) = data
-    model = recipe_model(name, seed, x_train.shape[0])
+    model = recipe_model(name, seed, x_train.shape[0], data_classes(data))
     clock = FitClock(x_test, y_test, target, stop)
     recipe = RECIPES[name]
     clock.start()
@@ -164,12 +166,14 @@ def mnistnet_times(name: str, seeds: Sequence[int], data: Data, target: float,
 # ---- the peers -------------------------------------------------------------------------------
 
 def peer_runs(label: str, name: str, seeds: Sequence[int], data_path: str, folder: str,
-              rows: int, target: float, stop: bool, python: str) -> dict[str, Any]:
-    """One framework's runs of the preset's recipe, one process per seed, in run_record's
-    form; {"available": False, "reason": ...} if it cannot run."""
+              rows: int, target: float, stop: bool, python: str,
+              classes: int = 10) -> dict[str, Any]:
+    """One framework's runs of the preset's recipe (`classes` outputs), one process per
+    seed, in run_record's form; {"available": False, "reason": ...} if it cannot run."""
     recipe = RECIPES[name]
-    config = write_peer_config(recipe_model(name, 0, rows), rows, recipe["batch_size"],
-                               recipe["epochs"], os.path.join(folder, f"{name}.json"))
+    config = write_peer_config(recipe_model(name, 0, rows, classes), rows,
+                               recipe["batch_size"], recipe["epochs"],
+                               os.path.join(folder, f"{name}.json"))
     runs, version = [], None
     for seed in seeds:
         out = run_peer(label, config, data_path, recipe["epochs"], recipe["batch_size"],
@@ -194,7 +198,7 @@ def peer_times(presets: Sequence[str], seeds: Sequence[int], data: Data, target:
         for label in PEER_LABELS:
             out["frameworks"][label] = _framework_times(
                 label, presets, seeds, data_path, folder, data[0][0].shape[0], target, stop,
-                python, means)
+                python, means, data_classes(data))
     if not any(f["available"] for f in out["frameworks"].values()):
         out["message"] = PEERS_MISSING
     return out
@@ -202,10 +206,12 @@ def peer_times(presets: Sequence[str], seeds: Sequence[int], data: Data, target:
 
 def _framework_times(label: str, presets: Sequence[str], seeds: Sequence[int],
                      data_path: str, folder: str, rows: int, target: float, stop: bool,
-                     python: str, means: dict[str, float | None]) -> dict[str, Any]:
+                     python: str, means: dict[str, float | None],
+                     classes: int = 10) -> dict[str, Any]:
     timings, version = {}, None
     for name in presets:
-        run = peer_runs(label, name, seeds, data_path, folder, rows, target, stop, python)
+        run = peer_runs(label, name, seeds, data_path, folder, rows, target, stop, python,
+                        classes)
         if not run.pop("available"):
             return {"available": False, "reason": run["reason"]}
         version, peer_mean, ours = run.pop("version"), run["mean_seconds_to_target"], means[name]
@@ -219,7 +225,7 @@ def _framework_times(label: str, presets: Sequence[str], seeds: Sequence[int],
 def time_to_accuracy(target: float, presets: Sequence[str] | None = None,
                      seeds: Sequence[int] = DEFAULT_SEEDS, *, data: Any = None,
                      peers: bool = False, peers_python: str | None = None,
-                     full_recipe: bool = False) -> dict[str, Any]:
+                     full_recipe: bool = False, dataset: str = "mnist") -> dict[str, Any]:
     """Train each preset's recipe from each seed and time fit until the test accuracy first
     reaches `target` (see the module's docstring).
 
@@ -227,8 +233,10 @@ def time_to_accuracy(target: float, presets: Sequence[str] | None = None,
         target: the test accuracy to reach, in (0, 1].
         presets: names from PRESETS (default: default_presets()).
         seeds: one run per seed, each reported.
-        data: None (load MNIST the usual way), a folder holding the four MNIST files, or
+        data: None (load the dataset the usual way), a folder holding its four files, or
             load_mnist's ((x_train, y_train), (x_test, y_test)).
+        dataset: which of mnistnet.datasets.NAMES to load (data None or a folder); the
+            presets get one output per class.
         peers: also train the same recipes in PyTorch and Keras 3, each seed in a process
             of its own run by `peers_python` (default: this interpreter).
         full_recipe: train every epoch of the recipe instead of stopping at the target.
@@ -242,12 +250,13 @@ def time_to_accuracy(target: float, presets: Sequence[str] | None = None,
     seeds = list(seeds)
     if not seeds or any(s < 0 for s in seeds):
         raise ValueError(f"seeds must be one or more whole numbers >= 0, got {seeds}")
-    loaded = load_bench_data(data)
+    loaded = load_bench_data(data, dataset)
     stop = not full_recipe
     context = machine_identity()
     result: dict[str, Any] = {
         "context": context,
         "setup": {"target": target, "seeds": seeds, "stop_at_target": stop,
+                  "dataset": getattr(loaded, "name", None),  # a mnistnet.datasets.Dataset's
                   "train_rows": int(loaded[0][0].shape[0]),
                   "test_rows": int(loaded[1][0].shape[0]),
                   "clock": "fit's wall time from its call to the end of the epoch, the test "

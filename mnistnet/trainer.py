@@ -21,7 +21,7 @@ import numpy as np
 from mnistnet import fast
 from mnistnet.callbacks import Callback, CallbackList
 from mnistnet.codes import EPOCH_DONE, EPOCH_NONFINITE_INPUT, EPOCH_NONFINITE_LOSS
-from mnistnet.inputs import as_features, as_targets
+from mnistnet.inputs import as_targets
 from mnistnet.layers import _positive_int
 from mnistnet.plan import aligned_zeros
 
@@ -198,6 +198,8 @@ class Trainer:
         """Train for `epochs` epochs of minibatch gradient descent; returns a History.
 
         x: float samples of input_shape (or flattened); float64 is converted to float32 once.
+        For a model whose first layer is Rescaling, uint8 pixels as they are: each batch's
+        rows become floats as the epoch gathers them (the model never holds a float copy).
         y: integer labels (n,) or one-hot (n, outputs). Each epoch's row order comes from the
         model's seed and the number of epochs trained so far (shuffle_order), the same for
         both backends, and so do the dropout masks. The epoch runs in compiled code without
@@ -223,7 +225,7 @@ class Trainer:
             raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
         split = _validation_split(validation_split, validation_data)
         # Unless no epoch will read them, the epoch checks x's rows (see _fit).
-        x = as_features(x, self.input_shape, check_finite=epochs == 0)
+        x = self._features(x, check_finite=epochs == 0)
         targets = as_targets(y, x.shape[0], self.n_outputs)
         if x.shape[0] == 0:
             raise ValueError("x has no rows")
@@ -257,7 +259,7 @@ class Trainer:
             return None
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError("validation_data must be a tuple (x_val, y_val)")
-        xv = as_features(validation_data[0], self.input_shape, names[0])
+        xv = self._features(validation_data[0], names[0])
         if xv.shape[0] == 0:
             raise ValueError(f"{names[0]} has no rows")
         yv = as_targets(validation_data[1], xv.shape[0], self.n_outputs, names[1])
@@ -267,7 +269,8 @@ class Trainer:
         """The activation and activation-gradient blocks for training `rows` at a time,
         cache-aligned, the latter with workspace for the compiled epoch's threads."""
         threads = fast.get_num_threads() if self.backend == "fast" else 1
-        _, n_acts, n_dacts = self.plan.buffer_sizes(rows, threads)
+        # The compiled epoch runs plan.engine (the layers after a leading Rescaling).
+        _, n_acts, n_dacts = self.plan.engine.buffer_sizes(rows, threads)
         return aligned_zeros(n_acts), aligned_zeros(n_dacts)
 
     def _epoch_arguments(self, acts, dacts, x, targets, order, batch_size, first_step,
@@ -333,7 +336,7 @@ class Trainer:
                 log.update(totals[3], steps, time.perf_counter() - start,
                            self._train_logs(totals))
             if status == EPOCH_NONFINITE_INPUT or (
-                    status == EPOCH_NONFINITE_LOSS
+                    status == EPOCH_NONFINITE_LOSS and x.dtype.kind == "f"
                     and not self._kernels.all_finite(x)):  # rows the epoch did not reach
                 completed.restore()
                 if not history.epoch:

@@ -125,7 +125,9 @@ def assert_answers(server: demo.DemoServer, model: mn.Model, pixels: np.ndarray)
     expected = model.predict(pixels.reshape(1, -1))[0]
     np.testing.assert_array_equal(np.array(answer["probabilities"], dtype=np.float32),
                                   expected)
-    assert answer["digit"] == int(np.argmax(expected))
+    best = int(np.argmax(expected))
+    assert answer["digit"] == answer["class"] == best
+    assert answer["label"] == model.class_names[best]
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -314,11 +316,11 @@ def test_concurrent_requests_each_get_their_own_answer(server, model) -> None:
     assert not failures, failures[0]
 
 
-def test_serve_refuses_a_model_that_does_not_read_digits() -> None:
-    with pytest.raises(ValueError, match="28x28 images and 10 outputs"):
+def test_serve_refuses_a_model_that_does_not_read_images_into_classes() -> None:
+    with pytest.raises(ValueError, match="28x28 images and 2 or more classes"):
         demo.serve(mn.Model([mn.Dense(10)], input_dim=64), port=0)
-    with pytest.raises(ValueError, match="28x28 images and 10 outputs"):
-        demo.serve(mn.Model([mn.Dense(2)], input_dim=784), port=0)
+    with pytest.raises(ValueError, match="28x28 images and 2 or more classes"):
+        demo.serve(mn.Model([mn.Dense(1)], input_dim=784), port=0)
 
 
 def test_close_releases_the_port(model) -> None:
@@ -496,7 +498,7 @@ def page(browser, server) -> WebDriver:
 def shown(page: WebDriver) -> tuple[str, np.ndarray]:
     """Once the page is idle: (the digit it shows, the 28x28 input it last sent)."""
     page.wait_until("return mnistDemo.isIdle()")
-    digit = page.run("return document.getElementById('digit').textContent")
+    digit = page.run("return document.getElementById('label').textContent")
     status = page.run("return document.getElementById('status').textContent")
     assert not status.startswith("No answer"), status
     pixels = np.array(page.run("return Array.from(mnistDemo.input)"), dtype=np.float32)
@@ -705,3 +707,22 @@ def test_the_preparation_stays_inside_a_box_in_the_corner(page) -> None:
     expected = np.zeros((SIDE, SIDE))
     expected[5:25, 5:25] = 1  # centre of mass 9.5: moved by 14 - 9.5, rounded up
     np.testing.assert_allclose(prepared.reshape(SIDE, SIDE), expected, atol=1e-6)
+
+
+def test_a_fashion_model_page_shows_its_class_names(browser) -> None:
+    """A model of Fashion-MNIST: the page asks for a piece of clothing, has one bar per class
+    labelled with its name, and shows the name of the class it reads."""
+    fashion = mn.preset("perceptron")
+    fashion.class_names = mn.datasets.class_names("fashion-mnist")
+    fashion.dataset = "fashion-mnist"
+    with demo.serve(fashion, port=0, log=None) as server:
+        browser.open(server.url)
+        browser.wait_until("return typeof mnistDemo === 'object' && mnistDemo.isIdle()")
+        heading = browser.run("return document.querySelector('h1').textContent")
+        bars = browser.run("return [...document.querySelectorAll('#bars li > span:first-child')]"
+                           ".map((s) => s.textContent)")
+        browser.stroke("#pad", [(0, -80), (0, 80)])
+        label, _ = shown(browser)
+    assert heading == "Draw a piece of clothing"
+    assert bars == list(fashion.class_names)
+    assert label in fashion.class_names

@@ -53,6 +53,7 @@ from test_int8 import REQUANTIZE_BY_HAND
 
 import mnistnet as mn
 from mnistnet import export, export_int8, int8
+from mnistnet.cli import export as export_cli
 
 FLOAT_TOLERANCE = 1e-6  # the float entry point against q.predict: expf and libm may differ
 
@@ -496,8 +497,11 @@ def test_cli_int8_writes_what_quantize_writes(lenet5_file: Path, tiny_mnist: Pat
     (x_train, _), _ = mn.load_mnist(tiny_mnist)
     q = mn.quantize(case("lenet5").model, int8.calibration_sample(x_train, 150))
     sizes = export_int8.c_sizes(q)
+    model = case("lenet5").model
     assert capsys.readouterr().out.splitlines() == [
-        f"wrote {out / 'digits.onnx'}", f"wrote {out / 'digits.h'} and {out / 'digits.c'}",
+        f"wrote {out / 'digits.onnx'}: {export_cli.onnx_signature(model)}",
+        f"wrote {out / 'digits.h'} and {out / 'digits.c'}: "
+        f"{export_cli.c_signature(model, 'digits')}",
         f"int8: calibrated on 150 MNIST training images; constants {q.weight_bytes:,} bytes "
         f"(float32 weights: {q.float_weight_bytes:,}), layer buffers "
         f"{sizes['scratch_bytes']:,} bytes"]

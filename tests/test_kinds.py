@@ -69,6 +69,7 @@ EXAMPLES = {
                            (5, 6, 1))],
     "BatchNormalization": [(mn.BatchNormalization(), (5, 5, 7)),
                            (mn.BatchNormalization(momentum=0.9, epsilon=0.01), (33,))],
+    "Rescaling": [(mn.Rescaling(1 / 255), (9,)), (mn.Rescaling(-2.5, offset=0.75), (4, 4, 3))],
 }
 # Each kind in the CLI's --layers grammar: (text, the layer it means).
 CLI = {
@@ -83,6 +84,7 @@ CLI = {
     "Activation": ("act:tanh", mn.Activation("tanh")),
     "RandomTranslation": ("translate:0.1", mn.RandomTranslation(0.1, 0.1)),
     "BatchNormalization": ("bn", mn.BatchNormalization()),
+    "Rescaling": ("rescale:1/127.5:-1", mn.Rescaling(1 / 127.5, offset=-1)),
 }
 CASES = [(kind.name, i) for kind in KINDS for i in range(len(EXAMPLES.get(kind.name, [None])))]
 IDS = [f"{name}-{i}" for name, i in CASES]

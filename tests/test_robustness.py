@@ -136,7 +136,9 @@ def test_float16_x_is_accepted():
 
 
 REJECTED_DTYPES = {
-    "uint8": (lambda x: (x * 255).astype(np.uint8), r"integer dtype uint8; .*/ 255"),
+    "uint8": (lambda x: (x * 255).astype(np.uint8),
+              r"integer dtype uint8 but the model's first layer is not Rescaling: add "
+              r"mn\.Rescaling\(1/255\).*or divide by 255"),
     "int32": (lambda x: (x * 10).astype(np.int32), "integer dtype int32"),
     "int64": (lambda x: (x * 10).astype(np.int64), "integer dtype int64"),
     "bool": (lambda x: x > 0.5, "dtype bool"),

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from mnistnet.bench import DEFAULT_PRESETS, format_report, run_comparison
-from mnistnet.cli.common import number, positive_int
+from mnistnet.cli.common import add_dataset, number, positive_int
 from mnistnet.presets import PRESETS
 from mnistnet.time_to_accuracy import (
     DEFAULT_SEEDS,
@@ -29,7 +29,7 @@ DESCRIPTION = ("Time the same training on the reference (NumPy) and fast (compil
                "and OPENBLAS_L2_SIZE unset for a fair NumPy baseline.")
 # Options of the epoch comparison that mean nothing to --time-to.
 COMPARISON_ONLY = ("epochs", "repeats", "gemm", "subset", "predict", "busy_core",
-                   "skip_comparison")
+                   "skip_comparison", "uint8")
 TIME_TO_ONLY = ("seeds", "full_recipe")
 
 
@@ -72,21 +72,24 @@ def _presets(args: argparse.Namespace, default: list[str]) -> list[str]:
 
 def _comparison(args: argparse.Namespace, presets: list[str]) -> dict[str, Any]:
     compare = not args.skip_comparison
-    if not compare and not (args.subset or args.predict or args.busy_core or args.gemm):
+    if not compare and not (args.subset or args.predict or args.busy_core or args.gemm
+                            or args.uint8):
         raise ValueError("--skip-comparison leaves nothing to run: add --subset, --predict, "
-                         "--busy-core or --gemm")
+                         "--busy-core, --gemm or --uint8")
     if args.peers and not compare:
         raise ValueError("--peers compares with the fast epochs: drop --skip-comparison")
     return run_comparison(presets, epochs=args.epochs or 1, data=args.data,
                           repeats=args.repeats or 1, peers=args.peers, gemm=args.gemm,
                           peers_python=args.peers_python, subset=args.subset,
-                          predict=args.predict, busy_core=args.busy_core, compare=compare)
+                          predict=args.predict, busy_core=args.busy_core, compare=compare,
+                          dataset=args.dataset or "mnist", uint8=args.uint8)
 
 
 def _time_to(args: argparse.Namespace, presets: list[str]) -> dict[str, Any]:
     seeds = parse_seeds(args.seeds) if args.seeds else DEFAULT_SEEDS
     return time_to_accuracy(args.time_to, presets, seeds, data=args.data, peers=args.peers,
-                            peers_python=args.peers_python, full_recipe=args.full_recipe)
+                            peers_python=args.peers_python, full_recipe=args.full_recipe,
+                            dataset=args.dataset or "mnist")
 
 
 def accuracy(text: str) -> float:
@@ -103,9 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help=f"presets to time, space- or comma-separated, of "
                         f"{', '.join(PRESETS)} (default: {' '.join(DEFAULT_PRESETS)}; with "
                         f"--time-to: {' '.join(default_presets())})")
-    parser.add_argument("--data", metavar="DIR", default=None,
-                        help="folder with the four MNIST files (default: $MNISTNET_DATA, the "
-                        "cache, or a download)")
+    add_dataset(parser)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--peers", action="store_true",
                         help="also time PyTorch and Keras 3 on the same training, each in a "
@@ -131,9 +132,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                             help="also time fast epochs on all threads and on one while a "
                             "busy loop runs in a child process (all rows, and the --subset "
                             "rows if given)")
+    comparison.add_argument("--uint8", action="store_true",
+                            help="also time each preset's fast epoch from uint8 images "
+                            "through Rescaling(1/255) against float32, check the weights are "
+                            "the same, and measure a fit's peak memory both ways, each in its "
+                            "own process")
     comparison.add_argument("--skip-comparison", action="store_true",
                             help="skip the reference-vs-fast epochs: run only --subset, "
-                            "--predict, --busy-core and --gemm")
+                            "--predict, --busy-core, --gemm and --uint8")
     time_to = parser.add_argument_group("the time to an accuracy")
     time_to.add_argument("--time-to", type=accuracy, default=None, metavar="ACCURACY",
                          help="train each preset's recipe and time fit until the test "

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from mnistnet import datasets
 from mnistnet.data import DownloadError
 from mnistnet.model import BACKENDS, Model
 
@@ -99,11 +100,30 @@ def momentum_value(text: str) -> float:
     return value
 
 
-def add_data_and_backend(sub: argparse.ArgumentParser) -> None:
-    """--data and --backend, as the commands that read MNIST take them."""
+def dataset_name(text: str) -> str:
+    """--dataset's value: a name of mnistnet.datasets (an unknown one: the message lists
+    them)."""
+    try:
+        datasets.class_names(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def add_dataset(sub: argparse.ArgumentParser, default: str = "mnist") -> None:
+    """--dataset and --data, as the commands that read a dataset take them."""
+    sub.add_argument("--dataset", metavar="NAME", type=dataset_name,
+                     help=f"the images: {', '.join(datasets.NAMES)} (default: {default})")
     sub.add_argument("--data", metavar="DIR",
-                     help="folder holding the four MNIST IDX files (raw or .gz); default: "
-                          "$MNISTNET_DATA, else the per-user cache, else download")
+                     help="folder holding the dataset's IDX files (raw or .gz); default: "
+                          "$MNISTNET_DATA (MNIST) or $MNISTNET_DATASETS/<dataset>, else the "
+                          "per-user cache, else download")
+
+
+def add_data_and_backend(sub: argparse.ArgumentParser,
+                         default_dataset: str = "mnist") -> None:
+    """--dataset, --data and --backend, as the commands that read a dataset take them."""
+    add_dataset(sub, default_dataset)
     add_backend(sub)
 
 
@@ -146,14 +166,55 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         raise
 
 
-def load_data(loader: Callable[..., Any], data: str | None) -> Any:
-    """loader(data) (mn.load_mnist or load_mnist_test), its failure to find or download the
-    files said in the command line's terms."""
+def load_data(loader: Callable[..., Any], data: str | None, *args: Any, **kwargs: Any) -> Any:
+    """loader(data, ...) (mn.load_mnist, or a loader of mnistnet.datasets given a dataset's
+    name first), its failure to find or download the files said in the command line's
+    terms."""
     try:
-        return loader(data)
+        return loader(*args, data, **kwargs)
     except DownloadError as exc:
         raise CLIError(f"{one_line(str(exc))} On the command line: --data DIR names a folder "
                        "holding the files.") from None
+
+
+def load_dataset(name: str, data: str | None, pixels: bool = False) -> datasets.Dataset:
+    """Dataset `name` (both splits) from --data or the usual places: float32 in [0, 1], or
+    uint8 as stored when `pixels` (for a model whose first layer is Rescaling)."""
+    return load_data(datasets.load, data, name, normalize=not pixels)
+
+
+def load_test_split(name: str, data: str | None, pixels: bool = False,
+                    ) -> tuple[Any, Any]:
+    """Dataset `name`'s test split only, as load_dataset gives it."""
+    return load_data(datasets.load_test, data, name, normalize=not pixels)
+
+
+def dataset_for(args: argparse.Namespace, model: Model | None = None) -> str:
+    """The dataset a command works on: --dataset, else the model's own, else MNIST."""
+    return args.dataset or (model.dataset if model is not None else None) or "mnist"
+
+
+def check_fits(model: Model, name: str) -> None:
+    """Refuse a dataset whose classes the model's outputs cannot stand for."""
+    classes = len(datasets.class_names(name))
+    if model.n_outputs != classes:
+        raise CLIError(f"the model has {model.n_outputs} outputs but {name} has {classes} "
+                       f"classes: give the --dataset it was trained on")
+
+
+def name_classes(model: Model, name: str | None) -> None:
+    """--dataset names the classes of a model saved without names (older files); a model
+    that has names keeps them, and a --dataset naming others is refused."""
+    if name is None:
+        return
+    check_fits(model, name)
+    names = datasets.class_names(name)
+    if not model.class_names_given:
+        model.class_names = names
+    elif model.class_names != names:
+        trained = f" (it was trained on {model.dataset})" if model.dataset else ""
+        raise CLIError(f"the model's classes are {', '.join(model.class_names)}{trained}, not "
+                       f"{name}'s")
 
 
 def load_model(path: str, backend: str) -> Model:

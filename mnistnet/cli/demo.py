@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from mnistnet.cli.common import EXIT_INTERRUPTED, add_backend, load_model
+from mnistnet.cli.common import (
+    EXIT_INTERRUPTED,
+    add_backend,
+    dataset_name,
+    load_model,
+    name_classes,
+)
 from mnistnet.demo import LOOPBACK_HOSTS, serve
 
 NAME = "demo"
-HELP = "serve a page to draw digits on and watch the model read them"
-DESCRIPTION = ("Serve a page to draw a digit on (mouse, pen or touch) and watch the model read "
-               "it: the 28x28 image it gets and its ten outputs, live. Serves until Ctrl-C.")
+HELP = "serve a page to draw digits (or the model's classes) on and watch the model read them"
+DESCRIPTION = ("Serve a page to draw a digit on (mouse, pen or touch; for a model of another "
+               "dataset, one of its classes) and watch the model read it: the 28x28 image it "
+               "gets and its outputs, one bar per class, live. Serves until Ctrl-C.")
 
 
 def _port(text: str) -> int:
@@ -26,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="address to listen on (default: %(default)s, this machine only)")
     parser.add_argument("--port", type=_port, default=8000,
                         help="port to listen on; 0: any free port (default: %(default)s)")
+    parser.add_argument("--dataset", metavar="NAME", type=dataset_name,
+                        help="whose class names to show, for a model file saved without them "
+                             "(older ones: its outputs are then named 0, 1, ...)")
     add_backend(parser)
     return parser
 
@@ -33,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Serve the page for the model until Ctrl-C (exit code 130)."""
     model = load_model(args.model, args.backend)
+    name_classes(model, args.dataset)
     try:
         server = serve(model, args.host, args.port)
     except OSError as exc:  # the port in use, an unknown host name, ...

@@ -1,5 +1,5 @@
 """``mnistnet export``: a saved model as an ONNX file and/or a dependency-free C file, in float
-or (``--int8``) quantised to int8 on MNIST training images."""
+or (``--int8``) quantised to int8 on training images of its dataset (MNIST by default)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mnistnet.cli.common import CLIError, load_data, load_model, positive_int
-from mnistnet.data import load_mnist
+from mnistnet.cli.common import (
+    CLIError,
+    check_fits,
+    dataset_name,
+    load_dataset,
+    load_model,
+    positive_int,
+)
 from mnistnet.export import (
     DEFAULT_C_NAME,
     DEFAULT_OPSET,
@@ -41,8 +47,9 @@ DESCRIPTION = ("Write a model saved by 'train --save' (or Model.save) as an ONNX
                "DIR/NAME.c with int NAME_predict(const float *input, float *output), weights "
                "as static const arrays, no allocation, only libm. With --int8, both are of "
                "the model quantised to int8 (TensorFlow Lite's post-training scheme, "
-               "calibrated on MNIST training images): int8 weights, integer layers, the same "
-               "NAME_predict (plus NAME_predict_int8); the ONNX graph in the QDQ format.")
+               "calibrated on training images of the model's dataset, else MNIST's): int8 "
+               "weights, integer layers, the same NAME_predict (plus NAME_predict_int8); the "
+               "ONNX graph in the QDQ format.")
 MNIST_PIXELS = 784  # what --int8 calibrates on
 
 
@@ -59,15 +66,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                                        f"NAME_predict (default: {DEFAULT_C_NAME})")
     parser.add_argument("--int8", action="store_true",
                         help="quantise to int8 first (weights per output channel, "
-                             "activations per tensor, calibrated on MNIST training images) "
-                             "and export that: needs a model of MNIST's 784 pixels")
+                             "activations per tensor, calibrated on training images of "
+                             "--dataset) and export that: needs a model of MNIST's 784 "
+                             "pixels")
     parser.add_argument("--calibration", type=positive_int, metavar="N",
                         help=f"with --int8: calibrate on N training images drawn at random "
                              f"(seed 0), at least {MIN_CALIBRATION_ROWS} (default: "
                              f"{DEFAULT_CALIBRATION_ROWS})")
+    parser.add_argument("--dataset", metavar="NAME", type=dataset_name,
+                        help="with --int8: the dataset whose training images calibrate it "
+                             "(default: the model's, else mnist)")
     parser.add_argument("--data", metavar="DIR",
-                        help="with --int8: folder holding the four MNIST IDX files (raw or "
-                             ".gz); default: $MNISTNET_DATA, else the per-user cache, else "
+                        help="with --int8: folder holding the dataset's IDX files (raw or "
+                             ".gz); default: $MNISTNET_DATA (MNIST) or "
+                             "$MNISTNET_DATASETS/<dataset>, else the per-user cache, else "
                              "download")
     return parser
 
@@ -75,7 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def _check_int8_options(args: argparse.Namespace) -> int:
     """The calibration rows --int8 asks for; its options refused without it."""
     if not args.int8:
-        for option, value in (("--calibration", args.calibration), ("--data", args.data)):
+        for option, value in (("--calibration", args.calibration), ("--dataset", args.dataset),
+                              ("--data", args.data)):
             if value is not None:
                 raise CLIError(f"{option} applies to --int8 only")
         return 0
@@ -86,23 +99,27 @@ def _check_int8_options(args: argparse.Namespace) -> int:
     return rows
 
 
-def _calibration_images(model: Model, path: str, rows: int, data: str | None) -> np.ndarray:
-    """`rows` MNIST training images drawn at random (seed 0), for a model that takes them
-    and can be quantised (both checked before the images are read)."""
+def _calibration_images(model: Model, path: str, rows: int, data: str | None,
+                        name: str) -> np.ndarray:
+    """`rows` training images of dataset `name` drawn at random (seed 0), for a model that
+    takes them and can be quantised (both checked before the images are read): uint8 pixels
+    as stored for a model that starts with a Rescaling, else float32 in [0, 1]."""
     if model.input_dim != MNIST_PIXELS:
         raise CLIError(f"{path} takes inputs of shape {tuple(model.input_shape)}, and --int8 "
                        f"calibrates on MNIST images ({MNIST_PIXELS} pixels): quantise it in "
                        "Python, mnistnet.quantize(model, x_calibration), with rows of its own")
+    check_fits(model, name)
     check_quantizable(model)
-    (x_train, _), _ = load_data(load_mnist, data)
+    (x_train, _), _ = load_dataset(name, data, pixels=model.plan.takes_pixels)
     if rows > len(x_train):
         raise CLIError(f"--calibration {rows}: the training set has {len(x_train)} images")
     return calibration_sample(x_train, rows)
 
 
-def _report_int8(q: QuantizedModel) -> str:
+def _report_int8(q: QuantizedModel, name: str) -> str:
     sizes = c_sizes(q)
-    return (f"int8: calibrated on {q.calibration_rows} MNIST training images; constants "
+    images = "MNIST" if name == "mnist" else name
+    return (f"int8: calibrated on {q.calibration_rows} {images} training images; constants "
             f"{sizes['weights_bytes']:,} bytes (float32 weights: {q.float_weight_bytes:,}), "
             f"layer buffers {sizes['scratch_bytes']:,} bytes")
 
@@ -130,8 +147,10 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(str(exc)) from None
     model = load_model(args.model, "fast")
     exported: QuantizedModel | None = None
+    dataset = args.dataset or model.dataset or "mnist"
     if args.int8:
-        exported = quantize(model, _calibration_images(model, args.model, rows, args.data))
+        exported = quantize(model, _calibration_images(model, args.model, rows, args.data,
+                                                       dataset))
     if args.onnx is not None:
         path = (exported.export_onnx(args.onnx, opset) if exported is not None
                 else export_onnx(model, args.onnx, opset))
@@ -141,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
                           else export_c(model, args.c_dir, name))
         print(f"wrote {header} and {source}: {c_signature(model, name)}")
     if exported is not None:
-        print(_report_int8(exported))
+        print(_report_int8(exported, dataset))
     return 0
 
 

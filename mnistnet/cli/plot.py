@@ -6,8 +6,15 @@ import argparse
 from pathlib import Path
 
 from mnistnet import plot
-from mnistnet.cli.common import add_backend, load_data, load_model
-from mnistnet.data import load_mnist_test
+from mnistnet.cli.common import (
+    add_backend,
+    add_dataset,
+    check_fits,
+    dataset_for,
+    load_model,
+    load_test_split,
+    name_classes,
+)
 from mnistnet.export import check_output_folder
 from mnistnet.model import Model
 
@@ -15,9 +22,10 @@ NAME = "plot"
 HELP = ("draw a model's first-layer weights, confusion matrix and mistakes, or a training "
         "history")
 DESCRIPTION = ("Draw what a saved model learned (its first layer's weights), its confusion "
-               "matrix and its most confident mistakes on the MNIST test set, and/or the "
-               "learning curves of a 'train --history' file; one picture file each, in "
-               "--out.")
+               "matrix and its most confident mistakes on the test set of its dataset (the "
+               "one it was trained on, else MNIST; --dataset names another), labelled with "
+               "its class names, and/or the learning curves of a 'train --history' file; one "
+               "picture file each, in --out.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -31,10 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "beside the tutorial's for its presets")
     parser.add_argument("--out", metavar="DIR", required=True,
                         help="folder for the pictures (made if missing)")
-    parser.add_argument("--data", metavar="DIR",
-                        help="folder holding the four MNIST IDX files, for confusion and "
-                             "mistakes; default: $MNISTNET_DATA, else the per-user cache, "
-                             "else download")
+    add_dataset(parser, default="the model's, else mnist")
     parser.add_argument("--format", choices=plot.FORMATS, default="png",
                         help="picture format (default: %(default)s)")
     add_backend(parser)
@@ -55,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     figures = {}
     if args.model is not None:
         model = load_model(args.model, args.backend)
-        figures.update(_model_figures(model, args.what or "all", args.data))
+        figures.update(_model_figures(model, args.what or "all", args))
     if args.history is not None:
         figures["history"] = plot.history(args.history)
     out.mkdir(parents=True, exist_ok=True)
@@ -64,13 +69,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_figures(model: Model, what: str, data: str | None) -> dict[str, object]:
+def _model_figures(model: Model, what: str, args: argparse.Namespace) -> dict[str, object]:
     names = plot.PICTURES if what == "all" else (what,)
     figures = {}
+    dataset = dataset_for(args, model)
+    if args.dataset is not None or "confusion" in names or "mistakes" in names:
+        check_fits(model, dataset)
+        if not model.class_names_given:  # an older file: its dataset's names
+            name_classes(model, dataset)
     if "weights" in names:
         figures["weights"] = plot.weights(model)
     if "confusion" in names or "mistakes" in names:
-        x_test, y_test = load_data(load_mnist_test, data)
+        x_test, y_test = load_test_split(dataset, args.data, pixels=model.plan.takes_pixels)
         if "confusion" in names:
             figures["confusion"] = plot.confusion(model, x_test, y_test)
         if "mistakes" in names:

@@ -15,25 +15,30 @@ from mnistnet.cli.common import (
     CLIError,
     add_backend,
     check_output_path,
+    dataset_name,
     load_model,
+    name_classes,
     one_line,
 )
 from mnistnet.data import read_idx
+from mnistnet.model import Model
 
 NAME = "predict"
 HELP = "classify images with a saved model"
-DESCRIPTION = ("Print one line per image: 'FILE[i]: digit D (p=P)', D being the output with "
-               "the largest value P. A picture of a digit (PNG or JPEG: a drawing, a photo) "
-               "is prepared as MNIST's digits were, and as the demo page prepares a drawing: "
-               "grey, inverted if dark on light, cropped to the ink, scaled into 20x20 and "
-               "centred by its centre of mass in 28x28. The other files hold images that "
-               "look like MNIST's already: a light digit on a dark background (0 = black), "
-               "28x28 for a model trained on MNIST.")
+DESCRIPTION = ("Print one line per image: 'FILE[i]: digit D (p=P)' for a model of digits, "
+               "'FILE[i]: NAME (p=P)' for one of other classes (its class names, e.g. "
+               "'Trouser'), the class being the output with the largest value P. A picture "
+               "of a digit (PNG or JPEG: a drawing, a photo) is prepared as MNIST's digits "
+               "were, and as the demo page prepares a drawing: grey, inverted if dark on "
+               "light, cropped to the ink, scaled into 20x20 and centred by its centre of "
+               "mass in 28x28. The other files hold images that look like the dataset's "
+               "already: light on a dark background (0 = black), 28x28 for the MNIST family.")
 EPILOG = ("Accepted files: PNG and JPEG pictures of any size (needs Pillow: pip install "
           "\"mnistnet[image]\"); IDX images (raw or .gz; (n, 28, 28) or (28, 28)); .npy "
           "arrays of shape (28, 28), (n, 28, 28) or (n, 784); binary PGM (P5, maxval <= 255), "
           "used as they are. uint8 pixels are divided by 255 (PGM: by its maxval); float arrays "
-          "are used as they are, and should lie in [0, 1].")
+          "are used as they are, and should lie in [0, 1]. A model that starts with a "
+          "Rescaling layer gets uint8 pixels as they are (the others times 255).")
 PGM_MAX_HEADER = 4096  # bytes; a P5 header is a few dozen bytes plus optional comments
 _PGM_WHITESPACE = b" \t\n\r\v\f"
 _NPY_MAGIC = b"\x93NUMPY"
@@ -46,6 +51,9 @@ def add_arguments(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``mnistnet predict``."""
     sub.add_argument("model", metavar="MODEL.npz", help="a model written by 'train --save'")
     sub.add_argument("files", metavar="FILE", nargs="+", help="image files to classify")
+    sub.add_argument("--dataset", metavar="NAME", type=dataset_name,
+                     help="whose class names to print, for a model file saved without them "
+                          "(older ones: its outputs are then named 0, 1, ...)")
     sub.add_argument("--show", metavar="PATH.png",
                      help="save what the network sees of a picture (the prepared 28x28 "
                           "digit, white on black) as a PNG here; one picture only")
@@ -54,24 +62,32 @@ def add_arguments(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print "FILE[i]: digit D (p=P)" for every image of every file."""
+    """Print "FILE[i]: digit D (p=P)" (or the class's name) for every image of every file."""
     if args.show is not None:
         _check_one_picture(args.files)
         check_output_path("--show", args.show)
     model = load_model(args.model, args.backend)
-    batches = [(name, read_images(name, model.input_dim)) for name in args.files]
+    name_classes(model, args.dataset)
+    pixels = model.plan.takes_pixels
+    batches = [(name, read_images(name, model.input_dim, pixels)) for name in args.files]
     for name, x in batches:
         try:
             outputs = model.predict(x)
         except (ValueError, TypeError) as exc:
             raise CLIError(f"{name}: {exc}") from None
-        digits = np.argmax(outputs, axis=1)
-        for i, digit in enumerate(digits):
-            print(f"{name}[{i}]: digit {digit} (p={outputs[i, digit]:.3f})")
+        classes = np.argmax(outputs, axis=1)
+        for i, c in enumerate(classes):
+            print(f"{name}[{i}]: {reading(model, c)} (p={outputs[i, c]:.3f})")
     if args.show is not None:
-        save_preview(batches[0][1].reshape(images.SIDE, images.SIDE), args.show)
+        seen = batches[0][1] / np.float32(255) if pixels else batches[0][1]  # in [0, 1]
+        save_preview(seen.reshape(images.SIDE, images.SIDE), args.show)
         print(f"saved what the network sees to {args.show}")
     return EXIT_OK
+
+
+def reading(model: Model, c: int) -> str:
+    """How an answer is said: "digit 7" for a model of digits, else the class's name."""
+    return f"digit {c}" if model.reads_digits else model.class_names[c]
 
 
 def _check_one_picture(files: list[str]) -> None:
@@ -87,17 +103,19 @@ def _file_kind(path: str) -> str:
     return _image_kind(path, head)
 
 
-def read_images(path: str, input_dim: int) -> np.ndarray:
+def read_images(path: str, input_dim: int, pixels: bool = False) -> np.ndarray:
     """Rows (n, input_dim) from a PNG or JPEG picture (prepared as MNIST's digits were, see
     mnistnet.images), an IDX, .npy or binary PGM file: float32 in [0, 1] for integer pixels,
-    the file's own floats otherwise. Raises CLIError naming the file."""
+    the file's own floats otherwise; or, for a model that starts with a Rescaling (pixels),
+    uint8 pixels as they are and the others in 0..255. Raises CLIError naming the file."""
     kind = _file_kind(path)
     if kind == "picture":
-        return _read_picture(path, input_dim)
+        digit = _read_picture(path, input_dim)
+        return digit * np.float32(255) if pixels else digit
     if kind == "pgm":
-        return _read_pgm(path, input_dim)
-    pixels = _read_npy(path) if kind == "npy" else read_idx(path)
-    return _as_rows(pixels, path, input_dim)
+        return _read_pgm(path, input_dim, pixels)
+    array = _read_npy(path) if kind == "npy" else read_idx(path)
+    return _as_rows(array, path, input_dim, pixels)
 
 
 def _read_picture(path: str, input_dim: int) -> np.ndarray:
@@ -147,23 +165,23 @@ def _read_npy(path: str) -> np.ndarray:
     return array
 
 
-def _as_rows(pixels: np.ndarray, path: str, input_dim: int) -> np.ndarray:
+def _as_rows(array: np.ndarray, path: str, input_dim: int, pixels: bool) -> np.ndarray:
     """(side, side), (n, side, side), (n, input_dim) or (input_dim,) -> (n, input_dim)."""
-    shape = pixels.shape
-    if pixels.ndim == 1 and shape[0] == input_dim:
-        rows = pixels.reshape(1, input_dim)
-    elif pixels.ndim == 2 and shape[1] == input_dim:
-        rows = pixels
-    elif pixels.ndim == 2 and shape[0] * shape[1] == input_dim:
-        rows = pixels.reshape(1, input_dim)
-    elif pixels.ndim == 3 and shape[1] * shape[2] == input_dim:
-        rows = pixels.reshape(shape[0], input_dim)
+    shape = array.shape
+    if array.ndim == 1 and shape[0] == input_dim:
+        rows = array.reshape(1, input_dim)
+    elif array.ndim == 2 and shape[1] == input_dim:
+        rows = array
+    elif array.ndim == 2 and shape[0] * shape[1] == input_dim:
+        rows = array.reshape(1, input_dim)
+    elif array.ndim == 3 and shape[1] * shape[2] == input_dim:
+        rows = array.reshape(shape[0], input_dim)
     else:
         raise CLIError(f"{path}: images of shape {shape} do not fit the model's {input_dim} "
                        f"inputs (expected {_expected_shapes(input_dim)})")
     if rows.shape[0] == 0:
         raise CLIError(f"{path}: no images (shape {shape})")
-    return _scaled(rows, path)
+    return _scaled(rows, path, pixels)
 
 
 def _expected_shapes(input_dim: int) -> str:
@@ -173,16 +191,21 @@ def _expected_shapes(input_dim: int) -> str:
     return f"(rows, cols) with rows * cols = {input_dim}, (n, rows, cols) or (n, {input_dim})"
 
 
-def _scaled(rows: np.ndarray, path: str, maxval: int = 255) -> np.ndarray:
+def _scaled(rows: np.ndarray, path: str, pixels: bool, maxval: int = 255) -> np.ndarray:
+    """Rows in [0, 1]; for a model that starts with a Rescaling (pixels), in 0..255 (uint8
+    ones as they are)."""
     if rows.dtype == np.uint8:
-        return rows.astype(np.float32) / np.float32(maxval)
+        if pixels and maxval == 255:
+            return rows
+        unit = rows.astype(np.float32) / np.float32(maxval)
+        return unit * np.float32(255) if pixels else unit
     if rows.dtype.kind == "f":
-        return rows
+        return rows * np.float32(255) if pixels else rows
     raise CLIError(f"{path}: pixels of type {rows.dtype} are not supported "
                    "(expected uint8 or floating point)")
 
 
-def _read_pgm(path: str, input_dim: int) -> np.ndarray:
+def _read_pgm(path: str, input_dim: int, pixels: bool = False) -> np.ndarray:
     """One binary PGM (P5) image with width * height == input_dim as a (1, input_dim) row."""
     with open(path, "rb") as stream:
         data = stream.read(PGM_MAX_HEADER + input_dim + 1)
@@ -201,10 +224,10 @@ def _read_pgm(path: str, input_dim: int) -> np.ndarray:
     if len(payload) > input_dim:
         raise CLIError(f"{path}: trailing data after the {input_dim} bytes of pixels of a "
                        f"{width}x{height} PGM")
-    pixels = np.frombuffer(payload, dtype=np.uint8)
-    if int(pixels.max()) > maxval:
-        raise CLIError(f"{path}: pixel value {int(pixels.max())} exceeds the maxval {maxval}")
-    return _scaled(pixels.reshape(1, input_dim), path, maxval)
+    values = np.frombuffer(payload, dtype=np.uint8)
+    if int(values.max()) > maxval:
+        raise CLIError(f"{path}: pixel value {int(values.max())} exceeds the maxval {maxval}")
+    return _scaled(values.reshape(1, input_dim), path, pixels, maxval)
 
 
 def _pgm_header(data: bytes, path: str) -> tuple[int, int, int, int]:

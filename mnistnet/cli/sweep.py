@@ -2,7 +2,7 @@
 
     mnistnet sweep --preset cross-entropy --grid lr=0.003,0.01,0.03 batch-size=32,128 \\
         seed=0,1,2 --epochs 5 --out sweep.csv [--scheduler tcp://HOST:8786] \\
-        [--save-best best.npz] [--json] [--data DIR] [--validation-split F]
+        [--save-best best.npz] [--json] [--dataset NAME] [--data DIR] [--validation-split F]
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ import math
 import sys
 from pathlib import Path
 
+from mnistnet import datasets
 from mnistnet import sweep as sweeping
 from mnistnet.cli.common import (
     EXIT_INTERRUPTED,
     CLIError,
     check_output_path,
+    dataset_name,
     fraction,
     positive_int,
 )
@@ -71,10 +73,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=_seconds, default=sweeping.CONNECT_TIMEOUT,
                         metavar="SECONDS",
                         help="how long --scheduler has to answer (default: %(default)g)")
+    parser.add_argument("--dataset", metavar="NAME", type=dataset_name, default="mnist",
+                        help=f"the images: {', '.join(datasets.NAMES)} (default: "
+                             "%(default)s); a preset's output layer gets one unit per class")
     parser.add_argument("--data", metavar="DIR",
-                        help="folder holding the four MNIST IDX files, read here and sent to "
-                             "every worker once; default: $MNISTNET_DATA, else the per-user "
-                             "cache, else download")
+                        help="folder holding the dataset's four IDX files, read here and sent "
+                             "to every worker once; default: $MNISTNET_DATA (MNIST) or "
+                             "$MNISTNET_DATASETS/<dataset>, else the per-user cache, else "
+                             "download")
     parser.add_argument("--data-on-workers", action="store_true",
                         help="each worker reads --data itself (a folder on the workers)")
     parser.add_argument("--validation-split", type=fraction, metavar="FRACTION",
@@ -127,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--data-on-workers needs --data DIR (a folder on every worker)")
     try:
         sweeping.sweep(grid, out=args.out, preset=args.preset, layers=args.layers,
-                       epochs=args.epochs, data=args.data, data_on_workers=args.data_on_workers,
+                       epochs=args.epochs, data=args.data, dataset=args.dataset,
+                       data_on_workers=args.data_on_workers,
                        validation_split=args.validation_split, scheduler=args.scheduler,
                        n_workers=args.workers, save_best=args.save_best, json_out=json_out,
                        progress=not args.quiet, timeout=args.timeout)

@@ -1,4 +1,5 @@
-"""``mnistnet train``: train a preset or a --layers stack on MNIST, report its test accuracy."""
+"""``mnistnet train``: train a preset or a --layers stack on MNIST or another dataset of the
+family (--dataset), report its test accuracy."""
 
 from __future__ import annotations
 
@@ -28,21 +29,23 @@ from mnistnet.cli.common import (
     CLIError,
     add_data_and_backend,
     atomic_write_text,
+    check_fits,
     check_output_path,
+    dataset_for,
     fraction,
     l2_factor,
     learning_rate,
-    load_data,
+    load_dataset,
     load_model,
     momentum_value,
     non_negative_int,
     positive_int,
 )
-from mnistnet.data import load_mnist
 from mnistnet.kinds import kind_of, layers_grammar, parse_layers
-from mnistnet.layers import Layer
+from mnistnet.layers import Layer, Rescaling
 from mnistnet.model import LOSSES, Model
 from mnistnet.optimizers import SGD, Adam, AdamW, Optimizer, RMSprop
+from mnistnet.plan import takes_images
 from mnistnet.presets import PRESETS, RECIPES, preset
 from mnistnet.regularizers import L2
 from mnistnet.schedules import (
@@ -55,7 +58,7 @@ from mnistnet.schedules import (
 from mnistnet.trainer import History
 
 NAME = "train"
-HELP = "train a network on MNIST and report its test accuracy"
+HELP = "train a network on MNIST (or --dataset NAME) and report its test accuracy"
 # What a --layers network trains with unless told otherwise: the tutorial's recipe.
 LAYERS_RECIPE = {"optimizer": "sgd", "learning_rate": 0.01, "batch_size": 32, "epochs": 30}
 
@@ -186,7 +189,13 @@ def add_arguments(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
                      help="save the model after every epoch (atomically: Ctrl-C leaves the "
                           "last completed epoch's file intact); {epoch} in the name numbers "
                           "the files, and a logs key ({val_loss:.4f}) may be in it too")
-    add_data_and_backend(sub)
+    add_data_and_backend(sub, default_dataset="mnist; a --resume model's own")
+    sub.add_argument("--uint8", action="store_true",
+                     help="keep the images as stored, uint8 (a quarter of the memory of "
+                          "float32), and start the network with Rescaling(1/255), which "
+                          "turns each row into floats as it is read: the same weights, bit "
+                          "for bit (a --layers stack starting with rescale: takes uint8 "
+                          "anyway)")
     sub.add_argument("--save", metavar="FILE.npz",
                      help="write the trained model here (for evaluate, predict, plot, export "
                           "and demo); without it, nothing is saved")
@@ -211,9 +220,16 @@ def run(args: argparse.Namespace) -> int:
                          ("--checkpoint", first_checkpoint)):
         if path is not None:
             check_output_path(option, path)
-    (x_train, y_train), (x_test, y_test) = load_data(load_mnist, args.data)
+    name = dataset_for(args, resumed)
+    if resumed is not None:
+        _check_resumed_dataset(resumed, name)
+    data = load_dataset(name, args.data, pixels=_takes_pixels(args, resumed))
+    (x_train, y_train), (x_test, y_test) = data
     model = resumed or _build_model(args, input_dim=x_train.shape[1],
-                                    steps=_steps_per_epoch(args, x_train.shape[0]))
+                                    steps=_steps_per_epoch(args, x_train.shape[0]),
+                                    classes=len(data.class_names))
+    if not model.class_names_given:  # a new model, or an older file's
+        model.class_names, model.dataset = data.class_names, data.name
     _say(args, f"loss: {model.loss} ({_why_this_loss(model, args)})")
     last = model.epochs_trained + args.epochs  # epochs are numbered in the model's count
     try:
@@ -237,6 +253,29 @@ def run(args: argparse.Namespace) -> int:
         _say(args, f"saved history to {args.history}")
     print(f"test accuracy: {scores['accuracy']:.4f} (loss {scores['loss']:.4f})", flush=True)
     return EXIT_OK
+
+
+def _check_resumed_dataset(model: Model, name: str) -> None:
+    """A resumed training goes on with the model's own dataset (older files: any with as
+    many classes)."""
+    if model.dataset is not None and name != model.dataset:
+        raise CLIError(f"--dataset {name}: the --resume model was trained on {model.dataset}")
+    check_fits(model, name)
+
+
+def _takes_pixels(args: argparse.Namespace, resumed: Model | None) -> bool:
+    """Whether the network starts with a Rescaling, and so takes the images as uint8."""
+    if resumed is not None:
+        if args.uint8 and not resumed.plan.takes_pixels:
+            raise CLIError("--uint8: the --resume model does not start with a Rescaling "
+                           "layer (it was trained on floats)")
+        return resumed.plan.takes_pixels
+    return args.uint8 or (args.layers is not None and takes_images_as_is(args.layers))
+
+
+def takes_images_as_is(layers: list[Layer]) -> bool:
+    """Whether the stack starts with a Rescaling (its images then come as uint8)."""
+    return kind_of(layers[0]).applied_at_input
 
 
 def _why_this_loss(model: Model, args: argparse.Namespace) -> str:
@@ -380,16 +419,19 @@ def _optimizer(args: argparse.Namespace, steps: int) -> Optimizer:
     return SGD(rate, momentum=args.momentum or 0.0)
 
 
-def _build_model(args: argparse.Namespace, input_dim: int, steps: int) -> Model:
+def _build_model(args: argparse.Namespace, input_dim: int, steps: int, classes: int) -> Model:
     optimizer = _optimizer(args, steps)
     if args.preset is not None:
         model = preset(args.preset, seed=args.seed, backend=args.backend,
-                       optimizer=optimizer)
+                       optimizer=optimizer, input_dtype="uint8" if args.uint8 else "float32",
+                       classes=classes)
         layers, shape = model.layers, {"input_shape": model.input_shape}
         loss = model.loss
     else:
         layers, loss = args.layers, args.loss  # None: the output's (Model's default)
-        images = kind_of(layers[0]).takes_images
+        if args.uint8 and not takes_images_as_is(layers):
+            layers = [Rescaling(1 / 255), *layers]
+        images = takes_images(layers)
         side = math.isqrt(input_dim)
         shape = {"input_shape": (side, side, 1)} if images and side * side == input_dim else {
             "input_dim": input_dim}
@@ -452,6 +494,7 @@ def _write_history(path: str, history: History, model: Model,
         "history": {key: [float(v) for v in values] for key, values in history.history.items()},
         "epoch": [int(e) for e in history.epoch],
         "preset": args.preset,
+        "dataset": model.dataset,
         "layers": config["layers"],
         "input_shape": config["input_shape"],
         "loss": config["loss"],

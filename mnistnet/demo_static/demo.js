@@ -1,5 +1,6 @@
-// mnistnet demo: draw a digit, see the 28x28 image the network gets and what it reads.
-// Everything the page needs is in this file; it talks to nothing but POST /predict.
+// mnistnet demo: draw a digit (or a piece of clothing, a letter: what the model's classes
+// are), see the 28x28 image the network gets and what it reads. Everything the page needs is
+// in this file and the page (the model's class names); it talks to nothing but POST /predict.
 "use strict";
 
 const mnistDemo = (() => {
@@ -116,15 +117,17 @@ const mnistDemo = (() => {
     input: new Float32Array(SIDE * SIDE), // what the network was last shown
     answer: null, // its last answer shown
   };
-  let pad, pen, seen, digitLabel, statusLine;
+  let pad, pen, seen, answerLabel, statusLine;
   let bars = [];
+  // The model's classes, as the server wrote them into the page.
+  const classes = JSON.parse(document.getElementById("classes").textContent);
   let drawing = null; // {pointerId, x, y} of the stroke being drawn
 
   function start() {
     pad = document.getElementById("pad");
     pen = pad.getContext("2d", {willReadFrequently: true});
     seen = document.getElementById("seen").getContext("2d");
-    digitLabel = document.getElementById("digit");
+    answerLabel = document.getElementById("label");
     statusLine = document.getElementById("status");
     bars = makeBars(document.getElementById("bars"));
     pen.lineWidth = STROKE_WIDTH;
@@ -140,10 +143,15 @@ const mnistDemo = (() => {
 
   function makeBars(list) {
     const made = [];
-    for (let digit = 0; digit < 10; digit++) {
+    const longest = Math.max(...classes.names.map((name) => name.length));
+    list.style.setProperty("--label-width", `${Math.max(1.2, 0.6 * longest + 0.4)}rem`);
+    for (const name of classes.names) {
       const item = document.createElement("li");
-      item.innerHTML = `<span>${digit}</span><span class="track"><span class="fill"></span>` +
-        `</span><span class="value"></span>`;
+      const label = document.createElement("span");
+      label.textContent = name; // a model file's text: never parsed as HTML
+      item.append(label);
+      item.insertAdjacentHTML("beforeend", '<span class="track"><span class="fill"></span>' +
+        '</span><span class="value"></span>');
       list.append(item);
       made.push({item, fill: item.querySelector(".fill"), value: item.querySelector(".value")});
     }
@@ -255,17 +263,17 @@ const mnistDemo = (() => {
     return body;
   }
 
-  /** The answer as the big digit and ten bars; null: nothing drawn. */
+  /** The answer as the big label and a bar per class; null: nothing drawn. */
   function showAnswer(answer) {
     state.answer = answer;
-    digitLabel.textContent = answer === null ? "?" : String(answer.digit);
-    bars.forEach((bar, digit) => {
-      const value = answer === null ? 0 : answer.probabilities[digit];
+    answerLabel.textContent = answer === null ? "?" : answer.label;
+    bars.forEach((bar, index) => {
+      const value = answer === null ? 0 : answer.probabilities[index];
       bar.fill.style.width = `${100 * Math.min(Math.max(value, 0), 1)}%`;
       bar.value.textContent = answer === null ? "" : value.toFixed(2);
-      bar.item.classList.toggle("top", answer !== null && digit === answer.digit);
+      bar.item.classList.toggle("top", answer !== null && index === answer.class);
     });
-    say(answer === null ? "Draw a digit in the black square." : "");
+    say(answer === null ? `Draw a ${classes.subject} in the black square.` : "");
   }
 
   function say(message) {
