@@ -98,7 +98,8 @@ class FitClock(Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         now = self.clock()
         self.train_seconds.append(now - self.mark)
-        accuracy = self.model.evaluate(self.x_test, self.y_test)["accuracy"]
+        with self.model._averaged_weights():  # with use_ema, what fit ends with
+            accuracy = self.model.evaluate(self.x_test, self.y_test)["accuracy"]
         self.test_accuracy.append(accuracy)
         self.mark = self.clock()
         self.eval_seconds.append(self.mark - now)

@@ -383,7 +383,8 @@ def test_presets_keep_their_losses():
     assert {name: mn.preset(name).loss for name in mn.PRESETS} == {
         "perceptron": "mse", "hidden-relu": "mse", "cross-entropy": "categorical_crossentropy",
         "convnet": "categorical_crossentropy", "convnet-plus": "categorical_crossentropy",
-        "lenet5": "categorical_crossentropy"}
+        "lenet5": "categorical_crossentropy", "speedrun": "categorical_crossentropy",
+        "speedrun-plus": "categorical_crossentropy"}
 
 
 # ---- the tutorial's result on the full dataset ---------------------------------------------

@@ -43,10 +43,11 @@ from mnistnet.cli.common import (
 )
 from mnistnet.kinds import kind_of, layers_grammar, parse_layers
 from mnistnet.layers import Layer, Rescaling
-from mnistnet.model import LOSSES, Model
+from mnistnet.losses import CategoricalCrossentropy, Loss
+from mnistnet.model import LOSSES, Model, loss_for_output
 from mnistnet.optimizers import SGD, Adam, AdamW, Optimizer, RMSprop
 from mnistnet.plan import takes_images
-from mnistnet.presets import PRESETS, RECIPES, preset
+from mnistnet.presets import PRESETS, RECIPES, optimizer_options, preset
 from mnistnet.regularizers import L2
 from mnistnet.schedules import (
     CosineDecay,
@@ -127,6 +128,7 @@ def _by_recipe(setting: str, show: Callable[[Any], str] = str) -> str:
 
 def _presets_help() -> str:
     listed = ", ".join(f"{name} ({spec['about']})" for name, spec in PRESETS.items())
+    listed = listed.replace("%", "%%")  # argparse formats help strings with %
     return (f"a preset network, trained with its recipe unless told otherwise: {listed}; the "
             "first three are the tutorial's")
 
@@ -149,6 +151,11 @@ def add_arguments(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
                      help="loss of a --layers network (default: the output's, "
                           "categorical_crossentropy after softmax, else mse; a preset has "
                           "its own)")
+    sub.add_argument("--label-smoothing", type=_label_smoothing, metavar="AMOUNT",
+                     help="smooth the targets of categorical_crossentropy towards the "
+                          "uniform distribution, as Keras' label_smoothing (default: the "
+                          f"preset's, {_by_recipe('label_smoothing', lambda v: f'{v or 0:g}')};"
+                          " 0 for --layers)")
     sub.add_argument("--epochs", type=positive_int,
                      help=f"epochs to train (default: the preset's, {_by_recipe('epochs')}; "
                           f"{LAYERS_RECIPE['epochs']} for --layers)")
@@ -295,7 +302,8 @@ def _resumed_model(args: argparse.Namespace) -> Model:
     given = [option for option, value in (
         ("--loss", args.loss), ("--optimizer", args.optimizer), ("--lr", args.lr),
         ("--momentum", args.momentum), ("--seed", args.seed), ("--schedule", args.schedule),
-        ("--l2", args.l2), ("--validation-split", args.validation_split))
+        ("--l2", args.l2), ("--validation-split", args.validation_split),
+        ("--label-smoothing", args.label_smoothing))
         if value is not None]
     if given:
         raise CLIError(f"{', '.join(given)}: --resume continues with the model file's own "
@@ -408,8 +416,24 @@ def _resolve_recipe(args: argparse.Namespace) -> None:
 OPTIMIZER_RATES = {"sgd": 0.01, "adam": 0.001, "adamw": 0.001, "rmsprop": 0.001}
 
 
+def _label_smoothing(text: str) -> float:
+    """--label-smoothing's value: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
+    return value
+
+
 def _optimizer(args: argparse.Namespace, steps: int) -> Optimizer:
     rate = _schedule(args, steps) or args.lr
+    if args.preset is not None and args.optimizer == RECIPES[args.preset]["optimizer"]:
+        options = {key: value for key, value in optimizer_options(args.preset).items()
+                   if key != "momentum"}  # --momentum has been resolved from the recipe
+        if args.optimizer == "adam":
+            return Adam(rate, **options)
     if args.optimizer == "adam":
         return Adam(rate)
     if args.optimizer == "adamw":
@@ -426,7 +450,7 @@ def _build_model(args: argparse.Namespace, input_dim: int, steps: int, classes: 
                        optimizer=optimizer, input_dtype="uint8" if args.uint8 else "float32",
                        classes=classes)
         layers, shape = model.layers, {"input_shape": model.input_shape}
-        loss = model.loss
+        loss = model.loss_object
     else:
         layers, loss = args.layers, args.loss  # None: the output's (Model's default)
         if args.uint8 and not takes_images_as_is(layers):
@@ -439,8 +463,18 @@ def _build_model(args: argparse.Namespace, input_dim: int, steps: int, classes: 
         for layer in layers:
             if kind_of(layer).gemm:  # the kinds with a kernel: Dense, Conv2D
                 layer.kernel_regularizer = L2(args.l2)
+    if args.label_smoothing is not None:
+        loss = _smoothed(loss, layers, args.label_smoothing)
     return Model(layers, loss=loss, optimizer=optimizer, seed=args.seed, backend=args.backend,
                  **shape)
+
+
+def _smoothed(loss: str | Loss | None, layers: list, smoothing: float) -> Loss:
+    """The cross-entropy with --label-smoothing (a loss of another kind refuses it)."""
+    name = getattr(loss, "name", loss) or loss_for_output(layers[-1].activation)
+    if name != "categorical_crossentropy":
+        raise CLIError(f"--label-smoothing applies to categorical_crossentropy, not {name}")
+    return CategoricalCrossentropy(label_smoothing=smoothing)
 
 
 def _fit(model: Model, args: argparse.Namespace, x: np.ndarray, y: np.ndarray,
