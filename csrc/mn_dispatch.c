@@ -159,8 +159,12 @@ double mn_fma_peak_gflops(int threads, double seconds)
     }
     const long long rounds = (long long)((double)iters * seconds / took) + 1;
     double rate = 0.0;
+    /* at most the cores this process may run on, as every other parallel region */
+    const int cores = mn_available_cores();
+    const int team = threads < 1 ? 1 : threads > cores ? cores : threads;
+    (void)team;
 #ifdef _OPENMP
-#pragma omp parallel num_threads(threads < 1 ? 1 : threads) reduction(+ : rate)
+#pragma omp parallel num_threads(team) reduction(+ : rate)
 #endif
     {
         float mine = 0.0f;

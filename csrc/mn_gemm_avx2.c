@@ -29,6 +29,8 @@ static inline float avx2_hsum(__m256 v)
 #define V_SET1(x) _mm256_set1_ps(x)
 #define V_MADD(acc, a, b) _mm256_fmadd_ps((a), (b), (acc))
 #define V_ADD(a, b) _mm256_add_ps((a), (b))
+/* relu_forward's rule, x <= 0 ? 0 : x: the lanes not <= 0 (NaN included) kept, -0 zeroed. */
+#define V_RELU(v) _mm256_and_ps(_mm256_cmp_ps((v), _mm256_setzero_ps(), _CMP_NLE_UQ), (v))
 #define V_HSUM(v) avx2_hsum(v)
 /* One vector of an SGD step: w - lr * g, but w where that is NaN or Inf (sets *bad). */
 static inline __m256 v_sgd(__m256 w, __m256 g, __m256 lr, unsigned *bad)

@@ -21,6 +21,8 @@ typedef __m512 VF;
 #define V_SET1(x) _mm512_set1_ps(x)
 #define V_MADD(acc, a, b) _mm512_fmadd_ps((a), (b), (acc))
 #define V_ADD(a, b) _mm512_add_ps((a), (b))
+/* relu_forward's rule, x <= 0 ? 0 : x: the lanes not <= 0 (NaN included) kept, -0 zeroed. */
+#define V_RELU(v) _mm512_maskz_mov_ps(_mm512_cmp_ps_mask((v), _mm512_setzero_ps(), _CMP_NLE_UQ), (v))
 /* The lanes summed in pairs (l, l + 8), then (l, l + 4), (l, l + 2), (0, 1): spelt out rather
  * than _mm512_reduce_add_ps, whose order is the compiler's, because avx512_hsum_4x4 below
  * must give the same bits. */

@@ -554,7 +554,7 @@ static void maxpool2d_forward(float *restrict out, int *restrict argmax,
 MN_ALWAYS_INLINE void conv_tile(const int mr, const int nv, const int full_last, float *c,
                                 const float *a, const float *b, const float *bias,
                                 const mn_window *g, ptrdiff_t OC, int tail, ptrdiff_t kh0,
-                                ptrdiff_t kh1)
+                                ptrdiff_t kh1, int relu)
 {
     /* c: the tile's first output pixel (pixels OC floats apart); a: that pixel's window's
      * top-left input cell; b: the kernel as a (KH*KW*C, OC) matrix, at the panel's column.
@@ -562,23 +562,24 @@ MN_ALWAYS_INLINE void conv_tile(const int mr, const int nv, const int full_last,
     VF acc[MR_MAX][NV_MAX];
     MN_UNROLL for (int r = 0; r < mr; r++)
         MN_UNROLL for (int v = 0; v < nv; v++) acc[r][v] = V_ZERO();
-    const ptrdiff_t C = g->C, a_rs = g->SW * C, row = g->W * C;
-    const float *bk = b + kh0 * g->KW * C * OC;
-    for (ptrdiff_t kh = kh0; kh < kh1; kh++)
-        for (ptrdiff_t kw = 0; kw < g->KW; kw++) {
-            const float *ak = a + kh * row + kw * C;
-            for (ptrdiff_t ch = 0; ch < C; ch++, bk += OC) {
-                VF bv[NV_MAX];
-                MN_UNROLL for (int v = 0; v < nv - 1; v++) bv[v] = V_LOAD(bk + v * VW);
-                bv[nv - 1] = full_last ? V_LOAD(bk + (nv - 1) * VW)
-                                       : V_LOADN(bk + (nv - 1) * VW, tail);
-                MN_UNROLL for (int r = 0; r < mr; r++) {
-                    VF ar = V_SET1(ak[r * a_rs + ch]);
-                    MN_UNROLL for (int v = 0; v < nv; v++)
-                        acc[r][v] = V_MADD(acc[r][v], ar, bv[v]);
-                }
+    const ptrdiff_t C = g->C, a_rs = g->SW * C, row = g->W * C, cells = g->KW * C;
+    const float *bk = b + kh0 * cells * OC;
+    /* A kernel row's cells (kw, c) are contiguous in the window's input row: one loop over
+     * j = kw * C + c, in that order (a single short loop when C is 1). */
+    for (ptrdiff_t kh = kh0; kh < kh1; kh++) {
+        const float *ak = a + kh * row;
+        for (ptrdiff_t j = 0; j < cells; j++, bk += OC) {
+            VF bv[NV_MAX];
+            MN_UNROLL for (int v = 0; v < nv - 1; v++) bv[v] = V_LOAD(bk + v * VW);
+            bv[nv - 1] = full_last ? V_LOAD(bk + (nv - 1) * VW)
+                                   : V_LOADN(bk + (nv - 1) * VW, tail);
+            MN_UNROLL for (int r = 0; r < mr; r++) {
+                VF ar = V_SET1(ak[r * a_rs + j]);
+                MN_UNROLL for (int v = 0; v < nv; v++)
+                    acc[r][v] = V_MADD(acc[r][v], ar, bv[v]);
             }
         }
+    }
     MN_UNROLL for (int r = 0; r < mr; r++) {
         float *cr = c + r * OC;
         MN_UNROLL for (int v = 0; v < nv; v++) {
@@ -586,12 +587,17 @@ MN_ALWAYS_INLINE void conv_tile(const int mr, const int nv, const int full_last,
             VF out = acc[r][v];
             if (bias)
                 out = V_ADD(out, last ? V_LOADN(bias + v * VW, tail) : V_LOAD(bias + v * VW));
+#ifdef V_RELU
+            if (relu)
+                out = V_RELU(out);
+#endif
             if (last)
                 V_STOREN(cr + v * VW, out, tail);
             else
                 V_STORE(cr + v * VW, out);
         }
     }
+    (void)relu; /* without V_RELU, conv_forward applies it after the tile */
 }
 
 /* The kernel gradient's register tile: mr rows of the kernel matrix (each an input cell of
@@ -671,10 +677,11 @@ MN_ALWAYS_INLINE void conv_wgrad_tile(const int mr, const int nv, const int full
 
 static void conv_tile_any(int mr, int nv, float *c, const float *a, const float *b,
                           const float *bias, const mn_window *g, ptrdiff_t OC, int tail,
-                          ptrdiff_t kh0, ptrdiff_t kh1)
+                          ptrdiff_t kh0, ptrdiff_t kh1, int relu)
 {
     const int full_last = tail == VW;
-#define TILE_CALL(MR, NV, FULL) conv_tile(MR, NV, FULL, c, a, b, bias, g, OC, tail, kh0, kh1)
+#define TILE_CALL(MR, NV, FULL) \
+    conv_tile(MR, NV, FULL, c, a, b, bias, g, OC, tail, kh0, kh1, relu)
     switch (mr * 8 + nv - 1) {
         CONV_CASES
         default: abort(); /* unreachable: the caller clamps mr and nv to the tile */
@@ -697,7 +704,8 @@ static void conv_wgrad_tile_any(int mr, int nv, float *c, const ptrdiff_t *off,
 #undef TILE_CALL
 }
 
-/* x <= 0 ? 0 : x over n floats in place: relu_forward's rule (NaN stays NaN, -0 becomes 0). */
+/* x <= 0 ? 0 : x over n floats in place: relu_forward's rule (NaN stays NaN, -0 becomes 0);
+ * an ISA's V_RELU(v) is the same rule on a vector (the lanes where !(v <= 0) kept). */
 static inline void relu_run(float *x, ptrdiff_t n)
 {
     for (ptrdiff_t i = 0; i < n; i++) x[i] = x[i] <= 0.0f ? 0.0f : x[i];
@@ -728,9 +736,11 @@ static void conv_forward(float *out, const float *x, const float *w, const float
                 const int mr = (int)((g->OW - ow) / (tiles - t)); /* the larger ones last */
                 float *o = out + (oh * g->OW + ow) * OC + j0;
                 conv_tile_any(mr, nv, o, xr + ow * g->SW * C, w + j0, bias ? bias + j0 : NULL,
-                              g, OC, tail, kh0, kh1);
+                              g, OC, tail, kh0, kh1, relu);
+#ifndef V_RELU /* else applied in registers */
                 if (relu)
                     for (int r = 0; r < mr; r++) relu_run(o + r * OC, nc);
+#endif
                 ow += mr;
             }
         }

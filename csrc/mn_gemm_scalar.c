@@ -16,6 +16,7 @@ typedef float VF;
 #define V_SET1(x) (x)
 #define V_MADD(acc, a, b) ((acc) + (a) * (b))
 #define V_ADD(a, b) ((a) + (b))
+#define V_RELU(v) ((v) <= 0.0f ? 0.0f : (v)) /* relu_forward's rule */
 #define V_HSUM(v) (v)
 /* One element of an SGD step: w - lr * g, but w where that is NaN or Inf (sets *bad). */
 static inline float v_sgd(float w, float g, float lr, unsigned *bad)

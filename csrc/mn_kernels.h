@@ -81,7 +81,8 @@ void mn_conv2d_flip_kernel(float *flipped, const float *weight, const mn_window 
 void mn_conv2d_input_grad(float *dinp, float *scratch, const float *dout,
                           const float *flipped, const mn_window *g, ptrdiff_t B, ptrdiff_t OC);
 /* GFLOP/s of a register-resident loop of the active SIMD path's multiply-adds on `threads`
- * threads at once, run for about `seconds`: the machine's arithmetic limit. */
+ * threads at once (at most mn_available_cores()), run for about `seconds`: the machine's
+ * arithmetic limit. */
 double mn_fma_peak_gflops(int threads, double seconds);
 /* Seconds of CPU the calling thread has used (wall seconds where there is no such clock). */
 double mn_thread_seconds(void);

@@ -309,7 +309,10 @@ def openmp_enabled() -> bool:
 def fma_peak_gflops(int threads=0, double seconds=0.2) -> float:
     """GFLOP/s of a register-resident loop of the active SIMD path's multiply-adds run on
     `threads` threads at once (0: the kernels' thread count) for about `seconds`: what the
-    cores can do at most, the yardstick of every GFLOP/s figure."""
+    cores can do at most, the yardstick of every GFLOP/s figure. At most the cores this
+    process may run on take part; seconds lies in (0, 60]."""
+    if not 0 < seconds <= 60:
+        raise ValueError(f"seconds must lie in (0, 60], got {seconds}")
     if threads <= 0:
         threads = mn_get_num_threads()
     cdef double out

@@ -663,9 +663,12 @@ def fit_peak_memory(name: str, input_dtype: str, folder: Any = None,
     the whole process, loading included."""
     classes = len(datasets.class_names(dataset))
     command = [sys.executable, "-c", PEAK_SCRIPT, name, input_dtype,
-               "" if folder is None else os.fspath(folder), dataset, str(classes)]
+               "" if folder is None else os.path.abspath(folder), dataset, str(classes)]
+    # Run from the folder holding this mnistnet, so that the child imports this one (python
+    # -c puts its working folder first on sys.path: a source checkout there would shadow it).
     done = subprocess.run(command, capture_output=True, text=True, timeout=PEER_TIMEOUT,
-                          check=False)
+                          check=False, cwd=os.path.dirname(os.path.dirname(
+                              os.path.abspath(__file__))))
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]

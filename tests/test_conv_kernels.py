@@ -307,3 +307,24 @@ def test_adam_step_must_be_positive():
     a = np.ones(2, np.float32)
     with pytest.raises(ValueError, match="step must be >= 1"):
         fast.adam_update(a, a, a.copy(), a.copy(), 0.001, 0.9, 0.999, 1e-7, 0)
+
+
+def test_conv2d_forward_relu_in_registers_keeps_relu_forwards_rule_for_nan(simd_path):
+    """The ReLU applied to each output tile in registers is relu_forward's rule, x <= 0 ? 0 :
+    x, on every path: NaN stays NaN (a NaN pixel spoils the windows that read it), and what
+    is <= 0 becomes +0."""
+    rng = np.random.default_rng(7)
+    inp = rng.standard_normal((3, 9, 9, 1)).astype(np.float32)
+    inp[1, 4, 4, 0] = np.nan
+    weight = rng.standard_normal((3, 3, 1, 24)).astype(np.float32)
+    weight[..., :5] = 0.0  # these filters give bias exactly: +0, -0 and negative ones
+    bias = rng.standard_normal(24).astype(np.float32)
+    bias[:3] = (0.0, -0.0, -1.0)
+    padded = np.empty((3, *reference.conv2d_padded_shape((9, 9, 1), (3, 3), (1, 1), "valid")),
+                      np.float32)
+    plain = fast.conv2d_forward(None, padded, inp, weight, bias, 1, "valid")
+    fused = fast.conv2d_forward(None, padded, inp, weight, bias, 1, "valid", relu=True)
+    want = fast.relu_forward(None, plain)
+    assert np.isnan(fused[1]).any() and not np.isnan(fused[0]).any()
+    np.testing.assert_array_equal(fused, want)
+    assert not np.signbit(fused[np.isfinite(fused)]).any()  # no -0 survives

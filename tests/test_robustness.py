@@ -429,8 +429,7 @@ UNKNOWN_NAMES = {
     "activation": (lambda v: mn.Dense(3, activation=v), "linear, sigmoid, relu, softmax, tanh"),
     "loss": (lambda v: mn.Model([mn.Dense(3)], input_dim=IN, loss=v),
              "mse, categorical_crossentropy"),
-    "preset": (lambda v: mn.preset(v),
-               "perceptron, hidden-relu, cross-entropy, convnet, convnet-plus, lenet5"),
+    "preset": (lambda v: mn.preset(v), ", ".join(mn.PRESETS)),
     "backend": (lambda v: mn.Model([mn.Dense(3)], input_dim=IN, backend=v), "fast, reference"),
 }
 

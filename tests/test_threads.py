@@ -191,3 +191,14 @@ def test_threadpool_limits_makes_a_fit_run_on_one_thread(limit, tmp_path):
     else:  # the control: the same fit unlimited starts OpenMP's pool and runs a team
         assert int(used) == CORES and int(new_threads) == CORES - 1, result.stdout
         assert team != "none", result.stdout
+
+
+def test_the_fma_peak_runs_on_at_most_the_cores_and_refuses_absurd_durations():
+    """fma_peak_gflops' parallel region is clamped like every other: a huge thread count
+    measures the cores there are instead of crashing inside OpenMP."""
+    from mnistnet import _kernels
+
+    assert 0 < _kernels.fma_peak_gflops(threads=100_000, seconds=0.01) < 1e6
+    for seconds in (0.0, -1.0, 61.0, float("nan")):
+        with pytest.raises(ValueError, match="seconds must lie in"):
+            _kernels.fma_peak_gflops(threads=1, seconds=seconds)
