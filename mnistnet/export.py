@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mnistnet._files import write_atomically
 from mnistnet._version import __version__
 from mnistnet.codes import window_geometry
 from mnistnet.kinds import IDENTITY, Kind, kind_of
@@ -166,22 +166,6 @@ def make_output_folder(path: str | os.PathLike, label: str) -> Path:
     return folder
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write data to a temporary file next to path, then rename it over path: readers see
-    the old file or the complete new one, never a half-written one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 # ---- ONNX ----------------------------------------------------------------------------------
 
 def _import_onnx() -> Any:
@@ -302,7 +286,7 @@ def export_onnx(model: Model, path: str | os.PathLike, opset: int = DEFAULT_OPSE
         raise IsADirectoryError(f"{target} is a folder, not a file name")
     data = onnx_model(model, opset).SerializeToString()
     make_output_folder(target.parent, f"output file {target}")
-    _write_atomically(target, data)
+    write_atomically(target, data)
     return target
 
 
@@ -560,6 +544,6 @@ def export_c(model: Model, directory: str | os.PathLike,
     program = c_program(model, name)
     folder = make_output_folder(directory, f"output folder {directory}")
     header, source = folder / f"{name}.h", folder / f"{name}.c"
-    _write_atomically(header, _c_header(model, name).encode())
-    _write_atomically(source, _c_source(model, program).encode())
+    write_atomically(header, _c_header(model, name).encode())
+    write_atomically(source, _c_source(model, program).encode())
     return header, source

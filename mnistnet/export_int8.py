@@ -61,11 +61,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mnistnet._files import write_atomically
 from mnistnet.codes import window_geometry
 from mnistnet.export import (
     C_ACTIVATIONS,
     _c_comment,
-    _write_atomically,
     c_float,
     check_c_name,
     check_output_folder,
@@ -770,6 +770,6 @@ def export_quantized_c(q: QuantizedModel, directory: str | os.PathLike,
     program = c_program(q, name)
     folder = make_output_folder(directory, f"output folder {directory}")
     header, source = folder / f"{name}.h", folder / f"{name}.c"
-    _write_atomically(header, _c_header(q, name, program).encode())
-    _write_atomically(source, _c_source(q, program).encode())
+    write_atomically(header, _c_header(q, name, program).encode())
+    write_atomically(source, _c_source(q, program).encode())
     return header, source

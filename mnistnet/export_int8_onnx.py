@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mnistnet._files import write_atomically
 from mnistnet._version import __version__
 from mnistnet.export import (
     DEFAULT_OPSET,
     OnnxGraph,
     _check_opset,
     _import_onnx,
-    _write_atomically,
     check_output_folder,
     make_output_folder,
     window_pads,
@@ -209,5 +209,5 @@ def export_quantized_onnx(q: QuantizedModel, path: str | os.PathLike,
         raise IsADirectoryError(f"{target} is a folder, not a file name")
     data = quantized_onnx_model(q, opset).SerializeToString()
     make_output_folder(target.parent, f"output file {target}")
-    _write_atomically(target, data)
+    write_atomically(target, data)
     return target

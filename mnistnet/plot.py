@@ -28,7 +28,6 @@ import io
 import json
 import math
 import os
-import secrets
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mnistnet._files import write_atomically
 from mnistnet.layers import Conv2D, Dense
 from mnistnet.model import Model
 from mnistnet.presets import PRESETS
@@ -89,23 +89,8 @@ def save(figure: Figure, path: PathLike) -> Path:
                          f"*.png or *.svg")
     buffer = io.BytesIO()
     figure.savefig(buffer, format=file_format, dpi=SAVE_DPI)
-    _write_atomically(target, buffer.getvalue())
+    write_atomically(target, buffer.getvalue())
     return target
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open's mode gives the usual permissions (0o666 minus the umask), unlike mkstemp.
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def _panel_grid(figure: Figure, count: int, columns: int) -> list[Axes]:

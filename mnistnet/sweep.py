@@ -96,6 +96,7 @@ from typing import Any
 import numpy as np
 
 from mnistnet import datasets, fast
+from mnistnet._files import write_text_atomically
 from mnistnet.layers import Dense
 from mnistnet.model import Model, loss_for_output
 from mnistnet.optimizers import SGD, Adam, AdamW, Optimizer, RMSprop
@@ -551,9 +552,9 @@ class SweepTable:
         best = self.best
         for row in self.rows.values():
             row["best"] = int(row is best)
-        _atomic_write_text(self.path, self.csv_text())
+        write_text_atomically(self.path, self.csv_text())
         if self.json_path is not None:
-            _atomic_write_text(self.json_path, self.json_text())
+            write_text_atomically(self.json_path, self.json_text())
 
     def csv_text(self) -> str:
         rows = self.ordered()
@@ -618,22 +619,6 @@ def _parsed_row(record: dict[str, str], path: Path, line: int) -> dict[str, Any]
         raise SweepError(f"{path}, line {line}: a row without run_id; choose another output "
                          "file")
     return row
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file beside path, then rename it over path: a reader (or a
-    crash) sees the old table or the new one, never part of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def check_output_path(path: str | os.PathLike, what: str) -> Path:

@@ -22,8 +22,8 @@ ROOT = "mnistnet"
 
 # Lower ranks are further down; a module may import its own rank or lower ones.
 RANKS = {
-    "neutral codes and data": ("_version", "_source_tree", "codes", "data", "regularizers",
-                               "schedules", "losses"),
+    "neutral codes and data": ("_version", "_source_tree", "_files", "codes", "data",
+                               "regularizers", "schedules", "losses"),
     "backends": ("_kernels", "_layers", "_optimizers", "_network", "_epoch", "_dense", "fast",
                  "reference"),
     "the model's parts": ("layers", "kinds", "plan", "optimizers", "callbacks"),

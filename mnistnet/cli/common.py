@@ -7,9 +7,7 @@ import argparse
 import errno
 import math
 import os
-import secrets
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NoReturn
 
 from mnistnet import datasets
@@ -146,24 +144,6 @@ def check_output_path(option: str, path: str) -> None:
         raise CLIError(f"{option} {path}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise CLIError(f"{option} {path}: folder {folder} is not writable")
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to a temporary file in the destination folder, then rename it into
-    place: readers see the old file or the complete new one, never a partial one. The file
-    gets the usual permissions (0o666 minus the umask)."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def load_data(loader: Callable[..., Any], data: str | None, *args: Any, **kwargs: Any) -> Any:

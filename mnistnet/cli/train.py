@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from mnistnet._files import write_text_atomically
 from mnistnet._version import __version__
 from mnistnet.callbacks import (
     Callback,
@@ -28,7 +29,6 @@ from mnistnet.cli.common import (
     PROG,
     CLIError,
     add_data_and_backend,
-    atomic_write_text,
     check_fits,
     check_output_path,
     dataset_for,
@@ -544,4 +544,4 @@ def _write_history(path: str, history: History, model: Model,
         "diverged": diverged,
         "mnistnet_version": __version__,
     }
-    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    write_text_atomically(path, json.dumps(record, indent=2) + "\n")
