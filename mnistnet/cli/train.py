@@ -429,18 +429,17 @@ def _label_smoothing(text: str) -> float:
 
 def _optimizer(args: argparse.Namespace, steps: int) -> Optimizer:
     rate = _schedule(args, steps) or args.lr
+    options: dict[str, Any] = {}  # the recipe's betas, EMA, ... when its optimizer is kept
     if args.preset is not None and args.optimizer == RECIPES[args.preset]["optimizer"]:
         options = {key: value for key, value in optimizer_options(args.preset).items()
                    if key != "momentum"}  # --momentum has been resolved from the recipe
-        if args.optimizer == "adam":
-            return Adam(rate, **options)
     if args.optimizer == "adam":
-        return Adam(rate)
+        return Adam(rate, **options)
     if args.optimizer == "adamw":
-        return AdamW(rate)
+        return AdamW(rate, **options)
     if args.optimizer == "rmsprop":
-        return RMSprop(rate, momentum=args.momentum or 0.0)
-    return SGD(rate, momentum=args.momentum or 0.0)
+        return RMSprop(rate, momentum=args.momentum or 0.0, **options)
+    return SGD(rate, momentum=args.momentum or 0.0, **options)
 
 
 def _build_model(args: argparse.Namespace, input_dim: int, steps: int, classes: int) -> Model:
