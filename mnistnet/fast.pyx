@@ -1012,13 +1012,19 @@ def train_step(plan, params, grads, state, acts, dacts, int loss, x, y, optimize
     cdef Net net = _net(plan, params, grads, state, acts, dacts, loss, n, optimizer)
     cdef Step s
     _set_step(&s, learning_rate, iterations, key)
-    acts[: x.size] = x.reshape(-1)
-    start = n * plan.targets
-    acts[start: start + y.size] = y.reshape(-1)
+    _place_batch(acts, x, y, plan)
     cdef double out
     with nogil:
         out = k.train_step(&net, n, &s)
     return out
+
+
+def _place_batch(acts, x, y, plan):
+    """The batch's inputs at the start of acts and its targets at the plan's targets
+    offset, where a step reads them."""
+    acts[: x.size] = x.reshape(-1)
+    start = x.shape[0] * plan.targets
+    acts[start: start + y.size] = y.reshape(-1)
 
 
 def profile_step(plan, params, grads, state, acts, dacts, int loss, x, y, optimizer,
@@ -1038,9 +1044,7 @@ def profile_step(plan, params, grads, state, acts, dacts, int loss, x, y, optimi
     net.profile = &t[0, 0]
     cdef Step s
     _set_step(&s, learning_rate, iterations, key)
-    acts[: x.size] = x.reshape(-1)
-    start = n * plan.targets
-    acts[start: start + y.size] = y.reshape(-1)
+    _place_batch(acts, x, y, plan)
     cdef double step_seconds
     with nogil:
         step_seconds = k.profile_steps(&net, n, &s, steps)

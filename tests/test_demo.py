@@ -104,14 +104,7 @@ def predict(server: demo.DemoServer, pixels: np.ndarray) -> dict[str, Any]:
 
 def raw_request(server: demo.DemoServer, data: bytes) -> tuple[int, dict[str, Any]]:
     """Send bytes as they are (for what urllib will not send); (status, JSON body)."""
-    host, port = server.server_address[:2]
-    with socket.create_connection((host, port), timeout=TIMEOUT) as connection:
-        connection.sendall(data)
-        connection.shutdown(socket.SHUT_WR)
-        reply = b""
-        while chunk := connection.recv(65536):
-            reply += chunk
-    head, _, body = reply.partition(b"\r\n\r\n")
+    head, _, body = raw_answer(server, data).partition(b"\r\n\r\n")
     return int(head.split()[1]), json.loads(body)
 
 

@@ -63,7 +63,7 @@ def test_label_smoothing_on_the_command_line(tmp_path, capsys):
     assert "--label-smoothing applies to categorical_crossentropy, not mse" in (
         capsys.readouterr().err)
     assert main(["train", "--preset", "speedrun", "--label-smoothing", "1", *common]) == 2
-    assert "must be a number in [0, 1), got '1'" in capsys.readouterr().err
+    assert "argument --label-smoothing: must lie in [0, 1), got '1'" in capsys.readouterr().err
 
 
 # Rows of MNIST each preset trains on in the fast test: its recipe's epochs of them are

@@ -91,7 +91,8 @@ def l2_factor(text: str) -> float:
     return value
 
 
-def momentum_value(text: str) -> float:
+def unit_fraction(text: str) -> float:
+    """A number in [0, 1): --momentum's and --label-smoothing's values."""
     value = number(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text!r}")

@@ -37,9 +37,9 @@ from mnistnet.cli.common import (
     learning_rate,
     load_dataset,
     load_model,
-    momentum_value,
     non_negative_int,
     positive_int,
+    unit_fraction,
 )
 from mnistnet.kinds import kind_of, layers_grammar, parse_layers
 from mnistnet.layers import Layer, Rescaling
@@ -151,7 +151,7 @@ def add_arguments(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
                      help="loss of a --layers network (default: the output's, "
                           "categorical_crossentropy after softmax, else mse; a preset has "
                           "its own)")
-    sub.add_argument("--label-smoothing", type=_label_smoothing, metavar="AMOUNT",
+    sub.add_argument("--label-smoothing", type=unit_fraction, metavar="AMOUNT",
                      help="smooth the targets of categorical_crossentropy towards the "
                           "uniform distribution, as Keras' label_smoothing (default: the "
                           f"preset's, {_by_recipe('label_smoothing', lambda v: f'{v or 0:g}')};"
@@ -181,7 +181,7 @@ def add_arguments(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
     sub.add_argument("--l2", type=l2_factor, metavar="L2",
                      help="L2 regularisation of every Dense and Conv2D kernel (adds "
                           "L2 * sum(w^2) to the loss)")
-    sub.add_argument("--momentum", type=momentum_value,
+    sub.add_argument("--momentum", type=unit_fraction,
                      help="SGD's momentum in [0, 1) (default 0; --optimizer sgd only)")
     sub.add_argument("--seed", type=non_negative_int,
                      help="seeds the initial weights, every epoch's shuffle and the dropout "
@@ -414,17 +414,6 @@ def _resolve_recipe(args: argparse.Namespace) -> None:
 
 # Keras' default learning rates.
 OPTIMIZER_RATES = {"sgd": 0.01, "adam": 0.001, "adamw": 0.001, "rmsprop": 0.001}
-
-
-def _label_smoothing(text: str) -> float:
-    """--label-smoothing's value: a number in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
-    return value
 
 
 def _optimizer(args: argparse.Namespace, steps: int) -> Optimizer:
