@@ -395,7 +395,9 @@ cdef Py_ssize_t team_stretch(const Net* net, const EpochArgs* args, Py_ssize_t s
 # batches of a team probe then took 18 ms instead of 0.9 on one thread). So the team's
 # stretches end early once they fall behind: a probe as soon as it has taken as long as the
 # whole one-thread probe (it cannot win any more), a run of RUN_BATCHES after a won probe
-# once it averages SLOW_FACTOR times slower than that probe (after RUN_MIN_BATCHES). After a
+# once it averages SLOW_FACTOR times slower than that probe, or slower than the one-thread
+# probe (after RUN_MIN_BATCHES: with one core busy, the cross-entropy net's 60,000-row epoch
+# on the team went from 1.13-1.18x the one-thread epoch to 1.01-1.04x). After a
 # lost probe the one-thread stretch starts at SHORT_RUN_BATCHES (fewer if they would take more
 # than SHORT_RUN_SECONDS) and doubles with each further loss, up to RUN_BATCHES, so a passing
 # load costs little more than itself. A probe of long batches ends after PROBE_SECONDS (and at
@@ -476,9 +478,10 @@ cdef Py_ssize_t probed_stretch(const Net* net, const EpochArgs* args, Py_ssize_t
         return start
     if team_per_batch * probe < serial_time:
         serial_run[0] = 0  # the next loss starts short again
+        # The run ends once it averages slower than its probe allows, or than one thread.
         return team_stretch(net, args, start, min(N, start + RUN_BATCHES * bs), threads,
-                            SLOW_FACTOR * team_per_batch, RUN_MIN_BATCHES, 0, res,
-                            last_check)
+                            min(SLOW_FACTOR * team_per_batch, serial_time / probe),
+                            RUN_MIN_BATCHES, 0, res, last_check)
     # A lost probe may have waited long for a descheduled thread: run one thread long
     # enough that probing costs at most a fifth of the time.
     if serial_run[0] == 0:
