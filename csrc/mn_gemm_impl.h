@@ -787,76 +787,123 @@ static void conv_weight_grad(float *dw, const float *x, ptrdiff_t x_stride, cons
  * it and whatever the vector width. */
 #define BN_GROUP 64
 
+/* Each channel-group routine below is written once over its group width G: called with a
+ * literal G (bn_group_width's widths), its per-channel accumulators live in registers; any
+ * other width takes the same code with G a variable. The operations per channel are the same
+ * whatever G, so the bits are too. */
+#define BN_WIDTHS(CALL, g) \
+    switch (g) { case 64: CALL(64); break; case 32: CALL(32); break; \
+                 case 16: CALL(16); break; case 8: CALL(8); break; default: CALL(g); }
+
+/* The forward's xhat of channel j in row r, recomputed: (x - shift) * scale. With the
+ * batch's mean and invstd it is the forward's xhat bit for bit (no FMA: -ffp-contract=off);
+ * a stored xhat is read with shift 0 and scale 1, which leave it as it is. */
+#define BN_XHAT(xr, shift, scale, j) (((xr)[j] - (shift)[j]) * (scale)[j])
+
+MN_ALWAYS_INLINE void bn_stats_group(float *mean, float *var, float *invstd, const float *x,
+                                     double epsilon, ptrdiff_t M, ptrdiff_t C, const int G)
+{
+    double acc[BN_GROUP];
+    for (int j = 0; j < G; j++) acc[j] = 0.0;
+    for (ptrdiff_t r = 0; r < M; r++) {
+        const float *row = x + r * C;
+        MN_UNROLL for (int j = 0; j < G; j++) acc[j] += (double)row[j];
+    }
+    float mu[BN_GROUP]; /* a local copy: stores to mean cannot alias x */
+    for (int j = 0; j < G; j++) {
+        mean[j] = mu[j] = (float)(acc[j] / (double)M);
+        acc[j] = 0.0;
+    }
+    for (ptrdiff_t r = 0; r < M; r++) {
+        const float *row = x + r * C;
+        MN_UNROLL for (int j = 0; j < G; j++) {
+            const float d = row[j] - mu[j];
+            acc[j] += (double)d * (double)d;
+        }
+    }
+    for (int j = 0; j < G; j++) {
+        const double v = acc[j] / (double)M;
+        var[j] = (float)v;
+        invstd[j] = (float)(1.0 / sqrt(v + epsilon));
+    }
+}
+
 static void bn_stats(float *mean, float *var, float *invstd, const float *x, double epsilon,
                      ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t M, ptrdiff_t C)
 {
-    double acc[BN_GROUP];
     for (ptrdiff_t g0 = c0; g0 < c1; g0 += BN_GROUP) {
-        const ptrdiff_t g = c1 - g0 < BN_GROUP ? c1 - g0 : BN_GROUP;
-        for (ptrdiff_t j = 0; j < g; j++) acc[j] = 0.0;
-        for (ptrdiff_t r = 0; r < M; r++) {
-            const float *row = x + r * C + g0;
-            for (ptrdiff_t j = 0; j < g; j++) acc[j] += (double)row[j];
-        }
-        for (ptrdiff_t j = 0; j < g; j++) {
-            mean[g0 + j] = (float)(acc[j] / (double)M);
-            acc[j] = 0.0;
-        }
-        const float *m = mean + g0;
-        for (ptrdiff_t r = 0; r < M; r++) {
-            const float *row = x + r * C + g0;
-            for (ptrdiff_t j = 0; j < g; j++) {
-                const float d = row[j] - m[j];
-                acc[j] += (double)d * (double)d;
-            }
-        }
-        for (ptrdiff_t j = 0; j < g; j++) {
-            const double v = acc[j] / (double)M;
-            var[g0 + j] = (float)v;
-            invstd[g0 + j] = (float)(1.0 / sqrt(v + epsilon));
+        const int g = (int)(c1 - g0 < BN_GROUP ? c1 - g0 : BN_GROUP);
+#define BN_STATS(G) bn_stats_group(mean + g0, var + g0, invstd + g0, x + g0, epsilon, M, C, G)
+        BN_WIDTHS(BN_STATS, g)
+#undef BN_STATS
+    }
+}
+
+MN_ALWAYS_INLINE void bn_normalize_rows(float *restrict out, float *restrict xhat,
+                                        const float *restrict x, const float *gamma,
+                                        const float *beta, const float *mean,
+                                        const float *invstd, ptrdiff_t M, ptrdiff_t C,
+                                        const int relu)
+{
+    for (ptrdiff_t r = 0; r < M; r++) {
+        const float *xr = x + r * C;
+        float *orow = out + r * C;
+        for (ptrdiff_t c = 0; c < C; c++) {
+            const float h = BN_XHAT(xr, mean, invstd, c);
+            if (xhat) xhat[r * C + c] = h;
+            const float o = gamma[c] * h + beta[c];
+            orow[c] = relu && o <= 0.0f ? 0.0f : o; /* relu_forward's, NaN kept */
         }
     }
 }
 
 static void bn_normalize(float *restrict out, float *restrict xhat, const float *restrict x,
                          const float *gamma, const float *beta, const float *mean,
-                         const float *invstd, ptrdiff_t M, ptrdiff_t C)
+                         const float *invstd, ptrdiff_t M, ptrdiff_t C, int relu)
 {
-    for (ptrdiff_t r = 0; r < M; r++) {
-        const float *xr = x + r * C;
-        float *hr = xhat + r * C, *orow = out + r * C;
-        for (ptrdiff_t c = 0; c < C; c++) {
-            const float h = (xr[c] - mean[c]) * invstd[c];
-            hr[c] = h;
-            orow[c] = gamma[c] * h + beta[c];
-        }
-    }
+    /* four loops, so that each vectorises without a test per element */
+    if (xhat && relu) bn_normalize_rows(out, xhat, x, gamma, beta, mean, invstd, M, C, 1);
+    else if (xhat) bn_normalize_rows(out, xhat, x, gamma, beta, mean, invstd, M, C, 0);
+    else if (relu) bn_normalize_rows(out, NULL, x, gamma, beta, mean, invstd, M, C, 1);
+    else bn_normalize_rows(out, NULL, x, gamma, beta, mean, invstd, M, C, 0);
 }
 
-static void bn_backward_sums(float *dgamma, float *dbeta, const float *dout, const float *xhat,
-                             ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t M, ptrdiff_t C)
+MN_ALWAYS_INLINE void bn_sums_group(float *dgamma, float *dbeta, const float *dout,
+                                    const float *x, const float *shift, const float *scale,
+                                    ptrdiff_t M, ptrdiff_t C, const int G)
 {
     double sx[BN_GROUP], sy[BN_GROUP];
-    for (ptrdiff_t g0 = c0; g0 < c1; g0 += BN_GROUP) {
-        const ptrdiff_t g = c1 - g0 < BN_GROUP ? c1 - g0 : BN_GROUP;
-        for (ptrdiff_t j = 0; j < g; j++) sx[j] = sy[j] = 0.0;
-        for (ptrdiff_t r = 0; r < M; r++) {
-            const float *d = dout + r * C + g0, *h = xhat + r * C + g0;
-            for (ptrdiff_t j = 0; j < g; j++) {
-                sy[j] += (double)d[j];
-                sx[j] += (double)d[j] * (double)h[j];
-            }
+    for (int j = 0; j < G; j++) sx[j] = sy[j] = 0.0;
+    for (ptrdiff_t r = 0; r < M; r++) {
+        const float *d = dout + r * C, *xr = x + r * C;
+        MN_UNROLL for (int j = 0; j < G; j++) {
+            sy[j] += (double)d[j];
+            sx[j] += (double)d[j] * (double)BN_XHAT(xr, shift, scale, j);
         }
-        for (ptrdiff_t j = 0; j < g; j++) {
-            dgamma[g0 + j] = (float)sx[j];
-            dbeta[g0 + j] = (float)sy[j];
-        }
+    }
+    for (int j = 0; j < G; j++) {
+        dgamma[j] = (float)sx[j];
+        dbeta[j] = (float)sy[j];
     }
 }
 
-static void bn_input_grad(float *dinp, const float *dout, const float *xhat,
-                          const float *gamma, const float *invstd, const float *dgamma,
-                          const float *dbeta, ptrdiff_t rows, ptrdiff_t M, ptrdiff_t C)
+static void bn_backward_sums(float *dgamma, float *dbeta, const float *dout, const float *x,
+                             const float *shift, const float *scale, ptrdiff_t c0,
+                             ptrdiff_t c1, ptrdiff_t M, ptrdiff_t C)
+{
+    for (ptrdiff_t g0 = c0; g0 < c1; g0 += BN_GROUP) {
+        const int g = (int)(c1 - g0 < BN_GROUP ? c1 - g0 : BN_GROUP);
+#define BN_SUMS(G) bn_sums_group(dgamma + g0, dbeta + g0, dout + g0, x + g0, shift + g0, \
+                                 scale + g0, M, C, G)
+        BN_WIDTHS(BN_SUMS, g)
+#undef BN_SUMS
+    }
+}
+
+static void bn_input_grad(float *restrict dinp, const float *dout, const float *x,
+                          const float *shift, const float *scale, const float *gamma,
+                          const float *invstd, const float *dgamma, const float *dbeta,
+                          ptrdiff_t rows, ptrdiff_t M, ptrdiff_t C)
 {
     float k[BN_GROUP];
     const float m = (float)M;
@@ -864,12 +911,13 @@ static void bn_input_grad(float *dinp, const float *dout, const float *xhat,
         const ptrdiff_t g = C - g0 < BN_GROUP ? C - g0 : BN_GROUP;
         for (ptrdiff_t j = 0; j < g; j++)
             k[j] = (float)((double)gamma[g0 + j] * (double)invstd[g0 + j] / (double)M);
-        const float *db = dbeta + g0, *dg = dgamma + g0;
+        const float *db = dbeta + g0, *dg = dgamma + g0, *sh = shift + g0, *sc = scale + g0;
         for (ptrdiff_t r = 0; r < rows; r++) {
             const ptrdiff_t i = r * C + g0;
-            const float *d = dout + i, *h = xhat + i;
+            const float *d = dout + i, *xr = x + i;
             float *o = dinp + i;
-            for (ptrdiff_t j = 0; j < g; j++) o[j] = k[j] * ((m * d[j] - db[j]) - h[j] * dg[j]);
+            for (ptrdiff_t j = 0; j < g; j++)
+                o[j] = k[j] * ((m * d[j] - db[j]) - BN_XHAT(xr, sh, sc, j) * dg[j]);
         }
     }
 }

@@ -120,13 +120,14 @@ typedef struct {
                      ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t M, ptrdiff_t C);
     void (*bn_normalize)(float *out, float *xhat, const float *x, const float *gamma,
                          const float *beta, const float *mean, const float *invstd,
-                         ptrdiff_t M, ptrdiff_t C);
-    void (*bn_backward_sums)(float *dgamma, float *dbeta, const float *dout,
-                             const float *xhat, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t M,
-                             ptrdiff_t C);
-    void (*bn_input_grad)(float *dinp, const float *dout, const float *xhat,
-                          const float *gamma, const float *invstd, const float *dgamma,
-                          const float *dbeta, ptrdiff_t rows, ptrdiff_t M, ptrdiff_t C);
+                         ptrdiff_t M, ptrdiff_t C, int relu);
+    void (*bn_backward_sums)(float *dgamma, float *dbeta, const float *dout, const float *x,
+                             const float *shift, const float *scale, ptrdiff_t c0,
+                             ptrdiff_t c1, ptrdiff_t M, ptrdiff_t C);
+    void (*bn_input_grad)(float *dinp, const float *dout, const float *x, const float *shift,
+                          const float *scale, const float *gamma, const float *invstd,
+                          const float *dgamma, const float *dbeta, ptrdiff_t rows,
+                          ptrdiff_t M, ptrdiff_t C);
 } mn_gemm_table;
 
 extern const mn_gemm_table mn_gemm_scalar;

@@ -108,18 +108,24 @@ void mn_maxpool2d_backward(float *dinp, const float *dout, const int *argmax,
  * channel's sums in double over the rows in order.   mean, var, invstd (C), x (M, C) */
 void mn_bn_stats(float *mean, float *var, float *invstd, const float *x, double epsilon,
                  ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t M, ptrdiff_t C);
-/* xhat = (x - mean) * invstd; out = gamma * xhat + beta.   out, xhat, x (M, C) */
+/* xhat = (x - mean) * invstd; out = gamma * xhat + beta, then relu's x <= 0 ? 0 : x if relu.
+ * xhat NULL: not stored (the backward recomputes it from x).   out, xhat, x (M, C) */
 void mn_bn_normalize(float *out, float *xhat, const float *x, const float *gamma,
                      const float *beta, const float *mean, const float *invstd, ptrdiff_t M,
-                     ptrdiff_t C);
-/* Channels c0..c1: dgamma = sum(dout * xhat), dbeta = sum(dout), in double over the rows. */
-void mn_bn_backward_sums(float *dgamma, float *dbeta, const float *dout, const float *xhat,
-                         ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t M, ptrdiff_t C);
+                     ptrdiff_t C, int relu);
+/* The backward reads the forward's xhat as (x - shift) * scale per channel: from the forward's
+ * input with shift = mean and scale = invstd (the forward's xhat bit for bit), or from a
+ * stored xhat with shift 0 and scale 1.
+ * Channels c0..c1: dgamma = sum(dout * xhat), dbeta = sum(dout), in double over the rows. */
+void mn_bn_backward_sums(float *dgamma, float *dbeta, const float *dout, const float *x,
+                         const float *shift, const float *scale, ptrdiff_t c0, ptrdiff_t c1,
+                         ptrdiff_t M, ptrdiff_t C);
 /* rows rows of dinp = (gamma * invstd / M) * ((M * dout - dbeta) - xhat * dgamma), the sums
- * those of the whole batch of M rows.   dinp, dout, xhat (rows, C) */
-void mn_bn_input_grad(float *dinp, const float *dout, const float *xhat, const float *gamma,
-                      const float *invstd, const float *dgamma, const float *dbeta,
-                      ptrdiff_t rows, ptrdiff_t M, ptrdiff_t C);
+ * those of the whole batch of M rows.   dinp, dout, x (rows, C) */
+void mn_bn_input_grad(float *dinp, const float *dout, const float *x, const float *shift,
+                      const float *scale, const float *gamma, const float *invstd,
+                      const float *dgamma, const float *dbeta, ptrdiff_t rows, ptrdiff_t M,
+                      ptrdiff_t C);
 
 /* ---- dropout ------------------------------------------------------------------------------ */
 /* out = inp * mask, mask[i] = 0 or 1 / (1 - rate): element first + i is kept when the top 32

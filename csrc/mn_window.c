@@ -205,22 +205,25 @@ void mn_bn_stats(float *mean, float *var, float *invstd, const float *x, double 
 
 void mn_bn_normalize(float *out, float *xhat, const float *x, const float *gamma,
                      const float *beta, const float *mean, const float *invstd, ptrdiff_t M,
-                     ptrdiff_t C)
+                     ptrdiff_t C, int relu)
 {
-    mn_active_gemm()->bn_normalize(out, xhat, x, gamma, beta, mean, invstd, M, C);
+    mn_active_gemm()->bn_normalize(out, xhat, x, gamma, beta, mean, invstd, M, C, relu);
 }
 
-void mn_bn_backward_sums(float *dgamma, float *dbeta, const float *dout, const float *xhat,
-                         ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t M, ptrdiff_t C)
+void mn_bn_backward_sums(float *dgamma, float *dbeta, const float *dout, const float *x,
+                         const float *shift, const float *scale, ptrdiff_t c0, ptrdiff_t c1,
+                         ptrdiff_t M, ptrdiff_t C)
 {
-    mn_active_gemm()->bn_backward_sums(dgamma, dbeta, dout, xhat, c0, c1, M, C);
+    mn_active_gemm()->bn_backward_sums(dgamma, dbeta, dout, x, shift, scale, c0, c1, M, C);
 }
 
-void mn_bn_input_grad(float *dinp, const float *dout, const float *xhat, const float *gamma,
-                      const float *invstd, const float *dgamma, const float *dbeta,
-                      ptrdiff_t rows, ptrdiff_t M, ptrdiff_t C)
+void mn_bn_input_grad(float *dinp, const float *dout, const float *x, const float *shift,
+                      const float *scale, const float *gamma, const float *invstd,
+                      const float *dgamma, const float *dbeta, ptrdiff_t rows, ptrdiff_t M,
+                      ptrdiff_t C)
 {
-    mn_active_gemm()->bn_input_grad(dinp, dout, xhat, gamma, invstd, dgamma, dbeta, rows, M, C);
+    mn_active_gemm()->bn_input_grad(dinp, dout, x, shift, scale, gamma, invstd, dgamma, dbeta,
+                                    rows, M, C);
 }
 
 void mn_maxpool2d_forward(float *out, int *argmax, const float *inp, const mn_window *g,

@@ -177,24 +177,30 @@ cdef void batchnorm_stats(float* mean, float* var, float* invstd,   # OUT (C,), 
                           const float* inp,        # IN (M, C)
                           double epsilon, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t M,
                           Py_ssize_t C) noexcept nogil
-cdef void batchnorm_normalize(float* out, float* xhat,   # OUT (M, C) each
+# out = gamma * xhat + beta (then relu if asked), xhat = (inp - mean) * invstd stored unless
+# xhat is NULL (the backward recomputes it from inp).
+cdef void batchnorm_normalize(float* out, float* xhat,   # OUT (M, C) each; xhat may be NULL
                               const float* inp,    # IN (M, C)
                               const float* gamma, const float* beta,
                               const float* mean, const float* invstd,   # IN (C,) each
-                              Py_ssize_t M, Py_ssize_t C) noexcept nogil
+                              Py_ssize_t M, Py_ssize_t C, bint relu) noexcept nogil
 cdef void batchnorm_inference(float* out,          # OUT (M, C)
                               const float* inp,    # IN (M, C)
                               const float* gamma, const float* beta,
                               const float* moving_mean, const float* moving_variance,
                               double epsilon, Py_ssize_t M, Py_ssize_t C) noexcept nogil
+# The backward reads the forward's xhat as (x - shift) * scale per channel: the forward's
+# input with its mean and invstd (the same bits), or a stored xhat with shift 0, scale 1.
 # Channels c0..c1: dgamma = sum(dout * xhat), dbeta = sum(dout) over the M rows.
 cdef void batchnorm_backward_sums(float* dgamma, float* dbeta,   # OUT (C,), c0..c1
-                                  const float* dout, const float* xhat,   # IN (M, C)
+                                  const float* dout, const float* x,   # IN (M, C)
+                                  const float* shift, const float* scale,   # IN (C,) each
                                   Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t M,
                                   Py_ssize_t C) noexcept nogil
 # Rows of dinp from the sums of the whole batch of M rows: rows (of the M) at a time.
 cdef void batchnorm_input_grad(float* dinp,        # OUT (rows, C)
-                               const float* dout, const float* xhat,   # IN (rows, C)
+                               const float* dout, const float* x,   # IN (rows, C)
+                               const float* shift, const float* scale,   # IN (C,) each
                                const float* gamma, const float* invstd,
                                const float* dgamma, const float* dbeta,   # IN (C,) each
                                Py_ssize_t rows, Py_ssize_t M, Py_ssize_t C) noexcept nogil

@@ -61,13 +61,14 @@ cdef extern from "mn_kernels.h" nogil:
                      Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t M, Py_ssize_t C)
     void mn_bn_normalize(float *out, float *xhat, const float *x, const float *gamma,
                          const float *beta, const float *mean, const float *invstd,
-                         Py_ssize_t M, Py_ssize_t C)
-    void mn_bn_backward_sums(float *dgamma, float *dbeta, const float *dout,
-                             const float *xhat, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t M,
-                             Py_ssize_t C)
-    void mn_bn_input_grad(float *dinp, const float *dout, const float *xhat,
-                          const float *gamma, const float *invstd, const float *dgamma,
-                          const float *dbeta, Py_ssize_t rows, Py_ssize_t M, Py_ssize_t C)
+                         Py_ssize_t M, Py_ssize_t C, int relu)
+    void mn_bn_backward_sums(float *dgamma, float *dbeta, const float *dout, const float *x,
+                             const float *shift, const float *scale, Py_ssize_t c0,
+                             Py_ssize_t c1, Py_ssize_t M, Py_ssize_t C)
+    void mn_bn_input_grad(float *dinp, const float *dout, const float *x, const float *shift,
+                          const float *scale, const float *gamma, const float *invstd,
+                          const float *dgamma, const float *dbeta, Py_ssize_t rows,
+                          Py_ssize_t M, Py_ssize_t C)
     void mn_im2col(float *patches, const float *inp, const mn_window *g, Py_ssize_t B)
     void mn_col2im(float *dinp, const float *dpatches, const mn_window *g, Py_ssize_t B)
     void mn_maxpool2d_forward(float *out, int *argmax, const float *inp, const mn_window *g,

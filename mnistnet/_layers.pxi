@@ -350,9 +350,9 @@ cdef void batchnorm_stats(float* mean, float* var, float* invstd, const float* i
 
 cdef void batchnorm_normalize(float* out, float* xhat, const float* inp, const float* gamma,
                               const float* beta, const float* mean, const float* invstd,
-                              Py_ssize_t M, Py_ssize_t C) noexcept nogil:
-    # xhat = (x - mean) * invstd; out = gamma * xhat + beta.
-    mn_bn_normalize(out, xhat, inp, gamma, beta, mean, invstd, M, C)
+                              Py_ssize_t M, Py_ssize_t C, bint relu) noexcept nogil:
+    # xhat = (x - mean) * invstd (unless NULL); out = gamma * xhat + beta, relu'd if asked.
+    mn_bn_normalize(out, xhat, inp, gamma, beta, mean, invstd, M, C, relu)
 
 
 cdef void batchnorm_inference(float* out, const float* inp, const float* gamma,
@@ -374,18 +374,20 @@ cdef void batchnorm_inference(float* out, const float* inp, const float* gamma,
 
 
 cdef void batchnorm_backward_sums(float* dgamma, float* dbeta, const float* dout,
-                                  const float* xhat, Py_ssize_t c0, Py_ssize_t c1,
-                                  Py_ssize_t M, Py_ssize_t C) noexcept nogil:
-    mn_bn_backward_sums(dgamma, dbeta, dout, xhat, c0, c1, M, C)
+                                  const float* x, const float* shift, const float* scale,
+                                  Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t M,
+                                  Py_ssize_t C) noexcept nogil:
+    # xhat = (x - shift) * scale, see _kernels.pxd.
+    mn_bn_backward_sums(dgamma, dbeta, dout, x, shift, scale, c0, c1, M, C)
 
 
-cdef void batchnorm_input_grad(float* dinp, const float* dout, const float* xhat,
-                               const float* gamma, const float* invstd, const float* dgamma,
-                               const float* dbeta, Py_ssize_t rows, Py_ssize_t M,
-                               Py_ssize_t C) noexcept nogil:
+cdef void batchnorm_input_grad(float* dinp, const float* dout, const float* x,
+                               const float* shift, const float* scale, const float* gamma,
+                               const float* invstd, const float* dgamma, const float* dbeta,
+                               Py_ssize_t rows, Py_ssize_t M, Py_ssize_t C) noexcept nogil:
     # dinp = (gamma * invstd / M) * ((M * dout - dbeta) - xhat * dgamma), the factor in
-    # double then rounded once.
-    mn_bn_input_grad(dinp, dout, xhat, gamma, invstd, dgamma, dbeta, rows, M, C)
+    # double then rounded once; xhat = (x - shift) * scale.
+    mn_bn_input_grad(dinp, dout, x, shift, scale, gamma, invstd, dgamma, dbeta, rows, M, C)
 
 
 # ---- rescaling -------------------------------------------------------------------------------

@@ -158,6 +158,8 @@ cdef void layer_forward(const Net* net, const Step* s, Py_ssize_t l, float* o,
     if p.kind == KIND_BATCHNORMALIZATION:
         if s != NULL:  # every thread of a team comes here, rows or not: it has barriers
             batchnorm_train_forward(net, s, p, o, inp, r0, n)
+            if p.act == ACT_RELU:
+                return  # applied as it normalised
         else:
             batchnorm_inference(o, inp, w, w + p.out_c, w + 2 * p.out_c, w + 3 * p.out_c,
                                 p.epsilon, n * p.out_h * p.out_w, p.out_c)
@@ -214,8 +216,9 @@ cdef void batchnorm_train_forward(const Net* net, const Step* s, const LayerPlan
     """BatchNormalization in training on rows r0..r0+n of the batch, with the statistics of
     the whole batch: once every thread of the team has its rows of the input, each computes
     the statistics of its block of channels over all the rows (in row order: the same bits
-    at any thread count), then each normalises its own rows. Outside a team (one thread) the
-    barriers do nothing."""
+    at any thread count), then each normalises its own rows (and applies a relu there). xhat
+    is not kept: the backward recomputes it from the input, which stays in its region.
+    Outside a team (one thread) the barriers do nothing."""
     cdef Py_ssize_t C = p.out_c, pixels = p.out_h * p.out_w, c0, c1
     cdef float* st = batch_stats(net, p)
     cdef const float* w = net.params + p.param
@@ -224,8 +227,8 @@ cdef void batchnorm_train_forward(const Net* net, const Step* s, const LayerPlan
     batchnorm_stats(st, st + C, st + 2 * C, act_at(net, p.act_in), p.epsilon, c0, c1,
                     s.batch * pixels, C)
     mn_team_barrier()  # every channel's statistics are there
-    batchnorm_normalize(o, act_at(net, p.scratch) + r0 * p.n_scratch, inp, w, w + C, st,
-                        st + 2 * C, n * pixels, C)
+    batchnorm_normalize(o, NULL, inp, w, w + C, st, st + 2 * C, n * pixels, C,
+                        p.act == ACT_RELU)
 
 
 cdef inline double loss_forward(int loss, const float* pred, const float* target,
@@ -278,10 +281,12 @@ cdef void batchnorm_sums_team(const Net* net, const LayerPlan* p, Py_ssize_t n) 
     there; then (if its input gradient follows) a barrier, as that needs all of them."""
     cdef Py_ssize_t C = p.out_c, c0, c1
     cdef float* g = net.grads + p.param
+    cdef const float* st = batch_stats(net, p)
     block_of(C, mn_team_rank(), mn_team_size(), &c0, &c1)
     mn_team_barrier()  # every row's delta is there
-    batchnorm_backward_sums(g, g + C, dact_at(net, p.dact_out), act_at(net, p.scratch), c0, c1,
-                            n * p.out_h * p.out_w, C)
+    # xhat from the input and the statistics (mean, invstd), as the forward computed it
+    batchnorm_backward_sums(g, g + C, dact_at(net, p.dact_out), act_at(net, p.act_in), st,
+                            st + 2 * C, c0, c1, n * p.out_h * p.out_w, C)
     if p.dact_in >= 0:
         mn_team_barrier()  # every channel's sums are there
 
@@ -297,6 +302,7 @@ cdef void layer_input_grad(const Net* net, const Step* s, Py_ssize_t l, float* d
     cdef const float* scratch = act_at(net, p.scratch) + r0 * p.n_scratch
     cdef const float* w = net.params + p.param
     cdef const float* g = net.grads + p.param
+    cdef const float* st
     cdef Window win
     if n == 0:
         return
@@ -321,9 +327,10 @@ cdef void layer_input_grad(const Net* net, const Step* s, Py_ssize_t l, float* d
     elif p.kind == KIND_RESCALING:
         rescaling_backward(dinp, dout, p.scale, n * p.n_out)
     elif p.kind == KIND_BATCHNORMALIZATION:
-        batchnorm_input_grad(dinp, dout, scratch, w, batch_stats(net, p) + 2 * p.out_c, g,
-                             g + p.out_c, n * p.out_h * p.out_w, batch * p.out_h * p.out_w,
-                             p.out_c)
+        st = batch_stats(net, p)  # mean, var, invstd: xhat from the input, as in the forward
+        batchnorm_input_grad(dinp, dout, act_at(net, p.act_in) + r0 * p.n_in, st,
+                             st + 2 * p.out_c, w, st + 2 * p.out_c, g, g + p.out_c,
+                             n * p.out_h * p.out_w, batch * p.out_h * p.out_w, p.out_c)
     elif p.kind != KIND_FLATTEN and dinp != dout:  # Activation, dropout at rate 0
         memcpy(dinp, dout, n * p.n_out * sizeof(float))
     # Flatten: its gradient region is its input's.

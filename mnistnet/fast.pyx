@@ -708,7 +708,7 @@ def batchnorm_forward(out, xhat, mean, var, invstd, inp, gamma, beta, double eps
     cdef Py_ssize_t m = M, c = C
     with nogil:
         k.batchnorm_stats(pm, pv, ps, pi, epsilon, 0, c, m, c)
-        k.batchnorm_normalize(po, ph, pi, pgm, pb, pm, ps, m, c)
+        k.batchnorm_normalize(po, ph, pi, pgm, pb, pm, ps, m, c, False)
     return out, xhat, mean, var, invstd
 
 
@@ -750,10 +750,14 @@ def batchnorm_backward(dinp, dgamma, dbeta, dout, xhat, gamma, invstd):
     cdef const float* ph = _in(xhat)
     cdef const float* pgm = _in(gamma)
     cdef const float* ps = _in(invstd)
+    # the kernels read xhat as (x - shift) * scale: a stored xhat with shift 0 and scale 1
+    zeros, ones = np.zeros(C, np.float32), np.ones(C, np.float32)
+    cdef const float* p0 = _in(zeros)
+    cdef const float* p1 = _in(ones)
     cdef Py_ssize_t m = M, c = C
     with nogil:
-        k.batchnorm_backward_sums(pdg, pdb, pg, ph, 0, c, m, c)
-        k.batchnorm_input_grad(pd, pg, ph, pgm, ps, pdg, pdb, m, m, c)
+        k.batchnorm_backward_sums(pdg, pdb, pg, ph, p0, p1, 0, c, m, c)
+        k.batchnorm_input_grad(pd, pg, ph, p0, p1, pgm, ps, pdg, pdb, m, m, c)
     return dinp, dgamma, dbeta
 
 # ---- rescaling -------------------------------------------------------------------------------

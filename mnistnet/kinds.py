@@ -7,15 +7,17 @@ checked against this table when this module is imported. Each entry says:
 * layer: the Layer class (mnistnet.layers: its config, output shape and weights);
 * fill / scratch: what the kind writes into its row of the layer plan beyond the shapes
   (mnistnet.plan fills those), and the forward scratch it needs per sample;
-* takes_images, gemm, aliases_input, in_place, applied_at_input, keyed, batch_statistics:
-  facts the plan, the model and the CLI ask of it (its input is an (h, w, c) image; it is a
-  GEMM of its input rows by a kernel, as Dense and Conv2D are; its output is its input's
-  memory, as Flatten's; it may compute its output over its input's memory, when nothing reads
-  that any more, as an Activation after a layer without one; as a model's first layer it is
-  applied as the input rows are read, uint8 pixels through a table of its outputs for the 256
-  values, and the compiled net is the layers after it, as for Rescaling; it draws random
-  numbers each training step; it reduces over the batch in training, as BatchNormalization
-  does);
+* takes_images, gemm, aliases_input, in_place, applied_at_input, keyed, batch_statistics,
+  fuses_activation: facts the plan, the model and the CLI ask of it (its input is an (h, w, c)
+  image; it is a GEMM of its input rows by a kernel, as Dense and Conv2D are; its output is
+  its input's memory, as Flatten's; it may compute its output over its input's memory, when
+  nothing reads that any more, as an Activation after a layer without one; as a model's first
+  layer it is applied as the input rows are read, uint8 pixels through a table of its outputs
+  for the 256 values, and the compiled net is the layers after it, as for Rescaling; it draws
+  random numbers each training step; it reduces over the batch in training, as
+  BatchNormalization does; its kernel applies an activation in the pass that writes its
+  output, as Conv2D's tiles and BatchNormalization's normalisation apply a relu, so an
+  in-place Activation after it hands its activation over);
 * forward / backward (and update): its NumPy twin as the reference network runs it, calling
   the kernel twins of mnistnet.reference;
 * onnx / c: its exporters (mnistnet.export calls them with its graph and C writer);
@@ -81,6 +83,7 @@ class Kind:
     applied_at_input: bool = False
     keyed: bool = False
     batch_statistics: bool = False
+    fuses_activation: bool = False
 
     @property
     def name(self) -> str:
@@ -837,7 +840,7 @@ KINDS: tuple[Kind, ...] = (
          grammar="conv:FILTERS:KERNEL[:ACT][:stride=S][:padding=same]", parse=_conv_parse,
          forward=_conv_forward, backward=_conv_backward, onnx=_onnx_conv2d, c=_c_conv2d,
          keras=_keras_conv2d, torch=_torch_conv2d, fill=_conv_fill, scratch=_conv_scratch,
-         takes_images=True, gemm=True),
+         takes_images=True, gemm=True, fuses_activation=True),
     Kind(layers.MaxPool2D, token="pool", grammar="pool:SIZE[:stride=S][:padding=same]",
          parse=_pool_parse(layers.MaxPool2D), forward=_maxpool_forward,
          backward=_maxpool_backward, onnx=_onnx_maxpool2d, c=_c_maxpool2d,
@@ -863,7 +866,7 @@ KINDS: tuple[Kind, ...] = (
          parse=_batchnorm_parse, forward=_batchnorm_forward, backward=_batchnorm_backward,
          update=_batchnorm_update, onnx=_onnx_batchnorm, c=_c_batchnorm,
          keras=_keras_batchnorm, torch=_torch_batchnorm, fill=_batchnorm_fill,
-         scratch=_per_output, batch_statistics=True),
+         batch_statistics=True, fuses_activation=True),
     Kind(layers.AveragePooling2D, token="avgpool",
          grammar="avgpool:SIZE[:stride=S][:padding=same]",
          parse=_pool_parse(layers.AveragePooling2D), forward=_avgpool_forward,

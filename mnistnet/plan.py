@@ -210,7 +210,21 @@ class Plan:
         self.dacts_per_row = dact
         self.shared_floats = -(-stats // CACHE_LINE_FLOATS) * CACHE_LINE_FLOATS
         self.batch_statistics = stats > 0
+        self._hand_over_activations()
         self._fill_thread_workspace()
+
+    def _hand_over_activations(self) -> None:
+        """An Activation computed in place (its output is its input's region) after a layer
+        that applies none of its own and fuses one into the pass that writes its output
+        (Kind.fuses_activation: Conv2D, BatchNormalization) hands its activation to that
+        layer: the same values in the same region, one pass over them fewer each way. The
+        last layer keeps its own (the loss reads its activation: softmax + cross-entropy)."""
+        t, linear = self.table, ACTIVATIONS["linear"]
+        for i in range(1, len(self.layers) - 1):
+            row, before = t[i], t[i - 1]
+            if (self.kinds[i].in_place and row["act_out"] == row["act_in"]
+                    and self.kinds[i - 1].fuses_activation and before["act"] == linear):
+                before["act"], row["act"] = row["act"], linear
 
     def _fill_thread_workspace(self) -> None:
         """Per thread (nets that are not dense-only): one sample's patch gradient (the

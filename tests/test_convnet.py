@@ -14,6 +14,8 @@ import pytest
 
 import mnistnet as mn
 from mnistnet import _kernels
+from mnistnet.codes import ACTIVATIONS
+from mnistnet.plan import Plan
 
 DATA = os.environ.get("MNISTNET_DATA")
 needs_mnist = pytest.mark.skipif(not DATA, reason="set MNISTNET_DATA to the MNIST folder")
@@ -172,6 +174,65 @@ def test_one_and_two_threads_give_bit_identical_weights(images, schedule, optimi
         assert _kernels._last_team() == ("rows" if name == "team" else _kernels._last_team())
     np.testing.assert_array_equal(params["team"][0], params["serial"][0])
     np.testing.assert_array_equal(params["team"][1], params["serial"][1])
+
+
+# An in-place Activation after a Conv2D or a BatchNormalization without one of its own is
+# handed to that layer (Plan._hand_over_activations): its kernel applies it as it writes.
+HANDED = {
+    "conv-relu": lambda: [mn.Conv2D(4, 3), mn.Activation("relu"), mn.MaxPool2D(2)],
+    "conv-tanh": lambda: [mn.Conv2D(4, 3), mn.Activation("tanh")],
+    "bn-relu": lambda: [mn.Conv2D(4, 3), mn.BatchNormalization(), mn.Activation("relu"),
+                        mn.MaxPool2D(2)],
+    "bn-sigmoid": lambda: [mn.Conv2D(4, 3), mn.BatchNormalization(),
+                           mn.Activation("sigmoid")],
+}
+
+
+def handed_model(arch, seed=0):
+    return mn.Model([*HANDED[arch](), mn.Flatten(), mn.Dense(10, activation="softmax")],
+                    input_shape=(12, 12, 1), loss=CE, optimizer=mn.Adam(0.01), seed=seed)
+
+
+@pytest.mark.parametrize("arch", HANDED)
+def test_an_activation_is_handed_to_the_layer_before_it(arch):
+    table = handed_model(arch).plan.table
+    i = next(i for i, layer in enumerate(HANDED[arch]()) if isinstance(layer, mn.Activation))
+    assert table[i]["act"] == ACTIVATIONS["linear"]
+    assert table[i - 1]["act"] == ACTIVATIONS[HANDED[arch]()[i].activation]
+
+
+@pytest.mark.parametrize("layers", [
+    # the last layer keeps its own (the loss reads it); Dense does not fuse one; a Conv2D
+    # with an activation of its own keeps both
+    [mn.Flatten(), mn.Dense(10), mn.Activation("softmax")],
+    [mn.Flatten(), mn.Dense(8), mn.Activation("relu"), mn.Dense(10, activation="softmax")],
+    [mn.Conv2D(4, 3, activation="relu"), mn.Activation("tanh"), mn.Flatten(),
+     mn.Dense(10, activation="softmax")],
+], ids=["last-layer", "after-dense", "after-an-activation"])
+def test_an_activation_is_not_handed_over_otherwise(layers):
+    model = mn.Model(layers, input_shape=(12, 12, 1), loss=CE)
+    acts = [ACTIVATIONS[layer.activation] for layer in layers]
+    assert list(model.plan.table["act"]) == acts
+
+
+@pytest.mark.parametrize("arch", HANDED)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_handing_an_activation_over_keeps_the_bits(images, schedule, monkeypatch, arch,
+                                                   threads):
+    """The same weights and predictions, bit for bit, as the plan that keeps each activation
+    in its own layer."""
+    x, labels = images
+    schedule("team" if threads > 1 else "serial", threads)
+    results = []
+    for hand_over in (True, False):
+        if not hand_over:
+            monkeypatch.setattr(Plan, "_hand_over_activations", lambda self: None)
+        model = handed_model(arch)
+        model.fit(x, labels, epochs=1, batch_size=32, verbose=0)
+        results.append((model.params.copy(), model.predict(x[:50])))
+    assert not np.array_equal(results[0][0], handed_model(arch).params)  # it trained
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
 
 
 @needs_mnist

@@ -112,7 +112,10 @@ def model_with(name: str, i: int, seed: int = 0, loss: str = "mse") -> mn.Model:
     """[a layer with weights that keeps the shape, the kind's layer, Flatten if it gives
     images, Dense(3)]: the kind's layer has an input gradient and a gradient at its output."""
     layer, shape = example(name, i)
-    lead = mn.Conv2D(shape[2], 1) if len(shape) == 3 else mn.Dense(shape[0])
+    # A Conv2D lead of its own activation: an Activation after one without would be handed
+    # to it (Plan._hand_over_activations), leaving the kind's layer nothing to do.
+    lead = (mn.Conv2D(shape[2], 1, activation="tanh") if len(shape) == 3
+            else mn.Dense(shape[0]))
     layers = [lead, layer]
     if len(layer.output_shape(lead.output_shape(shape))) == 3:
         layers.append(mn.Flatten())
