@@ -212,6 +212,7 @@ class Plan:
         self.batch_statistics = stats > 0
         self._hand_over_activations()
         self._fill_thread_workspace()
+        self._flops: tuple[int, int] | None = None
 
     def _hand_over_activations(self) -> None:
         """An Activation computed in place (its output is its input's region) after a layer
@@ -347,6 +348,11 @@ class Plan:
         """(forward, forward + backward) multiply-add FLOPs (2 per multiply-add) of the
         dense and conv GEMMs per sample; the backward skips the first weight layer's input
         gradient, as the engine does. Elementwise work is not counted."""
+        if self._flops is None:  # once: every predict call asks (fast._net)
+            self._flops = self._count_flops()
+        return self._flops
+
+    def _count_flops(self) -> tuple[int, int]:
         forward = backward = 0
         for row, kind in zip(self.table, self.kinds, strict=True):
             if kind.gemm:

@@ -15,6 +15,7 @@ import pytest
 import mnistnet as mn
 from mnistnet import _kernels
 from mnistnet.codes import ACTIVATIONS
+from mnistnet.model import PREDICT_CHUNK, PREDICT_THREAD_BYTES
 from mnistnet.plan import Plan
 
 DATA = os.environ.get("MNISTNET_DATA")
@@ -233,6 +234,25 @@ def test_handing_an_activation_over_keeps_the_bits(images, schedule, monkeypatch
     assert not np.array_equal(results[0][0], handed_model(arch).params)  # it trained
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_predict_passes_fit_the_cache_and_give_the_same_bits(images, schedule, threads):
+    """A pass's rows keep each thread's activations within PREDICT_THREAD_BYTES (the
+    convnet's 256 rows would take 48 MB), at most batch_size; any pass size, the same
+    predictions."""
+    x, _ = images
+    schedule("auto", threads)
+    model = mn.preset("convnet", seed=0)
+    rows = model._predict_rows(PREDICT_CHUNK, 10_000)
+    assert 2 * threads <= rows < PREDICT_CHUNK
+    assert rows * model.plan.acts_per_row * 4 <= threads * PREDICT_THREAD_BYTES
+    assert model._predict_rows(3, 10_000) == 3
+    assert small_convnet()._predict_rows(PREDICT_CHUNK, 10_000) == PREDICT_CHUNK  # small rows
+    images28 = np.resize(x, (300, 28, 28, 1))
+    expected = model.predict(images28, batch_size=1)
+    for batch_size in (7, PREDICT_CHUNK):
+        np.testing.assert_array_equal(model.predict(images28, batch_size=batch_size), expected)
 
 
 @needs_mnist
