@@ -887,6 +887,33 @@ MN_ALWAYS_INLINE void bn_sums_group(float *dgamma, float *dbeta, const float *do
     }
 }
 
+/* Inference: out = gamma * ((x - moving_mean) * invstd) + beta (relu'd if asked), invstd =
+ * 1 / sqrt(moving_variance + epsilon) rounded once to float; bn_normalize_rows's operations. */
+static void bn_inference(float *out, const float *x, const float *gamma, const float *beta,
+                         const float *moving_mean, const float *moving_variance,
+                         double epsilon, ptrdiff_t M, ptrdiff_t C, int relu)
+{
+    float invstd[BN_GROUP];
+    for (ptrdiff_t g0 = 0; g0 < C; g0 += BN_GROUP) {
+        const ptrdiff_t g = C - g0 < BN_GROUP ? C - g0 : BN_GROUP;
+        for (ptrdiff_t j = 0; j < g; j++)
+            invstd[j] = (float)(1.0 / sqrt((double)moving_variance[g0 + j] + epsilon));
+        if (g == C) { /* one group: the rows are contiguous */
+            bn_normalize(out, NULL, x, gamma, beta, moving_mean, invstd, M, C, relu);
+            return;
+        }
+        /* the group's columns: rows C floats apart, g channels each */
+        for (ptrdiff_t r = 0; r < M; r++) {
+            if (relu)
+                bn_normalize_rows(out + r * C + g0, NULL, x + r * C + g0, gamma + g0,
+                                  beta + g0, moving_mean + g0, invstd, 1, g, 1);
+            else
+                bn_normalize_rows(out + r * C + g0, NULL, x + r * C + g0, gamma + g0,
+                                  beta + g0, moving_mean + g0, invstd, 1, g, 0);
+        }
+    }
+}
+
 static void bn_backward_sums(float *dgamma, float *dbeta, const float *dout, const float *x,
                              const float *shift, const float *scale, ptrdiff_t c0,
                              ptrdiff_t c1, ptrdiff_t M, ptrdiff_t C)
@@ -953,4 +980,4 @@ const mn_gemm_table MN_TABLE = {MN_TABLE_NAME,     gemm_block,       gemm_nt_row
                                  relu_forward,      relu_backward,    sigmoid_backward,
                                  dropout_forward,   conv_forward,     conv_weight_grad,
                                  fma_loop,          bn_stats,         bn_normalize,
-                                 bn_backward_sums,  bn_input_grad};
+                                 bn_backward_sums,  bn_input_grad,    bn_inference};

@@ -128,6 +128,9 @@ typedef struct {
                           const float *scale, const float *gamma, const float *invstd,
                           const float *dgamma, const float *dbeta, ptrdiff_t rows,
                           ptrdiff_t M, ptrdiff_t C);
+    void (*bn_inference)(float *out, const float *x, const float *gamma, const float *beta,
+                         const float *moving_mean, const float *moving_variance,
+                         double epsilon, ptrdiff_t M, ptrdiff_t C, int relu);
 } mn_gemm_table;
 
 extern const mn_gemm_table mn_gemm_scalar;

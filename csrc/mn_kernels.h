@@ -113,6 +113,11 @@ void mn_bn_stats(float *mean, float *var, float *invstd, const float *x, double 
 void mn_bn_normalize(float *out, float *xhat, const float *x, const float *gamma,
                      const float *beta, const float *mean, const float *invstd, ptrdiff_t M,
                      ptrdiff_t C, int relu);
+/* Inference: out = gamma * ((x - moving_mean) * invstd) + beta, then relu's x <= 0 ? 0 : x if
+ * relu; invstd = 1 / sqrt(moving_variance + epsilon), rounded once.   out, x (M, C) */
+void mn_bn_inference(float *out, const float *x, const float *gamma, const float *beta,
+                     const float *moving_mean, const float *moving_variance, double epsilon,
+                     ptrdiff_t M, ptrdiff_t C, int relu);
 /* The backward reads the forward's xhat as (x - shift) * scale per channel: from the forward's
  * input with shift = mean and scale = invstd (the forward's xhat bit for bit), or from a
  * stored xhat with shift 0 and scale 1.

@@ -210,6 +210,14 @@ void mn_bn_normalize(float *out, float *xhat, const float *x, const float *gamma
     mn_active_gemm()->bn_normalize(out, xhat, x, gamma, beta, mean, invstd, M, C, relu);
 }
 
+void mn_bn_inference(float *out, const float *x, const float *gamma, const float *beta,
+                     const float *moving_mean, const float *moving_variance, double epsilon,
+                     ptrdiff_t M, ptrdiff_t C, int relu)
+{
+    mn_active_gemm()->bn_inference(out, x, gamma, beta, moving_mean, moving_variance, epsilon,
+                                   M, C, relu);
+}
+
 void mn_bn_backward_sums(float *dgamma, float *dbeta, const float *dout, const float *x,
                          const float *shift, const float *scale, ptrdiff_t c0, ptrdiff_t c1,
                          ptrdiff_t M, ptrdiff_t C)

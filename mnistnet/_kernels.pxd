@@ -188,7 +188,8 @@ cdef void batchnorm_inference(float* out,          # OUT (M, C)
                               const float* inp,    # IN (M, C)
                               const float* gamma, const float* beta,
                               const float* moving_mean, const float* moving_variance,
-                              double epsilon, Py_ssize_t M, Py_ssize_t C) noexcept nogil
+                              double epsilon, Py_ssize_t M, Py_ssize_t C,
+                              bint relu) noexcept nogil
 # The backward reads the forward's xhat as (x - shift) * scale per channel: the forward's
 # input with its mean and invstd (the same bits), or a stored xhat with shift 0, scale 1.
 # Channels c0..c1: dgamma = sum(dout * xhat), dbeta = sum(dout) over the M rows.

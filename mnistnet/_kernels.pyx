@@ -62,6 +62,9 @@ cdef extern from "mn_kernels.h" nogil:
     void mn_bn_normalize(float *out, float *xhat, const float *x, const float *gamma,
                          const float *beta, const float *mean, const float *invstd,
                          Py_ssize_t M, Py_ssize_t C, int relu)
+    void mn_bn_inference(float *out, const float *x, const float *gamma, const float *beta,
+                         const float *moving_mean, const float *moving_variance,
+                         double epsilon, Py_ssize_t M, Py_ssize_t C, int relu)
     void mn_bn_backward_sums(float *dgamma, float *dbeta, const float *dout, const float *x,
                              const float *shift, const float *scale, Py_ssize_t c0,
                              Py_ssize_t c1, Py_ssize_t M, Py_ssize_t C)

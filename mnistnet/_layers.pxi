@@ -336,10 +336,8 @@ cdef void translate_backward(float* dinp, const float* dout, const long long* dy
 
 # ---- batchnorm -----------------------------------------------------------------------------
 # Rows of C channels, M of them (a conv output's pixels are rows). Per-channel sums run in
-# double over the rows in order, BN_GROUP channels at a time (a row's group is contiguous),
-# so a channel's sum is the same whichever thread takes it.
-
-DEF BN_GROUP = 64
+# double over the rows in order (mn_gemm_impl.h), so a channel's sum is the same whichever
+# thread takes it.
 
 
 cdef void batchnorm_stats(float* mean, float* var, float* invstd, const float* inp,
@@ -358,19 +356,10 @@ cdef void batchnorm_normalize(float* out, float* xhat, const float* inp, const f
 cdef void batchnorm_inference(float* out, const float* inp, const float* gamma,
                               const float* beta, const float* moving_mean,
                               const float* moving_variance, double epsilon, Py_ssize_t M,
-                              Py_ssize_t C) noexcept nogil:
-    # out = gamma * ((x - moving_mean) * invstd) + beta, invstd from the moving variance.
-    cdef float inv[BN_GROUP]
-    cdef Py_ssize_t g0, g, r, j
-    for g0 in range(0, C, BN_GROUP):
-        g = min(BN_GROUP, C - g0)
-        for j in range(g):
-            inv[j] = <float>(1.0 / sqrt(<double>moving_variance[g0 + j] + epsilon))
-        for r in range(M):
-            for j in range(g):
-                out[r * C + g0 + j] = (gamma[g0 + j] * ((inp[r * C + g0 + j]
-                                                         - moving_mean[g0 + j]) * inv[j])
-                                       + beta[g0 + j])
+                              Py_ssize_t C, bint relu) noexcept nogil:
+    # out = gamma * ((x - moving_mean) * invstd) + beta, invstd from the moving variance;
+    # relu'd if asked.
+    mn_bn_inference(out, inp, gamma, beta, moving_mean, moving_variance, epsilon, M, C, relu)
 
 
 cdef void batchnorm_backward_sums(float* dgamma, float* dbeta, const float* dout,

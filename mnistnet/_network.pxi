@@ -158,11 +158,11 @@ cdef void layer_forward(const Net* net, const Step* s, Py_ssize_t l, float* o,
     if p.kind == KIND_BATCHNORMALIZATION:
         if s != NULL:  # every thread of a team comes here, rows or not: it has barriers
             batchnorm_train_forward(net, s, p, o, inp, r0, n)
-            if p.act == ACT_RELU:
-                return  # applied as it normalised
         else:
             batchnorm_inference(o, inp, w, w + p.out_c, w + 2 * p.out_c, w + 3 * p.out_c,
-                                p.epsilon, n * p.out_h * p.out_w, p.out_c)
+                                p.epsilon, n * p.out_h * p.out_w, p.out_c, p.act == ACT_RELU)
+        if p.act == ACT_RELU:
+            return  # applied as it normalised
     elif n == 0:
         return
     elif p.kind == KIND_DENSE:

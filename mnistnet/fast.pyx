@@ -729,7 +729,7 @@ def batchnorm_inference(out, inp, gamma, beta, moving_mean, moving_variance, dou
     cdef const float* pmv = _in(moving_variance)
     cdef Py_ssize_t m = M, c = C
     with nogil:
-        k.batchnorm_inference(po, pi, pgm, pb, pmm, pmv, epsilon, m, c)
+        k.batchnorm_inference(po, pi, pgm, pb, pmm, pmv, epsilon, m, c, False)
     return out
 
 
