@@ -544,6 +544,75 @@ static void maxpool2d_forward(float *restrict out, int *restrict argmax,
     }
 }
 
+/* Windows that tile the image from its top-left corner (stride = window, no padding, none
+ * past the bottom or right edge): each
+ * input cell lies in at most one window, so its gradient is written once, never added to.
+ * `0 + d` as the scatter below computes it: a -0 gradient gives +0, the same bits. */
+MN_ALWAYS_INLINE void maxpool_backward_tiled_rows(float *restrict dinp,
+                                                 const float *restrict dout,
+                                                 const int *restrict argmax,
+                                                 const float *restrict relu_in,
+                                                 const mn_window *g, ptrdiff_t B,
+                                                 const int relu)
+{
+    const ptrdiff_t C = g->C, W = g->W, n_img = g->H * W * C, n_out = g->OH * g->OW * C;
+    const ptrdiff_t covered_h = g->OH * g->SH, covered_w = g->OW * g->SW;
+    for (ptrdiff_t b = 0; b < B; b++) {
+        float *restrict img = dinp + b * n_img;
+        for (ptrdiff_t oh = 0; oh < g->OH; oh++)
+            for (ptrdiff_t di = 0; di < g->KH; di++) {
+                const ptrdiff_t h = oh * g->SH + di;
+                for (ptrdiff_t ow = 0; ow < g->OW; ow++) {
+                    const ptrdiff_t o = b * n_out + (oh * g->OW + ow) * C;
+                    const float *restrict d = dout + o;
+                    const int *restrict am = argmax + o;
+                    for (ptrdiff_t dj = 0; dj < g->KW; dj++) {
+                        const int at = (int)((h * W + ow * g->SW + dj) * C);
+                        float *restrict row = img + at;
+                        const float *restrict ri = relu ? relu_in + b * n_img + at : NULL;
+                        for (int c = 0; c < (int)C; c++) {
+                            /* on the bits, so that the loop vectorises: v where taken, +0 */
+                            const float v = 0.0f + d[c];
+                            uint32_t u;
+                            memcpy(&u, &v, sizeof u);
+                            u &= -(uint32_t)(am[c] == at + c);
+                            if (relu) /* the relu's output here, relu_backward's test */
+                                u &= -(uint32_t)(ri[c] > 0.0f);
+                            memcpy(row + c, &u, sizeof u);
+                        }
+                    }
+                }
+                memset(img + (h * W + covered_w) * C, 0, (size_t)(W - covered_w) * C * sizeof(float));
+            }
+        memset(img + covered_h * W * C, 0, (size_t)(g->H - covered_h) * W * C * sizeof(float));
+    }
+}
+
+static void maxpool2d_backward(float *dinp, const float *dout, const int *argmax,
+                           const float *relu_in, const mn_window *g, ptrdiff_t B)
+{
+    const ptrdiff_t n_img = g->H * g->W * g->C, n_out = g->OH * g->OW * g->C;
+    const int tiles = g->KH > 0 && g->KW > 0 && g->SH == g->KH && g->SW == g->KW &&
+                      g->PT == 0 && g->PL == 0 && g->OH * g->SH <= g->H &&
+                      g->OW * g->SW <= g->W;
+    if (tiles) { /* KH = 0: no window given (fast.maxpool2d_backward without one) */
+        if (relu_in)
+            maxpool_backward_tiled_rows(dinp, dout, argmax, relu_in, g, B, 1);
+        else
+            maxpool_backward_tiled_rows(dinp, dout, argmax, NULL, g, B, 0);
+        return;
+    }
+    memset(dinp, 0, (size_t)(B * n_img) * sizeof(float));
+    for (ptrdiff_t b = 0; b < B; b++) {
+        float *img = dinp + b * n_img;
+        for (ptrdiff_t e = 0; e < n_out; e++) {
+            const ptrdiff_t i = b * n_out + e;
+            if (!relu_in || relu_in[b * n_img + argmax[i]] > 0.0f)
+                img[argmax[i]] += dout[i];
+        }
+    }
+}
+
 /* ---- direct convolution: im2col without the patches ----------------------------------------
  * A convolution over channels-last images whose windows lie inside them (the caller pads a
  * copy first when the layer pads, mn_window.c): output pixel (oh, ow) reads input pixels
@@ -980,4 +1049,5 @@ const mn_gemm_table MN_TABLE = {MN_TABLE_NAME,     gemm_block,       gemm_nt_row
                                  relu_forward,      relu_backward,    sigmoid_backward,
                                  dropout_forward,   conv_forward,     conv_weight_grad,
                                  fma_loop,          bn_stats,         bn_normalize,
-                                 bn_backward_sums,  bn_input_grad,    bn_inference};
+                                 bn_backward_sums,  bn_input_grad,    bn_inference,
+                                 maxpool2d_backward};

@@ -131,6 +131,9 @@ typedef struct {
     void (*bn_inference)(float *out, const float *x, const float *gamma, const float *beta,
                          const float *moving_mean, const float *moving_variance,
                          double epsilon, ptrdiff_t M, ptrdiff_t C, int relu);
+    /* mn_maxpool2d_backward (the channel loop vectorised for this instruction set) */
+    void (*maxpool2d_backward)(float *dinp, const float *dout, const int *argmax,
+                               const float *relu_in, const mn_window *g, ptrdiff_t B);
 } mn_gemm_table;
 
 extern const mn_gemm_table mn_gemm_scalar;

@@ -99,9 +99,12 @@ void mn_maxpool2d_forward(float *out, int *argmax, const float *inp, const mn_wi
 /* dinp = 0, then dout added at each output's argmax, in output order.  dinp (B, H, W, C)
  * Where g's windows tile the image (KH = SH, KW = SW, no padding), each argmax in its own
  * window as the forward gives it, each input is written once instead (the same values);
- * KH = 0: no window known, the scatter. */
+ * KH = 0: no window known, the scatter.
+ * relu_in: NULL, or the pool's input (B, H, W, C) when it is a relu's output whose backward
+ * this applies too: a cell's gradient kept only where that input is > 0 (relu_backward's
+ * rule, so the same bits as relu_backward after, one pass over the cells fewer). */
 void mn_maxpool2d_backward(float *dinp, const float *dout, const int *argmax,
-                           const mn_window *g, ptrdiff_t B);
+                           const float *relu_in, const mn_window *g, ptrdiff_t B);
 
 /* ---- batch normalisation over M rows of C channels ---------------------------------------- */
 /* Channels c0..c1: mean, var (biased) and invstd = 1 / sqrt(var + epsilon) of x's rows, each

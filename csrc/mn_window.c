@@ -240,56 +240,8 @@ void mn_maxpool2d_forward(float *out, int *argmax, const float *inp, const mn_wi
     mn_active_gemm()->maxpool2d_forward(out, argmax, inp, g, B);
 }
 
-/* Windows that tile the image from its top-left corner (stride = window, no padding, none
- * past the bottom or right edge): each
- * input cell lies in at most one window, so its gradient is written once, never added to.
- * `0 + d` as the scatter below computes it: a -0 gradient gives +0, the same bits. */
-static void maxpool_backward_tiled(float *restrict dinp, const float *restrict dout,
-                                   const int *restrict argmax, const mn_window *g, ptrdiff_t B)
-{
-    const ptrdiff_t C = g->C, W = g->W, n_img = g->H * W * C, n_out = g->OH * g->OW * C;
-    const ptrdiff_t covered_h = g->OH * g->SH, covered_w = g->OW * g->SW;
-    for (ptrdiff_t b = 0; b < B; b++) {
-        float *restrict img = dinp + b * n_img;
-        for (ptrdiff_t oh = 0; oh < g->OH; oh++)
-            for (ptrdiff_t di = 0; di < g->KH; di++) {
-                const ptrdiff_t h = oh * g->SH + di;
-                for (ptrdiff_t ow = 0; ow < g->OW; ow++) {
-                    const float *restrict d = dout + b * n_out + (oh * g->OW + ow) * C;
-                    const int *restrict am = argmax + b * n_out + (oh * g->OW + ow) * C;
-                    for (ptrdiff_t dj = 0; dj < g->KW; dj++) {
-                        const int at = (int)((h * W + ow * g->SW + dj) * C);
-                        float *restrict row = img + at;
-                        for (int c = 0; c < (int)C; c++) {
-                            /* on the bits, so that the loop vectorises: v where taken, +0 */
-                            const float v = 0.0f + d[c];
-                            uint32_t u;
-                            memcpy(&u, &v, sizeof u);
-                            u &= -(uint32_t)(am[c] == at + c);
-                            memcpy(row + c, &u, sizeof u);
-                        }
-                    }
-                }
-                zero_run(img + (h * W + covered_w) * C, (W - covered_w) * C);
-            }
-        zero_run(img + covered_h * W * C, (g->H - covered_h) * W * C);
-    }
-}
-
 void mn_maxpool2d_backward(float *dinp, const float *dout, const int *argmax,
-                           const mn_window *g, ptrdiff_t B)
+                           const float *relu_in, const mn_window *g, ptrdiff_t B)
 {
-    const ptrdiff_t n_img = g->H * g->W * g->C, n_out = g->OH * g->OW * g->C;
-    const int tiles = g->KH > 0 && g->KW > 0 && g->SH == g->KH && g->SW == g->KW &&
-                      g->PT == 0 && g->PL == 0 && g->OH * g->SH <= g->H &&
-                      g->OW * g->SW <= g->W;
-    if (tiles) { /* KH = 0: no window given (fast.maxpool2d_backward without one) */
-        maxpool_backward_tiled(dinp, dout, argmax, g, B);
-        return;
-    }
-    zero_run(dinp, B * n_img);
-    for (ptrdiff_t b = 0; b < B; b++) {
-        float *img = dinp + b * n_img;
-        for (ptrdiff_t e = 0; e < n_out; e++) img[argmax[b * n_out + e]] += dout[b * n_out + e];
-    }
+    mn_active_gemm()->maxpool2d_backward(dinp, dout, argmax, relu_in, g, B);
 }

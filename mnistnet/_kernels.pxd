@@ -106,9 +106,11 @@ cdef void maxpool2d_forward(float* out,            # OUT (B, OH, OW, C)
                             int* argmax,           # OUT (B, OH, OW, C) index into an image
                             const float* inp,      # IN  (B, H, W, C)
                             const Window* g, Py_ssize_t B) noexcept nogil
+# relu_in: NULL, or the pool's input when it is a relu's output: its backward applied too.
 cdef void maxpool2d_backward(float* dinp,          # OUT (B, H, W, C), overwritten
                              const float* dout,    # IN  (B, OH, OW, C)
                              const int* argmax,    # IN  from maxpool2d_forward
+                             const float* relu_in,  # IN (B, H, W, C) or NULL
                              const Window* g, Py_ssize_t B) noexcept nogil
 
 # ---- avgpool2d: the mean of each window's cells inside the image --------------------------

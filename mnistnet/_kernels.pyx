@@ -77,7 +77,7 @@ cdef extern from "mn_kernels.h" nogil:
     void mn_maxpool2d_forward(float *out, int *argmax, const float *inp, const mn_window *g,
                               Py_ssize_t B)
     void mn_maxpool2d_backward(float *dinp, const float *dout, const int *argmax,
-                               const mn_window *g, Py_ssize_t B)
+                               const float *relu_in, const mn_window *g, Py_ssize_t B)
     void mn_column_sums(float *sums, const float *x, Py_ssize_t B, Py_ssize_t C)
     void mn_column_sums_block(float *sums, const float *x, Py_ssize_t c0, Py_ssize_t c1,
                               Py_ssize_t B, Py_ssize_t C)

@@ -178,9 +178,11 @@ cdef void maxpool2d_forward(float* out, int* argmax, const float* inp, const Win
 
 
 cdef void maxpool2d_backward(float* dinp, const float* dout, const int* argmax,
-                             const Window* g, Py_ssize_t B) noexcept nogil:
-    # dinp = 0, then each output's gradient added at its argmax, in output order.
-    mn_maxpool2d_backward(dinp, dout, argmax, <const mn_window*>g, B)
+                             const float* relu_in, const Window* g,
+                             Py_ssize_t B) noexcept nogil:
+    # dinp = 0, then each output's gradient added at its argmax, in output order; then (in
+    # the same pass) relu_backward's rule if relu_in is the relu's output.
+    mn_maxpool2d_backward(dinp, dout, argmax, relu_in, <const mn_window*>g, B)
 
 
 # ---- avgpool2d -------------------------------------------------------------------------------

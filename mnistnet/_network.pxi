@@ -264,9 +264,11 @@ cdef void deltas_rows(const Net* net, const Step* s, const float* target, Py_ssi
             profile_add(net, l, 1, started)
             break
         dinp = dact_at(net, p.dact_in) + r0 * p.n_in
-        layer_input_grad(net, s, l, dinp, dact_at(net, p.dact_out) + r0 * p.n_out, r0, nr, n,
-                         ws)
         q = &net.plan[l - 1]
+        if layer_input_grad(net, s, l, dinp, dact_at(net, p.dact_out) + r0 * p.n_out, r0, nr,
+                            n, ws, q.act == ACT_RELU):
+            profile_add(net, l, 1, started)
+            continue  # it applied q's relu as well
         # the activation's backward belongs to the layer whose output it was
         profile_add(net, l, 1, started)
         started = profile_start(net)
@@ -291,13 +293,14 @@ cdef void batchnorm_sums_team(const Net* net, const LayerPlan* p, Py_ssize_t n) 
         mn_team_barrier()  # every channel's sums are there
 
 
-cdef void layer_input_grad(const Net* net, const Step* s, Py_ssize_t l, float* dinp,
+cdef bint layer_input_grad(const Net* net, const Step* s, Py_ssize_t l, float* dinp,
                            const float* dout, Py_ssize_t r0, Py_ssize_t n, Py_ssize_t batch,
-                           float* ws) noexcept nogil:
+                           float* ws, bint with_relu) noexcept nogil:
     """d(loss)/d(layer l's input) from d(loss)/d(its pre-activation output), n samples (rows
     r0.. of a batch of `batch`). ws: the calling thread's workspace, with the kernels
     transposed (transpose_kernels), except in dense-only nets, whose input gradients are dot
-    products with the kernel's rows."""
+    products with the kernel's rows. with_relu: its input is a relu's output, whose backward
+    the kind may apply in the same pass (MaxPool2D does); returns whether it did."""
     cdef const LayerPlan* p = &net.plan[l]
     cdef const float* scratch = act_at(net, p.scratch) + r0 * p.n_scratch
     cdef const float* w = net.params + p.param
@@ -305,7 +308,7 @@ cdef void layer_input_grad(const Net* net, const Step* s, Py_ssize_t l, float* d
     cdef const float* st
     cdef Window win
     if n == 0:
-        return
+        return with_relu and p.kind == KIND_MAXPOOL2D
     if p.kind == KIND_DENSE:
         if p.wt >= 0:
             mn_sgemm_nn(dinp, dout, ws + p.wt, NULL, n, p.n_out, p.n_in)
@@ -316,7 +319,9 @@ cdef void layer_input_grad(const Net* net, const Step* s, Py_ssize_t l, float* d
         conv2d_input_grad(dinp, ws, dout, ws + p.wt, &win, n, p.out_c)
     elif p.kind == KIND_MAXPOOL2D:
         window_of(&win, p)
-        maxpool2d_backward(dinp, dout, <const int*>scratch, &win, n)
+        maxpool2d_backward(dinp, dout, <const int*>scratch,
+                           act_at(net, p.act_in) + r0 * p.n_in if with_relu else NULL, &win, n)
+        return with_relu
     elif p.kind == KIND_AVERAGEPOOLING2D or p.kind == KIND_GLOBALAVERAGEPOOLING2D:
         window_of(&win, p)
         avgpool2d_backward(dinp, dout, &win, n)
@@ -334,6 +339,7 @@ cdef void layer_input_grad(const Net* net, const Step* s, Py_ssize_t l, float* d
     elif p.kind != KIND_FLATTEN and dinp != dout:  # Activation, dropout at rate 0
         memcpy(dinp, dout, n * p.n_out * sizeof(float))
     # Flatten: its gradient region is its input's.
+    return False
 
 
 cdef inline void output_deltas(const Net* net, float* dz, const float* probs,
@@ -400,7 +406,7 @@ cdef void layer_pair(const Net* net, const Step* s, Py_ssize_t l, Py_ssize_t n) 
     if p.kind == KIND_BATCHNORMALIZATION:
         batchnorm_sums_team(net, p, n)
     layer_input_grad(net, s, l, dact_at(net, p.dact_in), dact_at(net, p.dact_out), 0, n, n,
-                     ws)
+                     ws, False)
 
 
 cdef void transpose_kernels(const Net* net, float* ws) noexcept nogil:

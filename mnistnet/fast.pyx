@@ -528,12 +528,14 @@ def maxpool2d_forward(out, argmax, inp, pool_size=(2, 2), strides=None, padding=
 
 
 def maxpool2d_backward(dinp, dout, argmax, input_shape, pool_size=None, strides=None,
-                       padding="valid"):
+                       padding="valid", relu_input=None):
     """dinp = dout added at each window's argmax, zero elsewhere. dinp (B, H, W, C) =
     input_shape, dout and argmax (B, OH, OW, C) from maxpool2d_forward. With the forward's
     window (pool_size, strides, padding) given, each argmax must lie in its own window, and
     windows that tile the image write each input once (the network's path); the result is
-    the same. Returns dinp."""
+    the same. relu_input (input_shape): the pool's input when it is a relu's output, whose
+    backward is applied in the same pass (relu_backward(dinp, relu_input, dinp) after, bit
+    for bit). Returns dinp."""
     _check(dout, "dout", 4)
     input_shape = tuple(int(v) for v in input_shape)
     if len(input_shape) != 4 or input_shape[0] != dout.shape[0] or (
@@ -556,12 +558,18 @@ def maxpool2d_backward(dinp, dout, argmax, input_shape, pool_size=None, strides=
                              f"{(g.OH, g.OW)} pixels")
         _check_argmax_in_windows(argmax, &g)
     dinp = _out(dinp, "dinp", input_shape)
+    cdef const float* pr = NULL
+    if relu_input is not None:
+        _check(relu_input, "relu_input")
+        if relu_input.shape != input_shape:
+            raise ValueError(f"relu_input has shape {relu_input.shape}, expected {input_shape}")
+        pr = _in(relu_input)
     cdef Py_ssize_t B = dout.shape[0]
     cdef float* pd = _io(dinp)
     cdef const float* pg = _in(dout)
     cdef const int* pa = <const int*>cnp.PyArray_DATA(<cnp.ndarray>argmax)
     with nogil:
-        k.maxpool2d_backward(pd, pg, pa, &g, B)
+        k.maxpool2d_backward(pd, pg, pa, pr, &g, B)
     return dinp
 
 

@@ -361,15 +361,18 @@ def maxpool2d_forward(out, argmax, inp, pool_size=(2, 2), strides=None, padding=
 
 
 def maxpool2d_backward(dinp, dout, argmax, input_shape, pool_size=None, strides=None,
-                       padding="valid"):
+                       padding="valid", relu_input=None):
     """dinp = dout added at each window's argmax (zero elsewhere): a scatter-add, summed
     where windows overlap.   dinp (B, H, W, C) = input_shape, dout and argmax (B, OH, OW, C)
     The window (pool_size, strides, padding) does not change the result: the compiled kernel
-    takes it to write each input once where windows tile the image."""
+    takes it to write each input once where windows tile the image. relu_input: the pool's
+    input when it is a relu's output, whose backward is applied too (relu_backward's rule)."""
     dinp = _out(dinp, tuple(input_shape))
     b, n_img = dinp.shape[0], dinp[0].size
     where = (np.arange(b)[:, None] * n_img + argmax.reshape(b, -1)).reshape(-1)
     dinp.reshape(-1)[...] = np.bincount(where, weights=dout.reshape(-1), minlength=b * n_img)
+    if relu_input is not None:
+        dinp[...] = np.where(relu_input > 0, dinp, np.float32(0))
     return dinp
 
 

@@ -172,6 +172,31 @@ def test_maxpool2d_matches_reference(simd_path, case, batch):
                  want_dinp, BACKWARD_RTOL, what + " backward, window given")
 
 
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_maxpool2d_backward_through_a_relu_is_relu_backward_after(simd_path, case, batch):
+    """With relu_input, the pool's backward applies the relu's too, in the same pass: the
+    bits of relu_backward after it (the network's path for a pool after a relu), and the
+    twin's values. Half the inputs are <= 0 (some whole windows, some -0 and +0 cells)."""
+    inp, pool, strides, padding = pool_input(case, batch)
+    relu_out = fast.relu_forward(None, inp)
+    relu_out[..., ::3] = np.where(relu_out[..., ::3] > 0, -0.0, relu_out[..., ::3])
+    _, argmax = fast.maxpool2d_forward(None, None, relu_out, pool, strides, padding)
+    dout = normal(rng_for("pool-relu-dout", case, batch), (batch, *argmax.shape[1:]))
+    dout[..., ::2] = -0.0
+    for window in ((), (pool, strides, padding)):
+        what = f"maxpool2d[{simd_path}] {case} batch {batch} window {window}"
+        apart = fast.maxpool2d_backward(None, dout, argmax, inp.shape, *window)
+        apart = fast.relu_backward(None, relu_out, apart)
+        fused = fast.maxpool2d_backward(None, dout, argmax, inp.shape, *window,
+                                        relu_input=relu_out)
+        np.testing.assert_array_equal(fused.view(np.uint32), apart.view(np.uint32),
+                                      err_msg=what)
+        want = reference.maxpool2d_backward(None, dout, argmax, inp.shape, *window,
+                                            relu_input=relu_out)
+        assert_close(fused, want, BACKWARD_RTOL, what + " against the twin")
+
+
 def test_maxpool2d_takes_the_first_maximum_of_a_tie():
     """A window of equal values (relu's zeros): the first cell in row-major order wins, in
     both backends, and the gradient goes there only."""
