@@ -88,6 +88,7 @@ class Plan:
         self.dense_only = all(kind.layer is Dense for kind in self.kinds)
         self.takes_pixels = self.kinds[0].applied_at_input
         self.table = np.zeros(len(self.layers), dtype=PLAN_DTYPE)
+        self._flops: tuple[int, int] | None = None  # flops_per_sample's, counted once
         self._fill_table()
         self.n_inputs = int(self.table[0]["n_in"])
         self.has_l2 = bool(np.any(self.table["l2"] > 0))
@@ -212,7 +213,6 @@ class Plan:
         self.batch_statistics = stats > 0
         self._hand_over_activations()
         self._fill_thread_workspace()
-        self._flops: tuple[int, int] | None = None
 
     def _hand_over_activations(self) -> None:
         """An Activation computed in place (its output is its input's region) after a layer
