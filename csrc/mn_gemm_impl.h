@@ -582,14 +582,16 @@ MN_ALWAYS_INLINE void maxpool_backward_tiled_rows(float *restrict dinp,
                         }
                     }
                 }
-                memset(img + (h * W + covered_w) * C, 0, (size_t)(W - covered_w) * C * sizeof(float));
+                memset(img + (h * W + covered_w) * C, 0,
+                       (size_t)((W - covered_w) * C) * sizeof(float));
             }
-        memset(img + covered_h * W * C, 0, (size_t)(g->H - covered_h) * W * C * sizeof(float));
+        memset(img + covered_h * W * C, 0,
+               (size_t)((g->H - covered_h) * W * C) * sizeof(float));
     }
 }
 
 static void maxpool2d_backward(float *dinp, const float *dout, const int *argmax,
-                           const float *relu_in, const mn_window *g, ptrdiff_t B)
+                               const float *relu_in, const mn_window *g, ptrdiff_t B)
 {
     const ptrdiff_t n_img = g->H * g->W * g->C, n_out = g->OH * g->OW * g->C;
     const int tiles = g->KH > 0 && g->KW > 0 && g->SH == g->KH && g->SW == g->KW &&
@@ -857,7 +859,7 @@ static void conv_weight_grad(float *dw, const float *x, ptrdiff_t x_stride, cons
 #define BN_GROUP 64
 
 /* Each channel-group routine below is written once over its group width G: called with a
- * literal G (bn_group_width's widths), its per-channel accumulators live in registers; any
+ * literal G (BN_WIDTHS's widths), its per-channel accumulators live in registers; any
  * other width takes the same code with G a variable. The operations per channel are the same
  * whatever G, so the bits are too. */
 #define BN_WIDTHS(CALL, g) \
