@@ -397,7 +397,8 @@ cdef Py_ssize_t team_stretch(const Net* net, const EpochArgs* args, Py_ssize_t s
 # whole one-thread probe (it cannot win any more), a run of RUN_BATCHES after a won probe
 # once it averages SLOW_FACTOR times slower than that probe, or slower than the one-thread
 # probe (after RUN_MIN_BATCHES: with one core busy, the cross-entropy net's 60,000-row epoch
-# on the team went from 1.13-1.18x the one-thread epoch to 1.01-1.04x). After a
+# on the team went from 1.16-1.30x the one-thread epoch to 1.02-1.17x, in runs alternating
+# with the build before). After a
 # lost probe the one-thread stretch starts at SHORT_RUN_BATCHES (fewer if they would take more
 # than SHORT_RUN_SECONDS) and doubles with each further loss, up to RUN_BATCHES, so a passing
 # load costs little more than itself. A probe of long batches ends after PROBE_SECONDS (and at

@@ -251,6 +251,7 @@ cdef void deltas_rows(const Net* net, const Step* s, const float* target, Py_ssi
     cdef const LayerPlan* p = &net.plan[L - 1]
     cdef const LayerPlan* q
     cdef float* dinp
+    cdef bint fused
     cdef double started = profile_start(net)
     output_deltas(net, dact_at(net, p.dact_out) + r0 * OC, act_at(net, p.act_out) + r0 * OC,
                   target + r0 * OC, nr, n)
@@ -265,12 +266,12 @@ cdef void deltas_rows(const Net* net, const Step* s, const float* target, Py_ssi
             break
         dinp = dact_at(net, p.dact_in) + r0 * p.n_in
         q = &net.plan[l - 1]
-        if layer_input_grad(net, s, l, dinp, dact_at(net, p.dact_out) + r0 * p.n_out, r0, nr,
-                            n, ws, q.act == ACT_RELU):
-            profile_add(net, l, 1, started)
+        fused = layer_input_grad(net, s, l, dinp, dact_at(net, p.dact_out) + r0 * p.n_out, r0,
+                                 nr, n, ws, q.act == ACT_RELU)
+        profile_add(net, l, 1, started)
+        if fused:
             continue  # it applied q's relu as well
         # the activation's backward belongs to the layer whose output it was
-        profile_add(net, l, 1, started)
         started = profile_start(net)
         activation_backward(<int>q.act, dinp, act_at(net, q.act_out) + r0 * q.n_out,
                             nr * q.out_h * q.out_w, q.out_c)
@@ -308,7 +309,7 @@ cdef bint layer_input_grad(const Net* net, const Step* s, Py_ssize_t l, float* d
     cdef const float* st
     cdef Window win
     if n == 0:
-        return with_relu and p.kind == KIND_MAXPOOL2D
+        return False  # no rows: the relu's backward after it has none either
     if p.kind == KIND_DENSE:
         if p.wt >= 0:
             mn_sgemm_nn(dinp, dout, ws + p.wt, NULL, n, p.n_out, p.n_in)
